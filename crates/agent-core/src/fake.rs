@@ -1,0 +1,722 @@
+//! In-memory [`ContainerRuntime`] and [`StateStore`] for unit tests of pure logic and for SDK users who test
+//! their own tools. They behave like an engine and a store (names are unique, a stopped container keeps its
+//! config, a pull from the "registry" makes an image local) and can inject faults. They never stand in for the
+//! real engine in tests of Docker behaviour.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::image::ImageRef;
+use crate::revision::{Revision, RevisionNumber};
+use crate::runtime::*;
+use crate::spec::{ContainerSpec, ImageDefaults, RestartPolicy};
+use crate::store::*;
+
+/// How containers of an image behave in the fake engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageBehaviour {
+    /// Exit right after start with this code.
+    pub exit_on_start: Option<i64>,
+    /// HEALTHCHECK status reported while running (`None`: no healthcheck).
+    pub health: Option<HealthStatus>,
+    /// Lines the container prints when it starts.
+    pub logs: Vec<String>,
+}
+
+/// A fault to inject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The Nth call (counting every trait call from 1) fails.
+    FailCall(u64),
+    /// The next call of this operation (`create`, `start`, `stop`, `rename`, `pull`, …) fails, `times` times.
+    FailOperation {
+        /// The operation name.
+        operation: &'static str,
+        /// How many calls fail.
+        times: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct FakeContainer {
+    id: String,
+    spec: ContainerSpec,
+    image_id: String,
+    state: ContainerState,
+    logs: Vec<LogLine>,
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    images: BTreeMap<String, (ImageInfo, ImageBehaviour)>,
+    registry: BTreeMap<String, (ImageInfo, ImageBehaviour)>,
+    containers: BTreeMap<String, FakeContainer>,
+    calls: u64,
+    next_id: u64,
+    faults: Vec<Fault>,
+    ops: Vec<String>,
+}
+
+/// An in-memory engine with fault injection.
+#[derive(Debug)]
+pub struct FakeRuntime {
+    endpoint: String,
+    state: Mutex<FakeState>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        FakeRuntime::new("fake://local")
+    }
+}
+
+fn image_info(id: &str, defaults: ImageDefaults) -> ImageInfo {
+    ImageInfo {
+        id: id.to_owned(),
+        repo_digests: Vec::new(),
+        os: "linux".into(),
+        arch: "amd64".into(),
+        created: None,
+        defaults,
+    }
+}
+
+impl FakeRuntime {
+    /// An empty engine at `endpoint`.
+    pub fn new(endpoint: &str) -> FakeRuntime {
+        FakeRuntime {
+            endpoint: endpoint.to_owned(),
+            state: Mutex::new(FakeState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `image` available in the fake registry (pullable) with this behaviour.
+    pub fn publish_image(&self, image: &ImageRef, defaults: ImageDefaults, behaviour: ImageBehaviour) {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = format!("sha256:{:064x}", s.next_id);
+        let mut info = image_info(&id, defaults);
+        info.repo_digests = vec![format!("{}@sha256:{:064x}", image.name(), s.next_id + 1_000_000)];
+        s.registry.insert(image.pull_ref(), (info, behaviour));
+    }
+
+    /// Makes `image` present locally (as if pulled) with this behaviour.
+    pub fn add_local_image(&self, image: &ImageRef, defaults: ImageDefaults, behaviour: ImageBehaviour) {
+        self.publish_image(image, defaults, behaviour);
+        let mut s = self.lock();
+        if let Some(entry) = s.registry.get(&image.pull_ref()).cloned() {
+            s.images.insert(image.pull_ref(), entry);
+        }
+    }
+
+    /// Creates and starts a container from `spec` directly (test setup; bypasses faults).
+    pub fn run(&self, spec: ContainerSpec) -> Result<String, RuntimeError> {
+        let mut s = self.lock();
+        let id = create_locked(&mut s, &self.endpoint, &spec)?;
+        start_locked(&mut s, &spec.name.to_string());
+        Ok(id)
+    }
+
+    /// Injects a fault.
+    pub fn inject(&self, fault: Fault) {
+        self.lock().faults.push(fault);
+    }
+
+    /// Calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.lock().calls
+    }
+
+    /// The operations performed so far, as `op subject` strings, for assertions about effects.
+    pub fn operations(&self) -> Vec<String> {
+        self.lock().ops.clone()
+    }
+
+    /// Names of all containers, sorted.
+    pub fn container_names(&self) -> Vec<String> {
+        self.lock().containers.keys().cloned().collect()
+    }
+
+    /// Makes a running container exit with `code` (as a crash would).
+    pub fn crash(&self, container: &str, code: i64) {
+        if let Some(c) = self.lock().containers.get_mut(container) {
+            c.state.status = ContainerStatus::Exited;
+            c.state.exit_code = Some(code);
+        }
+    }
+
+    fn enter(
+        &self,
+        operation: &'static str,
+        subject: &str,
+    ) -> Result<std::sync::MutexGuard<'_, FakeState>, RuntimeError> {
+        let mut s = self.lock();
+        s.calls += 1;
+        let call = s.calls;
+        let mut fail = false;
+        s.faults.retain_mut(|f| match f {
+            Fault::FailCall(n) if *n == call => {
+                fail = true;
+                false
+            }
+            Fault::FailOperation { operation: op, times } if *op == operation && !fail => {
+                fail = true;
+                *times -= 1;
+                *times > 0
+            }
+            _ => true,
+        });
+        if fail {
+            return Err(RuntimeError::InjectedFault {
+                operation,
+                subject: subject.to_owned(),
+                call,
+            });
+        }
+        s.ops.push(format!("{operation} {subject}"));
+        Ok(s)
+    }
+}
+
+fn not_found(endpoint: &str, container: &str) -> RuntimeError {
+    RuntimeError::ContainerNotFound {
+        container: container.to_owned(),
+        endpoint: endpoint.to_owned(),
+    }
+}
+
+fn create_locked(s: &mut FakeState, endpoint: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+    let name = spec.name.to_string();
+    if s.containers.contains_key(&name) {
+        return Err(RuntimeError::Conflict {
+            container: name,
+            message: "the name is already in use".into(),
+        });
+    }
+    let Some((info, _)) = s.images.get(&spec.image.pull_ref()).cloned() else {
+        return Err(RuntimeError::ImageNotFound {
+            image: spec.image.to_string(),
+            message: format!("no such image on {endpoint}"),
+        });
+    };
+    if let Some(var) = spec.env.iter().find(|v| v.expose().is_none()) {
+        return Err(RuntimeError::InvalidSpec {
+            container: name,
+            message: format!("env {} is a redacted secret with no value", var.name),
+        });
+    }
+    s.next_id += 1;
+    let id = format!("{:064x}", s.next_id);
+    s.containers.insert(
+        name,
+        FakeContainer {
+            id: id.clone(),
+            spec: spec.clone(),
+            image_id: info.id,
+            state: ContainerState {
+                status: ContainerStatus::Created,
+                exit_code: None,
+                started_at: None,
+                restart_count: 0,
+                oom_killed: false,
+                error: None,
+                health: None,
+            },
+            logs: Vec::new(),
+        },
+    );
+    Ok(id)
+}
+
+fn start_locked(s: &mut FakeState, name: &str) {
+    let behaviour = s
+        .containers
+        .get(name)
+        .and_then(|c| s.images.get(&c.spec.image.pull_ref()))
+        .map(|(_, b)| b.clone())
+        .unwrap_or_default();
+    if let Some(c) = s.containers.get_mut(name) {
+        c.state.started_at = Some(OffsetDateTime::now_utc());
+        c.logs.extend(behaviour.logs.iter().map(|l| LogLine {
+            stream: LogStream::Stdout,
+            text: l.clone(),
+        }));
+        match behaviour.exit_on_start {
+            Some(code) => {
+                c.state.status = ContainerStatus::Exited;
+                c.state.exit_code = Some(code);
+            }
+            None => {
+                c.state.status = ContainerStatus::Running;
+                c.state.exit_code = None;
+            }
+        }
+        c.state.health = behaviour.health.map(|status| HealthState {
+            status,
+            failing_streak: u64::from(status == HealthStatus::Unhealthy),
+            log: Vec::new(),
+        });
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn engine_info(&self) -> Result<EngineInfo, RuntimeError> {
+        let _s = self.enter("info", &self.endpoint)?;
+        Ok(EngineInfo {
+            endpoint: self.endpoint.clone(),
+            version: "fake".into(),
+            api_version: "1.41".into(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+        })
+    }
+
+    async fn inspect_container(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {
+        let s = self.enter("inspect", container)?;
+        let c = s
+            .containers
+            .get(container)
+            .ok_or_else(|| not_found(&self.endpoint, container))?;
+        Ok(ContainerInfo {
+            id: c.id.clone(),
+            spec: c.spec.clone(),
+            image_id: c.image_id.clone(),
+            state: c.state.clone(),
+            addresses: BTreeMap::new(),
+            all_labels: c.spec.labels.clone(),
+        })
+    }
+
+    async fn inspect_image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
+        let s = self.enter("inspect-image", image)?;
+        let key = image
+            .parse::<ImageRef>()
+            .map(|r| r.pull_ref())
+            .unwrap_or_else(|_| image.to_owned());
+        s.images
+            .get(&key)
+            .or_else(|| s.images.values().find(|(i, _)| i.id == image))
+            .map(|(i, _)| i.clone())
+            .ok_or_else(|| RuntimeError::ImageNotFound {
+                image: image.to_owned(),
+                message: "no such image".into(),
+            })
+    }
+
+    async fn pull_image(&self, image: &ImageRef, progress: ProgressFn<'_>) -> Result<ImageInfo, RuntimeError> {
+        let mut s = self.enter("pull", &image.to_string())?;
+        let Some(entry) = s.registry.get(&image.pull_ref()).cloned() else {
+            return Err(RuntimeError::ImageNotFound {
+                image: image.to_string(),
+                message: "manifest unknown".into(),
+            });
+        };
+        progress(PullProgress {
+            layer: "fake".into(),
+            status: "Pull complete".into(),
+            current: Some(1),
+            total: Some(1),
+        });
+        s.images.insert(image.pull_ref(), entry.clone());
+        Ok(entry.0)
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let mut s = self.enter("create", spec.name.as_str())?;
+        create_locked(&mut s, &self.endpoint, spec)
+    }
+
+    async fn start_container(&self, container: &str) -> Result<(), RuntimeError> {
+        let mut s = self.enter("start", container)?;
+        if !s.containers.contains_key(container) {
+            return Err(not_found(&self.endpoint, container));
+        }
+        start_locked(&mut s, container);
+        Ok(())
+    }
+
+    async fn stop_container(&self, container: &str, _timeout: Option<Duration>) -> Result<(), RuntimeError> {
+        let mut s = self.enter("stop", container)?;
+        let c = s
+            .containers
+            .get_mut(container)
+            .ok_or_else(|| not_found(&self.endpoint, container))?;
+        if c.state.status == ContainerStatus::Running {
+            c.state.status = ContainerStatus::Exited;
+            c.state.exit_code = Some(0);
+        }
+        Ok(())
+    }
+
+    async fn rename_container(&self, container: &str, new_name: &str) -> Result<(), RuntimeError> {
+        let mut s = self.enter("rename", container)?;
+        if s.containers.contains_key(new_name) {
+            return Err(RuntimeError::Conflict {
+                container: new_name.to_owned(),
+                message: "the name is already in use".into(),
+            });
+        }
+        let mut c = s
+            .containers
+            .remove(container)
+            .ok_or_else(|| not_found(&self.endpoint, container))?;
+        c.spec.name = new_name
+            .parse()
+            .map_err(|e: crate::spec::ContainerNameError| RuntimeError::InvalidSpec {
+                container: new_name.to_owned(),
+                message: e.to_string(),
+            })?;
+        s.containers.insert(new_name.to_owned(), c);
+        Ok(())
+    }
+
+    async fn set_restart_policy(&self, container: &str, policy: RestartPolicy) -> Result<(), RuntimeError> {
+        let mut s = self.enter("update-restart", container)?;
+        let c = s
+            .containers
+            .get_mut(container)
+            .ok_or_else(|| not_found(&self.endpoint, container))?;
+        c.spec.restart_policy = policy;
+        Ok(())
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<(), RuntimeError> {
+        let mut s = self.enter("remove", container)?;
+        match s.containers.get(container) {
+            None => Err(not_found(&self.endpoint, container)),
+            Some(c) if c.state.status == ContainerStatus::Running => Err(RuntimeError::Conflict {
+                container: container.to_owned(),
+                message: "cannot remove a running container; stop it first".into(),
+            }),
+            Some(_) => {
+                s.containers.remove(container);
+                Ok(())
+            }
+        }
+    }
+
+    async fn logs(
+        &self,
+        container: &str,
+        _since: Option<OffsetDateTime>,
+        tail: Option<usize>,
+    ) -> Result<Vec<LogLine>, RuntimeError> {
+        let s = self.enter("logs", container)?;
+        let c = s
+            .containers
+            .get(container)
+            .ok_or_else(|| not_found(&self.endpoint, container))?;
+        let skip = tail.map_or(0, |t| c.logs.len().saturating_sub(t));
+        Ok(c.logs[skip..].to_vec())
+    }
+
+    async fn list_containers(&self, labels: &[String]) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let s = self.enter("list", "*")?;
+        Ok(s.containers
+            .iter()
+            .filter(|(_, c)| {
+                labels.iter().all(|l| match l.split_once('=') {
+                    Some((k, v)) => c.spec.labels.get(k).is_some_and(|x| x == v),
+                    None => c.spec.labels.contains_key(l),
+                })
+            })
+            .map(|(name, c)| ContainerSummary {
+                id: c.id.clone(),
+                name: name.clone(),
+                image: c.spec.image.to_string(),
+                status: c.state.status,
+                labels: c.spec.labels.clone(),
+            })
+            .collect())
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+        let mut s = self.enter("remove-image", image)?;
+        let key = image
+            .parse::<ImageRef>()
+            .map(|r| r.pull_ref())
+            .unwrap_or_else(|_| image.to_owned());
+        if s.containers.values().any(|c| c.spec.image.pull_ref() == key) {
+            return Err(RuntimeError::Conflict {
+                container: image.to_owned(),
+                message: "image is in use by a container".into(),
+            });
+        }
+        s.images.remove(&key);
+        Ok(())
+    }
+
+    async fn export_path(&self, container: &str, _path: &str) -> Result<Vec<u8>, RuntimeError> {
+        let s = self.enter("export", container)?;
+        s.containers
+            .get(container)
+            .ok_or_else(|| not_found(&self.endpoint, container))?;
+        Ok(Vec::new())
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    revisions: BTreeMap<(String, u64), Revision>,
+    journal: Vec<JournalEntry>,
+    open: BTreeMap<String, String>,
+    leases: BTreeMap<String, Lease>,
+    documents: BTreeMap<(String, String), serde_json::Value>,
+}
+
+/// An in-memory [`StateStore`] (nothing survives the process).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<MemoryState>,
+}
+
+impl MemoryStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn held(lease: &Lease) -> StoreError {
+    StoreError::LeaseHeld {
+        key: lease.key.clone(),
+        holder: lease.holder.clone(),
+        since: lease.acquired_at.to_string(),
+        until: lease.expires_at.to_string(),
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn revisions(&self, subject: &str) -> Result<Vec<Revision>, StoreError> {
+        Ok(self
+            .lock()
+            .revisions
+            .iter()
+            .filter(|((s, _), _)| s == subject)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn put_revision(&self, subject: &str, revision: &Revision) -> Result<(), StoreError> {
+        self.lock()
+            .revisions
+            .insert((subject.to_owned(), revision.number.get()), revision.clone());
+        Ok(())
+    }
+
+    async fn delete_revision(&self, subject: &str, number: RevisionNumber) -> Result<(), StoreError> {
+        self.lock().revisions.remove(&(subject.to_owned(), number.get()));
+        Ok(())
+    }
+
+    async fn append_journal(&self, entry: &JournalEntry) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        if entry.seq == 0 {
+            s.open.insert(entry.operation.clone(), entry.subject.clone());
+        }
+        s.journal.push(entry.clone());
+        Ok(())
+    }
+
+    async fn journal(&self, operation: &str) -> Result<Vec<JournalEntry>, StoreError> {
+        Ok(self
+            .lock()
+            .journal
+            .iter()
+            .filter(|e| e.operation == operation)
+            .cloned()
+            .collect())
+    }
+
+    async fn open_operations(&self, subject: &str) -> Result<Vec<String>, StoreError> {
+        let s = self.lock();
+        let mut ops: Vec<String> = Vec::new();
+        for e in &s.journal {
+            if e.subject == subject && s.open.contains_key(&e.operation) && !ops.contains(&e.operation) {
+                ops.push(e.operation.clone());
+            }
+        }
+        Ok(ops)
+    }
+
+    async fn subjects_with_open_operations(&self) -> Result<Vec<String>, StoreError> {
+        let mut v: Vec<String> = self.lock().open.values().cloned().collect();
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
+    async fn close_operation(&self, operation: &str) -> Result<(), StoreError> {
+        self.lock().open.remove(operation);
+        Ok(())
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &LeaseHolder,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let mut s = self.lock();
+        if let Some(l) = s.leases.get(key) {
+            if l.holder.id != holder.id && l.expires_at > now {
+                return Err(held(l));
+            }
+        }
+        let lease = Lease {
+            key: key.to_owned(),
+            holder: holder.clone(),
+            acquired_at: now,
+            expires_at: now + ttl,
+        };
+        s.leases.insert(key.to_owned(), lease.clone());
+        Ok(lease)
+    }
+
+    async fn take_over_lease(
+        &self,
+        stale: &Lease,
+        holder: &LeaseHolder,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let mut s = self.lock();
+        match s.leases.get(&stale.key) {
+            Some(l) if l != stale => Err(held(l)),
+            _ => {
+                let lease = Lease {
+                    key: stale.key.clone(),
+                    holder: holder.clone(),
+                    acquired_at: now,
+                    expires_at: now + ttl,
+                };
+                s.leases.insert(stale.key.clone(), lease.clone());
+                Ok(lease)
+            }
+        }
+    }
+
+    async fn renew_lease(&self, lease: &Lease, now: OffsetDateTime, ttl: Duration) -> Result<Lease, StoreError> {
+        let mut s = self.lock();
+        match s.leases.get_mut(&lease.key) {
+            Some(l) if l.holder.id == lease.holder.id => {
+                l.expires_at = now + ttl;
+                Ok(l.clone())
+            }
+            _ => Err(StoreError::LeaseLost { key: lease.key.clone() }),
+        }
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        if s.leases.get(&lease.key).is_some_and(|l| l.holder.id == lease.holder.id) {
+            s.leases.remove(&lease.key);
+        }
+        Ok(())
+    }
+
+    async fn lease(&self, key: &str) -> Result<Option<Lease>, StoreError> {
+        Ok(self.lock().leases.get(key).cloned())
+    }
+
+    async fn put_document(&self, kind: &str, key: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+        self.lock()
+            .documents
+            .insert((kind.to_owned(), key.to_owned()), value.clone());
+        Ok(())
+    }
+
+    async fn document(&self, kind: &str, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        Ok(self.lock().documents.get(&(kind.to_owned(), key.to_owned())).cloned())
+    }
+
+    async fn documents(&self, kind: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        Ok(self
+            .lock()
+            .documents
+            .iter()
+            .filter(|((k, _), _)| k == kind)
+            .map(|((_, key), v)| (key.clone(), v.clone()))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_executor::block_on;
+
+    #[test]
+    fn fake_engine_behaves_and_injects_faults() {
+        let rt = FakeRuntime::default();
+        let img: ImageRef = "acme/agent:1.0".parse().unwrap();
+        rt.publish_image(&img, ImageDefaults::default(), ImageBehaviour::default());
+        let spec = ContainerSpec::new("a".parse().unwrap(), img.clone());
+        assert!(matches!(
+            block_on(rt.create_container(&spec)),
+            Err(RuntimeError::ImageNotFound { .. })
+        ));
+        block_on(rt.pull_image(&img, &|_| {})).unwrap();
+        block_on(rt.create_container(&spec)).unwrap();
+        assert!(matches!(
+            block_on(rt.create_container(&spec)),
+            Err(RuntimeError::Conflict { .. })
+        ));
+        rt.inject(Fault::FailOperation {
+            operation: "start",
+            times: 1,
+        });
+        assert!(matches!(
+            block_on(rt.start_container("a")),
+            Err(RuntimeError::InjectedFault { .. })
+        ));
+        block_on(rt.start_container("a")).unwrap();
+        assert!(block_on(rt.inspect_container("a")).unwrap().state.is_running());
+        assert!(
+            block_on(rt.remove_container("a")).is_err(),
+            "running containers are not removed"
+        );
+        let n = rt.calls();
+        rt.inject(Fault::FailCall(n + 1));
+        assert!(block_on(rt.stop_container("a", None)).is_err());
+        block_on(rt.stop_container("a", None)).unwrap();
+        block_on(rt.rename_container("a", "b")).unwrap();
+        assert_eq!(rt.container_names(), ["b"]);
+    }
+
+    #[test]
+    fn memory_store_leases_expire_and_are_exclusive() {
+        let store = MemoryStore::default();
+        let holder = |id: &str| LeaseHolder {
+            id: id.into(),
+            hostname: "h".into(),
+            pid: 1,
+            purpose: "t".into(),
+        };
+        let t0 = OffsetDateTime::UNIX_EPOCH;
+        let ttl = Duration::from_secs(10);
+        let l = block_on(store.acquire_lease("k", &holder("a"), t0, ttl)).unwrap();
+        let err = block_on(store.acquire_lease("k", &holder("b"), t0 + Duration::from_secs(5), ttl)).unwrap_err();
+        assert!(err.to_string().contains("locked by pid 1"), "{err}");
+        let taken = block_on(store.acquire_lease("k", &holder("b"), t0 + Duration::from_secs(11), ttl)).unwrap();
+        assert_eq!(taken.holder.id, "b");
+        assert!(matches!(
+            block_on(store.renew_lease(&l, t0, ttl)),
+            Err(StoreError::LeaseLost { .. })
+        ));
+    }
+}

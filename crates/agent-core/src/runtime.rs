@@ -1,0 +1,357 @@
+//! The [`ContainerRuntime`] trait: what the rest of agentctl needs from a container engine, in domain terms.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::image::{Digest, ImageRef};
+use crate::spec::{ContainerSpec, ImageDefaults, RestartPolicy};
+
+/// Facts about an engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineInfo {
+    /// The endpoint it was reached at.
+    pub endpoint: String,
+    /// Engine version (`20.10.24`).
+    pub version: String,
+    /// The API version negotiated with it (`1.41`).
+    pub api_version: String,
+    /// Operating system of its containers (`linux`).
+    pub os: String,
+    /// Architecture in OCI terms (`amd64`).
+    pub arch: String,
+}
+
+/// An image present on an engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInfo {
+    /// Engine image id (`sha256:…` of the config).
+    pub id: String,
+    /// Registry digests (`registry/repo@sha256:…`).
+    pub repo_digests: Vec<String>,
+    /// OS (`linux`).
+    pub os: String,
+    /// Architecture (`amd64`).
+    pub arch: String,
+    /// Creation time, if the image records one.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub created: Option<OffsetDateTime>,
+    /// The defaults it gives containers.
+    pub defaults: ImageDefaults,
+}
+
+impl ImageInfo {
+    /// The registry digest of this image for `image`'s repository, when the engine knows it.
+    pub fn digest_for(&self, image: &ImageRef) -> Option<Digest> {
+        let name = image.name();
+        let familiar_name = image.familiar();
+        let familiar_name = familiar_name.split([':', '@']).next().unwrap_or_default();
+        self.repo_digests.iter().find_map(|rd| {
+            let (repo, digest) = rd.split_once('@')?;
+            (repo == name || repo == familiar_name)
+                .then(|| digest.parse().ok())
+                .flatten()
+        })
+    }
+}
+
+/// The engine's view of a container's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused.
+    Paused,
+    /// Being restarted by its restart policy.
+    Restarting,
+    /// Being removed.
+    Removing,
+    /// Exited.
+    Exited,
+    /// Dead.
+    Dead,
+}
+
+impl fmt::Display for ContainerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+    }
+}
+
+/// HEALTHCHECK status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Within the start period, no verdict yet.
+    Starting,
+    /// Passing.
+    Healthy,
+    /// Failing.
+    Unhealthy,
+}
+
+/// One HEALTHCHECK run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthLogEntry {
+    /// Exit code of the check.
+    pub exit_code: i64,
+    /// What it printed (trimmed).
+    pub output: String,
+}
+
+/// HEALTHCHECK state of a container whose image or spec defines one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthState {
+    /// The status.
+    pub status: HealthStatus,
+    /// Consecutive failures.
+    pub failing_streak: u64,
+    /// The last runs, oldest first.
+    pub log: Vec<HealthLogEntry>,
+}
+
+/// A container's runtime state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    /// Lifecycle status.
+    pub status: ContainerStatus,
+    /// Exit code of the last run (when exited).
+    pub exit_code: Option<i64>,
+    /// When it last started.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// How often the engine restarted it.
+    pub restart_count: u64,
+    /// Killed for lack of memory.
+    pub oom_killed: bool,
+    /// Engine error message, if any.
+    pub error: Option<String>,
+    /// HEALTHCHECK state, when there is a healthcheck.
+    pub health: Option<HealthState>,
+}
+
+impl ContainerState {
+    /// Whether it is running (and not restarting).
+    pub fn is_running(&self) -> bool {
+        self.status == ContainerStatus::Running
+    }
+}
+
+/// A container as inspected: its user-set spec plus runtime facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerInfo {
+    /// Engine id.
+    pub id: String,
+    /// What the user configured (image defaults removed).
+    pub spec: ContainerSpec,
+    /// Id of the image it runs.
+    pub image_id: String,
+    /// Runtime state.
+    pub state: ContainerState,
+    /// Address on each network (`network -> ip`).
+    pub addresses: BTreeMap<String, String>,
+    /// Labels as the engine reports them (user's and image's).
+    pub all_labels: BTreeMap<String, String>,
+}
+
+/// A container in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSummary {
+    /// Engine id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Image as the engine reports it.
+    pub image: String,
+    /// Lifecycle status.
+    pub status: ContainerStatus,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Progress of one layer of a pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullProgress {
+    /// Layer id (empty for image-wide messages).
+    pub layer: String,
+    /// Engine status text (`Downloading`, `Pull complete`, …).
+    pub status: String,
+    /// Bytes done.
+    pub current: Option<u64>,
+    /// Bytes in all.
+    pub total: Option<u64>,
+}
+
+/// Which stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Stream.
+    pub stream: LogStream,
+    /// Text, without the trailing newline.
+    pub text: String,
+}
+
+/// What went wrong talking to an engine, in domain terms. Messages name the container or image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// No such container.
+    #[error("container {container:?} not found on {endpoint}; check the name with `docker ps -a`")]
+    ContainerNotFound {
+        /// The container.
+        container: String,
+        /// The engine.
+        endpoint: String,
+    },
+    /// No such image locally, or the registry does not have it.
+    #[error("image {image} not found: {message}")]
+    ImageNotFound {
+        /// The image.
+        image: String,
+        /// The engine's or registry's message.
+        message: String,
+    },
+    /// A name conflict or a state that forbids the operation.
+    #[error("conflict on container {container:?}: {message}")]
+    Conflict {
+        /// The container.
+        container: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// A pull failed.
+    #[error("pulling {image} failed: {message}")]
+    PullFailed {
+        /// The image.
+        image: String,
+        /// Why.
+        message: String,
+    },
+    /// The engine refused a container spec.
+    #[error("the engine refused the configuration of container {container:?}: {message}")]
+    InvalidSpec {
+        /// The container.
+        container: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// The engine could not be reached.
+    #[error("cannot reach the Docker engine at {endpoint}: {message}; is it running, and is DOCKER_HOST right?")]
+    Unavailable {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        message: String,
+    },
+    /// Any other engine error.
+    #[error("{operation} failed on {subject:?}: {message}")]
+    Engine {
+        /// What was attempted (`start`, `rename`, …).
+        operation: &'static str,
+        /// The container or image.
+        subject: String,
+        /// HTTP status, when there was one.
+        status: Option<u16>,
+        /// The engine's message.
+        message: String,
+    },
+    /// A fault injected by a test runtime.
+    #[error("injected fault: {operation} on {subject:?} (call {call})")]
+    InjectedFault {
+        /// The operation.
+        operation: &'static str,
+        /// The container or image.
+        subject: String,
+        /// The call number.
+        call: u64,
+    },
+}
+
+/// A progress callback for pulls.
+pub type ProgressFn<'a> = &'a (dyn Fn(PullProgress) + Send + Sync);
+
+/// What agentctl needs from a container engine. Implemented over bollard by `agent-docker` and in memory by
+/// [`FakeRuntime`](crate::FakeRuntime) (feature `fake`).
+///
+/// Container arguments are names (or ids). Every method either does what it says or returns an error and
+/// changes nothing, unless the engine itself failed half-way (reported as [`RuntimeError::Engine`]).
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// The endpoint this runtime talks to, as given by the user.
+    fn endpoint(&self) -> &str;
+
+    /// Engine version, negotiated API version, OS and architecture.
+    async fn engine_info(&self) -> Result<EngineInfo, RuntimeError>;
+
+    /// The container's user-set spec (image defaults removed) and runtime state.
+    async fn inspect_container(&self, container: &str) -> Result<ContainerInfo, RuntimeError>;
+
+    /// A local image by reference or id; [`RuntimeError::ImageNotFound`] when absent.
+    async fn inspect_image(&self, image: &str) -> Result<ImageInfo, RuntimeError>;
+
+    /// Pulls `image`, reporting per-layer progress, and returns the pulled image. Fails without side effects
+    /// when the registry does not have it.
+    async fn pull_image(&self, image: &ImageRef, progress: ProgressFn<'_>) -> Result<ImageInfo, RuntimeError>;
+
+    /// Creates (does not start) a container from `spec`, attached to all its networks. Returns its id.
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+
+    /// Starts a created or stopped container.
+    async fn start_container(&self, container: &str) -> Result<(), RuntimeError>;
+
+    /// Stops a container with its stop signal, killing it after `timeout` (its own stop timeout when `None`).
+    /// Stopping a stopped container succeeds.
+    async fn stop_container(&self, container: &str, timeout: Option<Duration>) -> Result<(), RuntimeError>;
+
+    /// Renames a container.
+    async fn rename_container(&self, container: &str, new_name: &str) -> Result<(), RuntimeError>;
+
+    /// Changes a container's restart policy in place.
+    async fn set_restart_policy(&self, container: &str, policy: RestartPolicy) -> Result<(), RuntimeError>;
+
+    /// Removes a stopped container; its volumes are kept.
+    async fn remove_container(&self, container: &str) -> Result<(), RuntimeError>;
+
+    /// Output lines since `since` (all when `None`), at most the last `tail` lines when given.
+    async fn logs(
+        &self,
+        container: &str,
+        since: Option<OffsetDateTime>,
+        tail: Option<usize>,
+    ) -> Result<Vec<LogLine>, RuntimeError>;
+
+    /// Containers (running or not) having every label in `labels` (`key` or `key=value`).
+    async fn list_containers(&self, labels: &[String]) -> Result<Vec<ContainerSummary>, RuntimeError>;
+
+    /// Removes an image that no container uses.
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
+
+    /// A tar archive of `path` inside the container (the engine's archive API), for backups.
+    async fn export_path(&self, container: &str, path: &str) -> Result<Vec<u8>, RuntimeError>;
+}
