@@ -1,1 +1,520 @@
-//! agent-docker
+//! The Docker Engine adapter of agentctl: [`DockerRuntime`] implements
+//! [`agent_core::ContainerRuntime`] over bollard.
+//!
+//! It connects the way the docker CLI does (`DOCKER_HOST`: `unix://` socket or `tcp://`, with TLS from
+//! `DOCKER_CERT_PATH` when `DOCKER_TLS_VERIFY` is set), negotiates the API version, and turns engine answers
+//! into domain facts: an inspect becomes a [`ContainerSpec`](agent_core::ContainerSpec) holding only what the
+//! user configured (the image's own defaults are told apart by inspecting the image), a 404 becomes
+//! `ContainerNotFound { container }`, a 409 a `Conflict`. No bollard type crosses this crate's public API.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use agent_core::ContainerRuntime;
+//! let docker = agent_docker::DockerRuntime::connect(None).await?;
+//! let info = docker.inspect_container("node-agent").await?;
+//! println!("{} runs {}", info.spec.name, info.spec.image);
+//! # Ok(()) }
+//! ```
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+mod convert;
+mod images;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent_core::{
+    async_trait, ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, ContainerSummary, EngineInfo,
+    ImageInfo, ImageRef, LogLine, LogStream, ProgressFn, PullProgress, RestartPolicy, RuntimeError, SecretPolicy,
+};
+use bollard::query_parameters as qp;
+use bollard::Docker;
+use futures_util::StreamExt;
+use time::OffsetDateTime;
+
+pub use images::{BuildContext, BuildFile};
+
+/// The default engine endpoint on Unix.
+pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
+
+/// Why a connection to an engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The endpoint is not a `unix://`, `tcp://`, `http://` or `https://` address.
+    #[error("unsupported engine endpoint {endpoint:?}: use unix:///path/to/docker.sock or tcp://HOST:PORT")]
+    UnsupportedEndpoint {
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// TLS was asked for but the certificates are missing.
+    #[error("TLS for {endpoint} needs {missing} in {dir}; set DOCKER_CERT_PATH to the folder holding ca.pem, cert.pem and key.pem")]
+    MissingCertificate {
+        /// The endpoint.
+        endpoint: String,
+        /// The folder searched.
+        dir: String,
+        /// The missing file.
+        missing: &'static str,
+    },
+    /// The client could not be built or the engine did not answer.
+    #[error("cannot reach the Docker engine at {endpoint}: {message}; is it running, and is DOCKER_HOST right?")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A Docker engine reached through bollard.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    endpoint: String,
+    api_version: String,
+    secrets: SecretPolicy,
+    plain_tcp_remote: bool,
+}
+
+fn is_loopback_endpoint(endpoint: &str) -> bool {
+    let rest = endpoint.split("://").nth(1).unwrap_or(endpoint);
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+}
+
+impl DockerRuntime {
+    /// Connects to `endpoint`, or to `DOCKER_HOST`, or to the local socket, and negotiates the API version.
+    pub async fn connect(endpoint: Option<&str>) -> Result<DockerRuntime, Error> {
+        let endpoint = endpoint
+            .map(str::to_owned)
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+        let connect_err = |e: bollard::errors::Error| Error::Connect {
+            endpoint: endpoint.clone(),
+            message: e.to_string(),
+        };
+        let timeout = 120;
+        let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
+        let mut plain_tcp_remote = false;
+        let docker = if let Some(path) = endpoint.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, timeout, bollard::API_DEFAULT_VERSION).map_err(connect_err)?
+        } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+            if tls || endpoint.starts_with("https://") {
+                let dir = std::env::var("DOCKER_CERT_PATH")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".docker"));
+                let file = |name: &'static str| {
+                    let p = dir.join(name);
+                    if p.exists() {
+                        Ok(p)
+                    } else {
+                        Err(Error::MissingCertificate {
+                            endpoint: endpoint.clone(),
+                            dir: dir.display().to_string(),
+                            missing: name,
+                        })
+                    }
+                };
+                let (key, cert, ca) = (file("key.pem")?, file("cert.pem")?, file("ca.pem")?);
+                Docker::connect_with_ssl(&endpoint, &key, &cert, &ca, timeout, bollard::API_DEFAULT_VERSION)
+                    .map_err(connect_err)?
+            } else {
+                plain_tcp_remote = !is_loopback_endpoint(&endpoint);
+                if plain_tcp_remote {
+                    tracing::warn!(
+                        endpoint = %endpoint,
+                        "plain TCP to a remote Docker engine: anyone on the network can control it; use TLS (DOCKER_TLS_VERIFY=1, DOCKER_CERT_PATH)"
+                    );
+                }
+                Docker::connect_with_http(&endpoint, timeout, bollard::API_DEFAULT_VERSION).map_err(connect_err)?
+            }
+        } else {
+            return Err(Error::UnsupportedEndpoint { endpoint });
+        };
+        // bollard sends unversioned paths, so the engine answers in its own version; negotiate anyway so the
+        // version we report (and rely on) is the engine's.
+        let docker = docker.negotiate_version().await.map_err(connect_err)?;
+        let api_version = docker.client_version().to_string();
+        Ok(DockerRuntime {
+            docker,
+            endpoint,
+            api_version,
+            secrets: SecretPolicy::default(),
+            plain_tcp_remote,
+        })
+    }
+
+    /// Uses `policy` to decide which env variables of inspected containers are secret.
+    pub fn with_secret_policy(mut self, policy: SecretPolicy) -> DockerRuntime {
+        self.secrets = policy;
+        self
+    }
+
+    /// The API version negotiated with the engine.
+    pub fn api_version(&self) -> &str {
+        &self.api_version
+    }
+
+    /// Whether this is plain (unencrypted) TCP to a non-loopback address, which callers should warn about.
+    pub fn is_plain_tcp_remote(&self) -> bool {
+        self.plain_tcp_remote
+    }
+
+    pub(crate) fn err(&self, operation: &'static str, subject: &str, e: bollard::errors::Error) -> RuntimeError {
+        use bollard::errors::Error as E;
+        match e {
+            E::DockerResponseServerError { status_code, message } => match (status_code, operation) {
+                (404, "inspect-image" | "pull" | "remove-image" | "tag" | "push") => RuntimeError::ImageNotFound {
+                    image: subject.to_owned(),
+                    message,
+                },
+                (404, "create") if message.contains("image") => RuntimeError::ImageNotFound {
+                    image: subject.to_owned(),
+                    message,
+                },
+                (404, _) if message.contains("network") => RuntimeError::InvalidSpec {
+                    container: subject.to_owned(),
+                    message,
+                },
+                (404, _) => RuntimeError::ContainerNotFound {
+                    container: subject.to_owned(),
+                    endpoint: self.endpoint.clone(),
+                },
+                (409, _) => RuntimeError::Conflict {
+                    container: subject.to_owned(),
+                    message,
+                },
+                (400, "create") => RuntimeError::InvalidSpec {
+                    container: subject.to_owned(),
+                    message,
+                },
+                _ => RuntimeError::Engine {
+                    operation,
+                    subject: subject.to_owned(),
+                    status: Some(status_code),
+                    message,
+                },
+            },
+            E::HyperResponseError { .. } | E::IOError { .. } | E::RequestTimeoutError => RuntimeError::Unavailable {
+                endpoint: self.endpoint.clone(),
+                message: e.to_string(),
+            },
+            other => RuntimeError::Engine {
+                operation,
+                subject: subject.to_owned(),
+                status: None,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// Connects a container to a network with the spec's endpoint settings.
+    async fn connect_network(
+        &self,
+        container: &str,
+        net: &agent_core::NetworkAttachment,
+    ) -> Result<(), RuntimeError> {
+        let req = bollard::models::NetworkConnectRequest {
+            container: container.to_owned(),
+            endpoint_config: Some(convert::endpoint_settings(net)),
+        };
+        self.docker
+            .connect_network(&net.name, req)
+            .await
+            .map_err(|e| self.err("network-connect", container, e))
+    }
+
+    /// The bollard client, for the crate's own helpers.
+    pub(crate) fn client(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn engine_info(&self) -> Result<EngineInfo, RuntimeError> {
+        let v = self.docker.version().await.map_err(|e| self.err("version", &self.endpoint, e))?;
+        Ok(EngineInfo {
+            endpoint: self.endpoint.clone(),
+            version: v.version.unwrap_or_default(),
+            api_version: self.api_version.clone(),
+            os: v.os.unwrap_or_default(),
+            arch: v.arch.unwrap_or_default(),
+        })
+    }
+
+    async fn inspect_container(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {
+        let raw = self
+            .docker
+            .inspect_container(container, None::<qp::InspectContainerOptions>)
+            .await
+            .map_err(|e| self.err("inspect", container, e))?;
+        let image_id = raw.image.clone().unwrap_or_default();
+        // The image's defaults tell what the user set from what the image set. If the image is gone, treat
+        // everything as user-set (nothing is lost; some image defaults get frozen).
+        let defaults = match self.inspect_image(&image_id).await {
+            Ok(img) => img.defaults,
+            Err(RuntimeError::ImageNotFound { .. }) => Default::default(),
+            Err(e) => return Err(e),
+        };
+        convert::container_info(raw, &defaults, &self.secrets)
+    }
+
+    async fn inspect_image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
+        let raw = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| self.err("inspect-image", image, e))?;
+        Ok(convert::image_info(raw))
+    }
+
+    async fn pull_image(&self, image: &ImageRef, progress: ProgressFn<'_>) -> Result<ImageInfo, RuntimeError> {
+        let (from_image, tag) = match (image.digest(), image.effective_tag()) {
+            (Some(d), _) => (image.name(), d.to_string()),
+            (None, Some(t)) => (image.name(), t.to_owned()),
+            (None, None) => (image.name(), "latest".to_owned()),
+        };
+        let opts = qp::CreateImageOptionsBuilder::new().from_image(&from_image).tag(&tag).build();
+        let mut stream = self.docker.create_image(Some(opts), None, None);
+        let subject = image.to_string();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail {
+                        let message = detail.message.unwrap_or_default();
+                        return Err(pull_error(&subject, message));
+                    }
+                    let (current, total) = info
+                        .progress_detail
+                        .map(|p| (p.current.map(|c| c.max(0) as u64), p.total.map(|t| t.max(0) as u64)))
+                        .unwrap_or((None, None));
+                    progress(PullProgress {
+                        layer: info.id.unwrap_or_default(),
+                        status: info.status.unwrap_or_default(),
+                        current,
+                        total,
+                    });
+                }
+                Err(bollard::errors::Error::DockerStreamError { error }) => return Err(pull_error(&subject, error)),
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                    return Err(pull_error(&subject, message))
+                }
+                Err(e) => return Err(self.err("pull", &subject, e)),
+            }
+        }
+        self.inspect_image(&image.pull_ref()).await
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let name = spec.name.as_str();
+        let (body, extra_networks) = convert::create_body(spec)?;
+        let opts = qp::CreateContainerOptionsBuilder::new().name(name).build();
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| match self.err("create", name, e) {
+                RuntimeError::ImageNotFound { message, .. } => RuntimeError::ImageNotFound {
+                    image: spec.image.to_string(),
+                    message,
+                },
+                other => other,
+            })?;
+        // API 1.41 attaches one network at create; the others are connected before the first start.
+        for net in &extra_networks {
+            if let Err(e) = self.connect_network(name, net).await {
+                // Leave nothing half-made behind.
+                let _ = self
+                    .docker
+                    .remove_container(name, Some(qp::RemoveContainerOptionsBuilder::new().force(true).build()))
+                    .await;
+                return Err(e);
+            }
+        }
+        Ok(created.id)
+    }
+
+    async fn start_container(&self, container: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .start_container(container, None::<qp::StartContainerOptions>)
+            .await
+            .map_err(|e| self.err("start", container, e))
+    }
+
+    async fn stop_container(&self, container: &str, timeout: Option<Duration>) -> Result<(), RuntimeError> {
+        let mut b = qp::StopContainerOptionsBuilder::new();
+        if let Some(t) = timeout {
+            b = b.t(t.as_secs().min(i32::MAX as u64) as i32);
+        }
+        match self.docker.stop_container(container, Some(b.build())).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(self.err("stop", container, e)),
+        }
+    }
+
+    async fn rename_container(&self, container: &str, new_name: &str) -> Result<(), RuntimeError> {
+        let opts = qp::RenameContainerOptionsBuilder::new().name(new_name).build();
+        self.docker.rename_container(container, opts).await.map_err(|e| match self.err("rename", container, e) {
+            RuntimeError::Conflict { message, .. } => RuntimeError::Conflict {
+                container: new_name.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    async fn set_restart_policy(&self, container: &str, policy: RestartPolicy) -> Result<(), RuntimeError> {
+        let body = bollard::models::ContainerUpdateBody {
+            restart_policy: Some(convert::restart_policy(policy)),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(container, body)
+            .await
+            .map_err(|e| self.err("update-restart", container, e))
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<(), RuntimeError> {
+        let opts = qp::RemoveContainerOptionsBuilder::new().v(false).force(false).build();
+        self.docker
+            .remove_container(container, Some(opts))
+            .await
+            .map_err(|e| self.err("remove", container, e))
+    }
+
+    async fn logs(
+        &self,
+        container: &str,
+        since: Option<OffsetDateTime>,
+        tail: Option<usize>,
+    ) -> Result<Vec<LogLine>, RuntimeError> {
+        let mut b = qp::LogsOptionsBuilder::new().stdout(true).stderr(true);
+        if let Some(s) = since {
+            b = b.since(s.unix_timestamp().clamp(0, i32::MAX as i64) as i32);
+        }
+        let tail_text = tail.map(|t| t.to_string());
+        if let Some(t) = &tail_text {
+            b = b.tail(t);
+        }
+        let mut stream = self.docker.logs(container, Some(b.build()));
+        let mut lines = Vec::new();
+        let mut partial: [String; 2] = Default::default();
+        while let Some(item) = stream.next().await {
+            let out = item.map_err(|e| self.err("logs", container, e))?;
+            let (idx, stream_kind, bytes) = match out {
+                bollard::container::LogOutput::StdErr { message } => (1, LogStream::Stderr, message),
+                bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
+                    (0, LogStream::Stdout, message)
+                }
+                bollard::container::LogOutput::StdIn { .. } => continue,
+            };
+            partial[idx].push_str(&String::from_utf8_lossy(&bytes));
+            while let Some(nl) = partial[idx].find('\n') {
+                let line: String = partial[idx].drain(..=nl).collect();
+                lines.push(LogLine {
+                    stream: stream_kind,
+                    text: line.trim_end_matches(['\n', '\r']).to_owned(),
+                });
+            }
+        }
+        for (idx, rest) in partial.into_iter().enumerate() {
+            if !rest.is_empty() {
+                lines.push(LogLine {
+                    stream: if idx == 0 { LogStream::Stdout } else { LogStream::Stderr },
+                    text: rest,
+                });
+            }
+        }
+        Ok(lines)
+    }
+
+    async fn list_containers(&self, labels: &[String]) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let mut filters: HashMap<String, Vec<String>> = HashMap::new();
+        if !labels.is_empty() {
+            filters.insert("label".into(), labels.to_vec());
+        }
+        let opts = qp::ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| self.err("list", &self.endpoint, e))?;
+        Ok(list
+            .into_iter()
+            .map(|c| ContainerSummary {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default(),
+                image: c.image.unwrap_or_default(),
+                status: c.state.map(convert::summary_status).unwrap_or(ContainerStatus::Created),
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+            })
+            .collect())
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .remove_image(image, None::<qp::RemoveImageOptions>, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("remove-image", image, e))
+    }
+
+    async fn export_path(&self, container: &str, path: &str) -> Result<Vec<u8>, RuntimeError> {
+        let opts = qp::DownloadFromContainerOptionsBuilder::new().path(path).build();
+        let mut stream = self.docker.download_from_container(container, Some(opts));
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.map_err(|e| self.err("export", container, e))?);
+        }
+        Ok(out)
+    }
+}
+
+fn pull_error(image: &str, message: String) -> RuntimeError {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("manifest unknown") || lower.contains("not found") || lower.contains("does not exist") {
+        RuntimeError::ImageNotFound {
+            image: image.to_owned(),
+            message,
+        }
+    } else {
+        RuntimeError::PullFailed {
+            image: image.to_owned(),
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback_endpoint("tcp://127.0.0.1:2375"));
+        assert!(is_loopback_endpoint("tcp://localhost:2375"));
+        assert!(!is_loopback_endpoint("tcp://10.0.0.5:2375"));
+    }
+
+    #[test]
+    fn pull_errors_are_classified() {
+        assert!(matches!(
+            pull_error("a", "manifest for a:9 not found: manifest unknown".into()),
+            RuntimeError::ImageNotFound { .. }
+        ));
+        assert!(matches!(pull_error("a", "connection reset".into()), RuntimeError::PullFailed { .. }));
+    }
+}

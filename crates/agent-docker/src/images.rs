@@ -1,0 +1,248 @@
+//! Engine operations beyond the runtime trait that tools around agentctl need: building an image from an
+//! in-memory context (no registry, no files on disk), tagging and pushing, networks and volumes for tests,
+//! and cleaning up by label.
+
+use std::collections::HashMap;
+
+use agent_core::{ContainerRuntime, RuntimeError};
+use bollard::query_parameters as qp;
+use futures_util::StreamExt;
+
+use crate::DockerRuntime;
+
+/// One file of a build context.
+#[derive(Debug, Clone)]
+pub struct BuildFile {
+    /// Path inside the context (`agent`, `Dockerfile`).
+    pub path: String,
+    /// Content.
+    pub content: Vec<u8>,
+    /// Unix mode (`0o755` for executables).
+    pub mode: u32,
+}
+
+/// An in-memory build context: a Dockerfile and the files it copies.
+#[derive(Debug, Clone, Default)]
+pub struct BuildContext {
+    files: Vec<BuildFile>,
+}
+
+impl BuildContext {
+    /// A context holding `dockerfile` as `Dockerfile`.
+    pub fn new(dockerfile: &str) -> BuildContext {
+        BuildContext {
+            files: vec![BuildFile {
+                path: "Dockerfile".into(),
+                content: dockerfile.as_bytes().to_vec(),
+                mode: 0o644,
+            }],
+        }
+    }
+
+    /// Adds a file.
+    pub fn file(mut self, path: &str, content: Vec<u8>, mode: u32) -> BuildContext {
+        self.files.push(BuildFile {
+            path: path.to_owned(),
+            content,
+            mode,
+        });
+        self
+    }
+
+    /// The context as a tar archive.
+    pub fn to_tar(&self) -> std::io::Result<Vec<u8>> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for f in &self.files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(f.content.len() as u64);
+            header.set_mode(f.mode);
+            header.set_mtime(0);
+            header.set_cksum();
+            builder.append_data(&mut header, &f.path, f.content.as_slice())?;
+        }
+        builder.into_inner()
+    }
+}
+
+impl DockerRuntime {
+    /// Builds `context` into an image tagged `tag` with `labels`, without pulling anything. Returns the image id.
+    pub async fn build_image(
+        &self,
+        context: &BuildContext,
+        tag: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<String, RuntimeError> {
+        let tar = context.to_tar().map_err(|e| RuntimeError::Engine {
+            operation: "build",
+            subject: tag.to_owned(),
+            status: None,
+            message: e.to_string(),
+        })?;
+        let opts = qp::BuildImageOptionsBuilder::new()
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .labels(labels)
+            .build();
+        let mut stream = self
+            .client()
+            .build_image(opts, None, Some(bollard::body_full(tar.into())));
+        let mut log = String::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                        return Err(RuntimeError::Engine {
+                            operation: "build",
+                            subject: tag.to_owned(),
+                            status: None,
+                            message: format!("{e}\n{log}"),
+                        });
+                    }
+                    if let Some(s) = info.stream {
+                        log.push_str(&s);
+                    }
+                }
+                Err(e) => return Err(self.err("build", tag, e)),
+            }
+        }
+        Ok(self.inspect_image(tag).await?.id)
+    }
+
+    /// Tags `image` (a reference or id) as `target` (`repo:tag`).
+    pub async fn tag_image(&self, image: &str, target: &str) -> Result<(), RuntimeError> {
+        let (repo, tag) = match target.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t),
+            _ => (target, "latest"),
+        };
+        let opts = qp::TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+        self.client()
+            .tag_image(image, Some(opts))
+            .await
+            .map_err(|e| self.err("tag", image, e))
+    }
+
+    /// Pushes `image` (`registry/repo:tag`) to its registry; returns the digest the registry reported.
+    pub async fn push_image(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        let (repo, tag) = match image.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t),
+            _ => (image, "latest"),
+        };
+        let opts = qp::PushImageOptionsBuilder::new().tag(tag).build();
+        let mut stream = self.client().push_image(repo, Some(opts), None);
+        let mut digest = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                        return Err(RuntimeError::PullFailed {
+                            image: image.to_owned(),
+                            message: format!("push: {e}"),
+                        });
+                    }
+                    if let Some(s) = info.status {
+                        if let Some(i) = s.find("digest: ") {
+                            digest = s[i + 8..].split_whitespace().next().map(str::to_owned);
+                        }
+                    }
+                }
+                Err(e) => return Err(self.err("push", image, e)),
+            }
+        }
+        Ok(digest)
+    }
+
+    /// Creates a bridge network with `subnet` (for static addresses) and `labels`; returns its id.
+    pub async fn create_network(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+        labels: &HashMap<String, String>,
+    ) -> Result<String, RuntimeError> {
+        let req = bollard::models::NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone()),
+            ipam: subnet.map(|s| bollard::models::Ipam {
+                config: Some(vec![bollard::models::IpamConfig {
+                    subnet: Some(s.to_owned()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = self
+            .client()
+            .create_network(req)
+            .await
+            .map_err(|e| self.err("network-create", name, e))?;
+        Ok(r.id)
+    }
+
+    /// Creates a named volume with `labels`.
+    pub async fn create_volume(&self, name: &str, labels: &HashMap<String, String>) -> Result<(), RuntimeError> {
+        let req = bollard::models::VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        self.client()
+            .create_volume(req)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err("volume-create", name, e))
+    }
+
+    /// Removes every container, network and volume labelled `label` (`key=value`), and every image with that
+    /// label; errors on single items are ignored so a cleanup after a failed test does as much as it can.
+    /// Returns how many objects it removed.
+    pub async fn remove_labelled(&self, label: &str) -> usize {
+        let mut removed = 0;
+        let filters: HashMap<String, Vec<String>> = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+        if let Ok(list) = self.list_containers(&[label.to_owned()]).await {
+            for c in list {
+                let opts = qp::RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+                if self.client().remove_container(&c.id, Some(opts)).await.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        let vopts = qp::ListVolumesOptionsBuilder::new().filters(&filters).build();
+        if let Ok(vols) = self.client().list_volumes(Some(vopts)).await {
+            for v in vols.volumes.unwrap_or_default() {
+                if self.client().remove_volume(&v.name, None::<qp::RemoveVolumeOptions>).await.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        let nopts = qp::ListNetworksOptionsBuilder::new().filters(&filters).build();
+        if let Ok(nets) = self.client().list_networks(Some(nopts)).await {
+            for n in nets {
+                if let Some(id) = n.id {
+                    if self.client().remove_network(&id).await.is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        let iopts = qp::ListImagesOptionsBuilder::new().filters(&filters).build();
+        if let Ok(images) = self.client().list_images(Some(iopts)).await {
+            for i in images {
+                let opts = qp::RemoveImageOptionsBuilder::new().force(true).build();
+                if self.client().remove_image(&i.id, Some(opts), None).await.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes a volume (it must be unused).
+    pub async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.client()
+            .remove_volume(name, None::<qp::RemoveVolumeOptions>)
+            .await
+            .map_err(|e| self.err("volume-remove", name, e))
+    }
+}
