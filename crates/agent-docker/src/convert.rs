@@ -182,7 +182,9 @@ pub(crate) fn container_info(
     let id = raw.id.clone().unwrap_or_default();
     let short_id: String = id.chars().take(12).collect();
     let name_text = raw.name.clone().unwrap_or_default();
-    let name = name_text.parse().map_err(|e: agent_core::ContainerNameError| invalid(&name_text, e.to_string()))?;
+    let name = name_text
+        .parse()
+        .map_err(|e: agent_core::ContainerNameError| invalid(&name_text, e.to_string()))?;
     let config = raw.config.unwrap_or_default();
     let host = raw.host_config.unwrap_or_default();
     let image_text = config.image.clone().unwrap_or_default();
@@ -197,7 +199,12 @@ pub(crate) fn container_info(
     let mut spec = ContainerSpec::new(name, image_ref);
     spec.command = config.cmd;
     spec.entrypoint = config.entrypoint;
-    spec.env = config.env.unwrap_or_default().iter().map(|e| secrets.classify(e)).collect::<Vec<EnvVar>>();
+    spec.env = config
+        .env
+        .unwrap_or_default()
+        .iter()
+        .map(|e| secrets.classify(e))
+        .collect::<Vec<EnvVar>>();
     spec.labels = all_labels.clone();
     spec.user = nonempty(config.user);
     spec.working_dir = nonempty(config.working_dir);
@@ -207,7 +214,10 @@ pub(crate) fn container_info(
     spec.healthcheck = healthcheck(config.healthcheck);
     spec.tty = config.tty.unwrap_or(false);
     spec.stop_signal = nonempty(config.stop_signal);
-    spec.stop_timeout = config.stop_timeout.filter(|t| *t >= 0).map(|t| Duration::from_secs(t as u64));
+    spec.stop_timeout = config
+        .stop_timeout
+        .filter(|t| *t >= 0)
+        .map(|t| Duration::from_secs(t as u64));
 
     // Mounts: what the engine mounted, with volumes the user did not name marked anonymous.
     let named_in_config: Vec<String> = host
@@ -248,14 +258,21 @@ pub(crate) fn container_info(
             }
             _ => continue,
         };
-        spec.mounts.push(Mount { target, kind, read_only });
+        spec.mounts.push(Mount {
+            target,
+            kind,
+            read_only,
+        });
     }
     // `--tmpfs /path` lives in HostConfig.Tmpfs and not in Mounts.
     for (path, _opts) in host.tmpfs.unwrap_or_default() {
         if !spec.mounts.iter().any(|mnt| mnt.target == path) {
             spec.mounts.push(Mount {
                 target: path,
-                kind: MountKind::Tmpfs { size_bytes: None, mode: None },
+                kind: MountKind::Tmpfs {
+                    size_bytes: None,
+                    mode: None,
+                },
                 read_only: false,
             });
         }
@@ -265,7 +282,9 @@ pub(crate) fn container_info(
     let mut ports = Vec::new();
     for (key, bindings) in host.port_bindings.unwrap_or_default() {
         let (port, proto) = key.split_once('/').unwrap_or((&key, "tcp"));
-        let Ok(container_port) = port.parse::<u16>() else { continue };
+        let Ok(container_port) = port.parse::<u16>() else {
+            continue;
+        };
         for b in bindings.unwrap_or_default() {
             ports.push(PortBinding {
                 container_port,
@@ -374,7 +393,9 @@ pub(crate) fn endpoint_settings(net: &NetworkAttachment) -> m::EndpointSettings 
 }
 
 /// The create request for `spec`, and the networks to connect after create (API 1.41 takes one at create).
-pub(crate) fn create_body(spec: &ContainerSpec) -> Result<(m::ContainerCreateBody, Vec<NetworkAttachment>), RuntimeError> {
+pub(crate) fn create_body(
+    spec: &ContainerSpec,
+) -> Result<(m::ContainerCreateBody, Vec<NetworkAttachment>), RuntimeError> {
     let name = spec.name.as_str();
     let mut env = Vec::with_capacity(spec.env.len());
     for v in &spec.env {
@@ -392,10 +413,14 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> Result<(m::ContainerCreateBod
         if !exposed.contains(&key) {
             exposed.push(key.clone());
         }
-        port_map.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(m::PortBinding {
-            host_ip: p.host_ip.clone(),
-            host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
-        });
+        port_map
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(m::PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
+            });
     }
     let mounts: Vec<m::Mount> = spec
         .mounts

@@ -211,7 +211,12 @@ impl DockerRuntime {
         let vopts = qp::ListVolumesOptionsBuilder::new().filters(&filters).build();
         if let Ok(vols) = self.client().list_volumes(Some(vopts)).await {
             for v in vols.volumes.unwrap_or_default() {
-                if self.client().remove_volume(&v.name, None::<qp::RemoveVolumeOptions>).await.is_ok() {
+                if self
+                    .client()
+                    .remove_volume(&v.name, None::<qp::RemoveVolumeOptions>)
+                    .await
+                    .is_ok()
+                {
                     removed += 1;
                 }
             }

@@ -19,6 +19,8 @@
 
 mod convert;
 mod images;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -100,7 +102,8 @@ impl DockerRuntime {
         let mut plain_tcp_remote = false;
         let docker = if let Some(path) = endpoint.strip_prefix("unix://") {
             Docker::connect_with_unix(path, timeout, bollard::API_DEFAULT_VERSION).map_err(connect_err)?
-        } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") || endpoint.starts_with("https://")
+        {
             if tls || endpoint.starts_with("https://") {
                 let dir = std::env::var("DOCKER_CERT_PATH")
                     .map(PathBuf::from)
@@ -211,11 +214,7 @@ impl DockerRuntime {
     }
 
     /// Connects a container to a network with the spec's endpoint settings.
-    async fn connect_network(
-        &self,
-        container: &str,
-        net: &agent_core::NetworkAttachment,
-    ) -> Result<(), RuntimeError> {
+    async fn connect_network(&self, container: &str, net: &agent_core::NetworkAttachment) -> Result<(), RuntimeError> {
         let req = bollard::models::NetworkConnectRequest {
             container: container.to_owned(),
             endpoint_config: Some(convert::endpoint_settings(net)),
@@ -239,7 +238,11 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn engine_info(&self) -> Result<EngineInfo, RuntimeError> {
-        let v = self.docker.version().await.map_err(|e| self.err("version", &self.endpoint, e))?;
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| self.err("version", &self.endpoint, e))?;
         Ok(EngineInfo {
             endpoint: self.endpoint.clone(),
             version: v.version.unwrap_or_default(),
@@ -281,7 +284,10 @@ impl ContainerRuntime for DockerRuntime {
             (None, Some(t)) => (image.name(), t.to_owned()),
             (None, None) => (image.name(), "latest".to_owned()),
         };
-        let opts = qp::CreateImageOptionsBuilder::new().from_image(&from_image).tag(&tag).build();
+        let opts = qp::CreateImageOptionsBuilder::new()
+            .from_image(&from_image)
+            .tag(&tag)
+            .build();
         let mut stream = self.docker.create_image(Some(opts), None, None);
         let subject = image.to_string();
         while let Some(item) = stream.next().await {
@@ -316,17 +322,17 @@ impl ContainerRuntime for DockerRuntime {
         let name = spec.name.as_str();
         let (body, extra_networks) = convert::create_body(spec)?;
         let opts = qp::CreateContainerOptionsBuilder::new().name(name).build();
-        let created = self
-            .docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(|e| match self.err("create", name, e) {
-                RuntimeError::ImageNotFound { message, .. } => RuntimeError::ImageNotFound {
-                    image: spec.image.to_string(),
-                    message,
-                },
-                other => other,
-            })?;
+        let created =
+            self.docker
+                .create_container(Some(opts), body)
+                .await
+                .map_err(|e| match self.err("create", name, e) {
+                    RuntimeError::ImageNotFound { message, .. } => RuntimeError::ImageNotFound {
+                        image: spec.image.to_string(),
+                        message,
+                    },
+                    other => other,
+                })?;
         // API 1.41 attaches one network at create; the others are connected before the first start.
         for net in &extra_networks {
             if let Err(e) = self.connect_network(name, net).await {
@@ -363,13 +369,16 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn rename_container(&self, container: &str, new_name: &str) -> Result<(), RuntimeError> {
         let opts = qp::RenameContainerOptionsBuilder::new().name(new_name).build();
-        self.docker.rename_container(container, opts).await.map_err(|e| match self.err("rename", container, e) {
-            RuntimeError::Conflict { message, .. } => RuntimeError::Conflict {
-                container: new_name.to_owned(),
-                message,
-            },
-            other => other,
-        })
+        self.docker
+            .rename_container(container, opts)
+            .await
+            .map_err(|e| match self.err("rename", container, e) {
+                RuntimeError::Conflict { message, .. } => RuntimeError::Conflict {
+                    container: new_name.to_owned(),
+                    message,
+                },
+                other => other,
+            })
     }
 
     async fn set_restart_policy(&self, container: &str, policy: RestartPolicy) -> Result<(), RuntimeError> {
@@ -412,9 +421,8 @@ impl ContainerRuntime for DockerRuntime {
             let out = item.map_err(|e| self.err("logs", container, e))?;
             let (idx, stream_kind, bytes) = match out {
                 bollard::container::LogOutput::StdErr { message } => (1, LogStream::Stderr, message),
-                bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
-                    (0, LogStream::Stdout, message)
-                }
+                bollard::container::LogOutput::StdOut { message }
+                | bollard::container::LogOutput::Console { message } => (0, LogStream::Stdout, message),
                 bollard::container::LogOutput::StdIn { .. } => continue,
             };
             partial[idx].push_str(&String::from_utf8_lossy(&bytes));
@@ -442,7 +450,10 @@ impl ContainerRuntime for DockerRuntime {
         if !labels.is_empty() {
             filters.insert("label".into(), labels.to_vec());
         }
-        let opts = qp::ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let opts = qp::ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
         let list = self
             .docker
             .list_containers(Some(opts))
@@ -515,6 +526,9 @@ mod tests {
             pull_error("a", "manifest for a:9 not found: manifest unknown".into()),
             RuntimeError::ImageNotFound { .. }
         ));
-        assert!(matches!(pull_error("a", "connection reset".into()), RuntimeError::PullFailed { .. }));
+        assert!(matches!(
+            pull_error("a", "connection reset".into()),
+            RuntimeError::PullFailed { .. }
+        ));
     }
 }

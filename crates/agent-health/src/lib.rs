@@ -1,1 +1,42 @@
-//! agent-health
+//! Health verification for agentctl: an agent is not a web server, so "the container is up" says little.
+//!
+//! A [`HealthGate`] runs a set of [`Probe`]s with Kubernetes/Nomad-style [`Timing`] (initial delay, period,
+//! timeout, success and failure thresholds, minimum healthy time, deadline) and returns a [`Verdict`]
+//! (healthy, unhealthy or inconclusive) with the [`ProbeEvidence`] of each probe. Built-in probes:
+//! [`ContainerStateProbe`] (running, restart count), [`DockerHealthProbe`] (HEALTHCHECK with its last output),
+//! [`LogScanProbe`] (fatal lines since start), [`HttpProbe`]. Users add their own through the trait.
+//!
+//! ```no_run
+//! # async fn demo(runtime: std::sync::Arc<dyn agent_core::ContainerRuntime>) {
+//! use agent_health::*;
+//! let gate = HealthGate::new(Timing::default())
+//!     .with_probe(ContainerStateProbe)
+//!     .with_probe(DockerHealthProbe)
+//!     .with_probe(LogScanProbe::default());
+//! let ctx = ProbeContext {
+//!     runtime,
+//!     container: "node-agent".into(),
+//!     started_at: agent_core::OffsetDateTime::now_utc(),
+//!     baseline_restarts: 0,
+//!     expected_version: None,
+//!     container_id: None,
+//! };
+//! let verdict = gate.run(&ctx, &|_| {}).await;
+//! println!("{verdict}");
+//! # }
+//! ```
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+mod gate;
+pub mod http;
+mod probes;
+
+pub use gate::{
+    GateProgress, HealthGate, Observation, Probe, ProbeContext, ProbeEvidence, Timing, Verdict, VerdictOutcome,
+};
+pub use probes::{
+    ContainerStateProbe, DockerHealthProbe, HttpProbe, HttpProbeConfig, LogScanProbe, DEFAULT_FATAL_PATTERNS,
+};
+
+#[cfg(test)]
+mod tests;

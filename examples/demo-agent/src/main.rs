@@ -1,1 +1,278 @@
-fn main() {}
+//! The demo agent: a small static binary that behaves like a monitoring agent.
+//!
+//! It serves `GET /health` and Prometheus `GET /metrics` on `AGENT_LISTEN` (default `0.0.0.0:8080`), prints
+//! its version at start, and sends heartbeats to `CONTROL_CENTER_URL` (`http://IP:PORT`, IP addresses only:
+//! a static binary cannot resolve names) with the bearer token `CONTROL_CENTER_TOKEN`. `/agent healthcheck`
+//! is for `HEALTHCHECK CMD ["/agent", "healthcheck"]`.
+//!
+//! Failure modes (`AGENT_FAILURE`): `exit-at-start`, `never-healthy`, `unhealthy-after:SECS`, `fatal-logs`,
+//! `slow-start:SECS`, `error-rate:FRACTION`, `no-heartbeat`, `crash-after:SECS`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Debug, PartialEq)]
+enum Failure {
+    None,
+    ExitAtStart,
+    NeverHealthy,
+    UnhealthyAfter(u64),
+    FatalLogs,
+    SlowStart(u64),
+    ErrorRate(f64),
+    NoHeartbeat,
+    CrashAfter(u64),
+}
+
+fn parse_failure(s: &str) -> Failure {
+    let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
+    let n = || arg.parse::<u64>().unwrap_or(5);
+    match kind {
+        "exit-at-start" => Failure::ExitAtStart,
+        "never-healthy" => Failure::NeverHealthy,
+        "unhealthy-after" => Failure::UnhealthyAfter(n()),
+        "fatal-logs" => Failure::FatalLogs,
+        "slow-start" => Failure::SlowStart(n()),
+        "error-rate" => Failure::ErrorRate(arg.parse().unwrap_or(0.5)),
+        "no-heartbeat" => Failure::NoHeartbeat,
+        "crash-after" => Failure::CrashAfter(n()),
+        _ => Failure::None,
+    }
+}
+
+struct Agent {
+    version: String,
+    id: String,
+    failure: Failure,
+    started: Instant,
+    requests_ok: AtomicU64,
+    requests_err: AtomicU64,
+    heartbeats: AtomicU64,
+}
+
+impl Agent {
+    fn healthy(&self) -> bool {
+        let up = self.started.elapsed().as_secs();
+        match self.failure {
+            Failure::NeverHealthy => false,
+            Failure::UnhealthyAfter(s) => up < s,
+            Failure::SlowStart(s) => up >= s,
+            _ => true,
+        }
+    }
+}
+
+extern "C" fn on_term(_: libc::c_int) {
+    // Exit promptly on SIGTERM: as PID 1 the default action would be to ignore it.
+    unsafe { libc::_exit(0) }
+}
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("healthcheck") {
+        std::process::exit(healthcheck());
+    }
+    unsafe {
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+    }
+    let agent = Arc::new(Agent {
+        version: env("AGENT_VERSION", env!("CARGO_PKG_VERSION")),
+        id: env("AGENT_ID", &env("HOSTNAME", "demo-agent")),
+        failure: parse_failure(&env("AGENT_FAILURE", "")),
+        started: Instant::now(),
+        requests_ok: AtomicU64::new(0),
+        requests_err: AtomicU64::new(0),
+        heartbeats: AtomicU64::new(0),
+    });
+    println!("demo-agent version {} starting (id {})", agent.version, agent.id);
+    match agent.failure {
+        Failure::ExitAtStart => {
+            eprintln!("error: cannot load configuration, exiting");
+            std::process::exit(1);
+        }
+        Failure::FatalLogs => {
+            eprintln!("FATAL: lost connection to the collector backend");
+        }
+        _ => {}
+    }
+    if let Failure::CrashAfter(s) = agent.failure {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(s));
+            eprintln!("panic: index out of range");
+            std::process::exit(101);
+        });
+    }
+    if let Ok(url) = std::env::var("CONTROL_CENTER_URL") {
+        if !url.is_empty() && agent.failure != Failure::NoHeartbeat {
+            let a = agent.clone();
+            std::thread::spawn(move || heartbeat_loop(a, url));
+        }
+    }
+    let listen = env("AGENT_LISTEN", "0.0.0.0:8080");
+    let listener = match TcpListener::bind(&listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("listening on {listen}");
+    for stream in listener.incoming().flatten() {
+        let a = agent.clone();
+        std::thread::spawn(move || serve(a, stream));
+    }
+}
+
+fn healthcheck() -> i32 {
+    let listen = env("AGENT_LISTEN", "0.0.0.0:8080");
+    let port = listen.rsplit(':').next().unwrap_or("8080");
+    let addr: SocketAddr = match format!("127.0.0.1:{port}").parse() {
+        Ok(a) => a,
+        Err(_) => return 1,
+    };
+    match http(addr, "GET /health HTTP/1.0\r\n\r\n", Duration::from_secs(2)) {
+        Ok(resp) if resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200") => 0,
+        Ok(resp) => {
+            println!("unhealthy: {}", resp.lines().next().unwrap_or(""));
+            1
+        }
+        Err(e) => {
+            println!("unhealthy: {e}");
+            1
+        }
+    }
+}
+
+fn serve(agent: Arc<Agent>, mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 4096];
+    let n = match stream.read(&mut buf) {
+        Ok(n) => n,
+        Err(_) => return,
+    };
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let path = req.split_whitespace().nth(1).unwrap_or("/");
+    let (status, body, ctype) = match path {
+        "/health" | "/healthz" | "/up" => {
+            if agent.healthy() {
+                ("200 OK", format!("ok {}\n", agent.version), "text/plain")
+            } else {
+                ("503 Service Unavailable", "unhealthy\n".to_owned(), "text/plain")
+            }
+        }
+        "/metrics" => ("200 OK", metrics(&agent), "text/plain; version=0.0.4"),
+        "/version" => ("200 OK", format!("{}\n", agent.version), "text/plain"),
+        "/work" => {
+            let fail = match agent.failure {
+                Failure::ErrorRate(r) => {
+                    let total = agent.requests_ok.load(Ordering::Relaxed) + agent.requests_err.load(Ordering::Relaxed);
+                    (total % 100) as f64 / 100.0 < r
+                }
+                _ => false,
+            };
+            if fail {
+                agent.requests_err.fetch_add(1, Ordering::Relaxed);
+                ("500 Internal Server Error", "error\n".to_owned(), "text/plain")
+            } else {
+                agent.requests_ok.fetch_add(1, Ordering::Relaxed);
+                ("200 OK", "done\n".to_owned(), "text/plain")
+            }
+        }
+        _ => ("404 Not Found", "not found\n".to_owned(), "text/plain"),
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(resp.as_bytes());
+}
+
+fn metrics(agent: &Agent) -> String {
+    // Simulated traffic, so error-rate analysis has data without a load generator: every scrape counts 100
+    // requests, failing at the configured rate.
+    let (ok, err) = match agent.failure {
+        Failure::ErrorRate(r) => {
+            let bad = (100.0 * r).round() as u64;
+            (100 - bad.min(100), bad.min(100))
+        }
+        _ => (100, 0),
+    };
+    agent.requests_ok.fetch_add(ok, Ordering::Relaxed);
+    agent.requests_err.fetch_add(err, Ordering::Relaxed);
+    format!(
+        "# HELP agent_up Whether the agent runs.\n# TYPE agent_up gauge\nagent_up 1\n\
+# HELP agent_info Agent build information.\n# TYPE agent_info gauge\nagent_info{{version=\"{v}\",id=\"{id}\"}} 1\n\
+# HELP agent_requests_total Requests handled, by outcome.\n# TYPE agent_requests_total counter\n\
+agent_requests_total{{code=\"200\"}} {ok}\nagent_requests_total{{code=\"500\"}} {err}\n\
+# HELP agent_heartbeats_sent_total Heartbeats sent to the control center.\n# TYPE agent_heartbeats_sent_total counter\n\
+agent_heartbeats_sent_total {hb}\n\
+# HELP agent_uptime_seconds Seconds since start.\n# TYPE agent_uptime_seconds gauge\nagent_uptime_seconds {up}\n",
+        v = agent.version,
+        id = agent.id,
+        ok = agent.requests_ok.load(Ordering::Relaxed),
+        err = agent.requests_err.load(Ordering::Relaxed),
+        hb = agent.heartbeats.load(Ordering::Relaxed),
+        up = agent.started.elapsed().as_secs_f64(),
+    )
+}
+
+fn heartbeat_loop(agent: Arc<Agent>, url: String) {
+    let rest = url.trim_start_matches("http://");
+    let (hostport, base) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    let Ok(addr) = hostport.parse::<SocketAddr>() else {
+        eprintln!("error: CONTROL_CENTER_URL must be http://IP:PORT (no host names), got {url}");
+        return;
+    };
+    let token = env("CONTROL_CENTER_TOKEN", "");
+    let interval = Duration::from_millis(env("HEARTBEAT_INTERVAL_MS", "1000").parse().unwrap_or(1000));
+    let revision = env("AGENT_REVISION", "");
+    let container = env("HOSTNAME", "");
+    let host = env("AGENT_HOST", "");
+    loop {
+        let status = if agent.healthy() { "ok" } else { "degraded" };
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let body = format!(
+            "{{\"agentId\":\"{}\",\"container\":\"{}\",\"host\":\"{}\",\"version\":\"{}\",\"revision\":\"{}\",\"status\":\"{}\",\"sentAtMs\":{}}}",
+            agent.id, container, host, agent.version, revision, status, ts
+        );
+        let req = format!(
+            "POST {base}/v1/heartbeats HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        match http(addr, &req, Duration::from_secs(2)) {
+            Ok(resp) if resp.starts_with("HTTP/1.1 2") => {
+                agent.heartbeats.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(resp) => eprintln!("warning: heartbeat refused: {}", resp.lines().next().unwrap_or("")),
+            Err(e) => eprintln!("warning: heartbeat failed: {e}"),
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+fn http(addr: SocketAddr, request: &str, timeout: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(request.as_bytes())?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}

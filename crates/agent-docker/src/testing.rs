@@ -1,0 +1,195 @@
+//! Support for tests, the demo and the benchmarks (feature `testing`): the demo agent's image, built from the
+//! workspace's static binary through the engine (no registry, no base image), and a real local registry
+//! (Debian's `docker-registry`) on loopback.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_core::RuntimeError;
+
+use crate::{BuildContext, DockerRuntime};
+
+/// The label every object made by a test or the demo carries, with the run id as value.
+pub const RUN_LABEL: &str = "io.agentctl.test-run";
+
+/// A unique id for one test run (labels, names).
+pub fn run_id(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xff_ffff)
+}
+
+/// The workspace root this crate was built in.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Path of the static demo-agent binary, building it when needed (`cargo build --release -p demo-agent` for
+/// the static gnu target, in `target/static`). `AGENTCTL_DEMO_AGENT` overrides the path.
+pub fn demo_agent_binary() -> std::io::Result<PathBuf> {
+    if let Ok(p) = std::env::var("AGENTCTL_DEMO_AGENT") {
+        return Ok(PathBuf::from(p));
+    }
+    let root = workspace_root();
+    let target_dir = root.join("target/static");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "demo-agent",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static -C strip=symbols")
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "building the demo agent failed ({status}); run `cargo build -p demo-agent` to see why"
+        )));
+    }
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/demo-agent"))
+}
+
+/// How a demo image is made.
+#[derive(Debug, Clone)]
+pub struct DemoImage {
+    /// Version the agent reports (`AGENT_VERSION` and the OCI version label).
+    pub version: String,
+    /// Failure mode baked into the image (`AGENT_FAILURE`), e.g. `exit-at-start`.
+    pub failure: Option<String>,
+    /// Whether the image has a HEALTHCHECK.
+    pub healthcheck: bool,
+    /// Extra `ENV` lines.
+    pub env: Vec<(String, String)>,
+}
+
+impl DemoImage {
+    /// A healthy demo image of `version` with a HEALTHCHECK.
+    pub fn new(version: &str) -> DemoImage {
+        DemoImage {
+            version: version.to_owned(),
+            failure: None,
+            healthcheck: true,
+            env: Vec::new(),
+        }
+    }
+
+    /// The same with a failure mode.
+    pub fn failing(mut self, mode: &str) -> DemoImage {
+        self.failure = Some(mode.to_owned());
+        self
+    }
+
+    /// The Dockerfile: the offline `FROM scratch` variant (non-root user, HEALTHCHECK, OCI labels).
+    pub fn dockerfile(&self) -> String {
+        let mut d = String::from("FROM scratch\nCOPY agent /agent\n");
+        d.push_str(&format!("ENV AGENT_VERSION={}\n", self.version));
+        if let Some(f) = &self.failure {
+            d.push_str(&format!("ENV AGENT_FAILURE={f}\n"));
+        }
+        for (k, v) in &self.env {
+            d.push_str(&format!("ENV {k}={v}\n"));
+        }
+        d.push_str(&format!(
+            "LABEL org.opencontainers.image.version=\"{}\" org.opencontainers.image.title=\"demo-agent\"\n",
+            self.version
+        ));
+        d.push_str("EXPOSE 8080\nUSER 65534:65534\n");
+        if self.healthcheck {
+            d.push_str("HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD [\"/agent\", \"healthcheck\"]\n");
+        }
+        d.push_str("ENTRYPOINT [\"/agent\"]\n");
+        d
+    }
+
+    /// Builds the image as `tag` from `binary`, labelled with `labels`.
+    pub async fn build(
+        &self,
+        docker: &DockerRuntime,
+        binary: &Path,
+        tag: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<String, RuntimeError> {
+        let bytes = std::fs::read(binary).map_err(|e| RuntimeError::Engine {
+            operation: "build",
+            subject: tag.to_owned(),
+            status: None,
+            message: format!("cannot read the demo agent binary {}: {e}", binary.display()),
+        })?;
+        let ctx = BuildContext::new(&self.dockerfile()).file("agent", bytes, 0o755);
+        docker.build_image(&ctx, tag, labels).await
+    }
+}
+
+/// A real registry (Debian's `docker-registry`) on a free loopback port, stopped on drop.
+#[derive(Debug)]
+pub struct LocalRegistry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalRegistry {
+    /// Starts the registry and waits until it answers (up to 15 s).
+    pub fn start() -> std::io::Result<LocalRegistry> {
+        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or_else(|| {
+                std::io::Error::other("docker-registry is not installed; `apt-get install docker-registry`")
+            })?;
+        let port = free_port()?;
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let reg = LocalRegistry { child, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(reg);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(std::io::Error::other("the local registry did not start within 15 s"))
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

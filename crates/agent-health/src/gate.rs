@@ -1,0 +1,441 @@
+//! The [`Probe`] trait, probe timing, and the [`HealthGate`] that runs probes to a [`Verdict`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{duration_text, format_duration, ContainerRuntime};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// What one probe check saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", content = "detail", rename_all = "kebab-case")]
+pub enum Observation {
+    /// Passing.
+    Pass(String),
+    /// Not passing yet, and not a failure (still starting): does not count toward the failure threshold.
+    Pending(String),
+    /// Failing; counts toward the failure threshold.
+    Fail(String),
+    /// Failing in a way no retry can fix (the container exited, a fatal log line): unhealthy at once.
+    Fatal(String),
+    /// The signal's source could not be asked (Prometheus down, no data): neither pass nor fail.
+    Inconclusive(String),
+}
+
+impl Observation {
+    /// The detail text.
+    pub fn detail(&self) -> &str {
+        match self {
+            Observation::Pass(d)
+            | Observation::Pending(d)
+            | Observation::Fail(d)
+            | Observation::Fatal(d)
+            | Observation::Inconclusive(d) => d,
+        }
+    }
+}
+
+/// What a probe is checking: the container and the revision it should run.
+#[derive(Clone)]
+pub struct ProbeContext {
+    /// The engine the container runs on.
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// The container's name.
+    pub container: String,
+    /// When the container was started for this verification (log scans start here).
+    pub started_at: OffsetDateTime,
+    /// The restart count when verification began (an increase is a crash).
+    pub baseline_restarts: u64,
+    /// The version the new container should report (heartbeats, metrics), when known.
+    pub expected_version: Option<String>,
+    /// The container id of the instance under test (heartbeats from another instance do not count).
+    pub container_id: Option<String>,
+}
+
+impl fmt::Debug for ProbeContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProbeContext")
+            .field("endpoint", &self.runtime.endpoint())
+            .field("container", &self.container)
+            .field("started_at", &self.started_at)
+            .field("expected_version", &self.expected_version)
+            .finish()
+    }
+}
+
+/// One signal of health. Implementations must return within the gate's per-check timeout (the gate cancels a
+/// check that takes longer and records it as a failure) and never panic on odd input.
+#[async_trait]
+pub trait Probe: Send + Sync {
+    /// A short name for evidence (`container`, `healthcheck`, `http`, `logs`).
+    fn name(&self) -> &str;
+
+    /// Checks once.
+    async fn check(&self, ctx: &ProbeContext) -> Observation;
+}
+
+/// Timing shared by a gate's probes, as in Kubernetes probes and Nomad's `update` block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Timing {
+    /// Wait before the first check.
+    #[serde(with = "duration_text")]
+    pub initial_delay: Duration,
+    /// Time between checks.
+    #[serde(with = "duration_text")]
+    pub period: Duration,
+    /// Time one check may take.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Consecutive passes before a probe counts as passing.
+    pub success_threshold: u32,
+    /// Consecutive failures before a probe fails the gate.
+    pub failure_threshold: u32,
+    /// How long every probe must pass without interruption before the verdict is healthy.
+    #[serde(with = "duration_text")]
+    pub min_healthy_time: Duration,
+    /// Give up (unhealthy, or inconclusive when only inconclusive probes remain) after this long.
+    #[serde(with = "duration_text")]
+    pub deadline: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            initial_delay: Duration::ZERO,
+            period: Duration::from_millis(500),
+            timeout: Duration::from_secs(2),
+            success_threshold: 1,
+            failure_threshold: 3,
+            min_healthy_time: Duration::from_secs(5),
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+impl fmt::Display for Timing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "every {}, timeout {}, healthy after {} passes held {}, unhealthy after {} failures, deadline {}",
+            format_duration(self.period),
+            format_duration(self.timeout),
+            self.success_threshold,
+            format_duration(self.min_healthy_time),
+            self.failure_threshold,
+            format_duration(self.deadline)
+        )
+    }
+}
+
+/// The gate's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictOutcome {
+    /// Every probe passed for the minimum healthy time.
+    Healthy,
+    /// A probe failed.
+    Unhealthy,
+    /// A signal could not be read before the deadline; neither proven good nor bad.
+    Inconclusive,
+}
+
+impl fmt::Display for VerdictOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VerdictOutcome::Healthy => "healthy",
+            VerdictOutcome::Unhealthy => "unhealthy",
+            VerdictOutcome::Inconclusive => "inconclusive",
+        })
+    }
+}
+
+/// What one probe showed over a gate run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeEvidence {
+    /// The probe's name.
+    pub probe: String,
+    /// Checks made.
+    pub checks: u32,
+    /// Of which passed.
+    pub passes: u32,
+    /// Of which failed (fatal included).
+    pub failures: u32,
+    /// Of which were inconclusive.
+    pub inconclusive: u32,
+    /// The last observation.
+    pub last: Observation,
+    /// When it was made.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_at: OffsetDateTime,
+}
+
+/// A verdict with the evidence of each probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verdict {
+    /// The decision.
+    pub outcome: VerdictOutcome,
+    /// Why, in one sentence.
+    pub reason: String,
+    /// How long verification took.
+    #[serde(with = "duration_text")]
+    pub elapsed: Duration,
+    /// Each probe's evidence.
+    pub evidence: Vec<ProbeEvidence>,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "verdict: {} after {} ({})",
+            self.outcome,
+            format_duration(self.elapsed),
+            self.reason
+        )?;
+        for e in &self.evidence {
+            let word = match e.last {
+                Observation::Pass(_) => "pass",
+                Observation::Pending(_) => "pending",
+                Observation::Fail(_) => "FAIL",
+                Observation::Fatal(_) => "FATAL",
+                Observation::Inconclusive(_) => "inconclusive",
+            };
+            writeln!(
+                f,
+                "  {:<12} {:<12} {}/{} checks passed; last: {}",
+                e.probe,
+                word,
+                e.passes,
+                e.checks,
+                e.last.detail()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Progress while a gate runs, for a spinner or a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateProgress {
+    /// Time since the gate started.
+    pub elapsed: Duration,
+    /// Probes not yet passing, with their last detail.
+    pub waiting_on: Vec<(String, String)>,
+}
+
+/// Runs a set of probes with shared timing to a [`Verdict`].
+pub struct HealthGate {
+    probes: Vec<Box<dyn Probe>>,
+    timing: Timing,
+}
+
+impl fmt::Debug for HealthGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthGate")
+            .field("probes", &self.probes.iter().map(|p| p.name()).collect::<Vec<_>>())
+            .field("timing", &self.timing)
+            .finish()
+    }
+}
+
+struct Track {
+    consecutive_pass: u32,
+    consecutive_fail: u32,
+    evidence: Option<ProbeEvidence>,
+}
+
+impl HealthGate {
+    /// A gate with `timing` and no probes.
+    pub fn new(timing: Timing) -> HealthGate {
+        HealthGate {
+            probes: Vec::new(),
+            timing,
+        }
+    }
+
+    /// Adds a probe.
+    pub fn with_probe(mut self, probe: impl Probe + 'static) -> HealthGate {
+        self.probes.push(Box::new(probe));
+        self
+    }
+
+    /// Adds a boxed probe.
+    pub fn push(&mut self, probe: Box<dyn Probe>) {
+        self.probes.push(probe);
+    }
+
+    /// The timing.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// The probes' names.
+    pub fn probe_names(&self) -> Vec<&str> {
+        self.probes.iter().map(|p| p.name()).collect()
+    }
+
+    /// Runs every probe each period until all have passed for the minimum healthy time (healthy), one fails
+    /// (unhealthy), or the deadline passes. Uses `tokio::time`, so tests can run it with paused time.
+    pub async fn run(&self, ctx: &ProbeContext, progress: &(dyn Fn(GateProgress) + Send + Sync)) -> Verdict {
+        let t = &self.timing;
+        let start = tokio::time::Instant::now();
+        let deadline = start + t.deadline;
+        let mut tracks: Vec<Track> = self
+            .probes
+            .iter()
+            .map(|_| Track {
+                consecutive_pass: 0,
+                consecutive_fail: 0,
+                evidence: None,
+            })
+            .collect();
+        let mut healthy_since: Option<tokio::time::Instant> = None;
+        tokio::time::sleep(t.initial_delay).await;
+        loop {
+            let round_start = tokio::time::Instant::now();
+            let checks = self.probes.iter().map(|p| async move {
+                match tokio::time::timeout(t.timeout, p.check(ctx)).await {
+                    Ok(o) => o,
+                    Err(_) => Observation::Fail(format!("no answer within {}", format_duration(t.timeout))),
+                }
+            });
+            let results = futures_util::future::join_all(checks).await;
+            let now = OffsetDateTime::now_utc();
+            let mut fatal: Option<String> = None;
+            let mut all_passing = true;
+            for ((probe, track), obs) in self.probes.iter().zip(tracks.iter_mut()).zip(results) {
+                let ev = track.evidence.get_or_insert_with(|| ProbeEvidence {
+                    probe: probe.name().to_owned(),
+                    checks: 0,
+                    passes: 0,
+                    failures: 0,
+                    inconclusive: 0,
+                    last: obs.clone(),
+                    last_at: now,
+                });
+                ev.checks += 1;
+                ev.last = obs.clone();
+                ev.last_at = now;
+                match &obs {
+                    Observation::Pass(_) => {
+                        ev.passes += 1;
+                        track.consecutive_pass += 1;
+                        track.consecutive_fail = 0;
+                    }
+                    Observation::Pending(_) => {
+                        track.consecutive_pass = 0;
+                    }
+                    Observation::Fail(d) => {
+                        ev.failures += 1;
+                        track.consecutive_pass = 0;
+                        track.consecutive_fail += 1;
+                        if track.consecutive_fail >= t.failure_threshold.max(1) && fatal.is_none() {
+                            fatal = Some(format!(
+                                "{} failed {} times in a row: {d}",
+                                probe.name(),
+                                track.consecutive_fail
+                            ));
+                        }
+                    }
+                    Observation::Fatal(d) => {
+                        ev.failures += 1;
+                        track.consecutive_pass = 0;
+                        if fatal.is_none() {
+                            fatal = Some(format!("{}: {d}", probe.name()));
+                        }
+                    }
+                    Observation::Inconclusive(_) => {
+                        ev.inconclusive += 1;
+                        track.consecutive_pass = 0;
+                    }
+                }
+                if track.consecutive_pass < t.success_threshold.max(1) {
+                    all_passing = false;
+                }
+            }
+            let elapsed = start.elapsed();
+            let evidence = || tracks.iter().filter_map(|t| t.evidence.clone()).collect::<Vec<_>>();
+            if let Some(reason) = fatal {
+                return Verdict {
+                    outcome: VerdictOutcome::Unhealthy,
+                    reason,
+                    elapsed,
+                    evidence: evidence(),
+                };
+            }
+            if all_passing {
+                let since = *healthy_since.get_or_insert(round_start);
+                if since.elapsed() >= t.min_healthy_time {
+                    return Verdict {
+                        outcome: VerdictOutcome::Healthy,
+                        reason: format!(
+                            "every probe passed for {} ({} probes)",
+                            format_duration(t.min_healthy_time),
+                            self.probes.len()
+                        ),
+                        elapsed,
+                        evidence: evidence(),
+                    };
+                }
+            } else {
+                healthy_since = None;
+            }
+            let waiting_on: Vec<(String, String)> = self
+                .probes
+                .iter()
+                .zip(&tracks)
+                .filter(|(_, tr)| tr.consecutive_pass < t.success_threshold.max(1))
+                .map(|(p, tr)| {
+                    let detail = tr
+                        .evidence
+                        .as_ref()
+                        .map(|e| e.last.detail().to_owned())
+                        .unwrap_or_default();
+                    (p.name().to_owned(), detail)
+                })
+                .collect();
+            if tokio::time::Instant::now() + t.period > deadline {
+                let inconclusive_only = tracks.iter().all(|tr| {
+                    tr.consecutive_pass >= t.success_threshold.max(1)
+                        || matches!(
+                            tr.evidence.as_ref().map(|e| &e.last),
+                            Some(Observation::Inconclusive(_))
+                        )
+                });
+                let waiting = if waiting_on.is_empty() {
+                    format!(
+                        "the minimum healthy time of {} was not reached",
+                        format_duration(t.min_healthy_time)
+                    )
+                } else {
+                    waiting_on
+                        .iter()
+                        .map(|(n, d)| format!("{n} ({d})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Verdict {
+                    outcome: if inconclusive_only && !waiting_on.is_empty() {
+                        VerdictOutcome::Inconclusive
+                    } else {
+                        VerdictOutcome::Unhealthy
+                    },
+                    reason: format!(
+                        "deadline of {} passed waiting on {waiting}",
+                        format_duration(t.deadline)
+                    ),
+                    elapsed,
+                    evidence: evidence(),
+                };
+            }
+            progress(GateProgress { elapsed, waiting_on });
+            tokio::time::sleep_until(round_start + t.period).await;
+        }
+    }
+}

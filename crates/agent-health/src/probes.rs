@@ -1,0 +1,242 @@
+//! The built-in probes: container state, Docker HEALTHCHECK, log scan, HTTP.
+
+use std::time::Duration;
+
+use agent_core::{ContainerStatus, HealthStatus, LogLine, RuntimeError};
+use async_trait::async_trait;
+use regex::RegexSet;
+use serde::{Deserialize, Serialize};
+
+use crate::gate::{Observation, Probe, ProbeContext};
+use crate::http;
+
+fn engine_error(e: &RuntimeError) -> Observation {
+    match e {
+        RuntimeError::ContainerNotFound { .. } => Observation::Fatal(format!("the container is gone: {e}")),
+        RuntimeError::Unavailable { .. } => Observation::Inconclusive(e.to_string()),
+        _ => Observation::Fail(e.to_string()),
+    }
+}
+
+/// Passes while the container runs and its restart count stays where it was; an exit or a restart is fatal.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerStateProbe;
+
+#[async_trait]
+impl Probe for ContainerStateProbe {
+    fn name(&self) -> &str {
+        "container"
+    }
+
+    async fn check(&self, ctx: &ProbeContext) -> Observation {
+        let info = match ctx.runtime.inspect_container(&ctx.container).await {
+            Ok(i) => i,
+            Err(e) => return engine_error(&e),
+        };
+        let s = &info.state;
+        let restarts = s.restart_count.saturating_sub(ctx.baseline_restarts);
+        if restarts > 0 {
+            return Observation::Fatal(format!(
+                "restarted {restarts} time(s) since it was started (now {}, last exit code {})",
+                s.status,
+                s.exit_code.map_or("-".to_owned(), |c| c.to_string())
+            ));
+        }
+        match s.status {
+            ContainerStatus::Running => Observation::Pass(format!("running, {} restarts", s.restart_count)),
+            ContainerStatus::Created => Observation::Pending("created, not yet running".into()),
+            ContainerStatus::Restarting => Observation::Fatal("restarting (crash loop)".into()),
+            other => Observation::Fatal(format!(
+                "{other} with exit code {}{}{}",
+                s.exit_code.map_or("-".to_owned(), |c| c.to_string()),
+                if s.oom_killed { " (killed: out of memory)" } else { "" },
+                s.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// Docker's own HEALTHCHECK: passes on `healthy`, pending while `starting`, fails on `unhealthy` with the
+/// check's last output. Passes with a note when the container has no HEALTHCHECK.
+#[derive(Debug, Clone, Default)]
+pub struct DockerHealthProbe;
+
+#[async_trait]
+impl Probe for DockerHealthProbe {
+    fn name(&self) -> &str {
+        "healthcheck"
+    }
+
+    async fn check(&self, ctx: &ProbeContext) -> Observation {
+        let info = match ctx.runtime.inspect_container(&ctx.container).await {
+            Ok(i) => i,
+            Err(e) => return engine_error(&e),
+        };
+        let Some(h) = info.state.health else {
+            return Observation::Pass("no HEALTHCHECK defined".into());
+        };
+        let last = h
+            .log
+            .last()
+            .map(|l| format!("exit {}: {}", l.exit_code, truncate(&l.output, 200)))
+            .unwrap_or_else(|| "no run yet".into());
+        match h.status {
+            HealthStatus::Healthy => Observation::Pass(format!("healthy ({last})")),
+            HealthStatus::Starting => Observation::Pending(format!("starting ({last})")),
+            HealthStatus::Unhealthy => {
+                Observation::Fail(format!("unhealthy, {} failures in a row ({last})", h.failing_streak))
+            }
+        }
+    }
+}
+
+/// Scans the container's output since it started for fatal lines. Any match is fatal, with excerpts.
+#[derive(Debug, Clone)]
+pub struct LogScanProbe {
+    patterns: Vec<String>,
+    set: RegexSet,
+}
+
+/// The default fatal-line patterns: case-insensitive `fatal` and `panic`.
+pub const DEFAULT_FATAL_PATTERNS: &[&str] = &["(?i)\\bfatal\\b", "(?i)\\bpanic(ked)?\\b"];
+
+impl Default for LogScanProbe {
+    fn default() -> Self {
+        LogScanProbe::new(DEFAULT_FATAL_PATTERNS.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_else(|_| unreachable!("the default patterns are valid"))
+    }
+}
+
+impl LogScanProbe {
+    /// A probe for these regular expressions.
+    pub fn new(patterns: Vec<String>) -> Result<LogScanProbe, regex::Error> {
+        let set = RegexSet::new(&patterns)?;
+        Ok(LogScanProbe { patterns, set })
+    }
+
+    /// Lines of `lines` matching any pattern, as `(pattern, line)`.
+    pub fn matches<'a>(&'a self, lines: &'a [LogLine]) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        lines.iter().filter_map(move |l| {
+            let m = self.set.matches(&l.text);
+            m.iter().next().map(|i| (self.patterns[i].as_str(), l.text.as_str()))
+        })
+    }
+}
+
+#[async_trait]
+impl Probe for LogScanProbe {
+    fn name(&self) -> &str {
+        "logs"
+    }
+
+    async fn check(&self, ctx: &ProbeContext) -> Observation {
+        let lines = match ctx.runtime.logs(&ctx.container, Some(ctx.started_at), None).await {
+            Ok(l) => l,
+            Err(e) => return engine_error(&e),
+        };
+        let hits: Vec<(&str, &str)> = self.matches(&lines).collect();
+        if hits.is_empty() {
+            Observation::Pass(format!("{} lines, no fatal pattern", lines.len()))
+        } else {
+            let excerpts: Vec<String> = hits
+                .iter()
+                .take(3)
+                .map(|(_, l)| format!("{:?}", truncate(l, 160)))
+                .collect();
+            Observation::Fatal(format!(
+                "{} line(s) match a fatal pattern ({}): {}",
+                hits.len(),
+                hits[0].0,
+                excerpts.join(", ")
+            ))
+        }
+    }
+}
+
+/// Where an HTTP probe connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpProbeConfig {
+    /// Port in the container (reached on the container's address), or on the host with `host_port`.
+    pub port: u16,
+    /// Path (`/health`).
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Expected status code (any 2xx when `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_status: Option<u16>,
+    /// Connect to this published port on 127.0.0.1 instead of the container's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+}
+
+fn default_path() -> String {
+    "/health".to_owned()
+}
+
+/// HTTP GET against the container's address on its network (or a published port).
+#[derive(Debug, Clone)]
+pub struct HttpProbe {
+    config: HttpProbeConfig,
+}
+
+impl HttpProbe {
+    /// A probe with this configuration.
+    pub fn new(config: HttpProbeConfig) -> HttpProbe {
+        HttpProbe { config }
+    }
+}
+
+#[async_trait]
+impl Probe for HttpProbe {
+    fn name(&self) -> &str {
+        "http"
+    }
+
+    async fn check(&self, ctx: &ProbeContext) -> Observation {
+        let host = match self.config.host_port {
+            Some(p) => format!("127.0.0.1:{p}"),
+            None => {
+                let info = match ctx.runtime.inspect_container(&ctx.container).await {
+                    Ok(i) => i,
+                    Err(e) => return engine_error(&e),
+                };
+                match info.addresses.values().next() {
+                    Some(ip) => format!("{ip}:{}", self.config.port),
+                    None => return Observation::Pending("the container has no network address yet".into()),
+                }
+            }
+        };
+        let url = format!("http://{host}{}", self.config.path);
+        match http::get(&url, Duration::from_secs(5)).await {
+            Ok(resp) => {
+                let ok = match self.config.expected_status {
+                    Some(s) => resp.status == s,
+                    None => (200..300).contains(&resp.status),
+                };
+                let body = truncate(resp.body.trim(), 120);
+                if ok {
+                    Observation::Pass(format!("GET {url} -> {} {body:?}", resp.status))
+                } else {
+                    Observation::Fail(format!("GET {url} -> {} {body:?}", resp.status))
+                }
+            }
+            // A refused connection right after start is the agent still binding its port.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Observation::Fail(format!("GET {url}: connection refused"))
+            }
+            Err(e) => Observation::Fail(format!("GET {url}: {e}")),
+        }
+    }
+}
+
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,168 @@
+//! Gate logic against the fake runtime, with paused time.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{ContainerSpec, FakeRuntime, ImageBehaviour, ImageDefaults, ImageRef, OffsetDateTime};
+use async_trait::async_trait;
+
+use crate::*;
+
+fn ctx(rt: Arc<FakeRuntime>, container: &str) -> ProbeContext {
+    ProbeContext {
+        runtime: rt,
+        container: container.into(),
+        started_at: OffsetDateTime::now_utc(),
+        baseline_restarts: 0,
+        expected_version: None,
+        container_id: None,
+    }
+}
+
+fn running(behaviour: ImageBehaviour) -> Arc<FakeRuntime> {
+    let rt = Arc::new(FakeRuntime::default());
+    let img: ImageRef = "acme/agent:1.0".parse().unwrap();
+    rt.add_local_image(&img, ImageDefaults::default(), behaviour);
+    rt.run(ContainerSpec::new("a".parse().unwrap(), img)).unwrap();
+    rt
+}
+
+struct Scripted {
+    calls: AtomicU32,
+    script: Vec<Observation>,
+}
+
+#[async_trait]
+impl Probe for Scripted {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+    async fn check(&self, _: &ProbeContext) -> Observation {
+        let i = self.calls.fetch_add(1, Ordering::SeqCst) as usize;
+        self.script[i.min(self.script.len() - 1)].clone()
+    }
+}
+
+fn timing() -> Timing {
+    Timing {
+        period: Duration::from_secs(1),
+        min_healthy_time: Duration::from_secs(3),
+        deadline: Duration::from_secs(20),
+        failure_threshold: 2,
+        ..Timing::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthy_after_min_healthy_time() {
+    let rt = running(ImageBehaviour {
+        health: Some(agent_core::HealthStatus::Healthy),
+        ..Default::default()
+    });
+    let gate = HealthGate::new(timing())
+        .with_probe(ContainerStateProbe)
+        .with_probe(DockerHealthProbe);
+    let v = gate.run(&ctx(rt, "a"), &|_| {}).await;
+    assert_eq!(v.outcome, VerdictOutcome::Healthy, "{v}");
+    assert!(v.elapsed >= Duration::from_secs(3));
+    assert_eq!(v.evidence.len(), 2);
+    assert!(v.evidence.iter().all(|e| e.checks >= 4), "{v:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn exit_at_start_is_fatal_at_once() {
+    let rt = running(ImageBehaviour {
+        exit_on_start: Some(3),
+        ..Default::default()
+    });
+    let v = HealthGate::new(timing())
+        .with_probe(ContainerStateProbe)
+        .run(&ctx(rt, "a"), &|_| {})
+        .await;
+    assert_eq!(v.outcome, VerdictOutcome::Unhealthy);
+    assert!(v.reason.contains("exit code 3"), "{}", v.reason);
+    assert!(v.elapsed < Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fatal_log_lines_fail_with_excerpts() {
+    let rt = running(ImageBehaviour {
+        logs: vec!["starting".into(), "FATAL: no backend".into()],
+        ..Default::default()
+    });
+    let v = HealthGate::new(timing())
+        .with_probe(LogScanProbe::default())
+        .run(&ctx(rt, "a"), &|_| {})
+        .await;
+    assert_eq!(v.outcome, VerdictOutcome::Unhealthy);
+    assert!(v.reason.contains("FATAL: no backend"), "{}", v.reason);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_need_the_threshold_and_a_flap_resets_the_healthy_clock() {
+    use Observation::*;
+    let script = vec![
+        Pass("".into()),
+        Pass("".into()),
+        Fail("x".into()),
+        Pass("".into()),
+        Pass("".into()),
+        Pass("".into()),
+        Pass("".into()),
+        Pass("".into()),
+    ];
+    let probe = Scripted {
+        calls: AtomicU32::new(0),
+        script,
+    };
+    let rt = running(ImageBehaviour::default());
+    let v = HealthGate::new(timing())
+        .with_probe(probe)
+        .run(&ctx(rt, "a"), &|_| {})
+        .await;
+    assert_eq!(v.outcome, VerdictOutcome::Healthy, "{v}");
+    // One failure below the threshold of 2 does not fail; the healthy clock restarts after it (check 4 + 3 s).
+    assert!(v.elapsed >= Duration::from_secs(6), "{:?}", v.elapsed);
+    let two = Scripted {
+        calls: AtomicU32::new(0),
+        script: vec![Fail("a".into()), Fail("b".into())],
+    };
+    let rt = running(ImageBehaviour::default());
+    let v = HealthGate::new(timing())
+        .with_probe(two)
+        .run(&ctx(rt, "a"), &|_| {})
+        .await;
+    assert_eq!(v.outcome, VerdictOutcome::Unhealthy);
+    assert!(v.reason.contains("2 times in a row"), "{}", v.reason);
+}
+
+#[tokio::test(start_paused = true)]
+async fn inconclusive_until_deadline_is_inconclusive_not_unhealthy() {
+    let probe = Scripted {
+        calls: AtomicU32::new(0),
+        script: vec![Observation::Inconclusive("prometheus down".into())],
+    };
+    let rt = running(ImageBehaviour::default());
+    let v = HealthGate::new(timing())
+        .with_probe(ContainerStateProbe)
+        .with_probe(probe)
+        .run(&ctx(rt, "a"), &|_| {})
+        .await;
+    assert_eq!(v.outcome, VerdictOutcome::Inconclusive, "{v}");
+    assert!(v.reason.contains("prometheus down"), "{}", v.reason);
+    let pending = Scripted {
+        calls: AtomicU32::new(0),
+        script: vec![Observation::Pending("starting".into())],
+    };
+    let rt = running(ImageBehaviour::default());
+    let v = HealthGate::new(timing())
+        .with_probe(pending)
+        .run(&ctx(rt, "a"), &|_| {})
+        .await;
+    assert_eq!(
+        v.outcome,
+        VerdictOutcome::Unhealthy,
+        "never healthy before the deadline"
+    );
+}
