@@ -1,1 +1,39 @@
-//! agent-rollout
+//! Safe delivery of agent containers: the journaled in-place update with automatic rollback, undo, recovery
+//! after a crash, revision history, leases, and the default SQLite state store.
+//!
+//! [`Updater::update`] preflights (tag policy, image present or pullable, platform), backs up, stops and
+//! retains the old container under `NAME.revN` with restart policy `no`, creates the new one from the old
+//! spec and the new image, verifies it with a [`HealthGate`](agent_health::HealthGate) and a check that its
+//! configuration equals the old one beyond the image, then commits or rolls back by itself. Every step is
+//! journaled before it runs; after a crash, the next command on the container reverts or completes it.
+//!
+//! ```no_run
+//! # async fn demo(runtime: std::sync::Arc<dyn agent_core::ContainerRuntime>) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use agent_rollout::{SqliteStore, Updater, UpdateRequest, Silent};
+//! let store = Arc::new(SqliteStore::open("state.db".as_ref())?);
+//! let updater = Updater::new(runtime, store, Arc::new(Silent));
+//! let req = UpdateRequest::new("node-agent".parse()?, "127.0.0.1:5000/acme/agent:1.4.2".parse()?);
+//! let report = updater.update(&req).await?;
+//! std::process::exit(report.status.exit_code());
+//! # }
+//! ```
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+mod error;
+mod events;
+mod lease;
+mod store;
+mod update;
+
+pub use error::Error;
+pub use events::{Event, Reporter, Silent};
+pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
+pub use store::SqliteStore;
+pub use update::{
+    subject_key, ProbeFactory, PullPolicy, Recovery, StatusReport, UpdateReport, UpdateRequest, UpdateStatus, Updater,
+    VerifyConfig, CRASH_AT_ENV, UPDATE_STEPS,
+};
+
+#[cfg(test)]
+mod tests;

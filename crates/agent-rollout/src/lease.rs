@@ -1,0 +1,188 @@
+//! Leases instead of lock files: a holder renews its lease while it works; a lease whose holder died (same
+//! host, process gone) is taken over at once, and any other stale lease once it expires.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{Lease, LeaseHolder, StateStore, StoreError};
+use time::OffsetDateTime;
+
+/// How long a lease lasts without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The start time of process `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`), which together
+/// with the pid identifies one process run even when pids are reused.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A holder identity for this process: `host:pid:start:nonce`.
+pub fn holder_for_this_process(purpose: &str) -> LeaseHolder {
+    let pid = std::process::id();
+    let nonce = OffsetDateTime::now_utc().unix_timestamp_nanos() & 0xffff_ffff;
+    LeaseHolder {
+        id: format!("{}:{pid}:{}:{nonce:x}", hostname(), process_start(pid).unwrap_or(0)),
+        hostname: hostname(),
+        pid,
+        purpose: purpose.to_owned(),
+    }
+}
+
+/// Whether the holder is known to be dead: it ran on this host and its process (pid + start time) is gone.
+pub fn holder_is_dead(holder: &LeaseHolder) -> bool {
+    if holder.hostname != hostname() {
+        return false;
+    }
+    let start: Option<u64> = holder.id.split(':').nth(2).and_then(|s| s.parse().ok());
+    match (process_start(holder.pid), start) {
+        (None, _) => true,
+        (Some(now), Some(then)) if then != 0 => now != then,
+        _ => false,
+    }
+}
+
+/// A held lease, renewed in the background until released. Dropping it without `release` stops renewal and
+/// lets the lease expire.
+pub struct LeaseGuard {
+    store: Arc<dyn StateStore>,
+    lease: Lease,
+    lost: Arc<AtomicBool>,
+    renewer: tokio::task::JoinHandle<()>,
+    taken_over: Option<Lease>,
+}
+
+impl std::fmt::Debug for LeaseGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseGuard")
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseGuard {
+    /// Acquires the lease on `key`, taking over one whose holder died.
+    pub async fn acquire(
+        store: Arc<dyn StateStore>,
+        key: &str,
+        holder: &LeaseHolder,
+    ) -> Result<LeaseGuard, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let (lease, taken_over) = match store.acquire_lease(key, holder, now, LEASE_TTL).await {
+            Ok(l) => (l, None),
+            Err(StoreError::LeaseHeld { .. }) => {
+                let Some(current) = store.lease(key).await? else {
+                    return Box::pin(LeaseGuard::acquire(store, key, holder)).await;
+                };
+                if !holder_is_dead(&current.holder) {
+                    return Err(StoreError::LeaseHeld {
+                        key: key.to_owned(),
+                        holder: current.holder.clone(),
+                        since: current.acquired_at.to_string(),
+                        until: current.expires_at.to_string(),
+                    });
+                }
+                tracing::warn!(key, holder = %current.holder, "taking over the lease of a process that is gone");
+                let l = store.take_over_lease(&current, holder, now, LEASE_TTL).await?;
+                (l, Some(current))
+            }
+            Err(e) => return Err(e),
+        };
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = {
+            let store = store.clone();
+            let lost = lost.clone();
+            let mut lease = lease.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE_TTL / 3).await;
+                    match store.renew_lease(&lease, OffsetDateTime::now_utc(), LEASE_TTL).await {
+                        Ok(l) => lease = l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "lease renewal failed");
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        Ok(LeaseGuard {
+            store,
+            lease,
+            lost,
+            renewer,
+            taken_over,
+        })
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The stale lease this guard took over from a dead holder, if any.
+    pub fn taken_over(&self) -> Option<&Lease> {
+        self.taken_over.as_ref()
+    }
+
+    /// Whether renewal failed (another holder may have it now).
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Stops renewal and releases the lease.
+    pub async fn release(self) -> Result<(), StoreError> {
+        self.renewer.abort();
+        self.store.release_lease(&self.lease).await
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_core::MemoryStore;
+
+    #[tokio::test]
+    async fn a_live_holder_blocks_and_a_dead_one_is_taken_over() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+        let me = holder_for_this_process("test");
+        let g = LeaseGuard::acquire(store.clone(), "k", &me).await.unwrap();
+        let other = holder_for_this_process("other");
+        let err = LeaseGuard::acquire(store.clone(), "k", &other).await.unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(g);
+        // A holder whose process is gone (an impossible start time for our pid) is taken over at once.
+        let mut ghost = holder_for_this_process("ghost");
+        ghost.id = format!("{}:{}:1:dead", ghost.hostname, ghost.pid);
+        let store2: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+        store2
+            .acquire_lease("k", &ghost, OffsetDateTime::now_utc(), LEASE_TTL)
+            .await
+            .unwrap();
+        assert!(holder_is_dead(&ghost));
+        let g = LeaseGuard::acquire(store2, "k", &me).await.unwrap();
+        assert_eq!(g.taken_over().unwrap().holder.id, ghost.id);
+    }
+}

@@ -1,0 +1,1171 @@
+//! The safe in-place update of one agent container, undo, and recovery after a crash.
+//!
+//! Every step is written to the journal before it is carried out. The old container is never deleted before
+//! its replacement is proven: it is stopped, renamed to `NAME.revN` and its restart policy set to `no`
+//! (so a daemon restart never brings back a second instance), then kept as the fast rollback target.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{
+    ContainerInfo, ContainerName, ContainerRuntime, ContainerSpec, ContainerStatus, Digest, ImageDefaults, ImageInfo,
+    ImageRef, JournalEntry, Outcome, RestartPolicy, Revision, RevisionHistory, RevisionNumber, RuntimeError, SpecDiff,
+    StateStore, TagPolicy, Version,
+};
+use agent_health::{
+    ContainerStateProbe, DockerHealthProbe, HealthGate, HttpProbe, HttpProbeConfig, LogScanProbe, Probe, ProbeContext,
+    Timing, Verdict, VerdictOutcome,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::Error;
+use crate::events::{Event, Reporter};
+use crate::lease::{holder_for_this_process, LeaseGuard};
+
+/// Environment variable naming a journal step at which the process aborts right after journaling it
+/// (as a `kill -9` would): the crash-safety tests use it. Never set it in production.
+pub const CRASH_AT_ENV: &str = "AGENTCTL_CRASH_AT";
+
+/// When to pull the image before an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Pull when the image is not on the engine, or is a tag (so a moved tag is noticed). Digest pins present
+    /// locally are not pulled.
+    #[default]
+    Missing,
+    /// Always pull.
+    Always,
+    /// Never pull; the image must be present.
+    Never,
+}
+
+/// How a new container is verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VerifyConfig {
+    /// Probe timing.
+    pub timing: Timing,
+    /// Regular expressions for fatal log lines.
+    pub fatal_patterns: Vec<String>,
+    /// An HTTP probe, when the agent serves one.
+    pub http: Option<HttpProbeConfig>,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            timing: Timing::default(),
+            fatal_patterns: agent_health::DEFAULT_FATAL_PATTERNS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            http: None,
+        }
+    }
+}
+
+impl VerifyConfig {
+    /// The gate: container state, Docker HEALTHCHECK, log scan, and HTTP when configured.
+    pub fn gate(&self) -> Result<HealthGate, Error> {
+        let mut gate = HealthGate::new(self.timing.clone())
+            .with_probe(ContainerStateProbe)
+            .with_probe(DockerHealthProbe);
+        let logs = LogScanProbe::new(self.fatal_patterns.clone()).map_err(|e| Error::InvalidInput {
+            what: "fatal log pattern".into(),
+            message: e.to_string(),
+        })?;
+        gate.push(Box::new(logs));
+        if let Some(h) = &self.http {
+            gate.push(Box::new(HttpProbe::new(h.clone())));
+        }
+        Ok(gate)
+    }
+}
+
+/// Builds extra probes for a container under verification (heartbeat, metrics, user-defined).
+pub type ProbeFactory = Arc<dyn Fn() -> Vec<Box<dyn Probe>> + Send + Sync>;
+
+/// What to update and how.
+#[derive(Clone)]
+pub struct UpdateRequest {
+    /// The container.
+    pub container: ContainerName,
+    /// The new image.
+    pub image: ImageRef,
+    /// Which references are allowed.
+    pub policy: TagPolicy,
+    /// When to pull.
+    pub pull: PullPolicy,
+    /// Why (recorded in the history); defaults to `update to IMAGE`.
+    pub cause: Option<String>,
+    /// Copy config-carrying mounts here before changing anything.
+    pub backup_dir: Option<PathBuf>,
+    /// Revisions kept.
+    pub history_limit: usize,
+    /// How to verify.
+    pub verify: VerifyConfig,
+    /// Extra probes.
+    pub extra_probes: Option<ProbeFactory>,
+}
+
+impl std::fmt::Debug for UpdateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateRequest")
+            .field("container", &self.container)
+            .field("image", &self.image)
+            .field("pull", &self.pull)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpdateRequest {
+    /// A request with the defaults: default tag policy, pull when missing, history limit 5.
+    pub fn new(container: ContainerName, image: ImageRef) -> UpdateRequest {
+        UpdateRequest {
+            container,
+            image,
+            policy: TagPolicy::default(),
+            pull: PullPolicy::default(),
+            cause: None,
+            backup_dir: None,
+            history_limit: RevisionHistory::DEFAULT_LIMIT,
+            verify: VerifyConfig::default(),
+            extra_probes: None,
+        }
+    }
+}
+
+/// How an update or undo ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateStatus {
+    /// The new revision runs and was verified.
+    Updated,
+    /// The new revision failed; the previous one runs again.
+    RolledBack,
+    /// The request asked for what already runs; nothing was changed.
+    Unchanged,
+}
+
+impl UpdateStatus {
+    /// The process exit code for this status (0 updated or unchanged, 3 rolled back).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            UpdateStatus::Updated | UpdateStatus::Unchanged => 0,
+            UpdateStatus::RolledBack => 3,
+        }
+    }
+}
+
+/// What an interrupted operation was and what recovery did about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovery {
+    /// The operation id.
+    pub operation: String,
+    /// The last step it journaled.
+    pub interrupted_at: String,
+    /// `reverted` or `completed`.
+    pub action: String,
+}
+
+/// The result of an update or undo.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateReport {
+    /// The container.
+    pub container: String,
+    /// The engine.
+    pub endpoint: String,
+    /// How it ended.
+    pub status: UpdateStatus,
+    /// The revision this attempt recorded.
+    pub revision: Revision,
+    /// The revision that ran before.
+    pub previous: Option<RevisionNumber>,
+    /// The new container's verdict.
+    pub verdict: Option<Verdict>,
+    /// Fields of the new container that differ from the old one beyond the image (must be empty).
+    pub unexpected_changes: SpecDiff,
+    /// Why it rolled back.
+    pub reason: Option<String>,
+    /// The new container's last output lines, when it rolled back.
+    pub last_logs: Vec<String>,
+    /// Where the backup went.
+    pub backup: Option<PathBuf>,
+    /// Interrupted operations this command repaired first.
+    pub recovered: Vec<Recovery>,
+}
+
+/// The current state of one container, for `agentctl status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    /// The container.
+    pub container: String,
+    /// The engine.
+    pub endpoint: String,
+    /// The image it runs.
+    pub image: Option<String>,
+    /// Lifecycle status.
+    pub state: Option<ContainerStatus>,
+    /// HEALTHCHECK status.
+    pub health: Option<String>,
+    /// Restart count.
+    pub restart_count: Option<u64>,
+    /// The current revision.
+    pub revision: Option<Revision>,
+    /// Operations another process is running on it now.
+    pub in_progress: Option<String>,
+    /// Interrupted operations this command repaired.
+    pub recovered: Vec<Recovery>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+enum Step {
+    Begin {
+        kind: String,
+        container: String,
+        old_id: String,
+        old_running: bool,
+        old_restart: RestartPolicy,
+        old_revision: u64,
+        new_revision: u64,
+        retained_name: String,
+        /// Create a new container (`None`) or bring back this retained one.
+        from_retained: Option<String>,
+    },
+    StopOld,
+    RenameOld,
+    DisableRestart,
+    CreateNew,
+    StartNew,
+    Verify,
+    Commit,
+    Revert {
+        reason: String,
+    },
+    Done {
+        outcome: String,
+    },
+}
+
+impl Step {
+    fn name(&self) -> &'static str {
+        match self {
+            Step::Begin { .. } => "begin",
+            Step::StopOld => "stop-old",
+            Step::RenameOld => "rename-old",
+            Step::DisableRestart => "disable-restart",
+            Step::CreateNew => "create-new",
+            Step::StartNew => "start-new",
+            Step::Verify => "verify",
+            Step::Commit => "commit",
+            Step::Revert { .. } => "revert",
+            Step::Done { .. } => "done",
+        }
+    }
+}
+
+/// The journal steps of an update, in order (for crash tests and documentation).
+pub const UPDATE_STEPS: &[&str] = &[
+    "begin",
+    "stop-old",
+    "rename-old",
+    "disable-restart",
+    "create-new",
+    "start-new",
+    "verify",
+    "commit",
+    "revert",
+    "done",
+];
+
+struct Journal {
+    store: Arc<dyn StateStore>,
+    operation: String,
+    subject: String,
+    seq: u32,
+}
+
+impl Journal {
+    async fn record(&mut self, step: &Step) -> Result<(), Error> {
+        let record = serde_json::to_value(step).map_err(|e| Error::InvalidInput {
+            what: "journal record".into(),
+            message: e.to_string(),
+        })?;
+        self.store
+            .append_journal(&JournalEntry {
+                operation: self.operation.clone(),
+                subject: self.subject.clone(),
+                seq: self.seq,
+                at: OffsetDateTime::now_utc(),
+                record,
+            })
+            .await?;
+        self.seq += 1;
+        if std::env::var(CRASH_AT_ENV).is_ok_and(|s| s == step.name()) {
+            // Test hook: die as `kill -9` would, right after the intent is durable.
+            std::process::abort();
+        }
+        Ok(())
+    }
+}
+
+/// Where the new container comes from.
+enum Source {
+    Create(Box<ContainerSpec>),
+    Retained {
+        name: String,
+        restart: RestartPolicy,
+        spec: Box<ContainerSpec>,
+    },
+}
+
+/// Updates, undoes and repairs agent containers on one engine.
+pub struct Updater {
+    runtime: Arc<dyn ContainerRuntime>,
+    store: Arc<dyn StateStore>,
+    reporter: Arc<dyn Reporter>,
+}
+
+impl std::fmt::Debug for Updater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updater")
+            .field("endpoint", &self.runtime.endpoint())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The store key of a container on an engine.
+pub fn subject_key(endpoint: &str, container: &str) -> String {
+    format!("container:{endpoint}/{container}")
+}
+
+fn retained_name(container: &str, revision: RevisionNumber) -> String {
+    format!("{container}.rev{revision}")
+}
+
+impl Updater {
+    /// An updater for `runtime`, storing in `store`, reporting to `reporter`.
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, store: Arc<dyn StateStore>, reporter: Arc<dyn Reporter>) -> Updater {
+        Updater {
+            runtime,
+            store,
+            reporter,
+        }
+    }
+
+    fn subject(&self, container: &str) -> String {
+        subject_key(self.runtime.endpoint(), container)
+    }
+
+    async fn lease(&self, container: &str, purpose: &str) -> Result<LeaseGuard, Error> {
+        let holder = holder_for_this_process(&format!("{purpose} {container}"));
+        LeaseGuard::acquire(self.store.clone(), &self.subject(container), &holder)
+            .await
+            .map_err(Error::from)
+    }
+
+    /// The revision history of `container`.
+    pub async fn history(&self, container: &ContainerName, limit: usize) -> Result<RevisionHistory, Error> {
+        let revs = self.store.revisions(&self.subject(container.as_str())).await?;
+        Ok(RevisionHistory::from_revisions(limit, revs))
+    }
+
+    /// Updates `req.container` to `req.image`: preflight, backup, stop/rename/create/start, verify, and
+    /// commit or roll back. Interrupted operations on the container are repaired first.
+    pub async fn update(&self, req: &UpdateRequest) -> Result<UpdateReport, Error> {
+        let lease = self.lease(req.container.as_str(), "update").await?;
+        let result = self.update_locked(&lease, req).await;
+        lease.release().await?;
+        result
+    }
+
+    async fn update_locked(&self, lease: &LeaseGuard, req: &UpdateRequest) -> Result<UpdateReport, Error> {
+        let name = req.container.as_str();
+        let recovered = self.recover_locked(name).await?;
+
+        // Preflight: nothing is changed until every check passed.
+        let old = self.runtime.inspect_container(name).await?;
+        let current_version = Version::of_image(&old.spec.image, &old.all_labels);
+        // The policy first, from the reference alone: a refused tag is never pulled.
+        let tag_version = req.image.tag().and_then(|t| Version::parse(t.as_str()));
+        req.policy
+            .check(&req.image, tag_version.as_ref(), current_version.as_ref())?;
+        let engine = self.runtime.engine_info().await?;
+        let image_info = self.resolve_image(&req.image, req.pull).await?;
+        let candidate = Version::of_image(&req.image, &image_info.defaults.labels);
+        req.policy
+            .check(&req.image, candidate.as_ref(), current_version.as_ref())?;
+        if image_info.os != engine.os || image_info.arch != engine.arch {
+            return Err(Error::PlatformMismatch {
+                image: req.image.to_string(),
+                image_platform: format!("{}/{}", image_info.os, image_info.arch),
+                engine_platform: format!("{}/{}", engine.os, engine.arch),
+            });
+        }
+        let digest = image_info
+            .digest_for(&req.image)
+            .or_else(|| req.image.digest().cloned());
+        self.reporter.report(&Event::Preflight {
+            container: name.to_owned(),
+            from: old.spec.image.to_string(),
+            to: req.image.to_string(),
+            digest: digest.as_ref().map(Digest::to_string),
+        });
+        let old_defaults = self
+            .runtime
+            .inspect_image(&old.image_id)
+            .await
+            .map(|i| i.defaults)
+            .unwrap_or_default();
+        let mut new_spec = old.spec.with_image(req.image.clone(), &old_defaults);
+        if old.image_id == image_info.id && old.spec.image == req.image {
+            let history = self.history(&req.container, req.history_limit).await?;
+            let revision = self.adopt(name, &old, history).await?;
+            return Ok(UpdateReport {
+                container: name.to_owned(),
+                endpoint: self.runtime.endpoint().to_owned(),
+                status: UpdateStatus::Unchanged,
+                previous: Some(revision.number),
+                revision,
+                verdict: None,
+                unexpected_changes: SpecDiff::default(),
+                reason: Some("the container already runs this image".into()),
+                last_logs: Vec::new(),
+                backup: None,
+                recovered,
+            });
+        }
+        new_spec.image = req.image.clone();
+
+        let history = self.history(&req.container, req.history_limit).await?;
+        let current = self.adopt(name, &old, history).await?;
+        let backup = match &req.backup_dir {
+            Some(dir) => Some(self.backup(dir, &old, current.number).await?),
+            None => None,
+        };
+        let cause = req
+            .cause
+            .clone()
+            .unwrap_or_else(|| format!("update to {}", req.image.familiar()));
+        let report = self
+            .replace(
+                lease,
+                "update",
+                &old,
+                &old_defaults,
+                current.number,
+                Source::Create(Box::new(new_spec)),
+                RevisionMeta {
+                    image: req.image.clone(),
+                    image_id: Some(image_info.id.clone()),
+                    digest,
+                    cause,
+                    new_defaults: image_info.defaults.clone(),
+                },
+                req,
+            )
+            .await;
+        let mut report = report?;
+        report.backup = backup;
+        report.recovered = recovered;
+        Ok(report)
+    }
+
+    /// Goes back to `to` (default: the last known-good revision before the current one), from its retained
+    /// container when it still exists, else recreated from its snapshot. Recorded as a new revision.
+    pub async fn undo(
+        &self,
+        container: &ContainerName,
+        to: Option<RevisionNumber>,
+        req: &UpdateRequest,
+    ) -> Result<UpdateReport, Error> {
+        let lease = self.lease(container.as_str(), "undo").await?;
+        let result = self.undo_locked(&lease, container, to, req).await;
+        lease.release().await?;
+        result
+    }
+
+    async fn undo_locked(
+        &self,
+        lease: &LeaseGuard,
+        container: &ContainerName,
+        to: Option<RevisionNumber>,
+        req: &UpdateRequest,
+    ) -> Result<UpdateReport, Error> {
+        let name = container.as_str();
+        let recovered = self.recover_locked(name).await?;
+        let history = self.history(container, req.history_limit).await?;
+        let old = self.runtime.inspect_container(name).await?;
+        let current = self.adopt(name, &old, history.clone()).await?;
+        let history = self.history(container, req.history_limit).await?;
+        let target = match to {
+            Some(n) => history.get(n).cloned().ok_or_else(|| Error::NoSuchRevision {
+                container: name.to_owned(),
+                revision: n,
+                available: history.revisions().iter().map(|r| r.number.get()).collect(),
+            })?,
+            None => history.last_known_good().cloned().ok_or_else(|| Error::NothingToUndo {
+                container: name.to_owned(),
+            })?,
+        };
+        if target.number == current.number {
+            return Err(Error::InvalidInput {
+                what: "--to-revision".into(),
+                message: format!(
+                    "revision {} is the one running now; pick another from `agentctl history {name}`",
+                    target.number
+                ),
+            });
+        }
+        let old_defaults = self
+            .runtime
+            .inspect_image(&old.image_id)
+            .await
+            .map(|i| i.defaults)
+            .unwrap_or_default();
+        let retained_ok = match &target.retained_container {
+            Some(r) => self.runtime.inspect_container(r).await.is_ok(),
+            None => false,
+        };
+        let (source, image_id, new_defaults) = if retained_ok {
+            let r = target.retained_container.clone().unwrap_or_default();
+            let info = self.runtime.inspect_container(&r).await?;
+            let defaults = self
+                .runtime
+                .inspect_image(&info.image_id)
+                .await
+                .map(|i| i.defaults)
+                .unwrap_or_default();
+            let mut spec = target.spec.clone();
+            spec.name = container.clone();
+            (
+                Source::Retained {
+                    name: r,
+                    restart: target.spec.restart_policy,
+                    spec: Box::new(spec),
+                },
+                Some(info.image_id),
+                defaults,
+            )
+        } else {
+            let mut spec = target.spec.clone();
+            spec.name = container.clone();
+            let missing = spec.restore_secrets(&old.spec);
+            if !missing.is_empty() {
+                return Err(Error::SecretsUnknown {
+                    container: name.to_owned(),
+                    revision: target.number,
+                    names: missing,
+                });
+            }
+            let info = self.resolve_image(&target.image, req.pull).await?;
+            (Source::Create(Box::new(spec)), Some(info.id), info.defaults)
+        };
+        let report = self
+            .replace(
+                lease,
+                "undo",
+                &old,
+                &old_defaults,
+                current.number,
+                source,
+                RevisionMeta {
+                    image: target.image.clone(),
+                    image_id,
+                    digest: target.digest.clone(),
+                    cause: format!("undo to revision {}", target.number),
+                    new_defaults,
+                },
+                req,
+            )
+            .await;
+        let mut report = report?;
+        report.recovered = recovered;
+        Ok(report)
+    }
+
+    /// Repairs interrupted operations on `container` (if no live process holds it) and reports its state.
+    pub async fn status(&self, container: &ContainerName, limit: usize) -> Result<StatusReport, Error> {
+        let name = container.as_str();
+        let (recovered, in_progress) = match self.lease(name, "status").await {
+            Ok(lease) => {
+                let r = self.recover_locked(name).await;
+                lease.release().await?;
+                (r?, None)
+            }
+            Err(Error::Busy { message }) => (Vec::new(), Some(message)),
+            Err(e) => return Err(e),
+        };
+        let history = self.history(container, limit).await?;
+        let info = match self.runtime.inspect_container(name).await {
+            Ok(i) => Some(i),
+            Err(RuntimeError::ContainerNotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(StatusReport {
+            container: name.to_owned(),
+            endpoint: self.runtime.endpoint().to_owned(),
+            image: info.as_ref().map(|i| i.spec.image.to_string()),
+            state: info.as_ref().map(|i| i.state.status),
+            health: info
+                .as_ref()
+                .and_then(|i| i.state.health.as_ref())
+                .map(|h| format!("{:?}", h.status).to_lowercase()),
+            restart_count: info.as_ref().map(|i| i.state.restart_count),
+            revision: history.current().cloned(),
+            in_progress,
+            recovered,
+        })
+    }
+
+    /// Repairs interrupted operations on `container`, taking its lease.
+    pub async fn recover(&self, container: &ContainerName) -> Result<Vec<Recovery>, Error> {
+        let lease = self.lease(container.as_str(), "recover").await?;
+        let r = self.recover_locked(container.as_str()).await;
+        lease.release().await?;
+        r
+    }
+
+    async fn resolve_image(&self, image: &ImageRef, pull: PullPolicy) -> Result<ImageInfo, Error> {
+        let local = match self.runtime.inspect_image(&image.pull_ref()).await {
+            Ok(i) => Some(i),
+            Err(RuntimeError::ImageNotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let must_pull = match pull {
+            PullPolicy::Always => true,
+            PullPolicy::Never => false,
+            PullPolicy::Missing => local.is_none(),
+        };
+        if !must_pull {
+            return local.ok_or_else(|| {
+                Error::Runtime(RuntimeError::ImageNotFound {
+                    image: image.to_string(),
+                    message: "it is not on the engine and the pull policy is `never`".into(),
+                })
+            });
+        }
+        let reporter = self.reporter.clone();
+        let info = self
+            .runtime
+            .pull_image(image, &move |p| reporter.report(&Event::Pull(p)))
+            .await?;
+        self.reporter.report(&Event::Pulled {
+            image: image.to_string(),
+            digest: info.digest_for(image).map(|d| d.to_string()),
+        });
+        Ok(info)
+    }
+
+    /// Makes sure the running container has a revision (the first time agentctl sees it, it is adopted as
+    /// revision 1) and returns the current revision.
+    async fn adopt(&self, name: &str, old: &ContainerInfo, history: RevisionHistory) -> Result<Revision, Error> {
+        if let Some(cur) = history.current() {
+            return Ok(cur.clone());
+        }
+        let image_info = self.runtime.inspect_image(&old.image_id).await.ok();
+        let rev = Revision {
+            number: history.next_number(),
+            image: old.spec.image.clone(),
+            image_id: Some(old.image_id.clone()),
+            digest: image_info.as_ref().and_then(|i| i.digest_for(&old.spec.image)),
+            spec: old.spec.clone(),
+            cause: "adopted: running before agentctl managed it".into(),
+            created_at: OffsetDateTime::now_utc(),
+            finished_at: Some(OffsetDateTime::now_utc()),
+            outcome: Outcome::Succeeded,
+            protected: false,
+            retained_container: None,
+        };
+        self.store.put_revision(&self.subject(name), &rev).await?;
+        Ok(rev)
+    }
+
+    async fn backup(&self, dir: &Path, old: &ContainerInfo, revision: RevisionNumber) -> Result<PathBuf, Error> {
+        let name = old.spec.name.as_str();
+        let target = dir.join(format!(
+            "{name}-rev{revision}-{}",
+            OffsetDateTime::now_utc().unix_timestamp()
+        ));
+        let err = |e: std::io::Error| Error::Backup {
+            path: target.clone(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(&target).map_err(err)?;
+        let spec = serde_json::to_vec_pretty(&old.spec).unwrap_or_default();
+        std::fs::write(target.join("spec.json"), spec).map_err(err)?;
+        let mut files = 0;
+        for m in old.spec.mounts.iter().filter(|m| m.carries_data()) {
+            let tar = self.runtime.export_path(name, &m.target).await?;
+            let file = target.join(format!("{}.tar", m.target.trim_matches('/').replace('/', "_")));
+            std::fs::write(&file, tar).map_err(err)?;
+            files += 1;
+        }
+        self.reporter.report(&Event::BackedUp {
+            path: target.display().to_string(),
+            mounts: files,
+        });
+        Ok(target)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn replace(
+        &self,
+        lease: &LeaseGuard,
+        kind: &str,
+        old: &ContainerInfo,
+        old_defaults: &ImageDefaults,
+        old_revision: RevisionNumber,
+        source: Source,
+        meta: RevisionMeta,
+        req: &UpdateRequest,
+    ) -> Result<UpdateReport, Error> {
+        let name = old.spec.name.as_str();
+        let subject = self.subject(name);
+        let history = self.history(&old.spec.name, req.history_limit).await?;
+        let number = history.next_number();
+        let retained = retained_name(name, old_revision);
+        let mut journal = Journal {
+            store: self.store.clone(),
+            operation: format!(
+                "{kind}-{name}-{number}-{}",
+                OffsetDateTime::now_utc().unix_timestamp_nanos()
+            ),
+            subject: subject.clone(),
+            seq: 0,
+        };
+        let mut revision = Revision {
+            number,
+            image: meta.image.clone(),
+            image_id: meta.image_id.clone(),
+            digest: meta.digest.clone(),
+            spec: match &source {
+                Source::Create(spec) => (**spec).clone(),
+                Source::Retained { spec, .. } => (**spec).clone(),
+            },
+            cause: meta.cause.clone(),
+            created_at: OffsetDateTime::now_utc(),
+            finished_at: None,
+            outcome: Outcome::InProgress,
+            protected: false,
+            retained_container: None,
+        };
+        self.store.put_revision(&subject, &revision).await?;
+        journal
+            .record(&Step::Begin {
+                kind: kind.to_owned(),
+                container: name.to_owned(),
+                old_id: old.id.clone(),
+                old_running: old.state.is_running(),
+                old_restart: old.spec.restart_policy,
+                old_revision: old_revision.get(),
+                new_revision: number.get(),
+                retained_name: retained.clone(),
+                from_retained: match &source {
+                    Source::Retained { name, .. } => Some(name.clone()),
+                    Source::Create(_) => None,
+                },
+            })
+            .await?;
+
+        let attempt = self.swap_in(&mut journal, old, &retained, &source).await;
+        let (verdict, diff, failure) = match attempt {
+            Err(e) => (None, SpecDiff::default(), Some(format!("{e}"))),
+            Ok(new_id) => {
+                if lease.is_lost() {
+                    return Err(Error::Busy {
+                        message: "the lease on the container was lost during the update; re-run the command to repair"
+                            .into(),
+                    });
+                }
+                journal.record(&Step::Verify).await?;
+                let verdict = self
+                    .verify(name, &new_id, &req.verify, req.extra_probes.as_ref(), &meta)
+                    .await?;
+                let diff = match &source {
+                    Source::Create(spec) => self.faithfulness(name, spec, old_defaults, &meta.new_defaults).await?,
+                    Source::Retained { .. } => SpecDiff::default(),
+                };
+                let failure = if verdict.outcome != VerdictOutcome::Healthy {
+                    Some(format!("verification {}: {}", verdict.outcome, verdict.reason))
+                } else if !diff.is_empty() {
+                    Some(format!(
+                        "the new container's configuration differs from the old one beyond the image: {diff}"
+                    ))
+                } else {
+                    None
+                };
+                (Some(verdict), diff, failure)
+            }
+        };
+
+        match failure {
+            None => {
+                journal.record(&Step::Commit).await?;
+                revision.outcome = Outcome::Succeeded;
+                revision.finished_at = Some(OffsetDateTime::now_utc());
+                self.store.put_revision(&subject, &revision).await?;
+                let mut history = self.history(&old.spec.name, req.history_limit).await?;
+                let retained_for = match &source {
+                    Source::Create(_) => Some(retained.clone()),
+                    Source::Retained { .. } => Some(retained.clone()),
+                };
+                if let Some(prev) = history.get_mut(old_revision) {
+                    prev.retained_container = retained_for;
+                    let prev = prev.clone();
+                    self.store.put_revision(&subject, &prev).await?;
+                }
+                // The revision we came back to no longer has a retained container: it runs.
+                if let Source::Retained { name: from, .. } = &source {
+                    if let Some(r) = history
+                        .revisions()
+                        .iter()
+                        .find(|r| r.retained_container.as_deref() == Some(from))
+                        .cloned()
+                    {
+                        let mut r = r;
+                        r.retained_container = None;
+                        self.store.put_revision(&subject, &r).await?;
+                    }
+                }
+                let mut history = self.history(&old.spec.name, req.history_limit).await?;
+                self.prune(&subject, &mut history).await?;
+                journal
+                    .record(&Step::Done {
+                        outcome: "succeeded".into(),
+                    })
+                    .await?;
+                self.store.close_operation(&journal.operation).await?;
+                Ok(UpdateReport {
+                    container: name.to_owned(),
+                    endpoint: self.runtime.endpoint().to_owned(),
+                    status: UpdateStatus::Updated,
+                    revision,
+                    previous: Some(old_revision),
+                    verdict,
+                    unexpected_changes: diff,
+                    reason: None,
+                    last_logs: Vec::new(),
+                    backup: None,
+                    recovered: Vec::new(),
+                })
+            }
+            Some(reason) => {
+                self.reporter.report(&Event::RollingBack { reason: reason.clone() });
+                let last_logs = self
+                    .runtime
+                    .logs(name, None, Some(20))
+                    .await
+                    .map(|l| l.into_iter().map(|l| l.text).collect())
+                    .unwrap_or_default();
+                journal.record(&Step::Revert { reason: reason.clone() }).await?;
+                let begin = BeginFacts {
+                    old_id: old.id.clone(),
+                    old_running: old.state.is_running(),
+                    old_restart: old.spec.restart_policy,
+                    retained: retained.clone(),
+                    from_retained: match &source {
+                        Source::Retained { name, .. } => Some(name.clone()),
+                        Source::Create(_) => None,
+                    },
+                };
+                self.revert(name, &begin).await.map_err(|e| Error::RevertFailed {
+                    container: name.to_owned(),
+                    reason: reason.clone(),
+                    error: e.to_string(),
+                })?;
+                revision.outcome = Outcome::RolledBack { reason: reason.clone() };
+                revision.finished_at = Some(OffsetDateTime::now_utc());
+                self.store.put_revision(&subject, &revision).await?;
+                journal
+                    .record(&Step::Done {
+                        outcome: "rolled-back".into(),
+                    })
+                    .await?;
+                self.store.close_operation(&journal.operation).await?;
+                Ok(UpdateReport {
+                    container: name.to_owned(),
+                    endpoint: self.runtime.endpoint().to_owned(),
+                    status: UpdateStatus::RolledBack,
+                    revision,
+                    previous: Some(old_revision),
+                    verdict,
+                    unexpected_changes: diff,
+                    reason: Some(reason),
+                    last_logs,
+                    backup: None,
+                    recovered: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// Stops and retains the old container and starts the new one. Returns the new container's id.
+    async fn swap_in(
+        &self,
+        journal: &mut Journal,
+        old: &ContainerInfo,
+        retained: &str,
+        source: &Source,
+    ) -> Result<String, Error> {
+        let name = old.spec.name.as_str();
+        journal.record(&Step::StopOld).await?;
+        self.reporter.report(&Event::Step {
+            step: "stop-old",
+            detail: format!("stopping {name}"),
+        });
+        self.runtime.stop_container(name, old.spec.stop_timeout).await?;
+        journal.record(&Step::RenameOld).await?;
+        self.reporter.report(&Event::Step {
+            step: "rename-old",
+            detail: format!("{name} -> {retained}"),
+        });
+        self.runtime.rename_container(name, retained).await?;
+        journal.record(&Step::DisableRestart).await?;
+        self.runtime.set_restart_policy(retained, RestartPolicy::No).await?;
+        journal.record(&Step::CreateNew).await?;
+        match source {
+            Source::Create(spec) => {
+                self.reporter.report(&Event::Step {
+                    step: "create-new",
+                    detail: format!("creating {name} from {}", spec.image),
+                });
+                self.runtime.create_container(spec).await?;
+            }
+            Source::Retained {
+                name: from, restart, ..
+            } => {
+                self.reporter.report(&Event::Step {
+                    step: "create-new",
+                    detail: format!("{from} -> {name}"),
+                });
+                self.runtime.rename_container(from, name).await?;
+                self.runtime.set_restart_policy(name, *restart).await?;
+            }
+        }
+        journal.record(&Step::StartNew).await?;
+        self.reporter.report(&Event::Step {
+            step: "start-new",
+            detail: format!("starting {name}"),
+        });
+        self.runtime.start_container(name).await?;
+        Ok(self.runtime.inspect_container(name).await?.id)
+    }
+
+    async fn verify(
+        &self,
+        name: &str,
+        new_id: &str,
+        config: &VerifyConfig,
+        extra: Option<&ProbeFactory>,
+        meta: &RevisionMeta,
+    ) -> Result<Verdict, Error> {
+        let mut gate = config.gate()?;
+        if let Some(f) = extra {
+            for p in f() {
+                gate.push(p);
+            }
+        }
+        let info = self.runtime.inspect_container(name).await?;
+        let ctx = ProbeContext {
+            runtime: self.runtime.clone(),
+            container: name.to_owned(),
+            started_at: info.state.started_at.unwrap_or_else(OffsetDateTime::now_utc) - Duration::from_secs(1),
+            baseline_restarts: info.state.restart_count,
+            expected_version: Version::of_image(&meta.image, &meta.new_defaults.labels).map(|v| v.to_string()),
+            container_id: Some(new_id.to_owned()),
+        };
+        self.reporter.report(&Event::Verifying {
+            container: name.to_owned(),
+            probes: gate.probe_names().iter().map(|s| s.to_string()).collect(),
+            timing: gate.timing().to_string(),
+        });
+        let reporter = self.reporter.clone();
+        let verdict = gate.run(&ctx, &move |p| reporter.report(&Event::Waiting(p))).await;
+        self.reporter.report(&Event::Verdict(verdict.clone()));
+        Ok(verdict)
+    }
+
+    /// What differs between the new container and the old one, beyond the image and the images' defaults.
+    async fn faithfulness(
+        &self,
+        name: &str,
+        intended: &ContainerSpec,
+        old_defaults: &ImageDefaults,
+        new_defaults: &ImageDefaults,
+    ) -> Result<SpecDiff, Error> {
+        let actual = self.runtime.inspect_container(name).await?.spec;
+        let mut expected = intended.clone();
+        expected.strip_image_defaults(old_defaults);
+        expected.strip_image_defaults(new_defaults);
+        Ok(expected.diff(&actual).ignoring_image())
+    }
+
+    async fn prune(&self, subject: &str, history: &mut RevisionHistory) -> Result<(), Error> {
+        let dropped = history.prune();
+        for rev in dropped {
+            if let Some(c) = &rev.retained_container {
+                let _ = self.runtime.stop_container(c, Some(Duration::from_secs(5))).await;
+                match self.runtime.remove_container(c).await {
+                    Ok(()) | Err(RuntimeError::ContainerNotFound { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(container = %c, error = %e, "could not remove a pruned retained container")
+                    }
+                }
+            }
+            // Remove the image unless a kept revision still needs it (the engine also refuses while in use).
+            if let Some(id) = &rev.image_id {
+                let needed = history.revisions().iter().any(|r| r.image_id.as_ref() == Some(id));
+                if !needed {
+                    let _ = self.runtime.remove_image(id).await;
+                }
+            }
+            self.store.delete_revision(subject, rev.number).await?;
+            self.reporter.report(&Event::Pruned {
+                revision: rev.number.get(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts the old container back under its name, from whatever state the engine is in. Idempotent.
+    async fn revert(&self, name: &str, b: &BeginFacts) -> Result<(), RuntimeError> {
+        // 1. Whatever runs under the name and is not the old container is the new one: take it away.
+        match self.runtime.inspect_container(name).await {
+            Ok(info) if info.id != b.old_id => {
+                self.runtime.stop_container(name, Some(Duration::from_secs(10))).await?;
+                match &b.from_retained {
+                    None => self.runtime.remove_container(name).await?,
+                    Some(from) => {
+                        self.runtime.rename_container(name, from).await?;
+                        self.runtime.set_restart_policy(from, RestartPolicy::No).await?;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(RuntimeError::ContainerNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        // 2. The retained old container takes its name back.
+        match self.runtime.inspect_container(&b.retained).await {
+            Ok(info) if info.id == b.old_id => self.runtime.rename_container(&b.retained, name).await?,
+            Ok(_) | Err(RuntimeError::ContainerNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        // 3. Its restart policy and running state as before.
+        let info = self.runtime.inspect_container(name).await?;
+        self.runtime.set_restart_policy(name, b.old_restart).await?;
+        if b.old_running && !info.state.is_running() {
+            self.runtime.start_container(name).await?;
+        }
+        Ok(())
+    }
+
+    async fn recover_locked(&self, name: &str) -> Result<Vec<Recovery>, Error> {
+        let subject = self.subject(name);
+        let mut out = Vec::new();
+        for op in self.store.open_operations(&subject).await? {
+            let entries = self.store.journal(&op).await?;
+            let steps: Vec<Step> = entries
+                .iter()
+                .filter_map(|e| serde_json::from_value(e.record.clone()).ok())
+                .collect();
+            let last = steps.last().map(|s| s.name()).unwrap_or("none").to_owned();
+            let Some(Step::Begin {
+                old_id,
+                old_running,
+                old_restart,
+                new_revision,
+                retained_name,
+                from_retained,
+                ..
+            }) = steps.first().cloned()
+            else {
+                self.store.close_operation(&op).await?;
+                continue;
+            };
+            let number = RevisionNumber::new(new_revision);
+            let committed = steps.iter().any(|s| matches!(s, Step::Commit));
+            let action = if committed {
+                // The new revision was proven before the crash: finish recording it.
+                if let Some(n) = number {
+                    let history = self
+                        .history(
+                            &name
+                                .parse()
+                                .map_err(|e: agent_core::ContainerNameError| Error::InvalidInput {
+                                    what: "container".into(),
+                                    message: e.to_string(),
+                                })?,
+                            usize::MAX,
+                        )
+                        .await?;
+                    if let Some(mut r) = history.get(n).cloned() {
+                        if r.outcome == Outcome::InProgress {
+                            r.outcome = Outcome::Succeeded;
+                            r.finished_at = Some(OffsetDateTime::now_utc());
+                            self.store.put_revision(&subject, &r).await?;
+                        }
+                    }
+                }
+                "completed"
+            } else {
+                let facts = BeginFacts {
+                    old_id,
+                    old_running,
+                    old_restart,
+                    retained: retained_name,
+                    from_retained,
+                };
+                self.revert(name, &facts).await.map_err(|e| Error::RevertFailed {
+                    container: name.to_owned(),
+                    reason: format!("repairing an operation interrupted at {last}"),
+                    error: e.to_string(),
+                })?;
+                if let Some(n) = number {
+                    let history = self.store.revisions(&subject).await?;
+                    if let Some(mut r) = history.into_iter().find(|r| r.number == n) {
+                        r.outcome = Outcome::RolledBack {
+                            reason: format!("interrupted at step {last}; reverted by the next command"),
+                        };
+                        r.finished_at = Some(OffsetDateTime::now_utc());
+                        self.store.put_revision(&subject, &r).await?;
+                    }
+                }
+                "reverted"
+            };
+            self.store.close_operation(&op).await?;
+            let rec = Recovery {
+                operation: op.clone(),
+                interrupted_at: last,
+                action: action.into(),
+            };
+            self.reporter.report(&Event::Recovered(rec.clone()));
+            out.push(rec);
+        }
+        Ok(out)
+    }
+}
+
+struct RevisionMeta {
+    image: ImageRef,
+    image_id: Option<String>,
+    digest: Option<Digest>,
+    cause: String,
+    new_defaults: ImageDefaults,
+}
+
+struct BeginFacts {
+    old_id: String,
+    old_running: bool,
+    old_restart: RestartPolicy,
+    retained: String,
+    from_retained: Option<String>,
+}
