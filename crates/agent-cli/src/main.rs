@@ -1,2 +1,185 @@
-//! agentctl
-fn main() {}
+//! `agentctl`: a thin CLI over the agentctl crates. Raw arguments are validated into a library request, one
+//! library call does the work, and the result is rendered.
+
+mod cli;
+mod demo;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agent_core::{ContainerRuntime, StateStore};
+use agent_docker::DockerRuntime;
+use agent_rollout::{SqliteStore, Updater};
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command, Global, Output, Usage};
+use render::Progress;
+
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("agentctl");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/agentctl"),
+        None => PathBuf::from(".agentctl"),
+    }
+}
+
+pub(crate) fn open_store(global: &Global) -> anyhow::Result<Arc<SqliteStore>> {
+    let dir = global.state_dir.clone().unwrap_or_else(default_state_dir);
+    Ok(Arc::new(SqliteStore::open(&dir.join("state.db"))?))
+}
+
+pub(crate) async fn connect(global: &Global) -> anyhow::Result<Arc<DockerRuntime>> {
+    let rt = DockerRuntime::connect(global.host.as_deref()).await?;
+    if rt.is_plain_tcp_remote() {
+        eprintln!(
+            "{}",
+            render::yellow(&format!(
+                "WARNING: {} is plain TCP to a remote engine: anyone on that network can control it. Use TLS (DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH).",
+                rt.endpoint()
+            ))
+        );
+    }
+    Ok(Arc::new(rt))
+}
+
+fn print_out(out: Output, text: String) {
+    let _ = out;
+    println!("{text}");
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    let quiet = g.output != Output::Table;
+    match &cli.command {
+        Command::Update(args) => {
+            let req = args.request()?;
+            let progress = Arc::new(Progress::new(g.no_progress, false));
+            let runtime = connect(g).await?;
+            let store: Arc<dyn StateStore> = open_store(g)?;
+            let updater = Updater::new(runtime, store, progress.clone());
+            let report = updater.update(&req).await?;
+            match g.output {
+                Output::Table => print_out(g.output, render::update_text(&report)),
+                o => print_out(o, render::structured(o, &report)?),
+            }
+            Ok(ExitCode::from(report.status.exit_code() as u8))
+        }
+        Command::Undo(args) => {
+            let name = cli::container_name(&args.name)?;
+            let to = args.revision()?;
+            let placeholder: agent_core::ImageRef = "placeholder:undo".parse()?;
+            let req = args.verify.request(name.clone(), placeholder)?;
+            let progress = Arc::new(Progress::new(g.no_progress, false));
+            let runtime = connect(g).await?;
+            let store: Arc<dyn StateStore> = open_store(g)?;
+            let updater = Updater::new(runtime, store, progress.clone());
+            let report = updater.undo(&name, to, &req).await?;
+            match g.output {
+                Output::Table => print_out(g.output, render::update_text(&report)),
+                o => print_out(o, render::structured(o, &report)?),
+            }
+            Ok(ExitCode::from(report.status.exit_code() as u8))
+        }
+        Command::History(args) => {
+            let name = cli::container_name(&args.name)?;
+            let runtime: Arc<dyn ContainerRuntime> = connect(g).await?;
+            let store: Arc<dyn StateStore> = open_store(g)?;
+            let updater = Updater::new(runtime, store, Arc::new(Progress::new(true, quiet)));
+            let h = updater.history(&name, args.history_limit as usize).await?;
+            match g.output {
+                Output::Table if h.revisions().is_empty() => print_out(
+                    g.output,
+                    format!(
+                        "{} has no revisions yet: agentctl records them from its first update",
+                        name
+                    ),
+                ),
+                Output::Table => print_out(g.output, render::history_table(&h)),
+                o => print_out(o, render::structured(o, &render::history_rows(&h))?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            let name = cli::container_name(&args.name)?;
+            let runtime: Arc<dyn ContainerRuntime> = connect(g).await?;
+            let store: Arc<dyn StateStore> = open_store(g)?;
+            let updater = Updater::new(runtime, store, Arc::new(Progress::new(g.no_progress, quiet)));
+            let s = updater.status(&name, args.history_limit as usize).await?;
+            match g.output {
+                Output::Table => print_out(g.output, render::status_table(&s)),
+                o => print_out(o, render::structured(o, &s)?),
+            }
+            Ok(if s.state.is_none() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Demo(args) => demo::run(g, args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "agentctl", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    let text = format!("{e:#}");
+    if text.contains("cannot reach the Docker engine") {
+        Some("start the engine (`dockerd`), or point --host / DOCKER_HOST at it")
+    } else if text.contains("is locked by") {
+        Some("another agentctl works on this container; wait for it to finish")
+    } else if text.contains("state store") {
+        Some("use --state-dir to choose another location")
+    } else {
+        None
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let filter = match cli.global.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AGENTCTL_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(render::colour())
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<Usage>().is_some();
+            eprintln!("{} {}", render::red("error:"), e);
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if let Some(h) = hint(&e) {
+                eprintln!("  hint: {h}");
+            }
+            if let Some(agent_rollout::Error::RevertFailed { .. }) = e.downcast_ref::<agent_rollout::Error>() {
+                return ExitCode::from(5);
+            }
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}

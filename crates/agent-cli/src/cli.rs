@@ -1,0 +1,293 @@
+//! Command-line arguments (clap derive) and their validation into library requests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent_core::{ContainerName, ImageRef, RevisionNumber, TagPolicy};
+use agent_health::{HttpProbeConfig, Timing};
+use agent_rollout::{PullPolicy, UpdateRequest, VerifyConfig};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("AGENTCTL_GIT_REV"), ")");
+
+/// Safe, progressive delivery of containerized agents on plain Docker hosts.
+#[derive(Debug, Parser)]
+#[command(name = "agentctl", version = VERSION, about, long_about = None)]
+#[command(
+    after_help = "Examples:\n  agentctl update node-agent --image 127.0.0.1:5000/acme/node-agent:1.4.2\n  agentctl history node-agent\n  agentctl undo node-agent --to-revision 3\n  agentctl demo"
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Where agentctl keeps its state (revisions, journal, leases).
+    #[arg(long, global = true, env = "AGENTCTL_STATE_DIR", value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Docker engine endpoint (unix:///var/run/docker.sock, tcp://HOST:PORT).
+    #[arg(
+        long = "host",
+        short = 'H',
+        global = true,
+        env = "DOCKER_HOST",
+        value_name = "ENDPOINT"
+    )]
+    pub(crate) host: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub(crate) output: Output,
+    /// Plain line output instead of progress bars.
+    #[arg(long, global = true)]
+    pub(crate) no_progress: bool,
+    /// More logs on stderr (-v info, -vv debug).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// Human-readable text and tables.
+    Table,
+    /// JSON for scripts.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Update one agent container to a new image, verify it, and roll back by itself if it fails.
+    #[command(
+        after_help = "Example:\n  agentctl update node-agent --image 127.0.0.1:5000/acme/node-agent:1.4.2 --http-port 8080\n\nExit codes: 0 updated and verified, 1 error (nothing changed), 2 usage, 3 the new version failed and was rolled back."
+    )]
+    Update(UpdateArgs),
+    /// Go back to the previous (or a given) revision, verified like an update.
+    #[command(after_help = "Example:\n  agentctl undo node-agent --to-revision 3")]
+    Undo(UndoArgs),
+    /// List the revisions of a container.
+    #[command(after_help = "Example:\n  agentctl history node-agent -o json")]
+    History(NameArgs),
+    /// Show a container's current revision and health, repairing an interrupted operation first.
+    #[command(after_help = "Example:\n  agentctl status node-agent")]
+    Status(NameArgs),
+    /// Build the demo agent, deploy a small fleet, update it, break it, and watch it roll back.
+    #[command(after_help = "Example:\n  agentctl demo --keep")]
+    Demo(DemoArgs),
+    /// Print shell completions.
+    #[command(after_help = "Example:\n  agentctl completions bash > /etc/bash_completion.d/agentctl")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NameArgs {
+    /// Container name.
+    pub(crate) name: String,
+    /// Revisions kept in the history.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub(crate) history_limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Leave the demo fleet running for you to explore.
+    #[arg(long)]
+    pub(crate) keep: bool,
+    /// Number of demo agents.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub(crate) agents: u32,
+}
+
+/// Verification options shared by update and undo.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// How long every probe must pass before the new container counts as healthy.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub(crate) min_healthy_time: Duration,
+    /// Give up verifying (and roll back) after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) deadline: Duration,
+    /// Time between probe checks.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub(crate) period: Duration,
+    /// Consecutive failures that fail verification.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) failure_threshold: u32,
+    /// A regular expression for fatal log lines (repeatable; default: fatal, panic).
+    #[arg(long = "fatal-pattern", value_name = "REGEX")]
+    pub(crate) fatal_patterns: Vec<String>,
+    /// Probe HTTP GET on this container port (on the container's address).
+    #[arg(long)]
+    pub(crate) http_port: Option<u16>,
+    /// Path for the HTTP probe.
+    #[arg(long, default_value = "/health", requires = "http_port")]
+    pub(crate) http_path: String,
+    /// Revisions kept in the history (retained containers beyond it are removed).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub(crate) history_limit: u32,
+    /// When to pull the image.
+    #[arg(long, value_enum, default_value_t = PullArg::Missing)]
+    pub(crate) pull: PullArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum PullArg {
+    /// When the image is not on the engine.
+    Missing,
+    /// Every time.
+    Always,
+    /// Never.
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpdateArgs {
+    /// Container name.
+    pub(crate) name: String,
+    /// The new image (`registry/repo:tag` or `@sha256:…`).
+    #[arg(long, short = 'i')]
+    pub(crate) image: String,
+    /// Allow floating tags such as `latest`.
+    #[arg(long)]
+    pub(crate) allow_floating_tag: bool,
+    /// Only accept semantic-version tags.
+    #[arg(long)]
+    pub(crate) semver_only: bool,
+    /// Only accept a version newer than the running one.
+    #[arg(long)]
+    pub(crate) newer_only: bool,
+    /// Copy the content of config-carrying mounts here before changing anything.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) backup_dir: Option<PathBuf>,
+    /// Why (recorded in the history).
+    #[arg(long)]
+    pub(crate) cause: Option<String>,
+    #[command(flatten)]
+    pub(crate) verify: VerifyArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UndoArgs {
+    /// Container name.
+    pub(crate) name: String,
+    /// The revision to go back to (default: the last known-good before the current one).
+    #[arg(long, value_name = "N")]
+    pub(crate) to_revision: Option<String>,
+    #[command(flatten)]
+    pub(crate) verify: VerifyArgs,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    agent_core::parse_duration(s)
+}
+
+/// A usage error: exit 2 with this message.
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+pub(crate) fn container_name(s: &str) -> Result<ContainerName, Usage> {
+    s.parse()
+        .map_err(|e: agent_core::ContainerNameError| Usage(e.to_string()))
+}
+
+impl VerifyArgs {
+    fn config(&self) -> Result<VerifyConfig, Usage> {
+        for p in &self.fatal_patterns {
+            regex_check(p)?;
+        }
+        if self.min_healthy_time >= self.deadline {
+            return Err(Usage(format!(
+                "--min-healthy-time ({}) must be shorter than --deadline ({}), or verification can never pass",
+                agent_core::format_duration(self.min_healthy_time),
+                agent_core::format_duration(self.deadline)
+            )));
+        }
+        let mut v = VerifyConfig {
+            timing: Timing {
+                period: self.period,
+                min_healthy_time: self.min_healthy_time,
+                deadline: self.deadline,
+                failure_threshold: self.failure_threshold,
+                ..Timing::default()
+            },
+            ..VerifyConfig::default()
+        };
+        if !self.fatal_patterns.is_empty() {
+            v.fatal_patterns = self.fatal_patterns.clone();
+        }
+        v.http = self.http_port.map(|port| HttpProbeConfig {
+            port,
+            path: self.http_path.clone(),
+            expected_status: None,
+            host_port: None,
+        });
+        Ok(v)
+    }
+
+    fn pull(&self) -> PullPolicy {
+        match self.pull {
+            PullArg::Missing => PullPolicy::Missing,
+            PullArg::Always => PullPolicy::Always,
+            PullArg::Never => PullPolicy::Never,
+        }
+    }
+
+    pub(crate) fn request(&self, name: ContainerName, image: ImageRef) -> Result<UpdateRequest, Usage> {
+        let mut r = UpdateRequest::new(name, image);
+        r.verify = self.config()?;
+        r.pull = self.pull();
+        r.history_limit = self.history_limit as usize;
+        Ok(r)
+    }
+}
+
+fn regex_check(p: &str) -> Result<(), Usage> {
+    agent_health::LogScanProbe::new(vec![p.to_owned()])
+        .map(|_| ())
+        .map_err(|e| Usage(format!("invalid --fatal-pattern {p:?}: {e}")))
+}
+
+impl UpdateArgs {
+    pub(crate) fn request(&self) -> Result<UpdateRequest, Usage> {
+        let name = container_name(&self.name)?;
+        let image: ImageRef = self
+            .image
+            .parse()
+            .map_err(|e: agent_core::ImageRefError| Usage(format!("--image: {e}")))?;
+        let mut r = self.verify.request(name, image)?;
+        r.policy = TagPolicy {
+            allow_floating: self.allow_floating_tag,
+            semver_only: self.semver_only,
+            newer_only: self.newer_only,
+            ..TagPolicy::default()
+        };
+        r.backup_dir = self.backup_dir.clone();
+        r.cause = self.cause.clone();
+        Ok(r)
+    }
+}
+
+impl UndoArgs {
+    pub(crate) fn revision(&self) -> Result<Option<RevisionNumber>, Usage> {
+        self.to_revision
+            .as_deref()
+            .map(|s| s.parse().map_err(|e: String| Usage(format!("--to-revision: {e}"))))
+            .transpose()
+    }
+}

@@ -1,0 +1,331 @@
+//! Rendering: progress on stderr (bars on a terminal, plain lines otherwise), results on stdout as tables,
+//! JSON or YAML.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use agent_core::{format_duration, Revision, RevisionHistory};
+use agent_rollout::{Event, Reporter, StatusReport, UpdateReport, UpdateStatus};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+
+use crate::cli::Output;
+
+/// Whether colour may be used (a terminal, and `NO_COLOR` unset).
+pub(crate) fn colour() -> bool {
+    std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+}
+
+fn paint(text: &str, code: &str) -> String {
+    if colour() {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
+pub(crate) fn red(t: &str) -> String {
+    paint(t, "31")
+}
+pub(crate) fn green(t: &str) -> String {
+    paint(t, "32")
+}
+pub(crate) fn yellow(t: &str) -> String {
+    paint(t, "33")
+}
+
+/// Renders events on stderr.
+pub(crate) struct Progress {
+    bars: Option<MultiProgress>,
+    layers: Mutex<HashMap<String, ProgressBar>>,
+    spinner: Mutex<Option<ProgressBar>>,
+    quiet: bool,
+}
+
+impl Progress {
+    pub(crate) fn new(no_progress: bool, quiet: bool) -> Progress {
+        let fancy = !no_progress && !quiet && std::io::stderr().is_terminal();
+        Progress {
+            bars: fancy.then(MultiProgress::new),
+            layers: Mutex::new(HashMap::new()),
+            spinner: Mutex::new(None),
+            quiet,
+        }
+    }
+
+    pub(crate) fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bars {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish_spinner(&self) {
+        if let Some(s) = self.spinner.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            s.finish_and_clear();
+        }
+    }
+}
+
+impl Reporter for Progress {
+    fn report(&self, event: &Event) {
+        match event {
+            Event::Recovered(r) => self.line(&yellow(&format!(
+                "repaired an interrupted operation ({}, stopped at step {}): {}",
+                r.operation, r.interrupted_at, r.action
+            ))),
+            Event::Preflight {
+                container,
+                from,
+                to,
+                digest,
+            } => {
+                self.line(&format!("preflight ok: {container} {from} -> {to}"));
+                if let Some(d) = digest {
+                    self.line(&format!("  digest {d}"));
+                }
+            }
+            Event::Pull(p) => {
+                let Some(m) = &self.bars else {
+                    if p.status.contains("complete") || p.status.starts_with("Status") || p.status.starts_with("Digest")
+                    {
+                        self.line(&format!("  pull {} {}", p.layer, p.status));
+                    }
+                    return;
+                };
+                if p.layer.is_empty() {
+                    return;
+                }
+                let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+                let bar = layers.entry(p.layer.clone()).or_insert_with(|| {
+                    let b = m.add(ProgressBar::new(p.total.unwrap_or(0)));
+                    b.set_style(
+                        ProgressStyle::with_template("  {prefix:12} {bar:30} {bytes}/{total_bytes} {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    b.set_prefix(p.layer.clone());
+                    b
+                });
+                if let Some(t) = p.total {
+                    bar.set_length(t);
+                }
+                if let Some(c) = p.current {
+                    bar.set_position(c);
+                }
+                bar.set_message(p.status.clone());
+                if p.status.contains("complete") || p.status.contains("exists") {
+                    bar.finish();
+                }
+            }
+            Event::Pulled { image, digest } => self.line(&format!(
+                "pulled {image}{}",
+                digest.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+            )),
+            Event::BackedUp { path, mounts } => self.line(&format!("backed up spec and {mounts} mount(s) to {path}")),
+            Event::Step { step, detail } => self.line(&format!("[{step}] {detail}")),
+            Event::Verifying {
+                container,
+                probes,
+                timing,
+            } => {
+                self.line(&format!("verifying {container} with {} ({timing})", probes.join(", ")));
+                if let Some(m) = &self.bars {
+                    let s = m.add(ProgressBar::new_spinner());
+                    s.enable_steady_tick(std::time::Duration::from_millis(120));
+                    *self.spinner.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+                }
+            }
+            Event::Waiting(g) => {
+                let waiting: Vec<String> = g.waiting_on.iter().map(|(n, d)| format!("{n}: {d}")).collect();
+                let msg = format!("{} waiting on {}", format_duration(g.elapsed), waiting.join("; "));
+                match &*self.spinner.lock().unwrap_or_else(|p| p.into_inner()) {
+                    Some(s) => s.set_message(msg),
+                    None => {}
+                }
+            }
+            Event::Verdict(v) => {
+                self.finish_spinner();
+                let text = v.to_string();
+                let text = match v.outcome {
+                    agent_health::VerdictOutcome::Healthy => green(&text),
+                    agent_health::VerdictOutcome::Unhealthy => red(&text),
+                    agent_health::VerdictOutcome::Inconclusive => yellow(&text),
+                };
+                self.line(text.trim_end());
+            }
+            Event::RollingBack { reason } => self.line(&red(&format!("rolling back: {reason}"))),
+            Event::Pruned { revision } => self.line(&format!("pruned revision {revision} from the history")),
+            _ => {}
+        }
+    }
+}
+
+pub(crate) fn structured<T: Serialize>(out: Output, value: &T) -> anyhow::Result<String> {
+    Ok(match out {
+        Output::Json | Output::Table => serde_json::to_string_pretty(value)?,
+        Output::Yaml => serde_saphyr::to_string(value)?,
+    })
+}
+
+fn ts(t: &time::OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// One history row, the shape `history -o json` prints.
+#[derive(Debug, Serialize)]
+pub(crate) struct HistoryRow<'a> {
+    revision: u64,
+    image: String,
+    digest: Option<String>,
+    status: &'static str,
+    reason: Option<&'a str>,
+    cause: &'a str,
+    created_at: String,
+    finished_at: Option<String>,
+    current: bool,
+    last_known_good: bool,
+    protected: bool,
+    retained_container: Option<&'a str>,
+}
+
+pub(crate) fn history_rows(h: &RevisionHistory) -> Vec<HistoryRow<'_>> {
+    let current = h.current().map(|r| r.number);
+    let lkg = h.last_known_good().map(|r| r.number);
+    h.revisions()
+        .iter()
+        .map(|r: &Revision| HistoryRow {
+            revision: r.number.get(),
+            image: r.image.familiar(),
+            digest: r.digest.as_ref().map(|d| d.to_string()),
+            status: r.outcome.status(),
+            reason: match &r.outcome {
+                agent_core::Outcome::Failed { reason } | agent_core::Outcome::RolledBack { reason } => Some(reason),
+                _ => None,
+            },
+            cause: &r.cause,
+            created_at: ts(&r.created_at),
+            finished_at: r.finished_at.as_ref().map(ts),
+            current: Some(r.number) == current,
+            last_known_good: Some(r.number) == lkg,
+            protected: r.protected,
+            retained_container: r.retained_container.as_deref(),
+        })
+        .collect()
+}
+
+pub(crate) fn history_table(h: &RevisionHistory) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header(["REV", "IMAGE", "DIGEST", "STATUS", "CAUSE", "CREATED", "RETAINED"]);
+    for r in history_rows(h) {
+        let mut status = r.status.to_owned();
+        if r.current {
+            status.push_str(" (current)");
+        } else if r.last_known_good {
+            status.push_str(" (last good)");
+        }
+        t.add_row([
+            r.revision.to_string(),
+            r.image,
+            r.digest
+                .map(|d| d.chars().take(19).collect())
+                .unwrap_or_else(|| "-".into()),
+            status,
+            r.cause.to_owned(),
+            r.created_at,
+            r.retained_container.unwrap_or("-").to_owned(),
+        ]);
+    }
+    t.to_string()
+}
+
+pub(crate) fn update_text(r: &UpdateReport) -> String {
+    let mut out = String::new();
+    match r.status {
+        UpdateStatus::Updated => out.push_str(&green(&format!(
+            "{} updated to {} (revision {}{})",
+            r.container,
+            r.revision.image.familiar(),
+            r.revision.number,
+            r.previous
+                .map(|p| format!(", previous {p} retained"))
+                .unwrap_or_default()
+        ))),
+        UpdateStatus::Unchanged => out.push_str(&format!(
+            "{} already runs {}; nothing changed",
+            r.container,
+            r.revision.image.familiar()
+        )),
+        UpdateStatus::RolledBack => {
+            out.push_str(&red(&format!(
+                "{} rolled back: revision {} ({}) failed and revision {} runs again",
+                r.container,
+                r.revision.number,
+                r.revision.image.familiar(),
+                r.previous.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+            )));
+            if let Some(reason) = &r.reason {
+                out.push_str(&format!("\nreason: {reason}"));
+            }
+            if !r.last_logs.is_empty() {
+                out.push_str("\nlast output of the failed container:");
+                for l in &r.last_logs {
+                    out.push_str(&format!("\n  | {l}"));
+                }
+            }
+        }
+    }
+    if let Some(b) = &r.backup {
+        out.push_str(&format!("\nbackup: {}", b.display()));
+    }
+    out
+}
+
+pub(crate) fn status_table(s: &StatusReport) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    let rows: Vec<(&str, String)> = vec![
+        ("container", s.container.clone()),
+        ("engine", s.endpoint.clone()),
+        ("image", s.image.clone().unwrap_or_else(|| "(no such container)".into())),
+        ("state", s.state.map(|x| x.to_string()).unwrap_or_else(|| "-".into())),
+        ("health", s.health.clone().unwrap_or_else(|| "-".into())),
+        (
+            "restarts",
+            s.restart_count.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "revision",
+            s.revision
+                .as_ref()
+                .map(|r| format!("{} ({}, {})", r.number, r.image.familiar(), r.cause))
+                .unwrap_or_else(|| "not managed yet".into()),
+        ),
+        ("in progress", s.in_progress.clone().unwrap_or_else(|| "-".into())),
+        (
+            "repaired",
+            if s.recovered.is_empty() {
+                "-".into()
+            } else {
+                s.recovered
+                    .iter()
+                    .map(|r| format!("{} at {}: {}", r.operation, r.interrupted_at, r.action))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+        ),
+    ];
+    for (k, v) in rows {
+        t.add_row([k.to_owned(), v]);
+    }
+    t.to_string()
+}
