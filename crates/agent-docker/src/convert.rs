@@ -219,14 +219,7 @@ pub(crate) fn container_info(
         .filter(|t| *t >= 0)
         .map(|t| Duration::from_secs(t as u64));
 
-    // Mounts: what the engine mounted, with volumes the user did not name marked anonymous.
-    let named_in_config: Vec<String> = host
-        .binds
-        .iter()
-        .flatten()
-        .filter_map(|b| b.split(':').next().map(str::to_owned))
-        .chain(host.mounts.iter().flatten().filter_map(|mnt| mnt.source.clone()))
-        .collect();
+    // Mounts: what the engine mounted.
     let tmpfs_opts: HashMap<String, m::MountTmpfsOptions> = host
         .mounts
         .iter()
@@ -244,8 +237,11 @@ pub(crate) fn container_info(
             },
             "volume" => {
                 let vname = mp.name.clone().unwrap_or_default();
+                // The engine names anonymous volumes with 64 hex digits; that stays true after agentctl
+                // re-attaches one by name, so the flag does not change across a recreate.
+                let generated = vname.len() == 64 && vname.bytes().all(|b| b.is_ascii_hexdigit());
                 MountKind::Volume {
-                    anonymous: !named_in_config.contains(&vname),
+                    anonymous: generated,
                     name: vname,
                 }
             }
@@ -461,10 +457,12 @@ pub(crate) fn create_body(
         .and_then(|mode| networks.iter().position(|n| &n.name == mode))
         .unwrap_or(0);
     let first = (!networks.is_empty()).then(|| networks.remove(first_idx));
+    // Like the docker CLI, a container on user networks takes the first one as its network mode; one on the
+    // default bridge keeps the engine's `default` mode (setting `bridge` would be a visible change).
     let network_mode = spec
         .network_mode
         .clone()
-        .or_else(|| first.as_ref().map(|n| n.name.clone()));
+        .or_else(|| first.as_ref().map(|n| n.name.clone()).filter(|n| n != "bridge"));
     let networking_config = first.as_ref().map(|n| m::NetworkingConfig {
         endpoints_config: Some(HashMap::from([(n.name.clone(), endpoint_settings(n))])),
     });

@@ -250,4 +250,14 @@ impl DockerRuntime {
             .await
             .map_err(|e| self.err("volume-remove", name, e))
     }
+
+    /// Extracts the tar archive `tar` into `path` inside the container (the engine's archive API); the
+    /// counterpart of `export_path`, used to restore backups and to seed test data.
+    pub async fn import_path(&self, container: &str, path: &str, tar: Vec<u8>) -> Result<(), RuntimeError> {
+        let opts = qp::UploadToContainerOptionsBuilder::new().path(path).build();
+        self.client()
+            .upload_to_container(container, Some(opts), bollard::body_full(tar.into()))
+            .await
+            .map_err(|e| self.err("import", container, e))
+    }
 }

@@ -176,6 +176,13 @@ impl LocalRegistry {
         Err(std::io::Error::other("the local registry did not start within 15 s"))
     }
 
+    /// Keeps the registry running past this value (for a fixture shared by a whole test process); returns
+    /// its pid so the caller can stop it at exit.
+    pub fn detach(self) -> u32 {
+        // Neither the child nor its temp dir is dropped: both outlive this value.
+        std::mem::ManuallyDrop::new(self).child.id()
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -40,6 +40,25 @@ impl SqliteStore {
     /// Opens (or creates) the store at `path`, checks its integrity, and migrates its schema, keeping a copy
     /// of the file as `PATH.bak-vN` before any migration of an existing store.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        // Another process opening the store at the same moment can hold the lock that switching to WAL or
+        // creating the schema needs, and SQLite's busy handler does not cover those: retry for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match SqliteStore::open_once(path) {
+                Err(StoreError::Io { message, .. })
+                    if (message.contains("locked") || message.contains("busy"))
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<SqliteStore, StoreError> {
         let location = path.display().to_string();
         let io = |e: &dyn std::fmt::Display| StoreError::Io {
             location: location.clone(),

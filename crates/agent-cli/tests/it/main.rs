@@ -1,0 +1,8 @@
+//! End-to-end tests of `agentctl` against the real Docker engine and a real local registry.
+//!
+//! Every test labels what it creates with its run id and removes it by label when it ends, failed or not.
+
+mod cli;
+mod crash;
+mod support;
+mod update;

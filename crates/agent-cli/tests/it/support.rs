@@ -1,0 +1,246 @@
+//! Shared fixture: the engine, a local registry with the demo images pushed to it, and helpers to run
+//! `agentctl` and to set up containers with the docker CLI the way operators do.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+use agent_core::ContainerRuntime;
+use agent_docker::testing::{demo_agent_binary, run_id, DemoImage, LocalRegistry, RUN_LABEL};
+use agent_docker::DockerRuntime;
+
+/// Images in the registry, by name: `v1`, `v2`, `exit`, `never-healthy`, `fatal`, `crash`, `slow`.
+pub struct Images {
+    pub registry: String,
+    pub refs: HashMap<&'static str, String>,
+}
+
+static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static IMAGES: OnceLock<Images> = OnceLock::new();
+const FIXTURE_LABEL: &str = "io.agentctl.it-fixture";
+
+extern "C" fn kill_children() {
+    for pid in PIDS.lock().map(|p| p.clone()).unwrap_or_default() {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The registry and images, made once per test process.
+pub fn images() -> &'static Images {
+    IMAGES.get_or_init(|| {
+        let registry = LocalRegistry::start().expect("start the local registry (apt-get install docker-registry)");
+        let address = registry.address();
+        // The registry lives as long as the test process; kill it at exit.
+        PIDS.lock().unwrap().push(registry.detach());
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::atexit(kill_children);
+        }
+        let binary = demo_agent_binary().expect("build the demo agent");
+        let rt = runtime();
+        let refs = rt.block_on(async {
+            let docker = DockerRuntime::connect(None).await.expect("connect to the engine");
+            let labels = HashMap::from([(FIXTURE_LABEL.to_owned(), "1".to_owned())]);
+            let mut refs = HashMap::new();
+            let specs: [(&'static str, &str, Option<&str>); 8] = [
+                ("v1", "1.0.0", None),
+                ("v2", "2.0.0", None),
+                ("v3", "3.0.0", None),
+                ("exit", "9.1.0", Some("exit-at-start")),
+                ("never-healthy", "9.2.0", Some("never-healthy")),
+                ("fatal", "9.3.0", Some("fatal-logs")),
+                ("crash", "9.4.0", Some("crash-after:1")),
+                ("slow", "9.5.0", Some("slow-start:600")),
+            ];
+            for (key, version, failure) in specs {
+                let mut img = DemoImage::new(version);
+                img.failure = failure.map(str::to_owned);
+                let tag = format!("{address}/agentctl-it/agent:{version}");
+                img.build(&docker, &binary, &tag, &labels)
+                    .await
+                    .expect("build a demo image");
+                docker.push_image(&tag).await.expect("push to the local registry");
+                refs.insert(key, tag);
+            }
+            refs
+        });
+        Images {
+            registry: address,
+            refs,
+        }
+    })
+}
+
+/// One test's world: a run id, a state dir, and cleanup by label on drop.
+pub struct World {
+    pub run: String,
+    pub state: tempfile::TempDir,
+    pub label: String,
+}
+
+impl World {
+    pub fn new(prefix: &str) -> World {
+        let run = run_id(prefix);
+        World {
+            label: format!("{RUN_LABEL}={run}"),
+            run,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A container name unique to this test.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.run)
+    }
+
+    /// Runs agentctl with this world's state dir.
+    pub fn agentctl(&self, args: &[&str]) -> Output {
+        self.agentctl_env(args, &[])
+    }
+
+    pub fn agentctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentctl"));
+        cmd.arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--no-progress")
+            .args(args);
+        cmd.env("NO_COLOR", "1").env_remove("AGENTCTL_CRASH_AT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// `docker run -d` with this world's label and `args`, returning the container id.
+    pub fn docker_run(&self, name: &str, args: &[&str], image: &str) -> String {
+        let mut cmd = Command::new("docker");
+        cmd.args(["run", "-d", "--name", name, "--label", &self.label])
+            .args(args)
+            .arg(image);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker").args(args).output().unwrap()
+    }
+
+    /// A docker network with this world's label.
+    pub fn network(&self, suffix: &str, subnet: &str) -> String {
+        let name = self.name(suffix);
+        let out = self.docker(&["network", "create", "--label", &self.label, "--subnet", subnet, &name]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        name
+    }
+
+    /// A named volume with this world's label.
+    pub fn volume(&self, suffix: &str) -> String {
+        let name = self.name(suffix);
+        let out = self.docker(&["volume", "create", "--label", &self.label, &name]);
+        assert!(out.status.success());
+        name
+    }
+
+    /// The container's id, running flag and image, or `None` when it does not exist.
+    pub fn state(&self, name: &str) -> Option<(String, bool, String)> {
+        let out = self.docker(&["inspect", "-f", "{{.Id}} {{.State.Running}} {{.Config.Image}}", name]);
+        if !out.status.success() {
+            return None;
+        }
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let mut it = s.split(' ');
+        Some((it.next()?.to_owned(), it.next()? == "true", it.next()?.to_owned()))
+    }
+
+    /// Names of this world's containers whose name starts with `prefix`.
+    pub fn containers(&self, prefix: &str) -> Vec<String> {
+        let out = self.docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={}", self.label),
+            "--format",
+            "{{.Names}}",
+        ]);
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let label = self.label.clone();
+        let _ = std::thread::spawn(move || {
+            runtime().block_on(async {
+                if let Ok(d) = DockerRuntime::connect(None).await {
+                    d.remove_labelled(&label).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// Verification flags that keep tests short.
+pub const FAST: &[&str] = &[
+    "--min-healthy-time",
+    "2s",
+    "--deadline",
+    "15s",
+    "--period",
+    "300ms",
+    "--pull",
+    "always",
+];
+
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
+}
+
+pub fn workspace_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
+/// The spec the adapter reads for a container.
+pub fn spec(name: &str) -> agent_core::ContainerSpec {
+    runtime().block_on(async {
+        let d = DockerRuntime::connect(None).await.unwrap();
+        d.inspect_container(name).await.unwrap().spec
+    })
+}

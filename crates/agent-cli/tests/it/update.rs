@@ -1,0 +1,482 @@
+//! `agentctl update`, `undo`, `history` and `status` on the real engine.
+
+use std::collections::BTreeSet;
+
+use crate::support::*;
+
+/// The volume's `seed.txt` as a tar stream (header + content), read through a throwaway container.
+fn read_volume_file(w: &World, volume: &str) -> Vec<u8> {
+    // No shell in the demo image: read the volume through the archive API.
+    let name = w.name(&format!("reader-{}", volume.len()));
+    let _ = w.docker(&["rm", "-f", &name]);
+    let out = w.docker(&[
+        "create",
+        "--name",
+        &name,
+        "--label",
+        &w.label,
+        "-v",
+        &format!("{volume}:/v"),
+        &images().refs["v1"],
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = w.docker(&["cp", &format!("{name}:/v/seed.txt"), "-"]);
+    let _ = w.docker(&["rm", "-f", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    out.stdout
+}
+
+fn seed_volume(w: &World, volume: &str, content: &str) {
+    let name = w.name("seeder");
+    let out = w.docker(&[
+        "create",
+        "--name",
+        &name,
+        "--label",
+        &w.label,
+        "-v",
+        &format!("{volume}:/v"),
+        &images().refs["v1"],
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("seed.txt"), content).unwrap();
+    let out = w.docker(&[
+        "cp",
+        &format!("{}/seed.txt", dir.path().display()),
+        &format!("{name}:/v/seed.txt"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = w.docker(&["rm", "-f", &name]);
+}
+
+#[test]
+fn a_richly_configured_container_keeps_every_setting_and_its_data() {
+    let img = images();
+    let w = World::new("rich");
+    let name = w.name("agent");
+    let n1 = w.network("n1", "10.231.1.0/24");
+    let n2 = w.network("n2", "10.231.2.0/24");
+    let vol = w.volume("data");
+    seed_volume(&w, &vol, "state that must survive\n");
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(conf.path().join("agent.yaml"), "interval: 10s\n").unwrap();
+    let bind = format!("{}:/etc/agent:ro", conf.path().display());
+    let before_id = w.docker_run(
+        &name,
+        &[
+            "-e",
+            "LOG_LEVEL=debug",
+            "-e",
+            "API_TOKEN=planted-secret-value",
+            "--label",
+            "team=observability",
+            "--user",
+            "65534:65534",
+            "-w",
+            "/work",
+            "--hostname",
+            "agent-host",
+            "--domainname",
+            "example.internal",
+            "-v",
+            &bind,
+            "-v",
+            &format!("{vol}:/var/lib/agent"),
+            "-v",
+            "/cache",
+            "--tmpfs",
+            "/tmp:size=1m",
+            "-p",
+            "127.0.0.1::8080",
+            "--network",
+            &n1,
+            "--ip",
+            "10.231.1.10",
+            "--network-alias",
+            "collector",
+            "--restart",
+            "unless-stopped",
+            "--memory",
+            "64m",
+            "--cpu-shares",
+            "512",
+            "--cpus",
+            "0.5",
+            "--pids-limit",
+            "100",
+            "--cap-drop",
+            "NET_RAW",
+            "--cap-add",
+            "SYS_TIME",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--log-opt",
+            "max-size=1m",
+            "--security-opt",
+            "no-new-privileges",
+            "--add-host",
+            "db:10.0.0.5",
+            "--dns",
+            "10.0.0.53",
+            "--dns-search",
+            "example.internal",
+            "--dns-option",
+            "ndots:2",
+            "--init",
+            "--read-only",
+            "--stop-signal",
+            "SIGINT",
+            "--stop-timeout",
+            "7",
+            "--shm-size",
+            "32m",
+        ],
+        &img.refs["v1"],
+    );
+    let out = w.docker(&[
+        "network",
+        "connect",
+        "--alias",
+        "second",
+        "--ip",
+        "10.231.2.20",
+        &n2,
+        &name,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let anon_before: BTreeSet<String> = spec(&name)
+        .mounts
+        .iter()
+        .filter_map(|m| match &m.kind {
+            agent_core::MountKind::Volume { name, anonymous: true } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(anon_before.len(), 1, "the -v /cache volume is anonymous");
+    let before = spec(&name);
+    let before_tar = read_volume_file(&w, &vol);
+    let needle = b"state that must survive\n";
+    assert!(before_tar.windows(needle.len()).any(|x| x == needle));
+
+    let out = w.agentctl(&[&["update", &name, "--image", &img.refs["v2"], "-o", "json"], FAST].concat());
+    assert_eq!(code(&out), 0, "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["status"], "updated");
+    assert!(report["unexpectedChanges"].as_array().unwrap().is_empty(), "{report}");
+
+    let after = spec(&name);
+    let diff = before.diff(&after).ignoring_image();
+    assert!(diff.is_empty(), "configuration changed: {diff}");
+    assert_eq!(
+        after.image.to_string(),
+        img.refs["v2"].parse::<agent_core::ImageRef>().unwrap().to_string()
+    );
+    let anon_after: BTreeSet<String> = after
+        .mounts
+        .iter()
+        .filter_map(|m| match &m.kind {
+            agent_core::MountKind::Volume { name, .. } if anon_before.contains(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        anon_after, anon_before,
+        "the anonymous volume is re-attached by name, not replaced"
+    );
+    let ips = w.docker(&[
+        "inspect",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}",
+        &name,
+    ]);
+    let ips = stdout(&ips);
+    assert!(
+        ips.contains("10.231.1.10") && ips.contains("10.231.2.20"),
+        "static IPs kept: {ips}"
+    );
+    let after_tar = read_volume_file(&w, &vol);
+    assert_eq!(
+        after_tar, before_tar,
+        "the volume's file is byte-identical (content, mode, owner, mtime)"
+    );
+    let (id, running, _) = w.state(&name).unwrap();
+    assert!(running && id != before_id);
+    // The old container is retained, stopped, and will not be restarted by the daemon.
+    let retained = format!("{name}.rev1");
+    let policy = w.docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.RestartPolicy.Name}} {{.State.Running}}",
+        &retained,
+    ]);
+    assert_eq!(stdout(&policy).trim(), "no false");
+    // The planted secret is in no output and not in the state store.
+    assert!(!stdout(&out).contains("planted-secret-value") && !stderr(&out).contains("planted-secret-value"));
+    let db = std::fs::read(w.state_dir().join("state.db")).unwrap_or_default();
+    let wal = std::fs::read(w.state_dir().join("state.db-wal")).unwrap_or_default();
+    let needle = b"planted-secret-value";
+    assert!(!db.windows(needle.len()).any(|x| x == needle) && !wal.windows(needle.len()).any(|x| x == needle));
+}
+
+#[test]
+fn every_failure_mode_rolls_back_with_exit_3() {
+    let img = images();
+    let w = World::new("fail");
+    let modes = ["exit", "never-healthy", "fatal", "crash", "slow"];
+    let handles: Vec<_> = modes
+        .iter()
+        .map(|mode| {
+            let name = w.name(mode);
+            let id = w.docker_run(&name, &["--restart", "unless-stopped"], &img.refs["v1"]);
+            let args: Vec<String> = ["update", &name, "--image", &img.refs[mode], "-o", "json"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(
+                    [
+                        "--min-healthy-time",
+                        "3s",
+                        "--deadline",
+                        "12s",
+                        "--period",
+                        "300ms",
+                        "--pull",
+                        "always",
+                    ]
+                    .map(String::from),
+                )
+                .collect();
+            let state = w.state_dir().to_owned();
+            let mode = mode.to_string();
+            std::thread::spawn(move || {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .args(&args)
+                    .env("NO_COLOR", "1")
+                    .output()
+                    .unwrap();
+                (mode, name, id, out)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (mode, name, id, out) = h.join().unwrap();
+        assert_eq!(
+            code(&out),
+            3,
+            "{mode}: stdout {}\nstderr {}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let report = json(&out);
+        assert_eq!(report["status"], "rolled-back", "{mode}");
+        assert!(
+            report["reason"].as_str().unwrap().len() > 10,
+            "{mode}: a reason is given"
+        );
+        let (now, running, image) = w.state(&name).unwrap();
+        assert_eq!(now, id, "{mode}: the very same old container runs again");
+        assert!(running, "{mode}");
+        assert_eq!(image, img.refs["v1"], "{mode}");
+        assert_eq!(w.containers(&name), std::slice::from_ref(&name), "{mode}: no leftovers");
+        let hist = json(&w.agentctl(&["history", &name, "-o", "json"]));
+        let statuses: Vec<&str> = hist
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, ["succeeded", "rolled-back"], "{mode}");
+    }
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let img = images();
+    let w = World::new("bad");
+    let name = w.name("agent");
+    let id = w.docker_run(&name, &["--restart", "always"], &img.refs["v1"]);
+    let missing = format!("{}/agentctl-it/agent:0.0.404", img.registry);
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["update", &name, "--image", &missing], 1, "not found"),
+        (vec!["update", &name, "--image", "acme/agent:latest"], 1, "floating tag"),
+        (vec!["update", &name, "--image", "acme/Agent:1"], 2, "position 5"),
+        (
+            vec!["update", "no-such-agent", "--image", &img.refs["v2"]],
+            1,
+            "no-such-agent",
+        ),
+        (
+            vec!["update", "bad;name", "--image", &img.refs["v2"]],
+            2,
+            "invalid container name",
+        ),
+        (
+            vec!["update", &name, "--image", &img.refs["v2"], "--deadline", "ten"],
+            2,
+            "invalid duration",
+        ),
+        (
+            vec![
+                "update",
+                &name,
+                "--image",
+                &img.refs["v2"],
+                "--min-healthy-time",
+                "1m",
+                "--deadline",
+                "10s",
+            ],
+            2,
+            "shorter than --deadline",
+        ),
+        (vec!["undo", &name, "--to-revision", "zero"], 2, "revision"),
+        (vec!["undo", &name], 1, "no earlier good revision"),
+    ];
+    for (args, want, text) in cases {
+        let out = w.agentctl(&args);
+        assert_eq!(code(&out), want, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(text), "{args:?}: {}", stderr(&out));
+        let (now, running, image) = w.state(&name).unwrap();
+        assert!(
+            now == id && running && image == img.refs["v1"],
+            "{args:?} changed the container"
+        );
+        assert_eq!(w.containers(&name), std::slice::from_ref(&name));
+    }
+}
+
+#[test]
+fn undo_and_undo_to_revision() {
+    let img = images();
+    let w = World::new("undo");
+    let name = w.name("agent");
+    let v1_id = w.docker_run(&name, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    for v in ["v2", "v3"] {
+        let out = w.agentctl(&[&["update", &name, "--image", &img.refs[v]], FAST].concat());
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    // Back to 2 from its retained container.
+    let out = w.agentctl(&[&["undo", &name, "-o", "json"], &FAST[..6]].concat());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["revision"]["cause"], "undo to revision 2");
+    assert_eq!(w.state(&name).unwrap().2, img.refs["v2"]);
+    // Then to 1: the original container comes back.
+    let out = w.agentctl(&[&["undo", &name, "--to-revision", "1"], &FAST[..6]].concat());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (id, running, image) = w.state(&name).unwrap();
+    assert_eq!(
+        (id.as_str(), running, image.as_str()),
+        (v1_id.as_str(), true, img.refs["v1"].as_str())
+    );
+    let hist = json(&w.agentctl(&["history", &name, "-o", "json"]));
+    let rows = hist.as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    for field in ["revision", "image", "digest", "status", "cause", "created_at"] {
+        assert!(rows.iter().all(|r| r.get(field).is_some()), "history rows have {field}");
+    }
+    assert!(
+        rows[1]["digest"].as_str().unwrap().starts_with("sha256:"),
+        "pushed images have digests"
+    );
+    let out = w.agentctl(&["undo", &name, "--to-revision", "9"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("no revision 9"), "{}", stderr(&out));
+    let table = stdout(&w.agentctl(&["history", &name]));
+    assert!(
+        table.contains("undo to revision 1") && table.contains("(current)"),
+        "{table}"
+    );
+    let status = json(&w.agentctl(&["status", &name, "-o", "json"]));
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["revision"]["number"], 5);
+}
+
+#[test]
+fn a_pull_reports_progress_and_pins_the_digest() {
+    let img = images();
+    let w = World::new("pull");
+    let name = w.name("agent");
+    // An image only the registry has.
+    let tag = format!("{}/agentctl-it/pulled:{}", img.registry, w.run.replace(['-'], "."));
+    let tag = tag.replace("pulled:", "pulled:v");
+    assert!(w.docker(&["tag", &img.refs["v2"], &tag]).status.success());
+    let push = w.docker(&["push", &tag]);
+    assert!(push.status.success(), "{}", stderr(&push));
+    let pushed = stdout(&push);
+    let digest = pushed
+        .split("digest: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert!(w.docker(&["rmi", &tag]).status.success());
+    w.docker_run(&name, &[], &img.refs["v1"]);
+    let out = w.agentctl(&[
+        "update",
+        &name,
+        "--image",
+        &tag,
+        "-o",
+        "json",
+        "--min-healthy-time",
+        "1s",
+        "--deadline",
+        "15s",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("pulled "), "{}", stderr(&out));
+    assert_eq!(json(&out)["revision"]["digest"], digest.as_str());
+    let _ = w.docker(&["rm", "-f", &name]);
+    let _ = w.docker(&["rmi", "-f", &tag]);
+}
+
+#[test]
+fn two_updates_on_one_container_cannot_both_run() {
+    let img = images();
+    let w = World::new("race");
+    let name = w.name("agent");
+    w.docker_run(&name, &[], &img.refs["v1"]);
+    let spawn = |image: &str| {
+        let args: Vec<String> = [&["update", &name, "--image", image][..], FAST]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let state = w.state_dir().to_owned();
+        std::thread::spawn(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+                .arg("--state-dir")
+                .arg(&state)
+                .args(&args)
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap()
+        })
+    };
+    let a = spawn(&img.refs["v2"]);
+    let b = spawn(&img.refs["v3"]);
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let codes = [code(&a), code(&b)];
+    let busy = [&a, &b].iter().filter(|o| stderr(o).contains("is locked by")).count();
+    assert!(
+        codes.contains(&0),
+        "one succeeds: {codes:?}\n{}\n{}",
+        stderr(&a),
+        stderr(&b)
+    );
+    // The other either waited out nothing and was refused, or ran after the first released its lease.
+    assert!(
+        busy == 1 || codes == [0, 0],
+        "{codes:?}\n{}\n{}",
+        stderr(&a),
+        stderr(&b)
+    );
+    let running: Vec<String> = w
+        .containers(&name)
+        .into_iter()
+        .filter(|c| w.state(c).unwrap().1)
+        .collect();
+    assert_eq!(running, std::slice::from_ref(&name), "exactly one instance runs");
+}
