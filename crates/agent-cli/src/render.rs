@@ -146,9 +146,8 @@ impl Reporter for Progress {
             Event::Waiting(g) => {
                 let waiting: Vec<String> = g.waiting_on.iter().map(|(n, d)| format!("{n}: {d}")).collect();
                 let msg = format!("{} waiting on {}", format_duration(g.elapsed), waiting.join("; "));
-                match &*self.spinner.lock().unwrap_or_else(|p| p.into_inner()) {
-                    Some(s) => s.set_message(msg),
-                    None => {}
+                if let Some(s) = &*self.spinner.lock().unwrap_or_else(|p| p.into_inner()) {
+                    s.set_message(msg);
                 }
             }
             Event::Verdict(v) => {
