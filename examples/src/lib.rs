@@ -1,1 +1,1 @@
-//! Examples of the agentctl SDK.
+//! Examples of the agentctl SDK. The code is in the `*.rs` files beside this crate; see `README.md`.

@@ -67,7 +67,7 @@ async fn demo(
 
     progress.line("== 1. build the demo agent (static binary) and its images, FROM scratch, no registry");
     let binary = tokio::task::spawn_blocking(demo_agent_binary).await??;
-    let tag = |v: &str| format!("{REPO}:{v}-{run}");
+    let tag = |v: &str| format!("{REPO}:{v}");
     for (version, failure) in [("1.0.0", None), ("2.0.0", None), ("3.0.0", Some("fatal-logs"))] {
         let mut image = DemoImage::new(version);
         image.failure = failure.map(str::to_owned);

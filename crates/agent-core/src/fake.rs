@@ -29,6 +29,7 @@ pub struct ImageBehaviour {
 
 /// A fault to inject.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fault {
     /// The Nth call (counting every trait call from 1) fails.
     FailCall(u64),
@@ -36,6 +37,15 @@ pub enum Fault {
     FailOperation {
         /// The operation name.
         operation: &'static str,
+        /// How many calls fail.
+        times: u32,
+    },
+    /// The next calls of this operation return `error`, `times` times (a registry hiccup, a conflict…).
+    Return {
+        /// The operation name.
+        operation: &'static str,
+        /// The error to return.
+        error: RuntimeError,
         /// How many calls fail.
         times: u32,
     },
@@ -161,25 +171,35 @@ impl FakeRuntime {
         let mut s = self.lock();
         s.calls += 1;
         let call = s.calls;
-        let mut fail = false;
+        let mut fail: Option<RuntimeError> = None;
+        let injected = RuntimeError::InjectedFault {
+            operation,
+            subject: subject.to_owned(),
+            call,
+        };
         s.faults.retain_mut(|f| match f {
-            Fault::FailCall(n) if *n == call => {
-                fail = true;
+            Fault::FailCall(n) if *n == call && fail.is_none() => {
+                fail = Some(injected.clone());
                 false
             }
-            Fault::FailOperation { operation: op, times } if *op == operation && !fail => {
-                fail = true;
+            Fault::FailOperation { operation: op, times } if *op == operation && fail.is_none() => {
+                fail = Some(injected.clone());
+                *times -= 1;
+                *times > 0
+            }
+            Fault::Return {
+                operation: op,
+                error,
+                times,
+            } if *op == operation && fail.is_none() => {
+                fail = Some(error.clone());
                 *times -= 1;
                 *times > 0
             }
             _ => true,
         });
-        if fail {
-            return Err(RuntimeError::InjectedFault {
-                operation,
-                subject: subject.to_owned(),
-                call,
-            });
+        if let Some(e) = fail {
+            return Err(e);
         }
         s.ops.push(format!("{operation} {subject}"));
         Ok(s)

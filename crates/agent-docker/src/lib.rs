@@ -3,7 +3,7 @@
 //!
 //! It connects the way the docker CLI does (`DOCKER_HOST`: `unix://` socket or `tcp://`, with TLS from
 //! `DOCKER_CERT_PATH` when `DOCKER_TLS_VERIFY` is set), negotiates the API version, and turns engine answers
-//! into domain facts: an inspect becomes a [`ContainerSpec`](agent_core::ContainerSpec) holding only what the
+//! into domain facts: an inspect becomes a [`ContainerSpec`] holding only what the
 //! user configured (the image's own defaults are told apart by inspecting the image), a 404 becomes
 //! `ContainerNotFound { container }`, a 409 a `Conflict`. No bollard type crosses this crate's public API.
 //!

@@ -278,3 +278,32 @@ async fn history_is_pruned_to_the_limit_with_retained_containers() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_registry_hiccup_is_retried_but_a_missing_image_is_not() {
+    let (rt, _store, up) = setup();
+    let hiccup = agent_core::RuntimeError::PullFailed {
+        image: "acme/agent:2.0".into(),
+        message: "502 Bad Gateway".into(),
+    };
+    rt.inject(Fault::Return {
+        operation: "pull",
+        error: hiccup,
+        times: 2,
+    });
+    let report = up.update(&req("acme/agent:2.0")).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::Updated);
+    assert_eq!(
+        rt.operations().iter().filter(|o| o.starts_with("pull")).count(),
+        1,
+        "the third try pulled"
+    );
+    let err = up.update(&req("acme/agent:8.8")).await.unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    let tries = rt
+        .operations()
+        .iter()
+        .filter(|o| o.as_str() == "pull docker.io/acme/agent:8.8")
+        .count();
+    assert_eq!(tries, 1, "a missing image is not retried");
+}

@@ -17,6 +17,7 @@ use agent_health::{
     ContainerStateProbe, DockerHealthProbe, HealthGate, HttpProbe, HttpProbeConfig, LogScanProbe, Probe, ProbeContext,
     Timing, Verdict, VerdictOutcome,
 };
+use backon::{ExponentialBuilder, Retryable};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -652,10 +653,22 @@ impl Updater {
                 })
             });
         }
-        let reporter = self.reporter.clone();
-        let info = self
-            .runtime
-            .pull_image(image, &move |p| reporter.report(&Event::Pull(p)))
+        // A registry hiccup is retried with backoff; a missing image or a refused pull is not.
+        let pull = || async {
+            let reporter = self.reporter.clone();
+            self.runtime
+                .pull_image(image, &move |p| reporter.report(&Event::Pull(p)))
+                .await
+        };
+        let info = pull
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_times(3),
+            )
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, RuntimeError::PullFailed { .. } | RuntimeError::Unavailable { .. }))
+            .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "pull failed; retrying"))
             .await?;
         self.reporter.report(&Event::Pulled {
             image: image.to_string(),

@@ -26,6 +26,21 @@ extern "C" fn kill_children() {
     for pid in PIDS.lock().map(|p| p.clone()).unwrap_or_default() {
         let _ = Command::new("kill").arg(pid.to_string()).status();
     }
+    prune_fixture_images();
+}
+
+/// Removes the fixture's images that no container uses (this run's at exit, or a crashed run's at start).
+fn prune_fixture_images() {
+    let _ = Command::new("docker")
+        .args([
+            "image",
+            "prune",
+            "-a",
+            "-f",
+            "--filter",
+            &format!("label={FIXTURE_LABEL}"),
+        ])
+        .output();
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -38,6 +53,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// The registry and images, made once per test process.
 pub fn images() -> &'static Images {
     IMAGES.get_or_init(|| {
+        prune_fixture_images();
         let registry = LocalRegistry::start().expect("start the local registry (apt-get install docker-registry)");
         let address = registry.address();
         // The registry lives as long as the test process; kill it at exit.
