@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agent_core::{ContainerName, ImageRef, RevisionNumber, TagPolicy};
+use agent_health::Condition;
 use agent_health::{HttpProbeConfig, Timing};
-use agent_rollout::{PullPolicy, UpdateRequest, VerifyConfig};
+use agent_rollout::{HeartbeatCheck, PullPolicy, QueryCheck, ScrapeCheck, UpdateRequest, VerifyConfig, WatchConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("AGENTCTL_GIT_REV"), ")");
@@ -76,6 +77,17 @@ pub(crate) enum Command {
     /// Show a container's current revision and health, repairing an interrupted operation first.
     #[command(after_help = "Example:\n  agentctl status node-agent")]
     Status(NameArgs),
+    /// Run the heartbeat control center that agents report to.
+    #[command(
+        name = "control-center",
+        after_help = "Example:\n  agentctl control-center --listen 127.0.0.1:7070 --token-file /etc/agentctl/cc-token"
+    )]
+    ControlCenter(ControlCenterArgs),
+    /// List the agents a control center knows, with version, last seen and state.
+    #[command(
+        after_help = "Example:\n  agentctl agents --control-center http://127.0.0.1:7070 --token-file /etc/agentctl/cc-token"
+    )]
+    Agents(AgentsArgs),
     /// Build the demo agent, deploy a small fleet, update it, break it, and watch it roll back.
     #[command(after_help = "Example:\n  agentctl demo --keep")]
     Demo(DemoArgs),
@@ -94,6 +106,32 @@ pub(crate) struct NameArgs {
     /// Revisions kept in the history.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub(crate) history_limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ControlCenterArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub(crate) listen: String,
+    /// File holding the bearer token agents must send (or env AGENTCTL_CC_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// An agent is late after this long without a heartbeat.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub(crate) late_after: Duration,
+    /// And down after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) down_after: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentsArgs {
+    /// The control center (`http://IP:PORT`).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7070")]
+    pub(crate) control_center: String,
+    /// File holding its token (or env AGENTCTL_CC_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +168,39 @@ pub(crate) struct VerifyArgs {
     /// Path for the HTTP probe.
     #[arg(long, default_value = "/health", requires = "http_port")]
     pub(crate) http_path: String,
+    /// Control center the agent sends heartbeats to (`http://IP:PORT`): the new container must report the new version.
+    #[arg(long, value_name = "URL")]
+    pub(crate) heartbeat: Option<String>,
+    /// File holding the control center's token (or env AGENTCTL_CC_TOKEN).
+    #[arg(long, value_name = "FILE", requires = "heartbeat")]
+    pub(crate) heartbeat_token_file: Option<PathBuf>,
+    /// A heartbeat older than this fails the heartbeat probe.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) heartbeat_max_age: Duration,
+    /// Prometheus server for --query (`http://127.0.0.1:9090`).
+    #[arg(long, value_name = "URL", requires = "query")]
+    pub(crate) prometheus: Option<String>,
+    /// A PromQL query that must meet --success-condition while verifying.
+    #[arg(long, requires_all = ["prometheus", "success_condition"])]
+    pub(crate) query: Option<String>,
+    /// Condition over the query's value, like `result < 0.05`.
+    #[arg(long, requires = "query")]
+    pub(crate) success_condition: Option<String>,
+    /// A check of the agent's own metrics, like `agent_up == 1` or `agent_requests_total{code="500"} < 5` (repeatable).
+    #[arg(long = "metric", value_name = "CHECK")]
+    pub(crate) metrics: Vec<String>,
+    /// Port and path where the agent serves its metrics.
+    #[arg(long, default_value_t = 8080)]
+    pub(crate) metrics_port: u16,
+    /// Path of the agent's metrics.
+    #[arg(long, default_value = "/metrics")]
+    pub(crate) metrics_path: String,
+    /// After success, keep watching this long and roll back when a probe keeps failing (probation).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) watch: Option<Duration>,
+    /// During --watch, how long a probe must fail before its alert fires (a crash fires at once).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) alert_for: Duration,
     /// Revisions kept in the history (retained containers beyond it are removed).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub(crate) history_limit: u32,
@@ -237,6 +308,29 @@ impl VerifyArgs {
             expected_status: None,
             host_port: None,
         });
+        if let Some(url) = &self.heartbeat {
+            v.heartbeat = Some(HeartbeatCheck {
+                url: url.clone(),
+                token: read_token(self.heartbeat_token_file.as_deref())?,
+                max_age: self.heartbeat_max_age,
+            });
+        }
+        if let (Some(url), Some(query), Some(cond)) = (&self.prometheus, &self.query, &self.success_condition) {
+            v.queries.push(QueryCheck {
+                prometheus: url.clone(),
+                query: query.clone(),
+                condition: Condition::parse(cond).map_err(|e| Usage(format!("--success-condition: {e}")))?,
+            });
+        }
+        for m in &self.metrics {
+            let (selector, condition) = parse_metric_check(m).map_err(|e| Usage(format!("--metric: {e}")))?;
+            v.scrapes.push(ScrapeCheck {
+                port: self.metrics_port,
+                path: self.metrics_path.clone(),
+                selector,
+                condition,
+            });
+        }
         Ok(v)
     }
 
@@ -253,6 +347,11 @@ impl VerifyArgs {
         r.verify = self.config()?;
         r.pull = self.pull();
         r.history_limit = self.history_limit as usize;
+        r.watch = self.watch.map(|window| WatchConfig {
+            window,
+            alert_for: self.alert_for,
+            period: self.period.max(Duration::from_millis(500)),
+        });
         Ok(r)
     }
 }
@@ -289,5 +388,72 @@ impl UndoArgs {
             .as_deref()
             .map(|s| s.parse().map_err(|e: String| Usage(format!("--to-revision: {e}"))))
             .transpose()
+    }
+}
+
+/// Reads a bearer token from `file`, or from `AGENTCTL_CC_TOKEN`.
+pub(crate) fn read_token(file: Option<&std::path::Path>) -> Result<String, Usage> {
+    let token = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| Usage(format!("cannot read the token file {}: {e}", f.display())))?,
+        None => std::env::var("AGENTCTL_CC_TOKEN").map_err(|_| {
+            Usage("the control center needs a token: give --token-file FILE (or --heartbeat-token-file), or set AGENTCTL_CC_TOKEN".into())
+        })?,
+    };
+    let token = token.trim().to_owned();
+    if token.len() < 16 {
+        return Err(Usage("the control-center token must be at least 16 characters".into()));
+    }
+    Ok(token)
+}
+
+/// Splits `agent_requests_total{code="500"} < 5` into the selector and a condition over its value.
+pub(crate) fn parse_metric_check(text: &str) -> Result<(String, Condition), String> {
+    let t = text.trim();
+    let mut end = t
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(t.len());
+    if end == 0 {
+        return Err(format!(
+            "{text:?} does not start with a metric name; write e.g. `agent_up == 1`"
+        ));
+    }
+    if t[end..].starts_with('{') {
+        let mut in_quotes = false;
+        let mut escaped = false;
+        let close = t[end..].char_indices().find(|&(_, c)| {
+            let hit = c == '}' && !in_quotes;
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quotes = !in_quotes;
+            }
+            hit
+        });
+        end += close
+            .map(|(i, _)| i + 1)
+            .ok_or_else(|| format!("{text:?}: unclosed '{{'"))?;
+    }
+    let condition = Condition::parse(&format!("result {}", t[end..].trim()))?;
+    Ok((t[..end].to_owned(), condition))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_checks() {
+        let (s, c) = parse_metric_check("agent_up == 1").unwrap();
+        assert_eq!(s, "agent_up");
+        assert!(c.holds(1.0));
+        let (s, c) = parse_metric_check(r#"agent_requests_total{code="500",path="a}b"} < 5"#).unwrap();
+        assert_eq!(s, r#"agent_requests_total{code="500",path="a}b"}"#);
+        assert!(c.holds(4.0) && !c.holds(5.0));
+        assert!(parse_metric_check("== 1").is_err());
+        assert!(parse_metric_check("agent_up").is_err());
+        assert!(parse_metric_check("x{a=\"1\" < 2").is_err());
     }
 }

@@ -119,6 +119,52 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::ControlCenter(args) => {
+            let token = cli::read_token(args.token_file.as_deref())?;
+            if args.late_after >= args.down_after {
+                return Err(Usage("--late-after must be shorter than --down-after".into()).into());
+            }
+            let store: Arc<dyn StateStore> = open_store(g)?;
+            let config = agent_health::ControlCenterConfig {
+                late_after: args.late_after,
+                down_after: args.down_after,
+                ..Default::default()
+            };
+            let cc = agent_health::ControlCenter::new(token, config, Some(store)).await?;
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            cc.serve(
+                &args.listen,
+                |addr| eprintln!("control center listening on http://{addr}"),
+                shutdown,
+            )
+            .await?;
+            eprintln!("control center stopped; state saved");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agents(args) => {
+            let token = cli::read_token(args.token_file.as_deref())?;
+            let url = format!("{}/v1/agents", args.control_center.trim_end_matches('/'));
+            let resp = agent_health::http::request(
+                "GET",
+                &url,
+                &[("Authorization", &format!("Bearer {token}"))],
+                None,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the control center at {}: {e}", args.control_center))?;
+            if resp.status != 200 {
+                anyhow::bail!("the control center answered {}: {}", resp.status, resp.body.trim());
+            }
+            let agents: Vec<agent_health::AgentRecord> = serde_json::from_str(&resp.body)?;
+            match g.output {
+                Output::Table => print_out(g.output, render::agents_table(&agents)),
+                o => print_out(o, render::structured(o, &agents)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => demo::run(g, args).await,
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "agentctl", &mut std::io::stdout());

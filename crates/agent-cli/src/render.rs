@@ -162,6 +162,15 @@ impl Reporter for Progress {
             }
             Event::RollingBack { reason } => self.line(&red(&format!("rolling back: {reason}"))),
             Event::Pruned { revision } => self.line(&format!("pruned revision {revision} from the history")),
+            Event::Watching {
+                container,
+                window,
+                rules,
+            } => self.line(&format!(
+                "watching {container} for {window} (alert rules: {})",
+                rules.join(", ")
+            )),
+            Event::AlertPending(m) => self.line(&yellow(m)),
             _ => {}
         }
     }
@@ -325,6 +334,46 @@ pub(crate) fn status_table(s: &StatusReport) -> String {
     ];
     for (k, v) in rows {
         t.add_row([k.to_owned(), v]);
+    }
+    t.to_string()
+}
+
+pub(crate) fn agents_table(agents: &[agent_health::AgentRecord]) -> String {
+    if agents.is_empty() {
+        return "no agent has sent a heartbeat yet".into();
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header([
+        "AGENT",
+        "STATE",
+        "VERSION",
+        "CONTAINER",
+        "HOST",
+        "LAST SEEN",
+        "HEARTBEATS",
+    ]);
+    for a in agents {
+        let age = (now - a.last_seen).max(time::Duration::ZERO);
+        let state = match a.state {
+            agent_health::AgentState::Up => green("up"),
+            agent_health::AgentState::Late => yellow("late"),
+            agent_health::AgentState::Down => red("down"),
+        };
+        t.add_row([
+            a.last.agent_id.clone(),
+            state,
+            a.last.version.clone(),
+            a.last.container.chars().take(12).collect(),
+            a.last.host.clone(),
+            format!(
+                "{} ago",
+                format_duration(std::time::Duration::from_secs_f64(age.as_seconds_f64()))
+            ),
+            a.heartbeats.to_string(),
+        ]);
     }
     t.to_string()
 }

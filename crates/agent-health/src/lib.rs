@@ -27,15 +27,26 @@
 //! ```
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod control_center;
 mod gate;
+mod heartbeat;
 pub mod http;
+mod probation;
 mod probes;
+mod prom;
 
+pub use control_center::{AgentRecord, AgentState, ControlCenter, ControlCenterConfig, ControlCenterError, Heartbeat};
 pub use gate::{
     GateProgress, HealthGate, Observation, Probe, ProbeContext, ProbeEvidence, Timing, Verdict, VerdictOutcome,
 };
+pub use heartbeat::{HeartbeatProbe, HeartbeatSource, RemoteControlCenter};
+pub use probation::{Alert, AlertRule, Probation, ProbationOutcome};
 pub use probes::{
     ContainerStateProbe, DockerHealthProbe, HttpProbe, HttpProbeConfig, LogScanProbe, DEFAULT_FATAL_PATTERNS,
+};
+pub use prom::{
+    parse_text, AnalysisOutcome, AnalysisRun, AnalysisSpec, Condition, Measurement, MeasurementPhase, MetricSource,
+    ParseError, PromQueryProbe, Prometheus, Sample, ScrapeProbe,
 };
 
 #[cfg(test)]

@@ -63,6 +63,17 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The probation watch began.
+    Watching {
+        /// The container.
+        container: String,
+        /// How long.
+        window: String,
+        /// The alert rules.
+        rules: Vec<String>,
+    },
+    /// An alert rule is pending.
+    AlertPending(String),
     /// A revision was pruned from the history.
     Pruned {
         /// Its number.

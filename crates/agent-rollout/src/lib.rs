@@ -31,8 +31,8 @@ pub use events::{Event, Reporter, Silent};
 pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use store::SqliteStore;
 pub use update::{
-    subject_key, ProbeFactory, PullPolicy, Recovery, StatusReport, UpdateReport, UpdateRequest, UpdateStatus, Updater,
-    VerifyConfig, CRASH_AT_ENV, UPDATE_STEPS,
+    subject_key, HeartbeatCheck, ProbeFactory, PullPolicy, QueryCheck, Recovery, ScrapeCheck, StatusReport,
+    UpdateReport, UpdateRequest, UpdateStatus, Updater, VerifyConfig, WatchConfig, CRASH_AT_ENV, UPDATE_STEPS,
 };
 
 #[cfg(test)]

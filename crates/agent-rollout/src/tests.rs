@@ -307,3 +307,65 @@ async fn a_registry_hiccup_is_retried_but_a_missing_image_is_not() {
         .count();
     assert_eq!(tries, 1, "a missing image is not retried");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_during_probation_rolls_back_to_the_previous_container() {
+    let (rt, _store, up) = setup();
+    let old_id = rt.inspect_container("agent").await.unwrap().id;
+    let mut r = req("acme/agent:2.0");
+    r.watch = Some(WatchConfig {
+        window: Duration::from_secs(30),
+        alert_for: Duration::from_secs(5),
+        period: Duration::from_secs(1),
+    });
+    let crasher = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            // Past verification (about 0.4 s) and into the watch.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            rt.crash("agent", 139);
+        })
+    };
+    let report = up.update(&r).await.unwrap();
+    crasher.await.unwrap();
+    assert_eq!(report.status, UpdateStatus::RolledBack, "{:?}", report.reason);
+    assert!(
+        report
+            .reason
+            .as_ref()
+            .unwrap()
+            .starts_with("probation: rule container fired"),
+        "{:?}",
+        report.reason
+    );
+    assert!(report.reason.as_ref().unwrap().contains("exit code 139"));
+    let now = rt.inspect_container("agent").await.unwrap();
+    assert_eq!(now.id, old_id, "the retained previous container runs again");
+    assert!(now.state.is_running());
+    let h = up.history(&"agent".parse().unwrap(), 5).await.unwrap();
+    let outcomes: Vec<&str> = h.revisions().iter().map(|r| r.outcome.status()).collect();
+    assert_eq!(outcomes, ["succeeded", "rolled-back", "succeeded"]);
+    assert!(
+        h.revisions()[2].cause.starts_with("rollback after probation"),
+        "{}",
+        h.revisions()[2].cause
+    );
+    assert_eq!(report.restored_by.unwrap().get(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_probation_keeps_the_update() {
+    let (_rt, _store, up) = setup();
+    let mut r = req("acme/agent:2.0");
+    r.watch = Some(WatchConfig {
+        window: Duration::from_secs(10),
+        alert_for: Duration::from_secs(3),
+        period: Duration::from_secs(1),
+    });
+    let report = up.update(&r).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::Updated);
+    assert!(matches!(
+        report.probation,
+        Some(agent_health::ProbationOutcome::Quiet { .. })
+    ));
+}

@@ -13,9 +13,11 @@ use agent_core::{
     ImageRef, JournalEntry, Outcome, RestartPolicy, Revision, RevisionHistory, RevisionNumber, RuntimeError, SpecDiff,
     StateStore, TagPolicy, Version,
 };
+use std::collections::BTreeMap;
+
 use agent_health::{
-    ContainerStateProbe, DockerHealthProbe, HealthGate, HttpProbe, HttpProbeConfig, LogScanProbe, Probe, ProbeContext,
-    Timing, Verdict, VerdictOutcome,
+    AlertRule, ContainerStateProbe, DockerHealthProbe, HealthGate, HttpProbe, HttpProbeConfig, LogScanProbe, Probation,
+    ProbationOutcome, Probe, ProbeContext, Timing, Verdict, VerdictOutcome,
 };
 use backon::{ExponentialBuilder, Retryable};
 use serde::{Deserialize, Serialize};
@@ -43,8 +45,57 @@ pub enum PullPolicy {
     Never,
 }
 
+/// Where heartbeats are checked.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatCheck {
+    /// The control center (`http://IP:PORT`).
+    pub url: String,
+    /// Its bearer token; never serialized.
+    #[serde(skip_serializing, default)]
+    pub token: String,
+    /// A heartbeat older than this fails.
+    #[serde(with = "agent_core::duration_text")]
+    pub max_age: Duration,
+}
+
+impl std::fmt::Debug for HeartbeatCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatCheck")
+            .field("url", &self.url)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PromQL query that must meet a condition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryCheck {
+    /// The Prometheus URL.
+    pub prometheus: String,
+    /// The query.
+    pub query: String,
+    /// The condition over its first value.
+    pub condition: agent_health::Condition,
+}
+
+/// A sample of the agent's own `/metrics` that must meet a condition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrapeCheck {
+    /// The container port serving metrics.
+    pub port: u16,
+    /// The path (`/metrics`).
+    pub path: String,
+    /// The sample (`agent_up` or `agent_requests_total{code="500"}`).
+    pub selector: String,
+    /// The condition over its value.
+    pub condition: agent_health::Condition,
+}
+
 /// How a new container is verified.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct VerifyConfig {
     /// Probe timing.
@@ -53,6 +104,12 @@ pub struct VerifyConfig {
     pub fatal_patterns: Vec<String>,
     /// An HTTP probe, when the agent serves one.
     pub http: Option<HttpProbeConfig>,
+    /// A heartbeat probe, when the agent reports to a control center.
+    pub heartbeat: Option<HeartbeatCheck>,
+    /// Prometheus query probes.
+    pub queries: Vec<QueryCheck>,
+    /// Probes of the agent's own metrics.
+    pub scrapes: Vec<ScrapeCheck>,
 }
 
 impl Default for VerifyConfig {
@@ -64,23 +121,64 @@ impl Default for VerifyConfig {
                 .map(|s| s.to_string())
                 .collect(),
             http: None,
+            heartbeat: None,
+            queries: Vec::new(),
+            scrapes: Vec::new(),
         }
     }
 }
 
 impl VerifyConfig {
-    /// The gate: container state, Docker HEALTHCHECK, log scan, and HTTP when configured.
-    pub fn gate(&self) -> Result<HealthGate, Error> {
-        let mut gate = HealthGate::new(self.timing.clone())
-            .with_probe(ContainerStateProbe)
-            .with_probe(DockerHealthProbe);
+    /// The probes this configuration asks for: container state, Docker HEALTHCHECK, log scan, and HTTP,
+    /// heartbeat, Prometheus queries and metric scrapes when configured.
+    pub fn probes(&self) -> Result<Vec<Box<dyn Probe>>, Error> {
         let logs = LogScanProbe::new(self.fatal_patterns.clone()).map_err(|e| Error::InvalidInput {
             what: "fatal log pattern".into(),
             message: e.to_string(),
         })?;
-        gate.push(Box::new(logs));
+        let mut probes: Vec<Box<dyn Probe>> = vec![
+            Box::new(ContainerStateProbe),
+            Box::new(DockerHealthProbe),
+            Box::new(logs),
+        ];
         if let Some(h) = &self.http {
-            gate.push(Box::new(HttpProbe::new(h.clone())));
+            probes.push(Box::new(HttpProbe::new(h.clone())));
+        }
+        if let Some(hb) = &self.heartbeat {
+            let source = Arc::new(agent_health::RemoteControlCenter::new(&hb.url, &hb.token));
+            probes.push(Box::new(agent_health::HeartbeatProbe::new(source, hb.max_age)));
+        }
+        for (i, q) in self.queries.iter().enumerate() {
+            let source = Arc::new(agent_health::Prometheus::new(&q.prometheus));
+            let name = if self.queries.len() == 1 {
+                "prometheus".to_owned()
+            } else {
+                format!("prometheus-{}", i + 1)
+            };
+            probes.push(Box::new(agent_health::PromQueryProbe::new(
+                &name,
+                source,
+                &q.query,
+                q.condition.clone(),
+            )));
+        }
+        for s in &self.scrapes {
+            let probe = agent_health::ScrapeProbe::new(s.port, &s.path, &s.selector, s.condition.clone()).map_err(
+                |message| Error::InvalidInput {
+                    what: "metric check".into(),
+                    message,
+                },
+            )?;
+            probes.push(Box::new(probe));
+        }
+        Ok(probes)
+    }
+
+    /// The gate over [`probes`](VerifyConfig::probes).
+    pub fn gate(&self) -> Result<HealthGate, Error> {
+        let mut gate = HealthGate::new(self.timing.clone());
+        for p in self.probes()? {
+            gate.push(p);
         }
         Ok(gate)
     }
@@ -110,6 +208,23 @@ pub struct UpdateRequest {
     pub verify: VerifyConfig,
     /// Extra probes.
     pub extra_probes: Option<ProbeFactory>,
+    /// Keep watching after success, and roll back when an alert rule fires.
+    pub watch: Option<WatchConfig>,
+}
+
+/// The probation watch after a successful update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchConfig {
+    /// How long to watch.
+    #[serde(with = "agent_core::duration_text")]
+    pub window: Duration,
+    /// How long a probe must fail before its rule fires (a crash or fatal log line fires at once).
+    #[serde(with = "agent_core::duration_text")]
+    pub alert_for: Duration,
+    /// Time between evaluations.
+    #[serde(with = "agent_core::duration_text")]
+    pub period: Duration,
 }
 
 impl std::fmt::Debug for UpdateRequest {
@@ -135,6 +250,7 @@ impl UpdateRequest {
             history_limit: RevisionHistory::DEFAULT_LIMIT,
             verify: VerifyConfig::default(),
             extra_probes: None,
+            watch: None,
         }
     }
 }
@@ -199,6 +315,10 @@ pub struct UpdateReport {
     pub backup: Option<PathBuf>,
     /// Interrupted operations this command repaired first.
     pub recovered: Vec<Recovery>,
+    /// How the probation watch ended, when there was one.
+    pub probation: Option<ProbationOutcome>,
+    /// The revision that restored the previous version after a probation alert.
+    pub restored_by: Option<RevisionNumber>,
 }
 
 /// The current state of one container, for `agentctl status`.
@@ -441,6 +561,8 @@ impl Updater {
                 last_logs: Vec::new(),
                 backup: None,
                 recovered,
+                probation: None,
+                restored_by: None,
             });
         }
         new_spec.image = req.image.clone();
@@ -476,6 +598,9 @@ impl Updater {
         let mut report = report?;
         report.backup = backup;
         report.recovered = recovered;
+        if let (Some(watch), UpdateStatus::Updated) = (&req.watch, report.status) {
+            self.probation(lease, req, watch, &mut report).await?;
+        }
         Ok(report)
     }
 
@@ -581,7 +706,10 @@ impl Updater {
                     image: target.image.clone(),
                     image_id,
                     digest: target.digest.clone(),
-                    cause: format!("undo to revision {}", target.number),
+                    cause: req
+                        .cause
+                        .clone()
+                        .unwrap_or_else(|| format!("undo to revision {}", target.number)),
                     new_defaults,
                 },
                 req,
@@ -632,6 +760,76 @@ impl Updater {
         let r = self.recover_locked(container.as_str()).await;
         lease.release().await?;
         r
+    }
+
+    /// Watches the new revision; when a rule fires, goes back to the previous revision and records why.
+    async fn probation(
+        &self,
+        lease: &LeaseGuard,
+        req: &UpdateRequest,
+        watch: &WatchConfig,
+        report: &mut UpdateReport,
+    ) -> Result<(), Error> {
+        let name = req.container.as_str();
+        let mut probes = req.verify.probes()?;
+        if let Some(f) = &req.extra_probes {
+            probes.extend(f());
+        }
+        let rules: Vec<AlertRule> = probes
+            .into_iter()
+            .map(|p| AlertRule {
+                name: p.name().to_owned(),
+                probe: p,
+                for_: watch.alert_for,
+            })
+            .collect();
+        self.reporter.report(&Event::Watching {
+            container: name.to_owned(),
+            window: agent_core::format_duration(watch.window),
+            rules: rules.iter().map(|r| r.name.clone()).collect(),
+        });
+        let info = self.runtime.inspect_container(name).await?;
+        let ctx = ProbeContext {
+            runtime: self.runtime.clone(),
+            container: name.to_owned(),
+            started_at: info.state.started_at.unwrap_or_else(OffsetDateTime::now_utc) - Duration::from_secs(1),
+            baseline_restarts: info.state.restart_count,
+            expected_version: Version::of_image(&report.revision.image, &BTreeMap::new()).map(|v| v.to_string()),
+            container_id: Some(info.id.clone()),
+        };
+        let probation = Probation {
+            window: watch.window,
+            period: watch.period,
+            rules,
+        };
+        let reporter = self.reporter.clone();
+        let outcome = probation
+            .watch(&ctx, &move |m| reporter.report(&Event::AlertPending(m.to_owned())))
+            .await;
+        report.probation = Some(outcome.clone());
+        let ProbationOutcome::Fired(alert) = outcome else {
+            return Ok(());
+        };
+        let reason = format!(
+            "probation: rule {} fired after {} failing: {}",
+            alert.rule,
+            agent_core::format_duration(alert.pending_for),
+            alert.reason
+        );
+        self.reporter.report(&Event::RollingBack { reason: reason.clone() });
+        let mut back = req.clone();
+        back.watch = None;
+        back.cause = Some(format!("rollback after {reason}"));
+        let undo = self.undo_locked(lease, &req.container, report.previous, &back).await?;
+        let subject = self.subject(name);
+        let mut failed = report.revision.clone();
+        failed.outcome = Outcome::RolledBack { reason: reason.clone() };
+        self.store.put_revision(&subject, &failed).await?;
+        report.revision = failed;
+        report.status = UpdateStatus::RolledBack;
+        report.reason = Some(reason);
+        report.restored_by = Some(undo.revision.number);
+        Ok(())
     }
 
     async fn resolve_image(&self, image: &ImageRef, pull: PullPolicy) -> Result<ImageInfo, Error> {
@@ -868,6 +1066,8 @@ impl Updater {
                     last_logs: Vec::new(),
                     backup: None,
                     recovered: Vec::new(),
+                    probation: None,
+                    restored_by: None,
                 })
             }
             Some(reason) => {
@@ -915,6 +1115,8 @@ impl Updater {
                     last_logs,
                     backup: None,
                     recovered: Vec::new(),
+                    probation: None,
+                    restored_by: None,
                 })
             }
         }

@@ -4,5 +4,6 @@
 
 mod cli;
 mod crash;
+mod health;
 mod support;
 mod update;

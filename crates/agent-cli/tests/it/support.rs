@@ -68,7 +68,7 @@ pub fn images() -> &'static Images {
             let docker = DockerRuntime::connect(None).await.expect("connect to the engine");
             let labels = HashMap::from([(FIXTURE_LABEL.to_owned(), "1".to_owned())]);
             let mut refs = HashMap::new();
-            let specs: [(&'static str, &str, Option<&str>); 8] = [
+            let specs: [(&'static str, &str, Option<&str>); 12] = [
                 ("v1", "1.0.0", None),
                 ("v2", "2.0.0", None),
                 ("v3", "3.0.0", None),
@@ -77,10 +77,19 @@ pub fn images() -> &'static Images {
                 ("fatal", "9.3.0", Some("fatal-logs")),
                 ("crash", "9.4.0", Some("crash-after:1")),
                 ("slow", "9.5.0", Some("slow-start:600")),
+                // Tagged 9.6.0 but still reports 1.0.0: a stale build.
+                ("stale", "9.6.0", None),
+                ("silent", "9.7.0", Some("no-heartbeat")),
+                ("errors", "9.8.0", Some("error-rate:0.5")),
+                // Healthy at first, crashes once it is live: for probation.
+                ("late-crash", "9.9.0", Some("crash-after:6")),
             ];
             for (key, version, failure) in specs {
                 let mut img = DemoImage::new(version);
                 img.failure = failure.map(str::to_owned);
+                if key == "stale" {
+                    img.env.push(("AGENT_VERSION".into(), "1.0.0".into()));
+                }
                 let tag = format!("{address}/agentctl-it/agent:{version}");
                 img.build(&docker, &binary, &tag, &labels)
                     .await
@@ -159,7 +168,19 @@ impl World {
     /// A docker network with this world's label.
     pub fn network(&self, suffix: &str, subnet: &str) -> String {
         let name = self.name(suffix);
-        let out = self.docker(&["network", "create", "--label", &self.label, "--subnet", subnet, &name]);
+        // Name the gateway: with only --subnet, Docker 20.10 leaves it out of the IPAM config.
+        let gateway = format!("{}.1", subnet.rsplit_once('.').map(|(net, _)| net).unwrap_or(subnet));
+        let out = self.docker(&[
+            "network",
+            "create",
+            "--label",
+            &self.label,
+            "--subnet",
+            subnet,
+            "--gateway",
+            &gateway,
+            &name,
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         name
     }
@@ -259,4 +280,42 @@ pub fn spec(name: &str) -> agent_core::ContainerSpec {
         let d = DockerRuntime::connect(None).await.unwrap();
         d.inspect_container(name).await.unwrap().spec
     })
+}
+
+/// A process started by a test, killed on drop.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `url` until it answers 200, for up to `secs`.
+pub fn wait_http(url: &str, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let rt = runtime();
+    while std::time::Instant::now() < deadline {
+        let ok = rt
+            .block_on(agent_health::http::get(url, std::time::Duration::from_secs(1)))
+            .map(|r| r.status == 200);
+        if ok.unwrap_or(false) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// The gateway address of a docker network (the host, as containers on it reach it).
+pub fn gateway(w: &World, network: &str) -> String {
+    let out = w.docker(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Gateway}}",
+        network,
+    ]);
+    stdout(&out).trim().to_owned()
 }

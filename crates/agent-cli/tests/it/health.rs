@@ -1,0 +1,378 @@
+//! Verification with heartbeats (a real control center process), metrics scraped from the agent, and a real
+//! Prometheus server; the control center under bad input; probation.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agent_docker::testing::free_port;
+use agent_health::http;
+
+use crate::support::*;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Center {
+    _proc: Proc,
+    url: String,
+    token_file: tempfile::NamedTempFile,
+    state: tempfile::TempDir,
+    listen: String,
+}
+
+fn control_center(bind_ip: &str) -> Center {
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), TOKEN).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let listen = format!("{bind_ip}:{port}");
+    let proc = start_center(&listen, token_file.path(), state.path());
+    let url = format!("http://{listen}");
+    assert!(
+        wait_http(&format!("{url}/healthz"), 10),
+        "the control center did not start"
+    );
+    Center {
+        _proc: proc,
+        url,
+        token_file,
+        state,
+        listen,
+    }
+}
+
+fn start_center(listen: &str, token: &std::path::Path, state: &std::path::Path) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_agentctl"))
+            .args([
+                "--state-dir",
+                state.to_str().unwrap(),
+                "control-center",
+                "--listen",
+                listen,
+                "--token-file",
+            ])
+            .arg(token)
+            .args(["--late-after", "2s", "--down-after", "4s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn req(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> http::Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    runtime()
+        .block_on(http::request(method, url, &headers, body, Duration::from_secs(5)))
+        .unwrap()
+}
+
+#[test]
+fn the_heartbeat_gate_accepts_only_the_new_version_from_the_new_container() {
+    let img = images();
+    let w = World::new("hb");
+    let net = w.network("net", "10.232.1.0/24");
+    let cc = control_center(&gateway(&w, &net));
+    let run_agent = |suffix: &str| {
+        let name = w.name(suffix);
+        let env_url = format!("CONTROL_CENTER_URL={}", cc.url);
+        let env_token = format!("CONTROL_CENTER_TOKEN={TOKEN}");
+        let env_id = format!("AGENT_ID={name}");
+        w.docker_run(
+            &name,
+            &[
+                "--network",
+                &net,
+                "-e",
+                &env_url,
+                "-e",
+                &env_token,
+                "-e",
+                "HEARTBEAT_INTERVAL_MS=300",
+                "-e",
+                &env_id,
+            ],
+            &img.refs["v1"],
+        );
+        name
+    };
+    let hb_args = |name: &str, image: &str| -> Vec<String> {
+        [
+            "update",
+            name,
+            "--image",
+            image,
+            "-o",
+            "json",
+            "--heartbeat",
+            &cc.url,
+            "--heartbeat-token-file",
+            cc.token_file.path().to_str().unwrap(),
+            "--heartbeat-max-age",
+            "3s",
+            "--metric",
+            "agent_up == 1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--min-healthy-time", "2s", "--deadline", "10s", "--period", "300ms"].map(String::from))
+        .collect()
+    };
+    // The good version passes with heartbeat and metrics evidence.
+    let good = run_agent("good");
+    let args = hb_args(&good, &img.refs["v2"]);
+    let out = w.agentctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report = json(&out);
+    let evidence = report["verdict"]["evidence"].as_array().unwrap();
+    let hb = evidence.iter().find(|e| e["probe"] == "heartbeat").unwrap();
+    assert!(hb["last"]["detail"].as_str().unwrap().contains("reports 2.0.0"), "{hb}");
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e["probe"] == "metrics" && e["last"]["result"] == "pass"),
+        "{evidence:?}"
+    );
+
+    // A build tagged 9.6.0 that still reports 1.0.0, and one that sends no heartbeat, both roll back.
+    for (suffix, key, expect) in [
+        ("stale", "stale", "reports version 1.0.0, expected 9.6.0"),
+        ("silent", "silent", "no heartbeat from container"),
+    ] {
+        let name = run_agent(suffix);
+        let (id, _, _) = w.state(&name).unwrap();
+        let args = hb_args(&name, &img.refs[key]);
+        let out = w.agentctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(code(&out), 3, "{suffix}: {}", stderr(&out));
+        let reason = json(&out)["reason"].as_str().unwrap().to_owned();
+        assert!(reason.contains(expect), "{suffix}: {reason}");
+        assert_eq!(w.state(&name).unwrap().0, id, "{suffix}: the old container runs again");
+    }
+
+    // `agentctl agents` lists them from the control center.
+    let out = w.agentctl(&[
+        "agents",
+        "--control-center",
+        &cc.url,
+        "--token-file",
+        cc.token_file.path().to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let agents = json(&out);
+    let good_agent = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agentId"] == good.as_str())
+        .unwrap();
+    assert_eq!(good_agent["version"], "2.0.0");
+    assert_eq!(good_agent["state"], "up");
+}
+
+#[test]
+fn the_control_center_refuses_bad_input_and_remembers_across_restarts() {
+    let w = World::new("cc");
+    let mut cc = control_center("127.0.0.1");
+    let hb = format!("{}/v1/heartbeats", cc.url);
+    let good = br#"{"agentId":"a1","container":"abc","host":"h1","version":"1.2.3","revision":"4","status":"ok"}"#;
+    assert_eq!(req("POST", &hb, None, Some(good)).status, 401, "no token");
+    assert_eq!(
+        req("POST", &hb, Some("wrong-token-0123456789"), Some(good)).status,
+        401,
+        "wrong token"
+    );
+    let r = req("POST", &hb, Some(TOKEN), Some(b"{not json"));
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("malformed heartbeat"), "{}", r.body);
+    let r = req("POST", &hb, Some(TOKEN), Some(br#"{"agentId":"a1"}"#));
+    assert_eq!(r.status, 400, "missing version");
+    let r = req("POST", &hb, Some(TOKEN), Some(br#"{"agentId":"","version":"1"}"#));
+    assert!(r.status == 400 && r.body.contains("agentId"), "{}", r.body);
+    let big = vec![b'x'; 64 * 1024];
+    assert_eq!(req("POST", &hb, Some(TOKEN), Some(&big)).status, 413);
+    assert_eq!(req("GET", &format!("{}/v1/agents", cc.url), None, None).status, 401);
+    assert_eq!(req("POST", &hb, Some(TOKEN), Some(good)).status, 204);
+    let one = req("GET", &format!("{}/v1/agents/a1", cc.url), Some(TOKEN), None);
+    assert_eq!(one.status, 200);
+    assert!(one.body.contains("\"version\":\"1.2.3\""), "{}", one.body);
+    assert_eq!(
+        req("GET", &format!("{}/v1/agents/nobody", cc.url), Some(TOKEN), None).status,
+        404
+    );
+    let metrics = req("GET", &format!("{}/metrics", cc.url), None, None);
+    assert!(
+        metrics.body.contains("agentctl_cc_heartbeats_accepted_total 1"),
+        "{}",
+        metrics.body
+    );
+    assert!(agent_health::parse_text(&metrics.body).is_ok());
+    // Late, then down, as time passes without heartbeats.
+    std::thread::sleep(Duration::from_millis(2200));
+    assert!(req("GET", &format!("{}/v1/agents/a1", cc.url), Some(TOKEN), None)
+        .body
+        .contains("\"state\":\"late\""));
+    // Restart: the agent is still known (state is flushed every second and at shutdown).
+    let _ = Command::new("kill")
+        .args(["-INT", &cc._proc.0.id().to_string()])
+        .status();
+    let _ = cc._proc.0.wait();
+    cc._proc = start_center(&cc.listen, cc.token_file.path(), cc.state.path());
+    assert!(wait_http(&format!("{}/healthz", cc.url), 10));
+    let again = req("GET", &format!("{}/v1/agents/a1", cc.url), Some(TOKEN), None);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert!(again.body.contains("\"version\":\"1.2.3\""));
+    drop(w);
+}
+
+fn prometheus(targets: &[String]) -> (Proc, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let list = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: agents\n    static_configs:\n      - targets: [{list}]\n"),
+    )
+    .unwrap();
+    let proc = Proc(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus (apt-get install prometheus)"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_http(&format!("{url}/-/ready"), 30),
+        "prometheus did not become ready"
+    );
+    (proc, url, dir)
+}
+
+#[test]
+fn prometheus_analysis_passes_a_good_version_and_rolls_back_a_bad_one() {
+    let img = images();
+    let w = World::new("prom");
+    let net = w.network("net", "10.233.1.0/24");
+    let agents = [
+        ("good", "10.233.1.10"),
+        ("bad", "10.233.1.11"),
+        ("nodata", "10.233.1.12"),
+    ];
+    for (suffix, ip) in agents {
+        w.docker_run(&w.name(suffix), &["--network", &net, "--ip", ip], &img.refs["v1"]);
+    }
+    let (_prom, url, _dir) = prometheus(&agents.iter().map(|(_, ip)| format!("{ip}:8080")).collect::<Vec<_>>());
+    // Wait for the first samples (about 6 s after start on this machine).
+    let rt = runtime();
+    let source = agent_health::Prometheus::new(&url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while rt
+        .block_on(agent_health::MetricSource::query(&source, "count(up == 1)"))
+        .ok()
+        .flatten()
+        != Some(3.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prometheus never scraped the agents"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let analysis = |name: &str, image: &str, ip: &str, prometheus: &str| {
+        let query = format!(
+            "sum(rate(agent_requests_total{{instance=\"{ip}:8080\",code=\"500\"}}[5s])) / sum(rate(agent_requests_total{{instance=\"{ip}:8080\"}}[5s]))"
+        );
+        w.agentctl(&[
+            "update",
+            name,
+            "--image",
+            image,
+            "-o",
+            "json",
+            "--prometheus",
+            prometheus,
+            "--query",
+            &query,
+            "--success-condition",
+            "result < 0.05",
+            "--min-healthy-time",
+            "4s",
+            "--deadline",
+            "20s",
+            "--period",
+            "1s",
+            "--failure-threshold",
+            "2",
+        ])
+    };
+    let out = analysis(&w.name("good"), &img.refs["v2"], "10.233.1.10", &url);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = analysis(&w.name("bad"), &img.refs["errors"], "10.233.1.11", &url);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let reason = json(&out)["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("prometheus failed") && reason.contains("fails `result < 0.05`"),
+        "{reason}"
+    );
+    // Prometheus unreachable: the verdict is inconclusive (never "unhealthy") and says why.
+    let out = analysis(&w.name("nodata"), &img.refs["v2"], "10.233.1.12", "http://127.0.0.1:1");
+    let report = json(&out);
+    assert_eq!(report["verdict"]["outcome"], "inconclusive", "{report}");
+    assert!(report["reason"].as_str().unwrap().contains("127.0.0.1:1"), "{report}");
+}
+
+#[test]
+fn probation_rolls_back_when_the_new_version_crashes_after_going_live() {
+    let img = images();
+    let w = World::new("probation");
+    let name = w.name("agent");
+    let id = w.docker_run(&name, &[], &img.refs["v1"]);
+    // crash-after:6 passes verification (about 2 s) and exits 6 s after start, inside the watch window.
+    let out = w.agentctl(&[
+        "update",
+        &name,
+        "--image",
+        &img.refs["late-crash"],
+        "-o",
+        "json",
+        "--min-healthy-time",
+        "500ms",
+        "--deadline",
+        "10s",
+        "--period",
+        "200ms",
+        "--watch",
+        "10s",
+        "--alert-for",
+        "2s",
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let report = json(&out);
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("probation: rule container fired"),
+        "{report}"
+    );
+    assert_eq!(report["probation"]["outcome"], "fired");
+    let (now, running, image) = w.state(&name).unwrap();
+    assert_eq!(
+        (now.as_str(), running, image.as_str()),
+        (id.as_str(), true, img.refs["v1"].as_str())
+    );
+    let hist = json(&w.agentctl(&["history", &name, "-o", "json"]));
+    let statuses: Vec<&str> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["succeeded", "rolled-back", "succeeded"]);
+}

@@ -1,0 +1,548 @@
+//! The control center: an HTTP service (axum) that agents send heartbeats to, and that tells which agent runs
+//! which version and whether it is up, late or down.
+//!
+//! - `POST /v1/heartbeats` (bearer token): `{agentId, container, host, version, revision, status}`.
+//! - `GET /v1/agents` (`?container=ID` filters), `GET /v1/agents/{id}`: every agent with last seen, version and
+//!   state.
+//! - `GET /metrics`: Prometheus text. `GET /healthz`: liveness (no token).
+//!
+//! Bad input never crashes it: a body over the limit is 413, malformed JSON or missing fields are 400 with
+//! the reason, a missing or wrong token is 401 (compared in constant time). State is written to a
+//! [`StateStore`] behind the requests (every `flush_interval`), so a restart forgets nothing that was flushed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use agent_core::{duration_text, StateStore};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+const DOC_KIND: &str = "control-center/agent";
+
+/// One heartbeat as agents send it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    /// Stable id of the agent (survives updates).
+    pub agent_id: String,
+    /// The container sending it (its id or short id: the container's hostname by default).
+    #[serde(default)]
+    pub container: String,
+    /// The host it runs on.
+    #[serde(default)]
+    pub host: String,
+    /// The version it runs.
+    pub version: String,
+    /// The revision it was deployed as, if known.
+    #[serde(default)]
+    pub revision: String,
+    /// Its own view of its health (`ok`, `degraded`, …).
+    #[serde(default = "ok")]
+    pub status: String,
+}
+
+fn ok() -> String {
+    "ok".to_owned()
+}
+
+/// Whether an agent reports on time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Seen within `late_after`.
+    Up,
+    /// Not seen for `late_after`, but within `down_after`.
+    Late,
+    /// Not seen for `down_after`.
+    Down,
+}
+
+/// What the control center knows about one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRecord {
+    /// The last heartbeat.
+    #[serde(flatten)]
+    pub last: Heartbeat,
+    /// When it was received.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    /// When the first heartbeat from this agent was received.
+    #[serde(with = "time::serde::rfc3339")]
+    pub first_seen: OffsetDateTime,
+    /// When the current container (`last.container`) first reported.
+    #[serde(with = "time::serde::rfc3339")]
+    pub container_since: OffsetDateTime,
+    /// Heartbeats received in all.
+    pub heartbeats: u64,
+    /// Derived when read.
+    pub state: AgentState,
+}
+
+/// Timing and limits of a control center.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ControlCenterConfig {
+    /// An agent is late after this long without a heartbeat.
+    #[serde(with = "duration_text")]
+    pub late_after: Duration,
+    /// And down after this long.
+    #[serde(with = "duration_text")]
+    pub down_after: Duration,
+    /// Largest accepted request body.
+    pub body_limit: usize,
+    /// How often state is written to the store.
+    #[serde(with = "duration_text")]
+    pub flush_interval: Duration,
+}
+
+impl Default for ControlCenterConfig {
+    fn default() -> Self {
+        ControlCenterConfig {
+            late_after: Duration::from_secs(15),
+            down_after: Duration::from_secs(60),
+            body_limit: 16 * 1024,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    record: AgentRecord,
+    dirty: bool,
+}
+
+/// The control center's state, shareable between the HTTP service and in-process readers (probes).
+pub struct ControlCenter {
+    config: ControlCenterConfig,
+    token: String,
+    agents: RwLock<HashMap<String, Entry>>,
+    store: Option<Arc<dyn StateStore>>,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl std::fmt::Debug for ControlCenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlCenter")
+            .field("config", &self.config)
+            .field("agents", &self.agents.read().map(|a| a.len()).unwrap_or(0))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a control center could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlCenterError {
+    /// The token is empty or too short.
+    #[error(
+        "the control-center token must be at least 16 characters (give it with --token-file or AGENTCTL_CC_TOKEN)"
+    )]
+    WeakToken,
+    /// The listen address is taken or invalid.
+    #[error("cannot listen on {address}: {message}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why.
+        message: String,
+    },
+    /// Loading saved state failed.
+    #[error(transparent)]
+    Store(#[from] agent_core::StoreError),
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret; compare every byte regardless of where they differ.
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn validate(hb: &Heartbeat) -> Result<(), String> {
+    let field_ok = |name: &str, v: &str, required: bool| -> Result<(), String> {
+        if required && v.trim().is_empty() {
+            return Err(format!("`{name}` is required and must not be empty"));
+        }
+        if v.len() > 256 {
+            return Err(format!("`{name}` is {} bytes long, at most 256 are allowed", v.len()));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(format!("`{name}` contains control characters"));
+        }
+        Ok(())
+    };
+    field_ok("agentId", &hb.agent_id, true)?;
+    field_ok("version", &hb.version, true)?;
+    field_ok("container", &hb.container, false)?;
+    field_ok("host", &hb.host, false)?;
+    field_ok("revision", &hb.revision, false)?;
+    field_ok("status", &hb.status, false)
+}
+
+impl ControlCenter {
+    /// A control center with this token and configuration; loads saved agents from `store` when given.
+    pub async fn new(
+        token: String,
+        config: ControlCenterConfig,
+        store: Option<Arc<dyn StateStore>>,
+    ) -> Result<Arc<ControlCenter>, ControlCenterError> {
+        let token = token.trim().to_owned();
+        if token.len() < 16 {
+            return Err(ControlCenterError::WeakToken);
+        }
+        let mut agents = HashMap::new();
+        if let Some(s) = &store {
+            for (id, value) in s.documents(DOC_KIND).await? {
+                if let Ok(record) = serde_json::from_value::<AgentRecord>(value) {
+                    agents.insert(id, Entry { record, dirty: false });
+                }
+            }
+        }
+        Ok(Arc::new(ControlCenter {
+            config,
+            token,
+            agents: RwLock::new(agents),
+            store,
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }))
+    }
+
+    fn state_of(&self, last_seen: OffsetDateTime, now: OffsetDateTime) -> AgentState {
+        let age = now - last_seen;
+        if age >= self.config.down_after {
+            AgentState::Down
+        } else if age >= self.config.late_after {
+            AgentState::Late
+        } else {
+            AgentState::Up
+        }
+    }
+
+    /// Records a heartbeat received now.
+    pub fn record(&self, hb: Heartbeat) {
+        self.record_at(hb, OffsetDateTime::now_utc());
+    }
+
+    fn record_at(&self, hb: Heartbeat, now: OffsetDateTime) {
+        let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
+        match agents.get_mut(&hb.agent_id) {
+            Some(e) => {
+                if e.record.last.container != hb.container {
+                    e.record.container_since = now;
+                }
+                e.record.last = hb;
+                e.record.last_seen = now;
+                e.record.heartbeats += 1;
+                e.dirty = true;
+            }
+            None => {
+                agents.insert(
+                    hb.agent_id.clone(),
+                    Entry {
+                        record: AgentRecord {
+                            last: hb,
+                            last_seen: now,
+                            first_seen: now,
+                            container_since: now,
+                            heartbeats: 1,
+                            state: AgentState::Up,
+                        },
+                        dirty: true,
+                    },
+                );
+            }
+        }
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every agent, with its state as of now, sorted by id.
+    pub fn agents(&self) -> Vec<AgentRecord> {
+        let now = OffsetDateTime::now_utc();
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<AgentRecord> = agents
+            .values()
+            .map(|e| {
+                let mut r = e.record.clone();
+                r.state = self.state_of(r.last_seen, now);
+                r
+            })
+            .collect();
+        v.sort_by(|a, b| a.last.agent_id.cmp(&b.last.agent_id));
+        v
+    }
+
+    /// One agent.
+    pub fn agent(&self, id: &str) -> Option<AgentRecord> {
+        let now = OffsetDateTime::now_utc();
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        agents.get(id).map(|e| {
+            let mut r = e.record.clone();
+            r.state = self.state_of(r.last_seen, now);
+            r
+        })
+    }
+
+    /// The agents whose last heartbeat came from `container` (a full id or a short id prefix of either side).
+    pub fn by_container(&self, container: &str) -> Vec<AgentRecord> {
+        let matches = |c: &str| !c.is_empty() && (c.starts_with(container) || container.starts_with(c));
+        self.agents()
+            .into_iter()
+            .filter(|r| matches(&r.last.container))
+            .collect()
+    }
+
+    /// Writes changed agents to the store. Called by the service every `flush_interval` and at shutdown.
+    pub async fn flush(&self) -> Result<usize, agent_core::StoreError> {
+        let Some(store) = &self.store else { return Ok(0) };
+        let dirty: Vec<(String, AgentRecord)> = {
+            let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
+            agents
+                .iter_mut()
+                .filter(|(_, e)| e.dirty)
+                .map(|(k, e)| {
+                    e.dirty = false;
+                    (k.clone(), e.record.clone())
+                })
+                .collect()
+        };
+        for (id, record) in &dirty {
+            let value = serde_json::to_value(record).unwrap_or_default();
+            store.put_document(DOC_KIND, id, &value).await?;
+        }
+        Ok(dirty.len())
+    }
+
+    /// Prometheus text exposition of the control center's view.
+    pub fn metrics(&self) -> String {
+        let agents = self.agents();
+        let mut out = String::new();
+        out.push_str("# HELP agentctl_cc_heartbeats_accepted_total Heartbeats accepted.\n# TYPE agentctl_cc_heartbeats_accepted_total counter\n");
+        out.push_str(&format!(
+            "agentctl_cc_heartbeats_accepted_total {}\n",
+            self.accepted.load(Ordering::Relaxed)
+        ));
+        out.push_str("# HELP agentctl_cc_requests_rejected_total Requests refused (auth, size, malformed).\n# TYPE agentctl_cc_requests_rejected_total counter\n");
+        out.push_str(&format!(
+            "agentctl_cc_requests_rejected_total {}\n",
+            self.rejected.load(Ordering::Relaxed)
+        ));
+        out.push_str("# HELP agentctl_cc_agents Agents by state.\n# TYPE agentctl_cc_agents gauge\n");
+        for state in ["up", "late", "down"] {
+            let n = agents
+                .iter()
+                .filter(|a| {
+                    serde_json::to_value(a.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .as_deref()
+                        == Some(state)
+                })
+                .count();
+            out.push_str(&format!("agentctl_cc_agents{{state=\"{state}\"}} {n}\n"));
+        }
+        out.push_str("# HELP agentctl_cc_agent_last_seen_seconds Seconds since each agent's last heartbeat.\n# TYPE agentctl_cc_agent_last_seen_seconds gauge\n");
+        let now = OffsetDateTime::now_utc();
+        for a in &agents {
+            out.push_str(&format!(
+                "agentctl_cc_agent_last_seen_seconds{{agent=\"{}\",version=\"{}\"}} {:.3}\n",
+                escape_label(&a.last.agent_id),
+                escape_label(&a.last.version),
+                (now - a.last_seen).as_seconds_f64()
+            ));
+        }
+        out
+    }
+
+    /// The HTTP service.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/heartbeats", post(post_heartbeat))
+            .route("/v1/agents", get(list_agents))
+            .route("/v1/agents/{id}", get(get_agent))
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .layer(DefaultBodyLimit::max(self.config.body_limit))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `address` until `shutdown` resolves, flushing state to the store periodically and at the end.
+    /// Returns the bound address through `bound` as soon as it listens.
+    pub async fn serve(
+        self: Arc<Self>,
+        address: &str,
+        bound: impl FnOnce(SocketAddr) + Send,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ControlCenterError> {
+        let listen_err = |e: std::io::Error| ControlCenterError::Listen {
+            address: address.to_owned(),
+            message: e.to_string(),
+        };
+        let listener = tokio::net::TcpListener::bind(address).await.map_err(listen_err)?;
+        bound(listener.local_addr().map_err(listen_err)?);
+        let flusher = {
+            let cc = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(cc.config.flush_interval).await;
+                    if let Err(e) = cc.flush().await {
+                        tracing::error!(error = %e, "control center: flushing state failed");
+                    }
+                }
+            })
+        };
+        let result = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        flusher.abort();
+        self.flush().await?;
+        result.map_err(listen_err)
+    }
+}
+
+/// Escapes a Prometheus label value.
+pub fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn authorized(cc: &ControlCenter, headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(token) = value.strip_prefix("Bearer ") else {
+        return false;
+    };
+    constant_time_eq(token.trim().as_bytes(), cc.token.as_bytes())
+}
+
+async fn post_heartbeat(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&cc, &headers) {
+        cc.rejected.fetch_add(1, Ordering::Relaxed);
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let hb: Heartbeat = match serde_json::from_slice(&body) {
+        Ok(h) => h,
+        Err(e) => {
+            cc.rejected.fetch_add(1, Ordering::Relaxed);
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed heartbeat: {e}; send JSON with agentId and version"),
+            );
+        }
+    };
+    if let Err(e) = validate(&hb) {
+        cc.rejected.fetch_add(1, Ordering::Relaxed);
+        return error(StatusCode::BAD_REQUEST, format!("invalid heartbeat: {e}"));
+    }
+    cc.record(hb);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct AgentFilter {
+    container: Option<String>,
+}
+
+async fn list_agents(
+    State(cc): State<Arc<ControlCenter>>,
+    headers: HeaderMap,
+    Query(f): Query<AgentFilter>,
+) -> Response {
+    if !authorized(&cc, &headers) {
+        cc.rejected.fetch_add(1, Ordering::Relaxed);
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let agents = match f.container {
+        Some(c) => cc.by_container(&c),
+        None => cc.agents(),
+    };
+    Json(agents).into_response()
+}
+
+async fn get_agent(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !authorized(&cc, &headers) {
+        cc.rejected.fetch_add(1, Ordering::Relaxed);
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    match cc.agent(&id) {
+        Some(a) => Json(a).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no agent {id:?} has sent a heartbeat")),
+    }
+}
+
+async fn metrics(State(cc): State<Arc<ControlCenter>>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        cc.metrics(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnop"));
+        assert!(!constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnoq"));
+        assert!(!constant_time_eq(b"short", b"longer"));
+    }
+
+    #[tokio::test]
+    async fn states_and_container_changes() {
+        let cc = ControlCenter::new("0123456789abcdef".into(), ControlCenterConfig::default(), None)
+            .await
+            .unwrap();
+        let hb = |c: &str, v: &str| Heartbeat {
+            agent_id: "a1".into(),
+            container: c.into(),
+            host: "h".into(),
+            version: v.into(),
+            revision: String::new(),
+            status: "ok".into(),
+        };
+        let t0 = OffsetDateTime::now_utc() - Duration::from_secs(120);
+        cc.record_at(hb("aaaa", "1.0.0"), t0);
+        assert_eq!(cc.agent("a1").unwrap().state, AgentState::Down);
+        cc.record_at(hb("bbbb", "2.0.0"), OffsetDateTime::now_utc() - Duration::from_secs(20));
+        let a = cc.agent("a1").unwrap();
+        assert_eq!(
+            (a.state, a.heartbeats, a.last.version.as_str()),
+            (AgentState::Late, 2, "2.0.0")
+        );
+        assert!(a.container_since > t0);
+        assert_eq!(cc.by_container("bbbbcccc").len(), 1, "a full id matches a short one");
+        assert!(cc.by_container("aaaa").is_empty());
+        assert!(matches!(
+            ControlCenter::new("short".into(), ControlCenterConfig::default(), None).await,
+            Err(ControlCenterError::WeakToken)
+        ));
+        assert!(validate(&hb("c", "")).is_err());
+        assert!(validate(&Heartbeat {
+            agent_id: "x\u{7}".into(),
+            ..hb("c", "1")
+        })
+        .is_err());
+    }
+}
