@@ -195,6 +195,12 @@ pub(crate) struct VerifyArgs {
     /// Path of the agent's metrics.
     #[arg(long, default_value = "/metrics")]
     pub(crate) metrics_path: String,
+    /// Fail when the container uses more CPU than this percentage (100 = one CPU), from the engine's stats.
+    #[arg(long, value_name = "PERCENT")]
+    pub(crate) max_cpu: Option<f64>,
+    /// Fail when the container uses more memory than this (bytes, or with KiB/MiB/GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) max_memory: Option<u64>,
     /// After success, keep watching this long and roll back when a probe keeps failing (probation).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) watch: Option<Duration>,
@@ -254,6 +260,26 @@ pub(crate) struct UndoArgs {
     pub(crate) to_revision: Option<String>,
     #[command(flatten)]
     pub(crate) verify: VerifyArgs,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suffix, m)| t.strip_suffix(suffix).map(|n| (n.trim(), *m)))
+    .unwrap_or((t, 1));
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size {s:?}: write bytes or a number with KiB, MiB or GiB, like 256MiB"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -320,6 +346,15 @@ impl VerifyArgs {
                 prometheus: url.clone(),
                 query: query.clone(),
                 condition: Condition::parse(cond).map_err(|e| Usage(format!("--success-condition: {e}")))?,
+            });
+        }
+        if self.max_cpu.is_some() || self.max_memory.is_some() {
+            if self.max_cpu.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+                return Err(Usage("--max-cpu must be a positive percentage, like 85".into()));
+            }
+            v.resources = Some(agent_health::ResourceProbe {
+                max_cpu_percent: self.max_cpu,
+                max_memory_bytes: self.max_memory,
             });
         }
         for m in &self.metrics {

@@ -69,6 +69,7 @@ struct FakeState {
     next_id: u64,
     faults: Vec<Fault>,
     ops: Vec<String>,
+    usage: BTreeMap<String, ResourceUsage>,
 }
 
 /// An in-memory engine with fault injection.
@@ -153,6 +154,11 @@ impl FakeRuntime {
     /// Names of all containers, sorted.
     pub fn container_names(&self) -> Vec<String> {
         self.lock().containers.keys().cloned().collect()
+    }
+
+    /// Sets what `stats` reports for a container.
+    pub fn set_usage(&self, container: &str, usage: ResourceUsage) {
+        self.lock().usage.insert(container.to_owned(), usage);
     }
 
     /// Makes a running container exit with `code` (as a crash would).
@@ -485,6 +491,18 @@ impl ContainerRuntime for FakeRuntime {
             .get(container)
             .ok_or_else(|| not_found(&self.endpoint, container))?;
         Ok(Vec::new())
+    }
+
+    async fn stats(&self, container: &str) -> Result<ResourceUsage, RuntimeError> {
+        let s = self.enter("stats", container)?;
+        s.containers
+            .get(container)
+            .ok_or_else(|| not_found(&self.endpoint, container))?;
+        Ok(s.usage.get(container).copied().unwrap_or(ResourceUsage {
+            cpu_percent: 1.0,
+            memory_bytes: 8 << 20,
+            memory_limit: 1 << 30,
+        }))
     }
 }
 

@@ -54,7 +54,7 @@ pub use image::{Digest, ImageRef, ImageRefError, RefPart, Tag, DEFAULT_REGISTRY}
 pub use revision::{Outcome, Revision, RevisionHistory, RevisionNumber};
 pub use runtime::{
     ContainerInfo, ContainerRuntime, ContainerState, ContainerStatus, ContainerSummary, EngineInfo, HealthLogEntry,
-    HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress, RuntimeError,
+    HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress, ResourceUsage, RuntimeError,
 };
 pub use spec::{
     ContainerName, ContainerNameError, ContainerSpec, EnvValue, EnvVar, FieldDiff, Healthcheck, ImageDefaults,

@@ -198,6 +198,18 @@ pub struct PullProgress {
     pub total: Option<u64>,
 }
 
+/// A container's resource use, computed as `docker stats` does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceUsage {
+    /// CPU use in percent of one CPU (200 = two CPUs busy), over the engine's sampling interval.
+    pub cpu_percent: f64,
+    /// Memory in use, without the page cache, in bytes.
+    pub memory_bytes: u64,
+    /// The memory limit in bytes (the host's memory when unlimited).
+    pub memory_limit: u64,
+}
+
 /// Which stream a log line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -354,4 +366,7 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// A tar archive of `path` inside the container (the engine's archive API), for backups.
     async fn export_path(&self, container: &str, path: &str) -> Result<Vec<u8>, RuntimeError>;
+
+    /// CPU and memory use of a running container (one sample; the engine may take about a second).
+    async fn stats(&self, container: &str) -> Result<ResourceUsage, RuntimeError>;
 }

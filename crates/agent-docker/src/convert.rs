@@ -540,3 +540,53 @@ pub(crate) fn create_body(
     };
     Ok((body, extra))
 }
+
+/// Cumulative CPU counters of one sample: (container CPU ns, system CPU ns, online CPUs).
+pub(crate) type CpuSample = (u64, u64, f64);
+
+/// CPU and memory as `docker stats` computes them: CPU from the delta against the previous sample (the
+/// engine's own `precpu` when it sent one, else `previous`), scaled by the online CPUs; memory without the
+/// inactive page cache. Returns the usage and this sample's counters.
+pub(crate) fn usage(
+    s: &m::ContainerStatsResponse,
+    previous: Option<CpuSample>,
+) -> (agent_core::ResourceUsage, CpuSample) {
+    let cpu = s.cpu_stats.clone().unwrap_or_default();
+    let total = |c: &m::ContainerCpuStats| c.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0);
+    let online = cpu
+        .online_cpus
+        .map(f64::from)
+        .or_else(|| {
+            cpu.cpu_usage
+                .as_ref()
+                .and_then(|u| u.percpu_usage.as_ref())
+                .map(|p| p.len() as f64)
+        })
+        .unwrap_or(1.0);
+    let now: CpuSample = (total(&cpu), cpu.system_cpu_usage.unwrap_or(0), online);
+    let pre = s
+        .precpu_stats
+        .as_ref()
+        .filter(|p| p.system_cpu_usage.unwrap_or(0) > 0)
+        .map(|p| (total(p), p.system_cpu_usage.unwrap_or(0)))
+        .or(previous.map(|(t, sys, _)| (t, sys)));
+    let cpu_percent = match pre {
+        Some((pt, ps)) if now.1 > ps => now.0.saturating_sub(pt) as f64 / (now.1 - ps) as f64 * online * 100.0,
+        // The first sample of a container has nothing to compare with.
+        _ => 0.0,
+    };
+    let mem = s.memory_stats.clone().unwrap_or_default();
+    let stats = mem.stats.unwrap_or_default();
+    // cgroup v1 reports total_inactive_file, v2 inactive_file; the docker CLI subtracts whichever exists.
+    let cache = stats
+        .get("total_inactive_file")
+        .or_else(|| stats.get("inactive_file"))
+        .copied()
+        .unwrap_or(0);
+    let usage = agent_core::ResourceUsage {
+        cpu_percent,
+        memory_bytes: mem.usage.unwrap_or(0).saturating_sub(cache),
+        memory_limit: mem.limit.unwrap_or(0),
+    };
+    (usage, now)
+}

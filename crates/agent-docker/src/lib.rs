@@ -78,6 +78,7 @@ pub struct DockerRuntime {
     api_version: String,
     secrets: SecretPolicy,
     plain_tcp_remote: bool,
+    cpu_samples: std::sync::Arc<std::sync::Mutex<HashMap<String, convert::CpuSample>>>,
 }
 
 fn is_loopback_endpoint(endpoint: &str) -> bool {
@@ -146,6 +147,7 @@ impl DockerRuntime {
             api_version,
             secrets: SecretPolicy::default(),
             plain_tcp_remote,
+            cpu_samples: Default::default(),
         })
     }
 
@@ -481,6 +483,27 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map(|_| ())
             .map_err(|e| self.err("remove-image", image, e))
+    }
+
+    async fn stats(&self, container: &str) -> Result<agent_core::ResourceUsage, RuntimeError> {
+        // A one-shot sample answers at once (a two-sample read takes about two seconds); CPU is then computed
+        // against this runtime's previous sample of the same container.
+        let opts = qp::StatsOptionsBuilder::new().stream(false).one_shot(true).build();
+        let mut stream = self.docker.stats(container, Some(opts));
+        let Some(sample) = stream.next().await else {
+            return Err(RuntimeError::Engine {
+                operation: "stats",
+                subject: container.to_owned(),
+                status: None,
+                message: "the engine sent no sample".into(),
+            });
+        };
+        let s = sample.map_err(|e| self.err("stats", container, e))?;
+        let mut previous = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
+        let key = s.id.clone().unwrap_or_else(|| container.to_owned());
+        let (usage, now) = convert::usage(&s, previous.get(&key).copied());
+        previous.insert(key, now);
+        Ok(usage)
     }
 
     async fn export_path(&self, container: &str, path: &str) -> Result<Vec<u8>, RuntimeError> {

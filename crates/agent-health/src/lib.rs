@@ -42,7 +42,8 @@ pub use gate::{
 pub use heartbeat::{HeartbeatProbe, HeartbeatSource, RemoteControlCenter};
 pub use probation::{Alert, AlertRule, Probation, ProbationOutcome};
 pub use probes::{
-    ContainerStateProbe, DockerHealthProbe, HttpProbe, HttpProbeConfig, LogScanProbe, DEFAULT_FATAL_PATTERNS,
+    ContainerStateProbe, DockerHealthProbe, HttpProbe, HttpProbeConfig, LogScanProbe, ResourceProbe,
+    DEFAULT_FATAL_PATTERNS,
 };
 pub use prom::{
     parse_text, AnalysisOutcome, AnalysisRun, AnalysisSpec, Condition, Measurement, MeasurementPhase, MetricSource,

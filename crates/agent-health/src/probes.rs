@@ -230,6 +230,44 @@ impl Probe for HttpProbe {
     }
 }
 
+/// CPU and memory from the engine's stats (computed as `docker stats` does): fails above the limits. Combined
+/// with a probation `for` duration it is the rule "CPU above 85 % for 5 min".
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceProbe {
+    /// Fail above this CPU percentage (100 = one CPU).
+    pub max_cpu_percent: Option<f64>,
+    /// Fail above this much memory.
+    pub max_memory_bytes: Option<u64>,
+}
+
+#[async_trait]
+impl Probe for ResourceProbe {
+    fn name(&self) -> &str {
+        "resources"
+    }
+
+    async fn check(&self, ctx: &ProbeContext) -> Observation {
+        let u = match ctx.runtime.stats(&ctx.container).await {
+            Ok(u) => u,
+            Err(e) => return engine_error(&e),
+        };
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let seen = format!("cpu {:.1}%, memory {:.1} MiB", u.cpu_percent, mib(u.memory_bytes));
+        if let Some(max) = self.max_cpu_percent {
+            if u.cpu_percent > max {
+                return Observation::Fail(format!("{seen}: CPU above {max}%"));
+            }
+        }
+        if let Some(max) = self.max_memory_bytes {
+            if u.memory_bytes > max {
+                return Observation::Fail(format!("{seen}: memory above {:.1} MiB", mib(max)));
+            }
+        }
+        Observation::Pass(seen)
+    }
+}
+
 pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;

@@ -166,3 +166,33 @@ async fn inconclusive_until_deadline_is_inconclusive_not_unhealthy() {
         "never healthy before the deadline"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn resource_limits() {
+    let rt = running(ImageBehaviour::default());
+    rt.set_usage(
+        "a",
+        agent_core::ResourceUsage {
+            cpu_percent: 92.0,
+            memory_bytes: 64 << 20,
+            memory_limit: 1 << 30,
+        },
+    );
+    let busy = ResourceProbe {
+        max_cpu_percent: Some(85.0),
+        max_memory_bytes: None,
+    };
+    assert!(matches!(busy.check(&ctx(rt.clone(), "a")).await, Observation::Fail(d) if d.contains("CPU above 85%")));
+    let mem = ResourceProbe {
+        max_cpu_percent: None,
+        max_memory_bytes: Some(32 << 20),
+    };
+    assert!(
+        matches!(mem.check(&ctx(rt.clone(), "a")).await, Observation::Fail(d) if d.contains("memory above 32.0 MiB"))
+    );
+    let fine = ResourceProbe {
+        max_cpu_percent: Some(95.0),
+        max_memory_bytes: Some(128 << 20),
+    };
+    assert!(matches!(fine.check(&ctx(rt, "a")).await, Observation::Pass(_)));
+}

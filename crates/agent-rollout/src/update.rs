@@ -110,6 +110,8 @@ pub struct VerifyConfig {
     pub queries: Vec<QueryCheck>,
     /// Probes of the agent's own metrics.
     pub scrapes: Vec<ScrapeCheck>,
+    /// CPU and memory limits (from the engine's stats).
+    pub resources: Option<agent_health::ResourceProbe>,
 }
 
 impl Default for VerifyConfig {
@@ -124,6 +126,7 @@ impl Default for VerifyConfig {
             heartbeat: None,
             queries: Vec::new(),
             scrapes: Vec::new(),
+            resources: None,
         }
     }
 }
@@ -170,6 +173,9 @@ impl VerifyConfig {
                 },
             )?;
             probes.push(Box::new(probe));
+        }
+        if let Some(r) = &self.resources {
+            probes.push(Box::new(r.clone()));
         }
         Ok(probes)
     }

@@ -376,3 +376,54 @@ fn probation_rolls_back_when_the_new_version_crashes_after_going_live() {
         .collect();
     assert_eq!(statuses, ["succeeded", "rolled-back", "succeeded"]);
 }
+
+#[test]
+fn resource_limits_come_from_the_engines_stats() {
+    let img = images();
+    let w = World::new("stats");
+    let name = w.name("agent");
+    let id = w.docker_run(&name, &[], &img.refs["v1"]);
+    let out = w.agentctl(&[
+        "update",
+        &name,
+        "--image",
+        &img.refs["v2"],
+        "-o",
+        "json",
+        "--max-memory",
+        "1KiB",
+        "--min-healthy-time",
+        "1s",
+        "--deadline",
+        "10s",
+        "--failure-threshold",
+        "2",
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let reason = json(&out)["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("resources failed") && reason.contains("memory above"),
+        "{reason}"
+    );
+    assert_eq!(w.state(&name).unwrap().0, id);
+    let out = w.agentctl(&[
+        "update",
+        &name,
+        "--image",
+        &img.refs["v2"],
+        "-o",
+        "json",
+        "--max-cpu",
+        "400",
+        "--max-memory",
+        "512MiB",
+        "--min-healthy-time",
+        "1s",
+        "--deadline",
+        "15s",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let evidence = json(&out)["verdict"]["evidence"].as_array().unwrap().clone();
+    let r = evidence.iter().find(|e| e["probe"] == "resources").unwrap();
+    assert!(r["last"]["detail"].as_str().unwrap().contains("MiB"), "{r}");
+}

@@ -159,10 +159,38 @@ fn a_richly_configured_container_keeps_every_setting_and_its_data() {
     let needle = b"state that must survive\n";
     assert!(before_tar.windows(needle.len()).any(|x| x == needle));
 
-    let out = w.agentctl(&[&["update", &name, "--image", &img.refs["v2"], "-o", "json"], FAST].concat());
+    let backup = tempfile::tempdir().unwrap();
+    let backup_arg = backup.path().to_str().unwrap();
+    let out = w.agentctl(
+        &[
+            &[
+                "update",
+                &name,
+                "--image",
+                &img.refs["v2"],
+                "-o",
+                "json",
+                "--backup-dir",
+                backup_arg,
+            ],
+            FAST,
+        ]
+        .concat(),
+    );
     assert_eq!(code(&out), 0, "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
     let report = json(&out);
     assert_eq!(report["status"], "updated");
+    // The backup holds the spec and every config-carrying mount, taken through the archive API.
+    let dir = std::path::PathBuf::from(report["backup"].as_str().unwrap());
+    assert!(dir.starts_with(backup.path()));
+    let spec_json = std::fs::read_to_string(dir.join("spec.json")).unwrap();
+    assert!(spec_json.contains("observability") && !spec_json.contains("planted-secret-value"));
+    let data = std::fs::read(dir.join("var_lib_agent.tar")).unwrap();
+    assert!(
+        data.windows(needle.len()).any(|x| x == needle),
+        "the volume's file is in the backup"
+    );
+    assert!(dir.join("etc_agent.tar").exists() && dir.join("cache.tar").exists());
     assert!(report["unexpectedChanges"].as_array().unwrap().is_empty(), "{report}");
 
     let after = spec(&name);
