@@ -168,6 +168,14 @@ pub trait StateStore: Send + Sync {
     /// Stores a JSON document under `(kind, key)` (rollout state, control-center agents, …).
     async fn put_document(&self, kind: &str, key: &str, value: &serde_json::Value) -> Result<(), StoreError>;
 
+    /// Stores many documents of one kind at once (one transaction where the store has them).
+    async fn put_documents(&self, kind: &str, docs: &[(String, serde_json::Value)]) -> Result<(), StoreError> {
+        for (key, value) in docs {
+            self.put_document(kind, key, value).await?;
+        }
+        Ok(())
+    }
+
     /// Reads a JSON document.
     async fn document(&self, kind: &str, key: &str) -> Result<Option<serde_json::Value>, StoreError>;
 

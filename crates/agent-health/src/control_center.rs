@@ -319,11 +319,12 @@ impl ControlCenter {
                 })
                 .collect()
         };
-        for (id, record) in &dirty {
-            let value = serde_json::to_value(record).unwrap_or_default();
-            store.put_document(DOC_KIND, id, &value).await?;
-        }
-        Ok(dirty.len())
+        let docs: Vec<(String, serde_json::Value)> = dirty
+            .into_iter()
+            .map(|(id, record)| (id, serde_json::to_value(record).unwrap_or_default()))
+            .collect();
+        store.put_documents(DOC_KIND, &docs).await?;
+        Ok(docs.len())
     }
 
     /// Prometheus text exposition of the control center's view.

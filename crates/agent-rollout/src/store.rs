@@ -394,6 +394,19 @@ impl StateStore for SqliteStore {
         })
     }
 
+    async fn put_documents(&self, kind: &str, docs: &[(String, serde_json::Value)]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut st = tx.prepare("INSERT OR REPLACE INTO documents (kind, key, body) VALUES (?1, ?2, ?3)")?;
+                for (key, value) in docs {
+                    st.execute(params![kind, key, json(value)?])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
     async fn document(&self, kind: &str, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
         self.with(|c| {
             c.query_row(
