@@ -77,6 +77,14 @@ pub(crate) enum Command {
     /// Show a container's current revision and health, repairing an interrupted operation first.
     #[command(after_help = "Example:\n  agentctl status node-agent")]
     Status(NameArgs),
+    /// Roll out an image across a fleet from a spec (YAML or JSON): recreate, rolling or canary.
+    #[command(
+        after_help = "Example:\n  agentctl apply -f rollout.yaml -o json\n\nExit codes: 0 succeeded, 1 error before any change, 3 rolled back (fully reverted), 4 paused, 5 failed and could not fully revert."
+    )]
+    Apply(ApplyArgs),
+    /// Act on a rollout from any process: status, promote, resume, abort.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Run the heartbeat control center that agents report to.
     #[command(
         name = "control-center",
@@ -106,6 +114,37 @@ pub(crate) struct NameArgs {
     /// Revisions kept in the history.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub(crate) history_limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// The rollout spec (YAML or JSON); `-` reads standard input.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RolloutCommand {
+    /// Show a rollout's phase, step and every target's state.
+    Status {
+        /// Rollout name.
+        name: String,
+    },
+    /// Continue a rollout paused until promotion (or after an inconclusive analysis).
+    Promote {
+        /// Rollout name.
+        name: String,
+    },
+    /// Same as promote: continue a paused rollout.
+    Resume {
+        /// Rollout name.
+        name: String,
+    },
+    /// Stop a rollout and revert every target it updated.
+    Abort {
+        /// Rollout name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

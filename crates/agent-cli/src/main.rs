@@ -119,6 +119,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Apply(args) => {
+            let (text, source) = if args.file.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
+                (t, "<stdin>".to_owned())
+            } else {
+                let t = std::fs::read_to_string(&args.file)
+                    .map_err(|e| Usage(format!("cannot read the spec {}: {e}", args.file.display())))?;
+                (t, args.file.display().to_string())
+            };
+            let spec = agent_rollout::RolloutSpec::parse(&text, &source).map_err(|e| Usage(e.to_string()))?;
+            let fleet = fleet(g)?;
+            let state = fleet.apply(spec).await?;
+            Ok(fleet_exit(g, &state))
+        }
+        Command::Rollout(cmd) => {
+            let fleet = fleet(g)?;
+            let state = match cmd {
+                cli::RolloutCommand::Status { name } => {
+                    let s = fleet.state(name).await?.ok_or_else(|| {
+                        anyhow::anyhow!("no rollout named {name}; start one with `agentctl apply -f SPEC`")
+                    })?;
+                    match g.output {
+                        Output::Table => print_out(g.output, render::rollout_table(&s)),
+                        o => print_out(o, render::structured(o, &s)?),
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                cli::RolloutCommand::Promote { name } | cli::RolloutCommand::Resume { name } => {
+                    fleet.promote(name).await?
+                }
+                cli::RolloutCommand::Abort { name } => fleet.abort(name, "aborted by the operator").await?,
+            };
+            Ok(fleet_exit(g, &state))
+        }
         Command::ControlCenter(args) => {
             let token = cli::read_token(args.token_file.as_deref())?;
             if args.late_after >= args.down_after {
@@ -171,6 +206,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
+    let store: Arc<dyn StateStore> = open_store(g)?;
+    let connect: agent_rollout::Connector = Arc::new(|host: String| {
+        Box::pin(async move {
+            DockerRuntime::connect(Some(&host))
+                .await
+                .map(|d| Arc::new(d) as Arc<dyn ContainerRuntime>)
+                .map_err(|e| e.to_string())
+        })
+    });
+    let json = g.output == Output::Json;
+    let events: agent_rollout::FleetReporter = Arc::new(move |e: &agent_rollout::FleetEvent| {
+        if json {
+            // One JSON event per line on stdout, for CI systems.
+            if let Ok(line) = serde_json::to_string(e) {
+                println!("{line}");
+            }
+        } else {
+            eprintln!("{}", render::fleet_event(e));
+        }
+    });
+    let progress = Arc::new(Progress::new(true, g.output != Output::Table));
+    Ok(agent_rollout::Fleet::new(store, connect, events, progress))
+}
+
+fn fleet_exit(g: &Global, state: &agent_rollout::RolloutState) -> ExitCode {
+    if g.output == Output::Table {
+        print_out(g.output, render::rollout_table(state));
+    }
+    ExitCode::from(state.exit_code().clamp(0, 255) as u8)
 }
 
 fn hint(e: &anyhow::Error) -> Option<&'static str> {

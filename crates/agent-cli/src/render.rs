@@ -377,3 +377,94 @@ pub(crate) fn agents_table(agents: &[agent_health::AgentRecord]) -> String {
     }
     t.to_string()
 }
+
+pub(crate) fn fleet_event(e: &agent_rollout::FleetEvent) -> String {
+    use agent_rollout::FleetEvent as E;
+    match e {
+        E::Started {
+            rollout,
+            image,
+            targets,
+            steps,
+            from_step,
+        } => {
+            format!(
+                "rollout {rollout}: {image} to {targets} target(s), {steps} step(s){}",
+                if *from_step > 0 {
+                    format!(", resuming at step {}", from_step + 1)
+                } else {
+                    String::new()
+                }
+            )
+        }
+        E::StepStarted { step, detail, .. } => format!("step {}: {detail}", step + 1),
+        E::TargetUpdated {
+            host,
+            container,
+            status,
+            revision,
+            reason,
+            ..
+        } => {
+            let word = format!("{status:?}").to_lowercase();
+            let word = match status {
+                agent_rollout::TargetStatus::Updated => green(&word),
+                agent_rollout::TargetStatus::Failed | agent_rollout::TargetStatus::Broken => red(&word),
+                _ => yellow(&word),
+            };
+            format!(
+                "  {container}@{host}: {word}{}{}",
+                revision.map(|r| format!(" (revision {r})")).unwrap_or_default(),
+                reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+            )
+        }
+        E::Analysis { name, run, .. } => format!(
+            "analysis {name}: {:?} ({})",
+            run.outcome,
+            run.measurements
+                .iter()
+                .map(|m| m.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        E::Paused { reason, until, .. } => yellow(&format!(
+            "paused: {reason}{}",
+            until.as_ref().map(|u| format!(" (until {u})")).unwrap_or_default()
+        )),
+        E::RollingBack { reason, touched, .. } => {
+            red(&format!("rolling back {} touched target(s): {reason}", touched.len()))
+        }
+        E::Finished {
+            rollout,
+            phase,
+            exit_code,
+            ..
+        } => format!("rollout {rollout} {phase} (exit {exit_code})"),
+    }
+}
+
+pub(crate) fn rollout_table(s: &agent_rollout::RolloutState) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header(["TARGET", "HOST", "STATUS", "PREVIOUS", "REVISION", "MESSAGE"]);
+    for x in &s.targets {
+        t.add_row([
+            x.container.clone(),
+            x.host.clone(),
+            format!("{:?}", x.status).to_lowercase(),
+            x.previous.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            x.revision.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            x.message.clone().unwrap_or_default(),
+        ]);
+    }
+    format!(
+        "rollout {}: {} at step {}/{}, image {}{}\n{t}",
+        s.spec.name,
+        s.phase(),
+        s.next_step.min(s.plan.steps.len()),
+        s.plan.steps.len(),
+        s.pinned,
+        s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+    )
+}

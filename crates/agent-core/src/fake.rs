@@ -115,7 +115,10 @@ impl FakeRuntime {
         s.next_id += 1;
         let id = format!("sha256:{:064x}", s.next_id);
         let mut info = image_info(&id, defaults);
-        info.repo_digests = vec![format!("{}@sha256:{:064x}", image.name(), s.next_id + 1_000_000)];
+        let by_digest = format!("{}@sha256:{:064x}", image.name(), s.next_id + 1_000_000);
+        info.repo_digests = vec![by_digest.clone()];
+        // Like a registry, serve it by tag and by digest.
+        s.registry.insert(by_digest, (info.clone(), behaviour.clone()));
         s.registry.insert(image.pull_ref(), (info, behaviour));
     }
 
@@ -124,6 +127,9 @@ impl FakeRuntime {
         self.publish_image(image, defaults, behaviour);
         let mut s = self.lock();
         if let Some(entry) = s.registry.get(&image.pull_ref()).cloned() {
+            for d in entry.0.repo_digests.clone() {
+                s.images.insert(d, entry.clone());
+            }
             s.images.insert(image.pull_ref(), entry);
         }
     }
@@ -356,6 +362,9 @@ impl ContainerRuntime for FakeRuntime {
             current: Some(1),
             total: Some(1),
         });
+        for d in entry.0.repo_digests.clone() {
+            s.images.insert(d, entry.clone());
+        }
         s.images.insert(image.pull_ref(), entry.clone());
         Ok(entry.0)
     }

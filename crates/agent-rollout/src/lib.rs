@@ -22,12 +22,17 @@
 
 mod error;
 mod events;
+mod fleet;
 mod lease;
 mod store;
 mod update;
 
 pub use error::Error;
 pub use events::{Event, Reporter, Silent};
+pub use fleet::{
+    Connector, Fleet, FleetEvent, FleetReporter, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec,
+    RolloutState, TargetSpec, TargetState, TargetStatus,
+};
 pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use store::SqliteStore;
 pub use update::{

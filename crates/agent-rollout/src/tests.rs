@@ -369,3 +369,161 @@ async fn a_quiet_probation_keeps_the_update() {
         Some(agent_health::ProbationOutcome::Quiet { .. })
     ));
 }
+
+mod fleet {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn host_with(name: &str, broken: bool, containers: &[&str]) -> Arc<FakeRuntime> {
+        let rt = Arc::new(FakeRuntime::new(name));
+        rt.add_local_image(
+            &img("acme/agent:1.0"),
+            ImageDefaults::default(),
+            ImageBehaviour::default(),
+        );
+        let behaviour = ImageBehaviour {
+            exit_on_start: broken.then_some(1),
+            ..Default::default()
+        };
+        rt.publish_image(&img("acme/agent:2.0"), ImageDefaults::default(), behaviour);
+        for c in containers {
+            rt.run(ContainerSpec::new(c.parse().unwrap(), img("acme/agent:1.0")))
+                .unwrap();
+        }
+        rt
+    }
+
+    fn fleet(hosts: Vec<Arc<FakeRuntime>>, events: Arc<std::sync::Mutex<Vec<String>>>) -> (Fleet, Arc<MemoryStore>) {
+        let map: HashMap<String, Arc<dyn ContainerRuntime>> = hosts
+            .into_iter()
+            .map(|h| (h.endpoint().to_owned(), h as Arc<dyn ContainerRuntime>))
+            .collect();
+        let connect: Connector = Arc::new(move |host: String| {
+            let r = map.get(&host).cloned().ok_or_else(|| format!("no engine at {host}"));
+            Box::pin(async move { r })
+        });
+        let store = Arc::new(MemoryStore::default());
+        let sink: FleetReporter = Arc::new(move |e: &FleetEvent| {
+            let v = serde_json::to_value(e).unwrap();
+            events.lock().unwrap().push(v["event"].as_str().unwrap().to_owned());
+        });
+        (Fleet::new(store.clone(), connect, sink, Arc::new(Silent)), store)
+    }
+
+    fn spec(yaml: &str) -> RolloutSpec {
+        RolloutSpec::parse(yaml, "test").unwrap()
+    }
+
+    const TARGETS: &str = "targets:\n  - {host: 'tcp://127.0.0.1:1', container: a1}\n  - {host: 'tcp://127.0.0.1:1', container: a2}\n  - {host: 'tcp://127.0.0.1:2', container: b1}\n  - {host: 'tcp://127.0.0.1:2', container: b2}\n";
+
+    fn hosts(b_broken: bool) -> Vec<Arc<FakeRuntime>> {
+        vec![
+            host_with("tcp://127.0.0.1:1", false, &["a1", "a2"]),
+            host_with("tcp://127.0.0.1:2", b_broken, &["b1", "b2"]),
+        ]
+    }
+
+    const HEALTH: &str = "health: {minHealthyTime: 200ms, deadline: 5s, period: 100ms}\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_canary_pauses_until_promoted_then_completes() {
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hs = hosts(false);
+        let (f, _store) = fleet(hs.clone(), events.clone());
+        let s = spec(&format!("name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy:\n  canary:\n    steps: [{{setWeight: 25}}, {{pause: {{}}}}, {{setWeight: 100}}]\n{HEALTH}"));
+        let st = f.apply(s.clone()).await.unwrap();
+        assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Paused, 4));
+        let updated: Vec<&str> = st
+            .targets
+            .iter()
+            .filter(|t| t.status == TargetStatus::Updated)
+            .map(|t| t.container.as_str())
+            .collect();
+        assert_eq!(updated, ["a1"], "25 % of 4 is one target");
+        let err = f.apply(s).await.unwrap_err();
+        assert!(err.to_string().contains("rollout promote"), "{err}");
+        let st = f.promote("fleet").await.unwrap();
+        assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Succeeded, 0));
+        assert!(st.pinned.digest().is_some() && st.pinned.tag().unwrap().as_str() == "2.0");
+        assert!(st.targets.iter().all(|t| t.status == TargetStatus::Updated));
+        for h in &hs {
+            for c in h.container_names().iter().filter(|c| !c.contains(".rev")) {
+                // The tag was resolved to a digest once and that digest runs everywhere.
+                assert_eq!(h.inspect_container(c).await.unwrap().spec.image, st.pinned, "{c}");
+            }
+        }
+        let ev = events.lock().unwrap().clone();
+        assert!(
+            ev.contains(&"paused".to_owned()) && ev.last().unwrap() == "finished",
+            "{ev:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_past_the_ratio_reverts_every_touched_target() {
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hs = hosts(true);
+        let (f, _store) = fleet(hs.clone(), events.clone());
+        let s = spec(&format!("name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy:\n  rolling: {{maxUnavailable: 2}}\nrollback: {{maxFailureRatio: 0.2}}\n{HEALTH}"));
+        let st = f.apply(s).await.unwrap();
+        assert_eq!(
+            (st.phase(), st.exit_code()),
+            (agent_core::Phase::RolledBack, 3),
+            "{:?}",
+            st.reason
+        );
+        let by: Vec<(&str, TargetStatus)> = st.targets.iter().map(|t| (t.container.as_str(), t.status)).collect();
+        assert_eq!(
+            by,
+            [
+                ("a1", TargetStatus::Reverted),
+                ("a2", TargetStatus::Reverted),
+                ("b1", TargetStatus::Failed),
+                ("b2", TargetStatus::Failed)
+            ]
+        );
+        assert!(st.reason.unwrap().contains("above maxFailureRatio 20 %"));
+        for (h, names) in hs.iter().zip([["a1", "a2"], ["b1", "b2"]]) {
+            for c in names {
+                let info = h.inspect_container(c).await.unwrap();
+                assert_eq!(info.spec.image, img("acme/agent:1.0"), "{c} is back on 1.0");
+                assert!(info.state.is_running());
+            }
+        }
+        assert!(events.lock().unwrap().contains(&"rolling-back".to_owned()));
+    }
+
+    #[test]
+    fn bad_specs_name_the_line_and_what_is_expected() {
+        let err = RolloutSpec::parse("name: f\nimage: acme/agent:2.0\ntargets: []\nstrategy: {recreate: {}}\nrollback: {maxFailureRatio: lots}\n", "s.yaml").unwrap_err().to_string();
+        assert!(err.contains("line 5") && err.contains("s.yaml"), "{err}");
+        let err = RolloutSpec::parse(
+            "name: f\nimage: acme/Agent:2\ntargets: []\nstrategy: {recreate: {}}\n",
+            "s.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2") && err.contains("position 5"), "{err}");
+        let err = RolloutSpec::parse(
+            &format!("name: f\nimage: a:1\n{TARGETS}strategy: {{recreate: {{}}}}\nextra: 1\n"),
+            "s.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `extra`"), "{err}");
+        let err = RolloutSpec::parse("name: f\nimage: a:1\ntargets: []\nstrategy: {recreate: {}}\n", "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no targets"), "{err}");
+        let err = RolloutSpec::parse(
+            &format!("name: f\nimage: a:1\n{TARGETS}strategy: {{canary: {{steps: [{{analysis: nope}}]}}}}\n"),
+            "s.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"nope\" is not defined"), "{err}");
+        let json = r#"{"name": "f", "image": "a:1", "targets": [], "strategy": {"recreate": {}}, "parallelism": "x"}"#;
+        let err = RolloutSpec::parse(json, "s.json").unwrap_err().to_string();
+        assert!(err.contains("line 1 column"), "{err}");
+    }
+}

@@ -6,7 +6,8 @@
 //! is for `HEALTHCHECK CMD ["/agent", "healthcheck"]`.
 //!
 //! Failure modes (`AGENT_FAILURE`): `exit-at-start`, `never-healthy`, `unhealthy-after:SECS`, `fatal-logs`,
-//! `slow-start:SECS`, `error-rate:FRACTION`, `no-heartbeat`, `crash-after:SECS`.
+//! `slow-start:SECS`, `error-rate:FRACTION`, `no-heartbeat`, `crash-after:SECS`. `AGENT_BROKEN_ON=VERSION` makes
+//! only that version exit at start (a host whose configuration the new version cannot handle).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -86,10 +87,17 @@ fn main() {
         libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
     }
+    let version = env("AGENT_VERSION", env!("CARGO_PKG_VERSION"));
+    // AGENT_BROKEN_ON=VERSION: this host's configuration breaks that version only (exit at start).
+    let failure = if std::env::var("AGENT_BROKEN_ON").is_ok_and(|v| v == version) {
+        Failure::ExitAtStart
+    } else {
+        parse_failure(&env("AGENT_FAILURE", ""))
+    };
     let agent = Arc::new(Agent {
-        version: env("AGENT_VERSION", env!("CARGO_PKG_VERSION")),
+        version,
         id: env("AGENT_ID", &env("HOSTNAME", "demo-agent")),
-        failure: parse_failure(&env("AGENT_FAILURE", "")),
+        failure,
         started: Instant::now(),
         requests_ok: AtomicU64::new(0),
         requests_err: AtomicU64::new(0),

@@ -4,6 +4,7 @@
 
 mod cli;
 mod crash;
+mod fleet;
 mod health;
 mod support;
 mod update;

@@ -1,0 +1,152 @@
+//! `agentctl apply` and `agentctl rollout` on the real engine, with targets on two endpoints of it.
+
+use crate::support::*;
+
+const HOST_A: &str = "unix:///var/run/docker.sock";
+// The same engine through another path: two endpoints, two sets of leases and histories (a second engine
+// is not started by these tests yet).
+const HOST_B: &str = "unix:///run/docker.sock";
+
+fn spec(w: &World, name: &str, image: &str, names: &[String], strategy: &str, extra: &str) -> std::path::PathBuf {
+    let targets: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "  - {{host: '{}', container: {n}}}\n",
+                if i % 2 == 0 { HOST_A } else { HOST_B }
+            )
+        })
+        .collect();
+    let text = format!(
+        "name: {name}\nimage: {image}\ntargets:\n{targets}strategy:\n  {strategy}\nhealth: {{minHealthyTime: 1s, deadline: 15s, period: 300ms}}\n{extra}"
+    );
+    let path = w.state_dir().join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn events(out: &std::process::Output) -> Vec<serde_json::Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn a_canary_pauses_is_promoted_from_another_process_and_pins_the_digest() {
+    let img = images();
+    let w = World::new("canary");
+    let names: Vec<String> = (1..=4).map(|i| w.name(&format!("a{i}"))).collect();
+    for n in &names {
+        w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    }
+    let rollout = w.name("ro");
+    let f = spec(
+        &w,
+        &rollout,
+        &img.refs["v2"],
+        &names,
+        "canary: {steps: [{setWeight: 25}, {pause: {}}, {setWeight: 100}]}",
+        "",
+    );
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let ev = events(&out);
+    assert!(ev.iter().any(|e| e["event"] == "paused"), "{ev:?}");
+    let updated = ev
+        .iter()
+        .filter(|e| e["event"] == "target-updated" && e["status"] == "updated")
+        .count();
+    assert_eq!(updated, 1, "25 % of 4");
+    let status = json(&w.agentctl(&["rollout", "status", &rollout, "-o", "json"]));
+    assert_eq!(status["machine"]["phase"], "paused");
+    let out = w.agentctl(&["rollout", "promote", &rollout, "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let last = events(&out).pop().unwrap();
+    assert_eq!(
+        (
+            last["event"].as_str(),
+            last["phase"].as_str(),
+            last["exit_code"].as_i64()
+        ),
+        (Some("finished"), Some("succeeded"), Some(0))
+    );
+    // Every target runs the same digest, resolved once from the tag.
+    let images: std::collections::BTreeSet<String> = names.iter().map(|n| w.state(n).unwrap().2).collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let pinned = images.into_iter().next().unwrap();
+    assert!(pinned.contains("@sha256:"), "{pinned}");
+}
+
+#[test]
+fn a_failure_in_a_later_batch_reverts_every_touched_target() {
+    let img = images();
+    let w = World::new("ratio");
+    let names: Vec<String> = ["a1", "a2", "b1", "b2"].iter().map(|s| w.name(s)).collect();
+    let mut ids = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        // b1 and b2 run with a configuration that version 2.0.0 cannot handle.
+        let args: &[&str] = if i >= 2 { &["-e", "AGENT_BROKEN_ON=2.0.0"] } else { &[] };
+        ids.push(w.docker_run(n, args, &img.refs["v1"]));
+    }
+    let rollout = w.name("ro");
+    let f = spec(
+        &w,
+        &rollout,
+        &img.refs["v2"],
+        &names,
+        "rolling: {maxUnavailable: 2}",
+        "rollback: {maxFailureRatio: 0.2}\n",
+    );
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let ev = events(&out);
+    let rb = ev
+        .iter()
+        .find(|e| e["event"] == "rolling-back")
+        .expect("a rolling-back event");
+    assert_eq!(rb["touched"].as_array().unwrap().len(), 2, "{rb}");
+    assert!(rb["reason"].as_str().unwrap().contains("above maxFailureRatio"), "{rb}");
+    let last = ev.last().unwrap();
+    assert_eq!(
+        (last["phase"].as_str(), last["exit_code"].as_i64()),
+        (Some("rolled-back"), Some(3))
+    );
+    let statuses: Vec<&str> = last["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["reverted", "reverted", "failed", "failed"]);
+    for (n, id) in names.iter().zip(&ids) {
+        let (now, running, image) = w.state(n).unwrap();
+        assert!(running && image == img.refs["v1"], "{n} back on 1.0.0");
+        assert_eq!(&now, id, "{n}: the original container (retained, then brought back)");
+    }
+}
+
+#[test]
+fn a_bad_spec_is_refused_with_line_and_column_and_changes_nothing() {
+    let img = images();
+    let w = World::new("badspec");
+    let name = w.name("a1");
+    let id = w.docker_run(&name, &[], &img.refs["v1"]);
+    let cases = [
+        (format!("name: r\nimage: {}\ntargets:\n  - {{host: '{HOST_A}', container: {name}}}\nstrategy:\n  rolling: {{maxUnavailable: lots}}\n", img.refs["v2"]), "line 6"),
+        (format!("name: r\nimage: {}\ntargets:\n  - {{host: 'ftp://x', container: {name}}}\nstrategy: {{recreate: {{}}}}\n", img.refs["v2"]), "ftp://x"),
+        (format!("name: r\nimage: {}\ntargets: []\nstrategy: {{canary: {{steps: [{{setWeight: 50}}, {{setWeight: 10}}]}}}}\n", img.refs["v2"]), "no targets"),
+        (format!("name: r\nimage: {}\ntargets:\n  - {{host: '{HOST_A}', container: {name}}}\nstrategy: {{canary: {{steps: [{{setWeight: 50}}, {{setWeight: 10}}]}}}}\n", img.refs["v2"]), "weights only go up"),
+        (format!("name: r\nimage: {}\ntargets:\n  - {{host: '{HOST_A}', container: {name}}}\nstrategy: {{recreate: {{}}}}\nrollback: {{maxFailureRatio: 2}}\n", img.refs["v2"]), "maxFailureRatio"),
+        (format!("name: r\nimage: {}\ntargets:\n  - {{host: '{HOST_A}', container: {name}}}\nstrategy: {{recreate: {{}}, rolling: {{}}}}\n", img.refs["v2"]), "line 5"),
+    ];
+    for (text, expect) in cases {
+        let f = w.state_dir().join("bad.yaml");
+        std::fs::write(&f, &text).unwrap();
+        let out = w.agentctl(&["apply", "-f", f.to_str().unwrap()]);
+        assert_eq!(code(&out), 2, "{text}\n{}", stderr(&out));
+        assert!(stderr(&out).contains(expect), "{expect}: {}", stderr(&out));
+        assert_eq!(w.state(&name).unwrap(), (id.clone(), true, img.refs["v1"].clone()));
+    }
+}

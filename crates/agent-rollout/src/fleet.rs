@@ -1,0 +1,964 @@
+//! Fleet rollouts: a rollout spec (YAML or JSON) over targets on one or more engines, executed step by step
+//! from the planner's [`RolloutPlan`]: recreate, rolling (stop-first batches) and canary (weights, pauses,
+//! analysis). The tag is resolved to a digest once and that digest is deployed everywhere. When the failed
+//! fraction crosses `maxFailureRatio`, or an analysis fails, every target the rollout touched goes back to its
+//! previous revision. State is saved after every step, so `rollout promote|resume|abort|status` work from any
+//! process and a second `apply` resumes an interrupted rollout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{
+    duration_text, plan, ContainerName, ContainerRuntime, ImageRef, Input, Pause, Phase, PlanStep, RevisionNumber,
+    RolloutPlan, StateMachine, StateStore, Strategy, Target, UpdateMode,
+};
+use agent_health::{AnalysisOutcome, AnalysisRun, AnalysisSpec, HttpProbeConfig, Prometheus, Timing};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::Error;
+use crate::events::{Event, Reporter};
+use crate::lease::{holder_for_this_process, LeaseGuard};
+use crate::update::{HeartbeatCheck, PullPolicy, ScrapeCheck, UpdateRequest, UpdateStatus, Updater, VerifyConfig};
+
+const DOC_KIND: &str = "rollout";
+
+/// One target as written in a spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// Engine endpoint.
+    pub host: String,
+    /// Container name.
+    pub container: ContainerName,
+}
+
+/// Health checks for every target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HealthSpec {
+    /// Minimum healthy time.
+    #[serde(with = "duration_text")]
+    pub min_healthy_time: Duration,
+    /// Verification deadline.
+    #[serde(with = "duration_text")]
+    pub deadline: Duration,
+    /// Probe period.
+    #[serde(with = "duration_text")]
+    pub period: Duration,
+    /// HTTP probe.
+    pub http: Option<HttpProbeConfig>,
+    /// Heartbeat probe: `{url, tokenFile, timeout}`.
+    pub heartbeat: Option<HeartbeatSpec>,
+    /// Checks of the agent's own metrics, like `agent_up == 1`, on `metricsPort`.
+    pub metrics: Vec<String>,
+    /// Port of the agent's metrics.
+    pub metrics_port: u16,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            min_healthy_time: Duration::from_secs(5),
+            deadline: Duration::from_secs(60),
+            period: Duration::from_millis(500),
+            http: None,
+            heartbeat: None,
+            metrics: Vec::new(),
+            metrics_port: 8080,
+        }
+    }
+}
+
+/// Heartbeat checks in a spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeartbeatSpec {
+    /// Control center URL.
+    pub url: String,
+    /// File with its token (or env AGENTCTL_CC_TOKEN).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Maximum heartbeat age.
+    #[serde(with = "duration_text", default = "thirty")]
+    pub timeout: Duration,
+}
+
+fn thirty() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// When and how to roll back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RollbackSpec {
+    /// Revert every touched target when the rollout fails.
+    pub automatic: bool,
+    /// The failed fraction of all targets above which the rollout aborts (0 = any failure).
+    pub max_failure_ratio: f64,
+}
+
+impl Default for RollbackSpec {
+    fn default() -> Self {
+        RollbackSpec {
+            automatic: true,
+            max_failure_ratio: 0.0,
+        }
+    }
+}
+
+/// History settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HistorySpec {
+    /// Revisions kept per target.
+    pub limit: usize,
+}
+
+impl Default for HistorySpec {
+    fn default() -> Self {
+        HistorySpec { limit: 5 }
+    }
+}
+
+/// A rollout, as written in `agentctl apply -f spec.yaml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutSpec {
+    /// The rollout's name (one rollout of this name runs at a time).
+    pub name: ContainerName,
+    /// The image; a tag is resolved to a digest once and pinned on every target.
+    pub image: ImageRef,
+    /// The targets.
+    pub targets: Vec<TargetSpec>,
+    /// Exactly one of recreate, rolling, blueGreen, canary.
+    pub strategy: Strategy,
+    /// Health checks.
+    #[serde(default)]
+    pub health: HealthSpec,
+    /// Named analyses for canary steps.
+    #[serde(default)]
+    pub analysis: BTreeMap<String, AnalysisSpec>,
+    /// Rollback settings.
+    #[serde(default)]
+    pub rollback: RollbackSpec,
+    /// History settings.
+    #[serde(default)]
+    pub history: HistorySpec,
+    /// Targets updated at once within a batch.
+    #[serde(default = "five")]
+    pub parallelism: usize,
+}
+
+fn five() -> usize {
+    5
+}
+
+impl RolloutSpec {
+    /// Parses YAML (or JSON, which is YAML) with errors that give the line and column.
+    pub fn parse(text: &str, source: &str) -> Result<RolloutSpec, Error> {
+        let spec: RolloutSpec = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| Error::InvalidInput {
+                what: format!("rollout spec {source}"),
+                message: e.to_string(),
+            })?
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| Error::InvalidInput {
+                what: format!("rollout spec {source}"),
+                message: e.to_string(),
+            })?
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn invalid(&self, message: String) -> Error {
+        Error::InvalidInput {
+            what: format!("rollout spec {}", self.name),
+            message,
+        }
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(0.0..=1.0).contains(&self.rollback.max_failure_ratio) {
+            return Err(self.invalid(format!(
+                "rollback.maxFailureRatio is {}; give a fraction from 0 to 1, like 0.2",
+                self.rollback.max_failure_ratio
+            )));
+        }
+        if self.parallelism == 0 {
+            return Err(self.invalid("parallelism must be at least 1".into()));
+        }
+        if self.health.min_healthy_time >= self.health.deadline {
+            return Err(self.invalid("health.minHealthyTime must be shorter than health.deadline".into()));
+        }
+        for t in &self.targets {
+            if !(t.host.starts_with("unix://") || t.host.starts_with("tcp://") || t.host.starts_with("https://")) {
+                return Err(self.invalid(format!(
+                    "target {} has host {:?}; use unix:///path/docker.sock or tcp://HOST:PORT",
+                    t.container, t.host
+                )));
+            }
+        }
+        match &self.strategy {
+            Strategy::BlueGreen { .. } => {
+                return Err(self
+                    .invalid("the blueGreen strategy is not implemented yet; use recreate, rolling or canary".into()))
+            }
+            Strategy::Rolling { max_surge, .. } if max_surge.of(self.targets.len()) > 0 => {
+                return Err(self
+                    .invalid("rolling with maxSurge (start-first) is not implemented yet; set maxSurge to 0".into()))
+            }
+            _ => {}
+        }
+        for (name, a) in &self.analysis {
+            if a.success_condition.is_none() && a.failure_condition.is_none() {
+                return Err(self.invalid(format!("analysis {name} needs successCondition or failureCondition")));
+            }
+        }
+        self.plan().map(|_| ())
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> Result<RolloutPlan, Error> {
+        let targets: Vec<Target> = self
+            .targets
+            .iter()
+            .map(|t| Target {
+                host: t.host.clone(),
+                container: t.container.clone(),
+            })
+            .collect();
+        let names: Vec<&str> = self.analysis.keys().map(String::as_str).collect();
+        plan(&targets, &self.strategy, &names).map_err(|e| self.invalid(e.to_string()))
+    }
+
+    fn verify(&self) -> Result<VerifyConfig, Error> {
+        let mut v = VerifyConfig {
+            timing: Timing {
+                min_healthy_time: self.health.min_healthy_time,
+                deadline: self.health.deadline,
+                period: self.health.period,
+                ..Timing::default()
+            },
+            http: self.health.http.clone(),
+            ..VerifyConfig::default()
+        };
+        if let Some(h) = &self.health.heartbeat {
+            let token = match &h.token_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| self.invalid(format!("health.heartbeat.tokenFile {}: {e}", f.display())))?,
+                None => std::env::var("AGENTCTL_CC_TOKEN")
+                    .map_err(|_| self.invalid("health.heartbeat needs tokenFile or env AGENTCTL_CC_TOKEN".into()))?,
+            };
+            v.heartbeat = Some(HeartbeatCheck {
+                url: h.url.clone(),
+                token: token.trim().to_owned(),
+                max_age: h.timeout,
+            });
+        }
+        for m in &self.health.metrics {
+            let (selector, rest) = split_metric(m)
+                .ok_or_else(|| self.invalid(format!("health.metrics: {m:?} is not `SELECTOR OP NUMBER`")))?;
+            let condition = agent_health::Condition::parse(&format!("result {rest}")).map_err(|e| self.invalid(e))?;
+            v.scrapes.push(ScrapeCheck {
+                port: self.health.metrics_port,
+                path: "/metrics".into(),
+                selector,
+                condition,
+            });
+        }
+        Ok(v)
+    }
+}
+
+fn split_metric(text: &str) -> Option<(String, String)> {
+    let t = text.trim();
+    let end = match t.find('{') {
+        Some(_) => t.find('}')? + 1,
+        None => t.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))?,
+    };
+    Some((t[..end].to_owned(), t[end..].trim().to_owned()))
+}
+
+/// Where one target stands in a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetStatus {
+    /// Not touched yet.
+    Pending,
+    /// Runs the new revision.
+    Updated,
+    /// Its update failed and it rolled itself back.
+    Failed,
+    /// Updated, then reverted by the rollout's rollback.
+    Reverted,
+    /// Could not be reverted, or its engine was unreachable: needs attention.
+    Broken,
+}
+
+/// One target's record in a rollout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetState {
+    /// Engine.
+    pub host: String,
+    /// Container.
+    pub container: String,
+    /// Status.
+    pub status: TargetStatus,
+    /// The revision it ran before this rollout.
+    pub previous: Option<u64>,
+    /// The revision this rollout made.
+    pub revision: Option<u64>,
+    /// The last message about it.
+    pub message: Option<String>,
+}
+
+/// A rollout's saved state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutState {
+    /// The spec.
+    pub spec: RolloutSpec,
+    /// The image actually deployed (pinned to the digest when the registry gave one).
+    pub pinned: ImageRef,
+    /// The plan.
+    pub plan: RolloutPlan,
+    /// Index of the next step to run.
+    pub next_step: usize,
+    /// The state machine.
+    pub machine: StateMachine,
+    /// Per target.
+    pub targets: Vec<TargetState>,
+    /// Why it paused, failed or rolled back.
+    pub reason: Option<String>,
+    /// Analyses run so far.
+    pub analyses: Vec<(String, AnalysisRun)>,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// When it last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl RolloutState {
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.machine.phase()
+    }
+
+    /// The exit code for where it stands (0, 3, 4, 5).
+    pub fn exit_code(&self) -> i32 {
+        self.phase().exit_code().unwrap_or(1)
+    }
+}
+
+/// One line of the rollout's event stream (`-o json`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum FleetEvent {
+    /// The rollout started or resumed.
+    Started {
+        /// Rollout name.
+        rollout: String,
+        /// The pinned image.
+        image: String,
+        /// Targets.
+        targets: usize,
+        /// Steps.
+        steps: usize,
+        /// Resumed from step.
+        from_step: usize,
+    },
+    /// A step began.
+    StepStarted {
+        /// Rollout name.
+        rollout: String,
+        /// Step index.
+        step: usize,
+        /// The step.
+        detail: String,
+    },
+    /// A target was updated (or failed).
+    TargetUpdated {
+        /// Rollout name.
+        rollout: String,
+        /// Engine.
+        host: String,
+        /// Container.
+        container: String,
+        /// Outcome.
+        status: TargetStatus,
+        /// The revision made.
+        revision: Option<u64>,
+        /// Why, when it failed.
+        reason: Option<String>,
+    },
+    /// An analysis finished.
+    Analysis {
+        /// Rollout name.
+        rollout: String,
+        /// Analysis name.
+        name: String,
+        /// Its run.
+        run: AnalysisRun,
+    },
+    /// The rollout paused.
+    Paused {
+        /// Rollout name.
+        rollout: String,
+        /// Why.
+        reason: String,
+        /// Until when, for a timed pause.
+        until: Option<String>,
+    },
+    /// The rollout is reverting every touched target.
+    RollingBack {
+        /// Rollout name.
+        rollout: String,
+        /// Why.
+        reason: String,
+        /// What had been attempted: the targets updated so far.
+        touched: Vec<String>,
+    },
+    /// The rollout ended.
+    Finished {
+        /// Rollout name.
+        rollout: String,
+        /// Final phase.
+        phase: Phase,
+        /// Exit code.
+        exit_code: i32,
+        /// Every target's state.
+        targets: Vec<TargetState>,
+        /// Why, when not succeeded.
+        reason: Option<String>,
+    },
+}
+
+/// Receives fleet events.
+pub type FleetReporter = Arc<dyn Fn(&FleetEvent) + Send + Sync>;
+
+/// Connects to an engine endpoint.
+pub type Connector = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<Arc<dyn ContainerRuntime>, String>> + Send>> + Send + Sync,
+>;
+
+/// Runs rollouts.
+pub struct Fleet {
+    store: Arc<dyn StateStore>,
+    connect: Connector,
+    events: FleetReporter,
+    progress: Arc<dyn Reporter>,
+    runtimes: tokio::sync::Mutex<HashMap<String, Arc<dyn ContainerRuntime>>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").finish_non_exhaustive()
+    }
+}
+
+fn key(name: &str) -> String {
+    format!("rollout:{name}")
+}
+
+impl Fleet {
+    /// A fleet runner storing in `store`, connecting with `connect`, reporting fleet events to `events` and
+    /// per-target progress to `progress`.
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        connect: Connector,
+        events: FleetReporter,
+        progress: Arc<dyn Reporter>,
+    ) -> Fleet {
+        Fleet {
+            store,
+            connect,
+            events,
+            progress,
+            runtimes: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn runtime(&self, host: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
+        let mut map = self.runtimes.lock().await;
+        if let Some(r) = map.get(host) {
+            return Ok(r.clone());
+        }
+        let r = (self.connect)(host.to_owned()).await?;
+        map.insert(host.to_owned(), r.clone());
+        Ok(r)
+    }
+
+    /// The saved state of a rollout.
+    pub async fn state(&self, name: &str) -> Result<Option<RolloutState>, Error> {
+        match self.store.document(DOC_KIND, name).await? {
+            Some(v) => serde_json::from_value(v).map(Some).map_err(|e| Error::InvalidInput {
+                what: format!("saved rollout {name}"),
+                message: e.to_string(),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    async fn save(&self, state: &mut RolloutState) -> Result<(), Error> {
+        state.updated_at = OffsetDateTime::now_utc();
+        let v = serde_json::to_value(&*state).map_err(|e| Error::InvalidInput {
+            what: "rollout state".into(),
+            message: e.to_string(),
+        })?;
+        self.store.put_document(DOC_KIND, state.spec.name.as_str(), &v).await?;
+        Ok(())
+    }
+
+    async fn lease(&self, name: &str, purpose: &str) -> Result<LeaseGuard, Error> {
+        let holder = holder_for_this_process(&format!("{purpose} rollout {name}"));
+        LeaseGuard::acquire(self.store.clone(), &key(name), &holder)
+            .await
+            .map_err(Error::from)
+    }
+
+    /// Applies a spec: starts a new rollout, or resumes one of the same name that did not finish.
+    pub async fn apply(&self, spec: RolloutSpec) -> Result<RolloutState, Error> {
+        let lease = self.lease(spec.name.as_str(), "apply").await?;
+        let result = async {
+            let mut state = match self.state(spec.name.as_str()).await? {
+                Some(s) if !s.phase().is_terminal() && s.phase() != Phase::Paused && s.spec.image == spec.image => s,
+                Some(s) if s.phase() == Phase::Paused => {
+                    return Err(Error::InvalidInput {
+                        what: format!("rollout {}", spec.name),
+                        message: format!(
+                            "it is paused ({}); run `agentctl rollout promote {0}` to continue or `agentctl rollout abort {0}` to revert",
+                            s.reason.clone().unwrap_or_default()
+                        )
+                        .replace("{0}", spec.name.as_str()),
+                    })
+                }
+                _ => self.start(spec).await?,
+            };
+            self.run(&mut state).await?;
+            Ok(state)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    async fn start(&self, spec: RolloutSpec) -> Result<RolloutState, Error> {
+        let plan = spec.plan()?;
+        // Resolve the tag to a digest once, on the first target's engine, and pin it everywhere.
+        let first = &spec.targets[0];
+        let rt = self.runtime(&first.host).await.map_err(|message| Error::InvalidInput {
+            what: format!("engine {}", first.host),
+            message,
+        })?;
+        let local = rt.inspect_image(&spec.image.pull_ref()).await.ok();
+        let info = match local {
+            Some(i) if spec.image.digest().is_some() || i.repo_digests.is_empty() => i,
+            _ => {
+                let progress = self.progress.clone();
+                rt.pull_image(&spec.image, &move |p| progress.report(&Event::Pull(p)))
+                    .await?
+            }
+        };
+        let pinned = match info.digest_for(&spec.image) {
+            Some(d) => spec.image.with_digest(d),
+            None => spec.image.clone(),
+        };
+        let mut machine = StateMachine::default();
+        let _ = machine.apply(Input::Start);
+        let targets = spec
+            .targets
+            .iter()
+            .map(|t| TargetState {
+                host: t.host.clone(),
+                container: t.container.to_string(),
+                status: TargetStatus::Pending,
+                previous: None,
+                revision: None,
+                message: None,
+            })
+            .collect();
+        let mut state = RolloutState {
+            pinned,
+            plan,
+            next_step: 0,
+            machine,
+            targets,
+            reason: None,
+            analyses: Vec::new(),
+            started_at: OffsetDateTime::now_utc(),
+            updated_at: OffsetDateTime::now_utc(),
+            spec,
+        };
+        self.save(&mut state).await?;
+        Ok(state)
+    }
+
+    /// Continues a paused rollout (a pause until promotion, an inconclusive analysis, or a timed pause).
+    pub async fn promote(&self, name: &str) -> Result<RolloutState, Error> {
+        let lease = self.lease(name, "promote").await?;
+        let result = async {
+            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+                what: "rollout".into(),
+                message: format!("no rollout named {name}; start one with `agentctl apply -f SPEC`"),
+            })?;
+            state.machine.apply(Input::Promote).map_err(|e| Error::InvalidInput {
+                what: format!("rollout {name}"),
+                message: e.to_string(),
+            })?;
+            state.reason = None;
+            self.save(&mut state).await?;
+            self.run(&mut state).await?;
+            Ok(state)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    /// Stops a rollout and reverts every target it touched.
+    pub async fn abort(&self, name: &str, reason: &str) -> Result<RolloutState, Error> {
+        let lease = self.lease(name, "abort").await?;
+        let result = async {
+            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+                what: "rollout".into(),
+                message: format!("no rollout named {name}"),
+            })?;
+            state
+                .machine
+                .apply(Input::Abort {
+                    reason: reason.to_owned(),
+                })
+                .map_err(|e| Error::InvalidInput {
+                    what: format!("rollout {name}"),
+                    message: e.to_string(),
+                })?;
+            self.rollback(&mut state, reason.to_owned()).await?;
+            Ok(state)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    fn emit(&self, e: FleetEvent) {
+        (self.events)(&e);
+    }
+
+    async fn run(&self, state: &mut RolloutState) -> Result<(), Error> {
+        let name = state.spec.name.to_string();
+        self.emit(FleetEvent::Started {
+            rollout: name.clone(),
+            image: state.pinned.to_string(),
+            targets: state.targets.len(),
+            steps: state.plan.steps.len(),
+            from_step: state.next_step,
+        });
+        let verify = state.spec.verify()?;
+        while state.next_step < state.plan.steps.len() {
+            let step = state.plan.steps[state.next_step].clone();
+            self.emit(FleetEvent::StepStarted {
+                rollout: name.clone(),
+                step: state.next_step,
+                detail: describe(&step),
+            });
+            match step {
+                PlanStep::Update { targets, mode, .. } => {
+                    debug_assert_eq!(mode, UpdateMode::StopFirst);
+                    self.update_batch(state, &targets, &verify).await?;
+                    let failed = state
+                        .targets
+                        .iter()
+                        .filter(|t| matches!(t.status, TargetStatus::Failed | TargetStatus::Broken))
+                        .count();
+                    let ratio = failed as f64 / state.targets.len() as f64;
+                    if failed > 0 && ratio > state.spec.rollback.max_failure_ratio {
+                        let reason = format!(
+                            "{failed} of {} targets failed ({:.0} %), above maxFailureRatio {:.0} %",
+                            state.targets.len(),
+                            ratio * 100.0,
+                            state.spec.rollback.max_failure_ratio * 100.0
+                        );
+                        return self.fail(state, reason).await;
+                    }
+                }
+                PlanStep::Pause { pause: Pause::For(d) } => {
+                    let until = OffsetDateTime::now_utc() + d;
+                    self.emit(FleetEvent::Paused {
+                        rollout: name.clone(),
+                        reason: format!("pause for {}", agent_core::format_duration(d)),
+                        until: until.format(&time::format_description::well_known::Rfc3339).ok(),
+                    });
+                    tokio::time::sleep(d).await;
+                }
+                PlanStep::Pause {
+                    pause: Pause::UntilPromoted,
+                } => {
+                    state.next_step += 1;
+                    return self.pause(state, "waiting for `agentctl rollout promote`".into()).await;
+                }
+                PlanStep::Analysis { name: analysis } => {
+                    let spec = state
+                        .spec
+                        .analysis
+                        .get(&analysis)
+                        .cloned()
+                        .ok_or_else(|| Error::InvalidInput {
+                            what: "analysis".into(),
+                            message: format!("{analysis} is not defined"),
+                        })?;
+                    let run = spec.run(&Prometheus::new(&spec.prometheus)).await;
+                    self.emit(FleetEvent::Analysis {
+                        rollout: name.clone(),
+                        name: analysis.clone(),
+                        run: run.clone(),
+                    });
+                    state.analyses.push((analysis.clone(), run.clone()));
+                    match run.outcome {
+                        AnalysisOutcome::Successful => {}
+                        AnalysisOutcome::Failed => {
+                            let last = run.measurements.last().map(|m| m.message.clone()).unwrap_or_default();
+                            return self.fail(state, format!("analysis {analysis} failed: {last}")).await;
+                        }
+                        AnalysisOutcome::Inconclusive => {
+                            let last = run.measurements.last().map(|m| m.message.clone()).unwrap_or_default();
+                            state.next_step += 1;
+                            return self
+                                .pause(state, format!("analysis {analysis} was inconclusive: {last}"))
+                                .await;
+                        }
+                    }
+                }
+                PlanStep::Promote { .. } => {}
+            }
+            state.next_step += 1;
+            self.save(state).await?;
+        }
+        let _ = state.machine.apply(Input::Complete);
+        self.save(state).await?;
+        self.finished(state);
+        Ok(())
+    }
+
+    fn finished(&self, state: &RolloutState) {
+        self.emit(FleetEvent::Finished {
+            rollout: state.spec.name.to_string(),
+            phase: state.phase(),
+            exit_code: state.exit_code(),
+            targets: state.targets.clone(),
+            reason: state.reason.clone(),
+        });
+    }
+
+    async fn pause(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
+        if state.phase() == Phase::Progressing {
+            let _ = state.machine.apply(Input::Pause { reason: reason.clone() });
+        }
+        state.reason = Some(reason.clone());
+        self.save(state).await?;
+        self.emit(FleetEvent::Paused {
+            rollout: state.spec.name.to_string(),
+            reason,
+            until: None,
+        });
+        self.finished(state);
+        Ok(())
+    }
+
+    async fn fail(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
+        if !state.spec.rollback.automatic {
+            let _ = state.machine.apply(Input::Fail { reason: reason.clone() });
+            state.reason = Some(format!("{reason}; automatic rollback is off"));
+            self.save(state).await?;
+            self.finished(state);
+            return Ok(());
+        }
+        self.rollback(state, reason).await
+    }
+
+    async fn update_batch(
+        &self,
+        state: &mut RolloutState,
+        indices: &[usize],
+        verify: &VerifyConfig,
+    ) -> Result<(), Error> {
+        let sem = Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism));
+        let mut tasks = Vec::new();
+        for &i in indices {
+            if state.targets[i].status != TargetStatus::Pending {
+                continue;
+            }
+            let t = state.targets[i].clone();
+            let mut req = UpdateRequest::new(
+                t.container
+                    .parse()
+                    .map_err(|e: agent_core::ContainerNameError| Error::InvalidInput {
+                        what: "target".into(),
+                        message: e.to_string(),
+                    })?,
+                state.pinned.clone(),
+            );
+            req.verify = verify.clone();
+            req.history_limit = state.spec.history.limit;
+            req.pull = PullPolicy::Missing;
+            req.cause = Some(format!(
+                "rollout {} to {}",
+                state.spec.name,
+                state.spec.image.familiar()
+            ));
+            let sem = sem.clone();
+            let rt = self.runtime(&t.host).await;
+            let store = self.store.clone();
+            let progress = self.progress.clone();
+            tasks.push(async move {
+                let _permit = sem.acquire().await;
+                let rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => return (i, Err(format!("engine {} unreachable: {e}", t.host))),
+                };
+                let updater = Updater::new(rt, store, progress);
+                (i, updater.update(&req).await.map_err(|e| e.to_string()))
+            });
+        }
+        let results = futures_util::future::join_all(tasks).await;
+        for (i, r) in results {
+            let t = &mut state.targets[i];
+            match r {
+                Ok(report) => {
+                    t.previous = report.previous.map(RevisionNumber::get);
+                    t.revision = Some(report.revision.number.get());
+                    match report.status {
+                        UpdateStatus::Updated | UpdateStatus::Unchanged => {
+                            t.status = TargetStatus::Updated;
+                            t.message = None;
+                        }
+                        UpdateStatus::RolledBack => {
+                            t.status = TargetStatus::Failed;
+                            t.message = report.reason.clone();
+                        }
+                    }
+                }
+                Err(e) => {
+                    t.status = TargetStatus::Failed;
+                    t.message = Some(e);
+                }
+            }
+            self.emit(FleetEvent::TargetUpdated {
+                rollout: state.spec.name.to_string(),
+                host: t.host.clone(),
+                container: t.container.clone(),
+                status: t.status,
+                revision: t.revision,
+                reason: t.message.clone(),
+            });
+        }
+        self.save(state).await
+    }
+
+    /// Reverts every target this rollout updated to the revision it ran before.
+    async fn rollback(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
+        let _ = state.machine.apply(Input::StartRollback { reason: reason.clone() });
+        state.reason = Some(reason.clone());
+        self.save(state).await?;
+        let touched: Vec<usize> = (0..state.targets.len())
+            .filter(|&i| state.targets[i].status == TargetStatus::Updated)
+            .collect();
+        self.emit(FleetEvent::RollingBack {
+            rollout: state.spec.name.to_string(),
+            reason: reason.clone(),
+            touched: touched
+                .iter()
+                .map(|&i| format!("{}@{}", state.targets[i].container, state.targets[i].host))
+                .collect(),
+        });
+        let verify = state.spec.verify()?;
+        let mut broken = 0;
+        for i in touched {
+            let t = state.targets[i].clone();
+            let to = t.previous.and_then(RevisionNumber::new);
+            let outcome = async {
+                let rt = self
+                    .runtime(&t.host)
+                    .await
+                    .map_err(|e| format!("engine {} unreachable: {e}", t.host))?;
+                let name: ContainerName = t
+                    .container
+                    .parse()
+                    .map_err(|e: agent_core::ContainerNameError| e.to_string())?;
+                let mut req = UpdateRequest::new(name.clone(), state.pinned.clone());
+                req.verify = verify.clone();
+                req.history_limit = state.spec.history.limit;
+                req.cause = Some(format!("rollback of rollout {}: {reason}", state.spec.name));
+                let report = Updater::new(rt, self.store.clone(), self.progress.clone())
+                    .undo(&name, to, &req)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match report.status {
+                    UpdateStatus::RolledBack => Err(format!(
+                        "the previous revision failed too: {}",
+                        report.reason.unwrap_or_default()
+                    )),
+                    _ => Ok(report.revision.number.get()),
+                }
+            }
+            .await;
+            let t = &mut state.targets[i];
+            match outcome {
+                Ok(rev) => {
+                    t.status = TargetStatus::Reverted;
+                    t.message = Some(format!("reverted as revision {rev}"));
+                }
+                Err(e) => {
+                    t.status = TargetStatus::Broken;
+                    t.message = Some(e);
+                    broken += 1;
+                }
+            }
+            self.emit(FleetEvent::TargetUpdated {
+                rollout: state.spec.name.to_string(),
+                host: t.host.clone(),
+                container: t.container.clone(),
+                status: t.status,
+                revision: t.revision,
+                reason: t.message.clone(),
+            });
+            self.save(state).await?;
+        }
+        let input = if broken == 0 {
+            Input::RollbackComplete
+        } else {
+            Input::Fail {
+                reason: format!("{broken} target(s) could not be reverted"),
+            }
+        };
+        let _ = state.machine.apply(input);
+        self.save(state).await?;
+        self.finished(state);
+        Ok(())
+    }
+}
+
+fn describe(step: &PlanStep) -> String {
+    match step {
+        PlanStep::Update {
+            batch, targets, weight, ..
+        } => {
+            format!("batch {batch}: update {} target(s), reaching {weight} %", targets.len())
+        }
+        PlanStep::Pause { pause: Pause::For(d) } => format!("pause {}", agent_core::format_duration(*d)),
+        PlanStep::Pause {
+            pause: Pause::UntilPromoted,
+        } => "pause until promoted".into(),
+        PlanStep::Analysis { name } => format!("analysis {name}"),
+        PlanStep::Promote { .. } => "promote".into(),
+    }
+}
