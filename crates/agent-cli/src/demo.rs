@@ -6,15 +6,13 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use agent_core::{
     ContainerRuntime, ContainerSpec, EnvVar, Mount, MountKind, NetworkAttachment, RestartPolicy, StateStore,
 };
 use agent_docker::testing::{demo_agent_binary, run_id, DemoImage, RUN_LABEL};
 use agent_docker::DockerRuntime;
-use agent_health::{HttpProbeConfig, Timing};
-use agent_rollout::{SqliteStore, UpdateRequest, UpdateStatus, Updater, VerifyConfig};
+use agent_rollout::SqliteStore;
 
 use crate::cli::{DemoArgs, Global};
 use crate::render::{self, Progress};
@@ -80,9 +78,46 @@ async fn demo(
         ));
     }
 
-    progress.line(&format!("== 2. deploy {} agents at 1.0.0", args.agents));
     let network = format!("agentctl-demo-{run}");
     runtime.create_network(&network, None, &labels).await?;
+    progress.line("== 2. start an embedded control center the agents send heartbeats to");
+    let gateway = runtime
+        .network_gateway(&network)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("network {network} has no gateway address"))?;
+    let token = format!("demo-token-{run}");
+    let cc =
+        agent_health::ControlCenter::new(token.clone(), agent_health::ControlCenterConfig::default(), None).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let listen = format!("{gateway}:0");
+    let server = {
+        let cc = cc.clone();
+        tokio::spawn(async move {
+            cc.serve(
+                &listen,
+                move |addr| {
+                    let _ = tx.send(addr);
+                },
+                async move {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await
+        })
+    };
+    let cc_addr = rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the control center did not start"))?;
+    let cc_url = format!("http://{cc_addr}");
+    progress.line(&format!("  listening on {cc_url}; the agents report to it"));
+    let token_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(token_file.path(), &token)?;
+
+    progress.line(&format!(
+        "== 3. deploy {} agents at 1.0.0, reporting to the control center",
+        args.agents
+    ));
     let mut names = Vec::new();
     for i in 1..=args.agents {
         let name = format!("demo-agent-{i}");
@@ -92,6 +127,9 @@ async fn demo(
         spec.env = vec![
             EnvVar::plain("LOG_LEVEL", "info"),
             EnvVar::plain("AGENT_ID", &name),
+            EnvVar::plain("CONTROL_CENTER_URL", &cc_url),
+            EnvVar::secret("CONTROL_CENTER_TOKEN", &token),
+            EnvVar::plain("HEARTBEAT_INTERVAL_MS", "500"),
             EnvVar::secret("COLLECTOR_TOKEN", format!("demo-secret-{i}")),
         ];
         spec.labels = labels.clone().into_iter().collect();
@@ -118,46 +156,55 @@ async fn demo(
         names.push(name);
     }
 
-    let verify = VerifyConfig {
-        timing: Timing {
-            period: Duration::from_millis(500),
-            min_healthy_time: Duration::from_secs(2),
-            deadline: Duration::from_secs(30),
-            ..Timing::default()
-        },
-        http: Some(HttpProbeConfig {
-            port: 8080,
-            path: "/health".into(),
-            expected_status: None,
-            host_port: None,
-        }),
-        ..VerifyConfig::default()
+    let spec_text = |version: &str, name: &str| {
+        let targets: String = names
+            .iter()
+            .map(|n| format!("  - {{host: '{}', container: {n}}}\n", runtime.endpoint()))
+            .collect();
+        format!(
+            "name: {name}\nimage: {}\ntargets:\n{targets}strategy:\n  canary:\n    steps: [{{setWeight: 25}}, {{pause: 2s}}, {{setWeight: 50}}, {{setWeight: 100}}]\nhealth:\n  minHealthyTime: 2s\n  deadline: 30s\n  period: 500ms\n  http: {{port: 8080, path: /health}}\n  heartbeat: {{url: '{cc_url}', tokenFile: '{}', timeout: 5s}}\n  metrics: ['agent_up == 1']\nrollback: {{automatic: true, maxFailureRatio: 0}}\n",
+            tag(version),
+            token_file.path().display()
+        )
     };
-    let updater = Updater::new(runtime.clone(), store, progress.clone());
-    let request = |name: &str, image: &str| -> anyhow::Result<UpdateRequest> {
-        let mut r = UpdateRequest::new(name.parse()?, image.parse()?);
-        r.verify = verify.clone();
-        Ok(r)
+    let events: agent_rollout::FleetReporter = {
+        let progress = progress.clone();
+        Arc::new(move |e: &agent_rollout::FleetEvent| progress.line(&render::fleet_event(e)))
     };
+    let connect: agent_rollout::Connector = {
+        let rt = runtime.clone();
+        Arc::new(move |_host: String| {
+            let rt: Arc<dyn ContainerRuntime> = rt.clone();
+            Box::pin(async move { Ok(rt) })
+        })
+    };
+    let fleet = agent_rollout::Fleet::new(store.clone(), connect, events, progress.clone());
 
-    progress
-        .line("== 3. update every agent to 2.0.0, one at a time, each verified (container, HEALTHCHECK, logs, HTTP)");
-    for name in &names {
-        let report = updater.update(&request(name, &tag("2.0.0"))?).await?;
-        progress.line(&render::update_text(&report));
-        if report.status != UpdateStatus::Updated {
-            anyhow::bail!(
-                "the demo expected {name} to update to 2.0.0, but it {:?}",
-                report.status
-            );
-        }
+    progress.line("== 4. canary to 2.0.0: 25 %, pause, 50 %, 100 %; each agent verified by container, HEALTHCHECK, logs, HTTP, heartbeat (new container, new version) and metrics");
+    let spec = agent_rollout::RolloutSpec::parse(&spec_text("2.0.0", &format!("{run}-v2")), "demo")?;
+    let state = fleet.apply(spec).await?;
+    println!("{}", render::rollout_table(&state));
+    if state.phase() != agent_core::Phase::Succeeded {
+        anyhow::bail!(
+            "the demo expected the 2.0.0 canary to succeed, but it is {}",
+            state.phase()
+        );
+    }
+    for a in cc.agents() {
+        progress.line(&format!(
+            "  control center: {} reports {} ({:?})",
+            a.last.agent_id, a.last.version, a.state
+        ));
     }
 
-    progress.line("== 4. try 3.0.0, which logs a FATAL line: it must roll back by itself");
-    let report = updater.update(&request(&names[0], &tag("3.0.0"))?).await?;
-    progress.line(&render::update_text(&report));
-    if report.status != UpdateStatus::RolledBack {
-        anyhow::bail!("the demo expected 3.0.0 to roll back, but it {:?}", report.status);
+    progress.line(
+        "== 5. canary to 3.0.0, which logs a FATAL line: the first canary fails and the rollout reverts by itself",
+    );
+    let spec = agent_rollout::RolloutSpec::parse(&spec_text("3.0.0", &format!("{run}-v3")), "demo")?;
+    let state = fleet.apply(spec).await?;
+    println!("{}", render::rollout_table(&state));
+    if state.phase() != agent_core::Phase::RolledBack {
+        anyhow::bail!("the demo expected 3.0.0 to roll back, but it is {}", state.phase());
     }
     let running = runtime.inspect_container(&names[0]).await?;
     progress.line(&format!(
@@ -166,11 +213,15 @@ async fn demo(
         running.spec.image.familiar(),
         running.state.status
     ));
+    let _ = stop_tx.send(());
+    let _ = server.await;
 
-    progress.line(&format!("== 5. the history of {}", names[0]));
-    let h = updater.history(&names[0].parse()?, 5).await?;
+    progress.line(&format!("== 6. the history of {}", names[0]));
+    let h = agent_rollout::Updater::new(runtime.clone(), store.clone(), progress.clone())
+        .history(&names[0].parse()?, 5)
+        .await?;
     println!("{}", render::history_table(&h));
     progress
-        .line("demo finished: 2.0.0 rolled out and verified everywhere, the broken 3.0.0 rolled back with evidence");
+        .line("demo finished: 2.0.0 rolled out by canary and verified everywhere; the broken 3.0.0 failed its first canary and the rollout reverted by itself, with the evidence");
     Ok(ExitCode::SUCCESS)
 }

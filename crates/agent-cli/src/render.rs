@@ -459,7 +459,7 @@ pub(crate) fn rollout_table(s: &agent_rollout::RolloutState) -> String {
         ]);
     }
     format!(
-        "rollout {}: {} at step {}/{}, image {}{}\n{t}",
+        "rollout {}: {}, {}/{} steps done, image {}{}\n{t}",
         s.spec.name,
         s.phase(),
         s.next_step.min(s.plan.steps.len()),

@@ -260,4 +260,17 @@ impl DockerRuntime {
             .await
             .map_err(|e| self.err("import", container, e))
     }
+
+    /// The gateway address of a network (the host's address on it, which its containers can reach).
+    pub async fn network_gateway(&self, network: &str) -> Result<Option<String>, RuntimeError> {
+        let n = self
+            .client()
+            .inspect_network(network, None::<qp::InspectNetworkOptions>)
+            .await
+            .map_err(|e| self.err("network-inspect", network, e))?;
+        Ok(n.ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+            .map(|g| g.split('/').next().unwrap_or_default().to_owned()))
+    }
 }
