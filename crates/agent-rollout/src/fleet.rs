@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use crate::error::Error;
 use crate::events::{Event, Reporter};
 use crate::lease::{holder_for_this_process, LeaseGuard};
+use crate::notify::{Notifier, NotifySpec, Outbox, Webhook};
 use crate::update::{HeartbeatCheck, PullPolicy, ScrapeCheck, UpdateRequest, UpdateStatus, Updater, VerifyConfig};
 
 const DOC_KIND: &str = "rollout";
@@ -152,6 +153,9 @@ pub struct RolloutSpec {
     /// Targets updated at once within a batch.
     #[serde(default = "five")]
     pub parallelism: usize,
+    /// Where events are sent.
+    #[serde(default)]
+    pub notify: Vec<NotifySpec>,
 }
 
 fn five() -> usize {
@@ -215,6 +219,11 @@ impl RolloutSpec {
                     .invalid("rolling with maxSurge (start-first) is not implemented yet; set maxSurge to 0".into()))
             }
             _ => {}
+        }
+        for n in &self.notify {
+            if !n.webhook.starts_with("http://") {
+                return Err(self.invalid(format!("notify webhook {:?} must be an http:// URL", n.webhook)));
+            }
         }
         for (name, a) in &self.analysis {
             if a.success_condition.is_none() && a.failure_condition.is_none() {
@@ -458,6 +467,8 @@ pub struct Fleet {
     events: FleetReporter,
     progress: Arc<dyn Reporter>,
     runtimes: tokio::sync::Mutex<HashMap<String, Arc<dyn ContainerRuntime>>>,
+    extra_notifiers: Vec<Arc<dyn Notifier>>,
+    outbox: std::sync::Mutex<Arc<Outbox>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -485,7 +496,19 @@ impl Fleet {
             events,
             progress,
             runtimes: tokio::sync::Mutex::new(HashMap::new()),
+            extra_notifiers: Vec::new(),
+            outbox: std::sync::Mutex::new(Arc::new(Outbox::default())),
         }
+    }
+
+    /// Also sends every event to `notifier` (beside the spec's webhooks).
+    pub fn with_notifier(mut self, notifier: Arc<dyn Notifier>) -> Fleet {
+        self.extra_notifiers.push(notifier);
+        self
+    }
+
+    fn outbox(&self) -> Arc<Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     async fn runtime(&self, host: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
@@ -642,7 +665,18 @@ impl Fleet {
                     what: format!("rollout {name}"),
                     message: e.to_string(),
                 })?;
-            self.rollback(&mut state, reason.to_owned()).await?;
+            let mut notifiers = self.extra_notifiers.clone();
+            notifiers.extend(
+                state
+                    .spec
+                    .notify
+                    .iter()
+                    .map(|n| Arc::new(Webhook::new(&n.webhook)) as Arc<dyn Notifier>),
+            );
+            *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Outbox::new(notifiers));
+            let r = self.rollback(&mut state, reason.to_owned()).await;
+            self.outbox().drain().await;
+            r?;
             Ok(state)
         }
         .await;
@@ -652,9 +686,25 @@ impl Fleet {
 
     fn emit(&self, e: FleetEvent) {
         (self.events)(&e);
+        self.outbox().send(&e);
     }
 
     async fn run(&self, state: &mut RolloutState) -> Result<(), Error> {
+        let mut notifiers = self.extra_notifiers.clone();
+        notifiers.extend(
+            state
+                .spec
+                .notify
+                .iter()
+                .map(|n| Arc::new(Webhook::new(&n.webhook)) as Arc<dyn Notifier>),
+        );
+        *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Outbox::new(notifiers));
+        let result = self.run_steps(state).await;
+        self.outbox().drain().await;
+        result
+    }
+
+    async fn run_steps(&self, state: &mut RolloutState) -> Result<(), Error> {
         let name = state.spec.name.to_string();
         self.emit(FleetEvent::Started {
             rollout: name.clone(),

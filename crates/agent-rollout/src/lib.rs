@@ -24,6 +24,7 @@ mod error;
 mod events;
 mod fleet;
 mod lease;
+mod notify;
 mod store;
 mod update;
 
@@ -34,6 +35,7 @@ pub use fleet::{
     RolloutState, TargetSpec, TargetState, TargetStatus,
 };
 pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
+pub use notify::{Notifier, NotifySpec, Webhook, DRAIN_TIMEOUT};
 pub use store::SqliteStore;
 pub use update::{
     subject_key, HeartbeatCheck, ProbeFactory, PullPolicy, QueryCheck, Recovery, ScrapeCheck, StatusReport,

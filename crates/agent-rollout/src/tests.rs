@@ -526,4 +526,90 @@ mod fleet {
         let err = RolloutSpec::parse(json, "s.json").unwrap_err().to_string();
         assert!(err.contains("line 1 column"), "{err}");
     }
+
+    /// Accepts HTTP requests and records their bodies; or, with `black_hole`, accepts and never answers.
+    fn receiver(black_hole: bool) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                if black_hole {
+                    held.push(stream);
+                    continue;
+                }
+                let mut s = stream;
+                let mut data = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                // Read the headers, then Content-Length bytes of body.
+                let body = loop {
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&data).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break Some(body.to_owned());
+                        }
+                    }
+                };
+                if let Some(body) = body {
+                    sink.lock().unwrap().push(body);
+                }
+                let _ = s.write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
+            }
+        });
+        (url, got)
+    }
+
+    #[tokio::test]
+    async fn webhooks_get_every_event_and_a_dead_one_does_not_hold_the_rollout() {
+        let (good, got) = receiver(false);
+        let (hole, _) = receiver(true);
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (f, _store) = fleet(hosts(false), events.clone());
+        let s = spec(&format!(
+            "name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy: {{recreate: {{}}}}\n{HEALTH}notify:\n  - {{webhook: '{good}'}}\n  - {{webhook: '{hole}'}}\n  - {{webhook: 'http://127.0.0.1:1/refused'}}\n"
+        ));
+        let start = std::time::Instant::now();
+        let st = f.apply(s).await.unwrap();
+        assert_eq!(st.phase(), agent_core::Phase::Succeeded);
+        // Deliveries to the black hole time out; the end of the rollout waits for them at most DRAIN_TIMEOUT.
+        assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+        let bodies = got.lock().unwrap().clone();
+        let kinds: Vec<String> = bodies
+            .iter()
+            .map(|b| {
+                serde_json::from_str::<serde_json::Value>(b).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            kinds.len(),
+            events.lock().unwrap().len(),
+            "every event reached the webhook: {kinds:?}"
+        );
+        assert!(kinds.contains(&"started".to_owned()) && kinds.contains(&"finished".to_owned()));
+        let bad = RolloutSpec::parse(
+            &format!("name: f\nimage: a:1\n{TARGETS}strategy: {{recreate: {{}}}}\nnotify: [{{webhook: 'ftp://x'}}]\n"),
+            "s",
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("http:// URL"), "{bad}");
+    }
 }
