@@ -200,3 +200,110 @@ impl Drop for LocalRegistry {
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// A second Docker engine on this machine for multi-host tests: its own data root, exec root, socket, pid
+/// file and bridge (created here with its own subnet, so nothing collides with the first engine).
+#[derive(Debug)]
+pub struct SecondEngine {
+    pid: u32,
+    dir: std::path::PathBuf,
+    bridge: String,
+}
+
+impl SecondEngine {
+    /// Starts `dockerd` with bridge `bridge` on `subnet_gateway` (`10.250.0.1/24`) and waits up to 30 s for it.
+    pub fn start(bridge: &str, subnet_gateway: &str) -> std::io::Result<SecondEngine> {
+        let dir = std::env::temp_dir().join(format!("agentctl-engine-{}-{bridge}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        };
+        let _ = ip(&["link", "del", bridge]);
+        ip(&["link", "add", "name", bridge, "type", "bridge"])?;
+        ip(&["addr", "add", subnet_gateway, "dev", bridge])?;
+        ip(&["link", "set", bridge, "up"])?;
+        // The machine's /etc/docker/daemon.json would conflict with these flags: give this engine its own.
+        let main = std::fs::read_to_string("/etc/docker/daemon.json").unwrap_or_default();
+        let driver = if main.contains("fuse-overlayfs") {
+            "fuse-overlayfs"
+        } else {
+            "overlay2"
+        };
+        std::fs::write(dir.join("daemon.json"), format!("{{\"storage-driver\": \"{driver}\"}}"))?;
+        let log = std::fs::File::create(dir.join("dockerd.log"))?;
+        let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", dir.join("docker.sock").display()))
+            .arg("--bridge")
+            .arg(bridge)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let engine = SecondEngine {
+            pid: child.id(),
+            dir,
+            bridge: bridge.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ok = Command::new("docker")
+                .args(["-H", &engine.endpoint(), "info"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Ok(engine);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let log = std::fs::read_to_string(engine.dir.join("dockerd.log")).unwrap_or_default();
+        Err(std::io::Error::other(format!(
+            "the second engine did not answer within 30 s: {}",
+            log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        )))
+    }
+
+    /// Its endpoint (`unix:///tmp/…/docker.sock`).
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.dir.join("docker.sock").display())
+    }
+
+    /// Stops the engine (SIGTERM, up to 20 s), removes its bridge and files.
+    pub fn stop(pid: u32, dir: &Path, bridge: &str) {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", bridge])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Keeps it running past this value; returns what [`SecondEngine::stop`] needs.
+    pub fn detach(self) -> (u32, PathBuf, String) {
+        let this = std::mem::ManuallyDrop::new(self);
+        (this.pid, this.dir.clone(), this.bridge.clone())
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        SecondEngine::stop(self.pid, &self.dir, &self.bridge);
+    }
+}

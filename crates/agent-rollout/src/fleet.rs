@@ -577,11 +577,24 @@ impl Fleet {
 
     async fn start(&self, spec: RolloutSpec) -> Result<RolloutState, Error> {
         let plan = spec.plan()?;
-        // Resolve the tag to a digest once, on the first target's engine, and pin it everywhere.
-        let first = &spec.targets[0];
-        let rt = self.runtime(&first.host).await.map_err(|message| Error::InvalidInput {
-            what: format!("engine {}", first.host),
-            message,
+        // Resolve the tag to a digest once, on the first engine that answers, and pin it everywhere. An
+        // unreachable engine fails only its own targets later (counting toward the failure ratio).
+        let mut hosts: Vec<&str> = spec.targets.iter().map(|t| t.host.as_str()).collect();
+        hosts.dedup();
+        let mut reached = None;
+        let mut errors = Vec::new();
+        for h in hosts {
+            match self.runtime(h).await {
+                Ok(rt) => {
+                    reached = Some(rt);
+                    break;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let rt = reached.ok_or_else(|| Error::InvalidInput {
+            what: "engines".into(),
+            message: format!("no target's engine could be reached: {}", errors.join("; ")),
         })?;
         let local = rt.inspect_image(&spec.image.pull_ref()).await.ok();
         let info = match local {

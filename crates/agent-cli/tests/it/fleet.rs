@@ -80,25 +80,37 @@ fn a_canary_pauses_is_promoted_from_another_process_and_pins_the_digest() {
 }
 
 #[test]
-fn a_failure_in_a_later_batch_reverts_every_touched_target() {
+fn a_failure_on_the_second_engine_reverts_every_touched_target_on_the_first() {
     let img = images();
+    let second = second_engine();
     let w = World::new("ratio");
     let names: Vec<String> = ["a1", "a2", "b1", "b2"].iter().map(|s| w.name(s)).collect();
     let mut ids = Vec::new();
     for (i, n) in names.iter().enumerate() {
-        // b1 and b2 run with a configuration that version 2.0.0 cannot handle.
-        let args: &[&str] = if i >= 2 { &["-e", "AGENT_BROKEN_ON=2.0.0"] } else { &[] };
-        ids.push(w.docker_run(n, args, &img.refs["v1"]));
+        if i < 2 {
+            ids.push(w.docker_run(n, &[], &img.refs["v1"]));
+        } else {
+            // The second engine's agents run with a configuration that version 2.0.0 cannot handle.
+            ids.push(w.docker_run_on(second, n, &["-e", "AGENT_BROKEN_ON=2.0.0"], &img.refs["v1"]));
+        }
     }
+    let targets: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "  - {{host: '{}', container: {n}}}\n",
+                if i < 2 { HOST_A } else { second }
+            )
+        })
+        .collect();
     let rollout = w.name("ro");
-    let f = spec(
-        &w,
-        &rollout,
-        &img.refs["v2"],
-        &names,
-        "rolling: {maxUnavailable: 2}",
-        "rollback: {maxFailureRatio: 0.2}\n",
+    let text = format!(
+        "name: {rollout}\nimage: {}\ntargets:\n{targets}  - {{host: 'unix:///nonexistent/docker.sock', container: ghost}}\nstrategy:\n  rolling: {{maxUnavailable: 2}}\nhealth: {{minHealthyTime: 1s, deadline: 15s, period: 300ms}}\nrollback: {{maxFailureRatio: 0.3}}\n",
+        img.refs["v2"]
     );
+    let f = w.state_dir().join("ratio.yaml");
+    std::fs::write(&f, text).unwrap();
     let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     let ev = events(&out);
@@ -119,12 +131,45 @@ fn a_failure_in_a_later_batch_reverts_every_touched_target() {
         .iter()
         .map(|t| t["status"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses, ["reverted", "reverted", "failed", "failed"]);
-    for (n, id) in names.iter().zip(&ids) {
-        let (now, running, image) = w.state(n).unwrap();
+    assert_eq!(statuses, ["reverted", "reverted", "failed", "failed", "pending"]);
+    for (i, (n, id)) in names.iter().zip(&ids).enumerate() {
+        let (now, running, image) = if i < 2 { w.state(n) } else { w.state_on(second, n) }.unwrap();
         assert!(running && image == img.refs["v1"], "{n} back on 1.0.0");
         assert_eq!(&now, id, "{n}: the original container (retained, then brought back)");
     }
+}
+
+#[test]
+fn an_unreachable_engine_fails_its_targets_clearly() {
+    let img = images();
+    let w = World::new("unreach");
+    let name = w.name("a1");
+    w.docker_run(&name, &[], &img.refs["v1"]);
+    let text = format!(
+        "name: {}\nimage: {}\ntargets:\n  - {{host: 'unix:///nonexistent/docker.sock', container: ghost}}\n  - {{host: '{HOST_A}', container: {name}}}\nstrategy: {{rolling: {{maxUnavailable: 1}}}}\nrollback: {{maxFailureRatio: 0.5}}\nhealth: {{minHealthyTime: 1s, deadline: 15s}}\n",
+        w.name("ro"),
+        img.refs["v2"]
+    );
+    let f = w.state_dir().join("u.yaml");
+    std::fs::write(&f, text).unwrap();
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    // One of two failing is 50 %, within the ratio: the reachable target is updated.
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let last = events(&out).pop().unwrap();
+    let ghost = &last["targets"][0];
+    assert_eq!(ghost["status"], "failed");
+    assert!(
+        ghost["message"]
+            .as_str()
+            .unwrap()
+            .contains("unix:///nonexistent/docker.sock"),
+        "{ghost}"
+    );
+    let running = w.state(&name).unwrap().2;
+    assert!(
+        running.contains("/agentctl-it/agent@sha256:"),
+        "the reachable target runs the pinned 2.0.0: {running}"
+    );
 }
 
 #[test]

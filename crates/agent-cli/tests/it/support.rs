@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
 use agent_core::ContainerRuntime;
-use agent_docker::testing::{demo_agent_binary, run_id, DemoImage, LocalRegistry, RUN_LABEL};
+use agent_docker::testing::{demo_agent_binary, run_id, DemoImage, LocalRegistry, SecondEngine, RUN_LABEL};
 use agent_docker::DockerRuntime;
 
 /// Images in the registry, by name: `v1`, `v2`, `exit`, `never-healthy`, `fatal`, `crash`, `slow`.
@@ -19,6 +19,8 @@ pub struct Images {
 }
 
 static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static ENGINES: Mutex<Vec<(u32, PathBuf, String)>> = Mutex::new(Vec::new());
+static SECOND: OnceLock<String> = OnceLock::new();
 static IMAGES: OnceLock<Images> = OnceLock::new();
 const FIXTURE_LABEL: &str = "io.agentctl.it-fixture";
 
@@ -27,6 +29,36 @@ extern "C" fn kill_children() {
         let _ = Command::new("kill").arg(pid.to_string()).status();
     }
     prune_fixture_images();
+    for (pid, dir, bridge) in ENGINES.lock().map(|e| e.clone()).unwrap_or_default() {
+        SecondEngine::stop(pid, &dir, &bridge);
+    }
+}
+
+/// A second Docker engine for multi-host tests (started once per test process, stopped at exit), with the
+/// fixture's v1 image pulled from the local registry. Returns its endpoint.
+pub fn second_engine() -> &'static str {
+    SECOND.get_or_init(|| {
+        let img = images();
+        let bridge = format!("agctl{}", std::process::id() % 100_000);
+        let subnet = format!(
+            "10.{}.{}.1/24",
+            240 + (std::process::id() % 10),
+            std::process::id() % 250
+        );
+        let engine = SecondEngine::start(&bridge, &subnet).expect("start a second dockerd");
+        let endpoint = engine.endpoint();
+        ENGINES.lock().unwrap().push(engine.detach());
+        let out = Command::new("docker")
+            .args(["-H", &endpoint, "pull", &img.refs["v1"]])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the second engine pulls from the local registry: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        endpoint
+    })
 }
 
 /// Removes the fixture's images that no container uses (this run's at exit, or a crashed run's at start).
@@ -165,6 +197,43 @@ impl World {
         Command::new("docker").args(args).output().unwrap()
     }
 
+    /// `docker run -d` on another engine.
+    pub fn docker_run_on(&self, endpoint: &str, name: &str, args: &[&str], image: &str) -> String {
+        let out = Command::new("docker")
+            .args(["-H", endpoint, "run", "-d", "--name", name, "--label", &self.label])
+            .args(args)
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Like [`World::state`], on another engine.
+    pub fn state_on(&self, endpoint: &str, name: &str) -> Option<(String, bool, String)> {
+        let out = Command::new("docker")
+            .args([
+                "-H",
+                endpoint,
+                "inspect",
+                "-f",
+                "{{.Id}} {{.State.Running}} {{.Config.Image}}",
+                name,
+            ])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let mut it = s.split(' ');
+        Some((it.next()?.to_owned(), it.next()? == "true", it.next()?.to_owned()))
+    }
+
     /// A docker network with this world's label.
     pub fn network(&self, suffix: &str, subnet: &str) -> String {
         let name = self.name(suffix);
@@ -235,6 +304,11 @@ impl Drop for World {
             runtime().block_on(async {
                 if let Ok(d) = DockerRuntime::connect(None).await {
                     d.remove_labelled(&label).await;
+                }
+                if let Some(second) = SECOND.get() {
+                    if let Ok(d) = DockerRuntime::connect(Some(second)).await {
+                        d.remove_labelled(&label).await;
+                    }
                 }
             })
         })
