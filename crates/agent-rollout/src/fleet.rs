@@ -678,15 +678,7 @@ impl Fleet {
                     what: format!("rollout {name}"),
                     message: e.to_string(),
                 })?;
-            let mut notifiers = self.extra_notifiers.clone();
-            notifiers.extend(
-                state
-                    .spec
-                    .notify
-                    .iter()
-                    .map(|n| Arc::new(Webhook::new(&n.webhook)) as Arc<dyn Notifier>),
-            );
-            *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Outbox::new(notifiers));
+            self.open_outbox(&state.spec);
             let r = self.rollback(&mut state, reason.to_owned()).await;
             self.outbox().drain().await;
             r?;
@@ -697,21 +689,24 @@ impl Fleet {
         result
     }
 
+    /// Routes this rollout's events to the spec's webhooks and the extra notifiers.
+    fn open_outbox(&self, spec: &RolloutSpec) {
+        let mut notifiers = self.extra_notifiers.clone();
+        notifiers.extend(
+            spec.notify
+                .iter()
+                .map(|n| Arc::new(Webhook::new(&n.webhook)) as Arc<dyn Notifier>),
+        );
+        *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Outbox::new(notifiers));
+    }
+
     fn emit(&self, e: FleetEvent) {
         (self.events)(&e);
         self.outbox().send(&e);
     }
 
     async fn run(&self, state: &mut RolloutState) -> Result<(), Error> {
-        let mut notifiers = self.extra_notifiers.clone();
-        notifiers.extend(
-            state
-                .spec
-                .notify
-                .iter()
-                .map(|n| Arc::new(Webhook::new(&n.webhook)) as Arc<dyn Notifier>),
-        );
-        *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Outbox::new(notifiers));
+        self.open_outbox(&state.spec);
         let result = self.run_steps(state).await;
         self.outbox().drain().await;
         result

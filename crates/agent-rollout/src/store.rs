@@ -114,6 +114,37 @@ impl SqliteStore {
         })
     }
 
+    /// Reads the lease on `key` and writes what `decide` returns, in one immediate transaction (so two
+    /// processes cannot both win); `decide`'s error leaves the lease as it was.
+    fn swap_lease(
+        &self,
+        key: &str,
+        decide: impl FnOnce(Option<Lease>) -> Result<Lease, StoreError>,
+    ) -> Result<Lease, StoreError> {
+        let mut outcome: Option<Result<Lease, StoreError>> = None;
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<Lease> = tx
+                .query_row("SELECT body FROM leases WHERE key = ?1", [key], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?
+                .map(|b| parse(&b))
+                .transpose()?;
+            let decided = decide(current);
+            if let Ok(lease) = &decided {
+                tx.execute(
+                    "INSERT OR REPLACE INTO leases (key, body) VALUES (?1, ?2)",
+                    params![key, json(lease)?],
+                )?;
+                tx.commit()?;
+            }
+            outcome = Some(decided);
+            Ok(())
+        })?;
+        outcome.unwrap_or_else(|| Err(StoreError::LeaseLost { key: key.to_owned() }))
+    }
+
     /// Where the store lives.
     pub fn path(&self) -> &Path {
         &self.path
@@ -149,6 +180,15 @@ fn json<T: serde::Serialize>(v: &T) -> rusqlite::Result<String> {
 fn parse<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
     serde_json::from_str(s)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn new_lease(key: &str, holder: &LeaseHolder, now: OffsetDateTime, ttl: Duration) -> Lease {
+    Lease {
+        key: key.to_owned(),
+        holder: holder.clone(),
+        acquired_at: now,
+        expires_at: now + ttl,
+    }
 }
 
 fn held(l: &Lease) -> StoreError {
@@ -270,34 +310,10 @@ impl StateStore for SqliteStore {
         now: OffsetDateTime,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let mut outcome: Option<Result<Lease, StoreError>> = None;
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current: Option<String> = tx
-                .query_row("SELECT body FROM leases WHERE key = ?1", [key], |r| r.get(0))
-                .optional()?;
-            if let Some(body) = current {
-                let l: Lease = parse(&body)?;
-                if l.holder.id != holder.id && l.expires_at > now {
-                    outcome = Some(Err(held(&l)));
-                    return Ok(());
-                }
-            }
-            let lease = Lease {
-                key: key.to_owned(),
-                holder: holder.clone(),
-                acquired_at: now,
-                expires_at: now + ttl,
-            };
-            tx.execute(
-                "INSERT OR REPLACE INTO leases (key, body) VALUES (?1, ?2)",
-                params![key, json(&lease)?],
-            )?;
-            tx.commit()?;
-            outcome = Some(Ok(lease));
-            Ok(())
-        })?;
-        outcome.unwrap_or_else(|| Err(StoreError::LeaseLost { key: key.to_owned() }))
+        self.swap_lease(key, |current| match current {
+            Some(l) if l.holder.id != holder.id && l.expires_at > now => Err(held(&l)),
+            _ => Ok(new_lease(key, holder, now, ttl)),
+        })
     }
 
     async fn take_over_lease(
@@ -307,55 +323,20 @@ impl StateStore for SqliteStore {
         now: OffsetDateTime,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let mut outcome: Option<Result<Lease, StoreError>> = None;
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current: Option<String> = tx
-                .query_row("SELECT body FROM leases WHERE key = ?1", [&stale.key], |r| r.get(0))
-                .optional()?;
-            if let Some(body) = current {
-                let l: Lease = parse(&body)?;
-                if &l != stale {
-                    outcome = Some(Err(held(&l)));
-                    return Ok(());
-                }
-            }
-            let lease = Lease {
-                key: stale.key.clone(),
-                holder: holder.clone(),
-                acquired_at: now,
-                expires_at: now + ttl,
-            };
-            tx.execute(
-                "INSERT OR REPLACE INTO leases (key, body) VALUES (?1, ?2)",
-                params![stale.key, json(&lease)?],
-            )?;
-            tx.commit()?;
-            outcome = Some(Ok(lease));
-            Ok(())
-        })?;
-        outcome.unwrap_or_else(|| Err(StoreError::LeaseLost { key: stale.key.clone() }))
+        self.swap_lease(&stale.key, |current| match current {
+            Some(l) if &l != stale => Err(held(&l)),
+            _ => Ok(new_lease(&stale.key, holder, now, ttl)),
+        })
     }
 
     async fn renew_lease(&self, lease: &Lease, now: OffsetDateTime, ttl: Duration) -> Result<Lease, StoreError> {
-        let mut outcome: Option<Result<Lease, StoreError>> = None;
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current: Option<String> = tx
-                .query_row("SELECT body FROM leases WHERE key = ?1", [&lease.key], |r| r.get(0))
-                .optional()?;
-            match current.map(|b| parse::<Lease>(&b)).transpose()? {
-                Some(mut l) if l.holder.id == lease.holder.id => {
-                    l.expires_at = now + ttl;
-                    tx.execute("UPDATE leases SET body = ?2 WHERE key = ?1", params![l.key, json(&l)?])?;
-                    tx.commit()?;
-                    outcome = Some(Ok(l));
-                }
-                _ => outcome = Some(Err(StoreError::LeaseLost { key: lease.key.clone() })),
+        self.swap_lease(&lease.key, |current| match current {
+            Some(mut l) if l.holder.id == lease.holder.id => {
+                l.expires_at = now + ttl;
+                Ok(l)
             }
-            Ok(())
-        })?;
-        outcome.unwrap_or_else(|| Err(StoreError::LeaseLost { key: lease.key.clone() }))
+            _ => Err(StoreError::LeaseLost { key: lease.key.clone() }),
+        })
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
