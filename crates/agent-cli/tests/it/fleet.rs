@@ -195,3 +195,43 @@ fn a_bad_spec_is_refused_with_line_and_column_and_changes_nothing() {
         assert_eq!(w.state(&name).unwrap(), (id.clone(), true, img.refs["v1"].clone()));
     }
 }
+
+#[test]
+fn a_killed_apply_is_resumed_by_the_next_apply() {
+    let img = images();
+    let w = World::new("resume");
+    let names: Vec<String> = (1..=3).map(|i| w.name(&format!("a{i}"))).collect();
+    for n in &names {
+        w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    }
+    let rollout = w.name("ro");
+    let f = spec(
+        &w,
+        &rollout,
+        &img.refs["v2"],
+        &names,
+        "rolling: {maxUnavailable: 1}",
+        "",
+    );
+    // The switch aborts the process (as kill -9 would) while the first target is being verified.
+    let killed = w.agentctl_env(
+        &["apply", "-f", f.to_str().unwrap(), "-o", "json"],
+        &[("AGENTCTL_CRASH_AT", "verify")],
+    );
+    assert!(!killed.status.success(), "{}", stderr(&killed));
+    let status = json(&w.agentctl(&["rollout", "status", &rollout, "-o", "json"]));
+    assert_eq!(status["machine"]["phase"], "progressing", "{status}");
+    // The next apply takes over the dead process's lease, repairs the interrupted target and finishes.
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ev = events(&out);
+    assert_eq!(ev[0]["event"], "started");
+    let last = ev.last().unwrap();
+    assert_eq!(last["phase"], "succeeded");
+    for n in &names {
+        let all = w.containers(n);
+        let running: Vec<&String> = all.iter().filter(|c| w.state(c).unwrap().1).collect();
+        assert_eq!(running, [n], "exactly one instance of {n} runs: {all:?}");
+        assert!(w.state(n).unwrap().2.contains("@sha256:"), "{n} runs the pinned 2.0.0");
+    }
+}
