@@ -111,6 +111,8 @@ fn the_heartbeat_gate_accepts_only_the_new_version_from_the_new_container() {
             cc.token_file.path().to_str().unwrap(),
             "--heartbeat-max-age",
             "3s",
+            "--http-port",
+            "8080",
             "--metric",
             "agent_up == 1",
         ]
@@ -134,6 +136,13 @@ fn the_heartbeat_gate_accepts_only_the_new_version_from_the_new_container() {
             .any(|e| e["probe"] == "metrics" && e["last"]["result"] == "pass"),
         "{evidence:?}"
     );
+    // Every configured gate ran together: container, HEALTHCHECK, logs, HTTP, heartbeat, metrics.
+    let probes: Vec<&str> = evidence.iter().map(|e| e["probe"].as_str().unwrap()).collect();
+    assert_eq!(
+        probes,
+        ["container", "healthcheck", "logs", "http", "heartbeat", "metrics"]
+    );
+    assert!(evidence.iter().all(|e| e["last"]["result"] == "pass"), "{evidence:?}");
 
     // A build tagged 9.6.0 that still reports 1.0.0, and one that sends no heartbeat, both roll back.
     for (suffix, key, expect) in [
@@ -426,4 +435,48 @@ fn resource_limits_come_from_the_engines_stats() {
     let evidence = json(&out)["verdict"]["evidence"].as_array().unwrap().clone();
     let r = evidence.iter().find(|e| e["probe"] == "resources").unwrap();
     assert!(r["last"]["detail"].as_str().unwrap().contains("MiB"), "{r}");
+}
+
+#[test]
+fn http_and_metric_probes_fail_with_their_evidence() {
+    let img = images();
+    let w = World::new("httpfail");
+    let name = w.name("agent");
+    let id = w.docker_run(&name, &[], &img.refs["v1"]);
+    // never-healthy answers /health with 503; agent_up is 1, so `agent_up == 2` can never hold.
+    let out = w.agentctl(&[
+        "update",
+        &name,
+        "--image",
+        &img.refs["never-healthy"],
+        "-o",
+        "json",
+        "--http-port",
+        "8080",
+        "--metric",
+        "agent_up == 2",
+        "--min-healthy-time",
+        "1s",
+        "--deadline",
+        "6s",
+        "--period",
+        "300ms",
+        "--failure-threshold",
+        "100",
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let report = json(&out);
+    let evidence = report["verdict"]["evidence"].as_array().unwrap();
+    let http = evidence.iter().find(|e| e["probe"] == "http").unwrap();
+    assert!(http["last"]["detail"].as_str().unwrap().contains("-> 503"), "{http}");
+    assert_eq!(http["last"]["result"], "fail");
+    let metrics = evidence.iter().find(|e| e["probe"] == "metrics").unwrap();
+    assert!(
+        metrics["last"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("agent_up = 1, which fails `result == 2`"),
+        "{metrics}"
+    );
+    assert_eq!(w.state(&name).unwrap().0, id);
 }
