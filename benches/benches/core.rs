@@ -1,5 +1,6 @@
 //! Criterion microbenchmarks over realistic inputs: image-reference parsing, spec diff, planning a rollout
-//! over 100,000 targets, history pruning, and log scanning.
+//! over 100,000 targets, history pruning, log scanning, Prometheus text parsing, heartbeat ingestion in
+//! process, and durable journal append and replay.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -130,5 +131,85 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(core, benches);
+fn health_and_store(c: &mut Criterion) {
+    // A realistic /metrics page: 200 series with labels, escapes included.
+    let mut page = String::new();
+    for i in 0..200 {
+        page.push_str(&format!(
+            "# HELP m{i} help\n# TYPE m{i} counter\nhttp_requests_total{{method=\"GET\",path=\"/api/v1/items/{i}\",code=\"200\",note=\"a \\\"quoted\\\" value, with commas\"}} {}.5 1700000000000\n",
+            i * 17
+        ));
+    }
+    let mut g = c.benchmark_group("prometheus_text");
+    g.throughput(Throughput::Bytes(page.len() as u64));
+    g.bench_function("parse_200_series", |b| {
+        b.iter(|| agent_health::parse_text(black_box(&page)).unwrap().len())
+    });
+    g.finish();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cc = rt
+        .block_on(agent_health::ControlCenter::new(
+            "bench-token-0123456789".into(),
+            Default::default(),
+            None,
+        ))
+        .unwrap();
+    let beats: Vec<agent_health::Heartbeat> = (0..10_000)
+        .map(|i| agent_health::Heartbeat {
+            agent_id: format!("agent-{i:05}"),
+            container: format!("{i:012x}"),
+            host: format!("host-{}", i % 50),
+            version: "2.0.0".into(),
+            revision: "7".into(),
+            status: "ok".into(),
+        })
+        .collect();
+    let mut g = c.benchmark_group("control_center");
+    g.throughput(Throughput::Elements(beats.len() as u64));
+    g.bench_function("record_10k_heartbeats_in_process", |b| {
+        b.iter(|| {
+            for hb in &beats {
+                cc.record(hb.clone());
+            }
+        })
+    });
+    g.finish();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = agent_rollout::SqliteStore::open(&dir.path().join("bench.db")).unwrap();
+    let record = serde_json::json!({"step": "stop-old", "detail": "a realistic small journal record"});
+    let mut seq = 0u32;
+    let mut g = c.benchmark_group("journal");
+    g.sample_size(20);
+    g.bench_function("append_durable", |b| {
+        b.iter(|| {
+            seq += 1;
+            rt.block_on(agent_core::StateStore::append_journal(
+                &store,
+                &agent_core::JournalEntry {
+                    operation: format!("op-{}", seq / 10),
+                    subject: "container:unix:///var/run/docker.sock/agent".into(),
+                    seq: seq % 10,
+                    at: time::OffsetDateTime::now_utc(),
+                    record: record.clone(),
+                },
+            ))
+            .unwrap()
+        })
+    });
+    g.bench_function("replay_10_entries", |b| {
+        b.iter(|| {
+            rt.block_on(agent_core::StateStore::journal(&store, "op-1"))
+                .unwrap()
+                .len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(core, benches, health_and_store);
 criterion_main!(core);
