@@ -56,3 +56,50 @@ fn an_unreachable_engine_is_a_clear_error() {
     );
     assert!(err.contains("hint:"), "{err}");
 }
+
+#[test]
+fn the_scratch_dockerfile_template_builds_and_runs_healthy() {
+    let w = World::new("tmpl");
+    let ctx = tempfile::tempdir().unwrap();
+    let binary = agent_docker::testing::demo_agent_binary().unwrap();
+    std::fs::copy(&binary, ctx.path().join("agent")).unwrap();
+    let tag = format!("agentctl-template-test:{}", w.run);
+    let dockerfile = workspace_path("examples/dockerfiles/Dockerfile.scratch");
+    let out = w.docker(&[
+        "build",
+        "-q",
+        "-f",
+        dockerfile.to_str().unwrap(),
+        "--build-arg",
+        "VERSION=4.5.6",
+        "--label",
+        &w.label,
+        "-t",
+        &tag,
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let labels = w.docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"org.opencontainers.image.version\"}} {{.Config.User}}",
+        &tag,
+    ]);
+    assert_eq!(stdout(&labels).trim(), "4.5.6 65534:65534");
+    let name = w.name("agent");
+    w.docker_run(&name, &[], &tag);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let h = w.docker(&["inspect", "-f", "{{.State.Health.Status}}", &name]);
+        if stdout(&h).trim() == "healthy" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the template's HEALTHCHECK never passed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let _ = w.docker(&["rm", "-f", &name]);
+    let _ = w.docker(&["rmi", "-f", &tag]);
+}

@@ -411,6 +411,16 @@ fn undo_and_undo_to_revision() {
     let out = w.agentctl(&["undo", &name, "--to-revision", "9"]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("no revision 9"), "{}", stderr(&out));
+    // The JSON history, snapshot-tested with run ids, times, ports and digests filtered.
+    let history = stdout(&w.agentctl(&["history", &name, "-o", "json"]));
+    insta::with_settings!({filters => vec![
+        (r"\d{4}-\d{2}-\d{2}T[0-9:.]+Z", "[TIME]"),
+        (r"127\.0\.0\.1:\d+", "[REGISTRY]"),
+        (r"sha256:[0-9a-f]{64}", "[DIGEST]"),
+        (r"undo-\d+-[0-9a-f]+", "[RUN]"),
+    ]}, {
+        insta::assert_snapshot!("history_json", history);
+    });
     let table = stdout(&w.agentctl(&["history", &name]));
     assert!(
         table.contains("undo to revision 1") && table.contains("(current)"),
