@@ -910,14 +910,7 @@ impl Fleet {
                     t.message = Some(e);
                 }
             }
-            self.emit(FleetEvent::TargetUpdated {
-                rollout: state.spec.name.to_string(),
-                host: t.host.clone(),
-                container: t.container.clone(),
-                status: t.status,
-                revision: t.revision,
-                reason: t.message.clone(),
-            });
+            self.emit(target_event(&state.spec.name, t));
         }
         self.save(state).await
     }
@@ -981,14 +974,7 @@ impl Fleet {
                     broken += 1;
                 }
             }
-            self.emit(FleetEvent::TargetUpdated {
-                rollout: state.spec.name.to_string(),
-                host: t.host.clone(),
-                container: t.container.clone(),
-                status: t.status,
-                revision: t.revision,
-                reason: t.message.clone(),
-            });
+            self.emit(target_event(&state.spec.name, t));
             self.save(state).await?;
         }
         let input = if broken == 0 {
@@ -1002,6 +988,17 @@ impl Fleet {
         self.save(state).await?;
         self.finished(state);
         Ok(())
+    }
+}
+
+fn target_event(rollout: &ContainerName, t: &TargetState) -> FleetEvent {
+    FleetEvent::TargetUpdated {
+        rollout: rollout.to_string(),
+        host: t.host.clone(),
+        container: t.container.clone(),
+        status: t.status,
+        revision: t.revision,
+        reason: t.message.clone(),
     }
 }
 
