@@ -219,6 +219,7 @@ fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
         })
     });
     let json = g.output == Output::Json;
+    let bar = render::FleetBar::new(g.no_progress || g.output != Output::Table);
     let events: agent_rollout::FleetReporter = Arc::new(move |e: &agent_rollout::FleetEvent| {
         if json {
             // One JSON event per line on stdout, for CI systems.
@@ -226,10 +227,14 @@ fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
                 println!("{line}");
             }
         } else {
-            eprintln!("{}", render::fleet_event(e));
+            bar.event(e);
         }
     });
-    let progress = Arc::new(Progress::new(true, g.output != Output::Table));
+    // On a terminal the bar and the fleet events (with each target's outcome and reason) are the view;
+    // --no-progress prints every target's steps and verdict instead.
+    let detail_quiet =
+        g.output != Output::Table || (!g.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let progress = Arc::new(Progress::new(true, detail_quiet));
     Ok(agent_rollout::Fleet::new(store, connect, events, progress))
 }
 

@@ -468,3 +468,55 @@ pub(crate) fn rollout_table(s: &agent_rollout::RolloutState) -> String {
         s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
     )
 }
+
+/// A progress bar for a fleet rollout on a terminal (step, targets done / total, last outcome); plain lines
+/// otherwise.
+pub(crate) struct FleetBar {
+    bar: Option<ProgressBar>,
+}
+
+impl FleetBar {
+    pub(crate) fn new(plain: bool) -> FleetBar {
+        let fancy = !plain && std::io::stderr().is_terminal();
+        FleetBar {
+            bar: fancy.then(|| {
+                let b = ProgressBar::new(0);
+                b.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} targets  {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                b.enable_steady_tick(std::time::Duration::from_millis(120));
+                b
+            }),
+        }
+    }
+
+    pub(crate) fn event(&self, e: &agent_rollout::FleetEvent) {
+        use agent_rollout::FleetEvent as E;
+        let line = fleet_event(e);
+        let Some(b) = &self.bar else {
+            eprintln!("{line}");
+            return;
+        };
+        match e {
+            E::Started { targets, rollout, .. } => {
+                b.set_length(*targets as u64);
+                b.set_prefix(rollout.clone());
+            }
+            E::StepStarted { step, detail, .. } => b.set_message(format!("step {}: {detail}", step + 1)),
+            E::TargetUpdated { container, status, .. } => {
+                if matches!(
+                    status,
+                    agent_rollout::TargetStatus::Updated | agent_rollout::TargetStatus::Failed
+                ) {
+                    b.inc(1);
+                }
+                b.set_message(format!("{container}: {status:?}").to_lowercase());
+            }
+            E::Finished { .. } => b.finish_and_clear(),
+            _ => {}
+        }
+        b.println(line);
+    }
+}
