@@ -83,7 +83,10 @@ pub(crate) enum Command {
     )]
     Apply(ApplyArgs),
     /// Act on a rollout from any process: status, promote, resume, abort.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  agentctl rollout status node-agent\n  agentctl rollout promote node-agent\n  agentctl rollout abort node-agent"
+    )]
     Rollout(RolloutCommand),
     /// Run the heartbeat control center that agents report to.
     #[command(
@@ -126,21 +129,25 @@ pub(crate) struct ApplyArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum RolloutCommand {
     /// Show a rollout's phase, step and every target's state.
+    #[command(after_help = "Example:\n  agentctl rollout status node-agent -o json")]
     Status {
         /// Rollout name.
         name: String,
     },
     /// Continue a rollout paused until promotion (or after an inconclusive analysis).
+    #[command(after_help = "Example:\n  agentctl rollout promote node-agent")]
     Promote {
         /// Rollout name.
         name: String,
     },
     /// Same as promote: continue a paused rollout.
+    #[command(after_help = "Example:\n  agentctl rollout resume node-agent")]
     Resume {
         /// Rollout name.
         name: String,
     },
     /// Stop a rollout and revert every target it updated.
+    #[command(after_help = "Example:\n  agentctl rollout abort node-agent")]
     Abort {
         /// Rollout name.
         name: String,

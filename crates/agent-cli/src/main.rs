@@ -239,8 +239,14 @@ fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
 }
 
 fn fleet_exit(g: &Global, state: &agent_rollout::RolloutState) -> ExitCode {
-    if g.output == Output::Table {
-        print_out(g.output, render::rollout_table(state));
+    match g.output {
+        Output::Table => print_out(g.output, render::rollout_table(state)),
+        // JSON already streamed one event per line; YAML gets the final state.
+        Output::Yaml => match render::structured(g.output, state) {
+            Ok(text) => print_out(g.output, text),
+            Err(e) => eprintln!("error: cannot render the rollout state: {e}"),
+        },
+        Output::Json => {}
     }
     ExitCode::from(state.exit_code().clamp(0, 255) as u8)
 }

@@ -165,6 +165,10 @@ fn an_unreachable_engine_fails_its_targets_clearly() {
             .contains("unix:///nonexistent/docker.sock"),
         "{ghost}"
     );
+    // -o yaml prints the final state; a second apply of the same spec finds nothing to change.
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "yaml"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("phase: succeeded"), "{}", stdout(&out));
     let running = w.state(&name).unwrap().2;
     assert!(
         running.contains("/agentctl-it/agent@sha256:"),
