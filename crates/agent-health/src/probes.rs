@@ -221,10 +221,8 @@ impl Probe for HttpProbe {
                     Observation::Fail(format!("GET {url} -> {} {body:?}", resp.status))
                 }
             }
-            // A refused connection right after start is the agent still binding its port.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                Observation::Fail(format!("GET {url}: connection refused"))
-            }
+            // A refused connection right after start (the agent still binding its port) is an ordinary
+            // failure: the failure threshold absorbs it.
             Err(e) => Observation::Fail(format!("GET {url}: {e}")),
         }
     }

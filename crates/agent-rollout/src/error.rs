@@ -98,10 +98,3 @@ impl From<StoreError> for Error {
         }
     }
 }
-
-impl Error {
-    /// Whether the error happened before anything was changed.
-    pub fn changed_nothing(&self) -> bool {
-        !matches!(self, Error::RevertFailed { .. })
-    }
-}

@@ -1030,12 +1030,9 @@ impl Updater {
                 revision.finished_at = Some(OffsetDateTime::now_utc());
                 self.store.put_revision(&subject, &revision).await?;
                 let mut history = self.history(&old.spec.name, req.history_limit).await?;
-                let retained_for = match &source {
-                    Source::Create(_) => Some(retained.clone()),
-                    Source::Retained { .. } => Some(retained.clone()),
-                };
+                // Either way, the container that ran before is now retained under `retained`.
                 if let Some(prev) = history.get_mut(old_revision) {
-                    prev.retained_container = retained_for;
+                    prev.retained_container = Some(retained.clone());
                     let prev = prev.clone();
                     self.store.put_revision(&subject, &prev).await?;
                 }
