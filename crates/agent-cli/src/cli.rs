@@ -293,8 +293,21 @@ pub(crate) struct UpdateArgs {
     /// Why (recorded in the history).
     #[arg(long)]
     pub(crate) cause: Option<String>,
+    /// stop-first: never two instances, a short gap; start-first: the new version starts and is verified
+    /// beside the old one as NAME.preview, then takes the name (no gap; refused for fixed host ports and
+    /// static addresses).
+    #[arg(long, value_enum, default_value_t = ModeArg::StopFirst)]
+    pub(crate) strategy: ModeArg,
     #[command(flatten)]
     pub(crate) verify: VerifyArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ModeArg {
+    /// Stop the old container, then start the new one.
+    StopFirst,
+    /// Start and verify the new one beside the old one, then switch.
+    StartFirst,
 }
 
 #[derive(Debug, Args)]
@@ -459,6 +472,10 @@ impl UpdateArgs {
         };
         r.backup_dir = self.backup_dir.clone();
         r.cause = self.cause.clone();
+        r.mode = match self.strategy {
+            ModeArg::StopFirst => agent_core::UpdateMode::StopFirst,
+            ModeArg::StartFirst => agent_core::UpdateMode::StartFirst,
+        };
         Ok(r)
     }
 }

@@ -268,6 +268,13 @@ pub(crate) fn update_text(r: &UpdateReport) -> String {
                 .map(|p| format!(", previous {p} retained"))
                 .unwrap_or_default()
         ))),
+        UpdateStatus::Staged => out.push_str(&green(&format!(
+            "{} staged: {} verified beside it as {}; promotion makes it revision {}",
+            r.container,
+            r.revision.image.familiar(),
+            agent_rollout::preview_name(&r.container),
+            r.revision.number
+        ))),
         UpdateStatus::Unchanged => out.push_str(&format!(
             "{} already runs {}; nothing changed",
             r.container,

@@ -731,6 +731,34 @@ impl ContainerSpec {
         self.exposed_ports.retain(|p| !published.contains(p));
     }
 
+    /// What only one container at a time can hold: fixed host ports, static IP and MAC addresses. A
+    /// start-first or blue-green replacement runs two instances at once and is refused when this is not
+    /// empty (each entry says what and where, e.g. `host port 8080/tcp`).
+    pub fn exclusive_resources(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .ports
+            .iter()
+            .filter_map(|p| {
+                p.host_port
+                    .filter(|&h| h != 0)
+                    .map(|h| format!("host port {h}/{}", p.protocol))
+            })
+            .collect();
+        for n in &self.networks {
+            let fixed = [
+                ("IPv4 address", &n.ipv4_address),
+                ("IPv6 address", &n.ipv6_address),
+                ("MAC address", &n.mac_address),
+            ];
+            for (what, value) in fixed {
+                if let Some(v) = value {
+                    out.push(format!("static {what} {v} on network {}", n.name));
+                }
+            }
+        }
+        out
+    }
+
     /// This spec with `image` instead of the current one: what the user set is kept, and everything that
     /// only came from the old image (`old_defaults`) is dropped so the new image's own defaults apply.
     pub fn with_image(&self, image: ImageRef, old_defaults: &ImageDefaults) -> ContainerSpec {

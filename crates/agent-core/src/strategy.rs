@@ -188,7 +188,8 @@ pub enum Strategy {
         /// Promote as soon as the preview is verified.
         #[serde(default)]
         auto_promote: bool,
-        /// How long the old containers are kept stopped after promotion.
+        /// A window after promotion during which the rollout still runs, so an abort reverts every target
+        /// to its old container (kept stopped and retained, as after any update, within the history limit).
         #[serde(default, with = "serde_text")]
         scale_down_delay: Duration,
     },
@@ -252,7 +253,7 @@ pub enum PlanStep {
     Promote {
         /// Without waiting for `rollout promote`.
         automatic: bool,
-        /// How long old containers are kept stopped.
+        /// The window after promotion (a timed pause step follows when it is not zero).
         #[serde(with = "serde_text")]
         scale_down_delay: Duration,
     },
@@ -377,10 +378,22 @@ pub fn plan(targets: &[Target], strategy: &Strategy, analyses: &[&str]) -> Resul
                 mode: UpdateMode::BlueGreen,
                 weight: 100,
             });
+            if !auto_promote {
+                steps.push(PlanStep::Pause {
+                    pause: Pause::UntilPromoted,
+                });
+            }
             steps.push(PlanStep::Promote {
                 automatic: *auto_promote,
                 scale_down_delay: *scale_down_delay,
             });
+            // The old containers stay stopped and retained (the instant rollback target) while this runs:
+            // an abort in the window reverts every target.
+            if !scale_down_delay.is_zero() {
+                steps.push(PlanStep::Pause {
+                    pause: Pause::For(*scale_down_delay),
+                });
+            }
         }
         Strategy::Canary { steps: canary } => {
             let mut done = 0usize;

@@ -350,10 +350,16 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn start_container(&self, container: &str) -> Result<(), RuntimeError> {
-        self.docker
+        match self
+            .docker
             .start_container(container, None::<qp::StartContainerOptions>)
             .await
-            .map_err(|e| self.err("start", container, e))
+        {
+            Ok(()) => Ok(()),
+            // 304: already running.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(self.err("start", container, e)),
+        }
     }
 
     async fn stop_container(&self, container: &str, timeout: Option<Duration>) -> Result<(), RuntimeError> {

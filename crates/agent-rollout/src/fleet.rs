@@ -209,17 +209,6 @@ impl RolloutSpec {
                 )));
             }
         }
-        match &self.strategy {
-            Strategy::BlueGreen { .. } => {
-                return Err(self
-                    .invalid("the blueGreen strategy is not implemented yet; use recreate, rolling or canary".into()))
-            }
-            Strategy::Rolling { max_surge, .. } if max_surge.of(self.targets.len()) > 0 => {
-                return Err(self
-                    .invalid("rolling with maxSurge (start-first) is not implemented yet; set maxSurge to 0".into()))
-            }
-            _ => {}
-        }
         for n in &self.notify {
             if !n.webhook.starts_with("http://") {
                 return Err(self.invalid(format!("notify webhook {:?} must be an http:// URL", n.webhook)));
@@ -309,6 +298,8 @@ pub enum TargetStatus {
     Reverted,
     /// Could not be reverted, or its engine was unreachable: needs attention.
     Broken,
+    /// Blue-green: its verified preview runs beside the old container, waiting for promotion.
+    Staged,
 }
 
 /// One target's record in a rollout.
@@ -731,21 +722,18 @@ impl Fleet {
             });
             match step {
                 PlanStep::Update { targets, mode, .. } => {
-                    debug_assert_eq!(mode, UpdateMode::StopFirst);
-                    self.update_batch(state, &targets, &verify).await?;
-                    let failed = state
-                        .targets
-                        .iter()
-                        .filter(|t| matches!(t.status, TargetStatus::Failed | TargetStatus::Broken))
-                        .count();
-                    let ratio = failed as f64 / state.targets.len() as f64;
-                    if failed > 0 && ratio > state.spec.rollback.max_failure_ratio {
-                        let reason = format!(
-                            "{failed} of {} targets failed ({:.0} %), above maxFailureRatio {:.0} %",
-                            state.targets.len(),
-                            ratio * 100.0,
-                            state.spec.rollback.max_failure_ratio * 100.0
-                        );
+                    self.update_batch(state, &targets, &verify, Action::Update(mode))
+                        .await?;
+                    if let Some(reason) = self.too_many_failures(state) {
+                        return self.fail(state, reason).await;
+                    }
+                }
+                PlanStep::Promote { .. } => {
+                    let staged: Vec<usize> = (0..state.targets.len())
+                        .filter(|&i| state.targets[i].status == TargetStatus::Staged)
+                        .collect();
+                    self.update_batch(state, &staged, &verify, Action::Promote).await?;
+                    if let Some(reason) = self.too_many_failures(state) {
                         return self.fail(state, reason).await;
                     }
                 }
@@ -796,7 +784,6 @@ impl Fleet {
                         }
                     }
                 }
-                PlanStep::Promote { .. } => {}
             }
             state.next_step += 1;
             self.save(state).await?;
@@ -843,16 +830,39 @@ impl Fleet {
         self.rollback(state, reason).await
     }
 
+    /// Why the rollout must stop, when more targets failed than `rollback.maxFailureRatio` allows.
+    fn too_many_failures(&self, state: &RolloutState) -> Option<String> {
+        let failed = state
+            .targets
+            .iter()
+            .filter(|t| matches!(t.status, TargetStatus::Failed | TargetStatus::Broken))
+            .count();
+        let ratio = failed as f64 / state.targets.len() as f64;
+        (failed > 0 && ratio > state.spec.rollback.max_failure_ratio).then(|| {
+            format!(
+                "{failed} of {} targets failed ({:.0} %), above maxFailureRatio {:.0} %",
+                state.targets.len(),
+                ratio * 100.0,
+                state.spec.rollback.max_failure_ratio * 100.0
+            )
+        })
+    }
+
     async fn update_batch(
         &self,
         state: &mut RolloutState,
         indices: &[usize],
         verify: &VerifyConfig,
+        action: Action,
     ) -> Result<(), Error> {
         let sem = Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism));
         let mut tasks = Vec::new();
         for &i in indices {
-            if state.targets[i].status != TargetStatus::Pending {
+            let ready = match action {
+                Action::Update(_) => TargetStatus::Pending,
+                Action::Promote => TargetStatus::Staged,
+            };
+            if state.targets[i].status != ready {
                 continue;
             }
             let t = state.targets[i].clone();
@@ -868,6 +878,9 @@ impl Fleet {
             req.verify = verify.clone();
             req.history_limit = state.spec.history.limit;
             req.pull = PullPolicy::Missing;
+            if let Action::Update(mode) = action {
+                req.mode = mode;
+            }
             req.cause = Some(format!(
                 "rollout {} to {}",
                 state.spec.name,
@@ -884,7 +897,12 @@ impl Fleet {
                     Err(e) => return (i, Err(format!("engine {} unreachable: {e}", t.host))),
                 };
                 let updater = Updater::new(rt, store, progress);
-                (i, updater.update(&req).await.map_err(|e| e.to_string()))
+                let report = match action {
+                    Action::Update(UpdateMode::BlueGreen) => updater.stage(&req).await,
+                    Action::Update(_) => updater.update(&req).await,
+                    Action::Promote => updater.promote(&req).await,
+                };
+                (i, report.map_err(|e| e.to_string()))
             });
         }
         let results = futures_util::future::join_all(tasks).await;
@@ -903,6 +921,10 @@ impl Fleet {
                             t.status = TargetStatus::Failed;
                             t.message = report.reason.clone();
                         }
+                        UpdateStatus::Staged => {
+                            t.status = TargetStatus::Staged;
+                            t.message = Some(format!("preview verified beside {}", t.container));
+                        }
                     }
                 }
                 Err(e) => {
@@ -915,11 +937,53 @@ impl Fleet {
         self.save(state).await
     }
 
+    /// Removes the staged previews of a blue-green rollout; their live containers were never touched.
+    async fn discard_previews(&self, state: &mut RolloutState) -> Result<usize, Error> {
+        let mut broken = 0;
+        for i in 0..state.targets.len() {
+            if state.targets[i].status != TargetStatus::Staged {
+                continue;
+            }
+            let t = state.targets[i].clone();
+            let outcome = async {
+                let rt = self
+                    .runtime(&t.host)
+                    .await
+                    .map_err(|e| format!("engine {} unreachable: {e}", t.host))?;
+                let name: ContainerName = t
+                    .container
+                    .parse()
+                    .map_err(|e: agent_core::ContainerNameError| e.to_string())?;
+                Updater::new(rt, self.store.clone(), self.progress.clone())
+                    .discard(&name)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            let t = &mut state.targets[i];
+            match outcome {
+                Ok(_) => {
+                    t.status = TargetStatus::Reverted;
+                    t.message = Some("preview removed; the running container was never touched".into());
+                }
+                Err(e) => {
+                    t.status = TargetStatus::Broken;
+                    t.message = Some(format!("its preview could not be removed: {e}"));
+                    broken += 1;
+                }
+            }
+            self.emit(target_event(&state.spec.name, t));
+            self.save(state).await?;
+        }
+        Ok(broken)
+    }
+
     /// Reverts every target this rollout updated to the revision it ran before.
     async fn rollback(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
         let _ = state.machine.apply(Input::StartRollback { reason: reason.clone() });
         state.reason = Some(reason.clone());
         self.save(state).await?;
+        let mut broken = self.discard_previews(state).await?;
         let touched: Vec<usize> = (0..state.targets.len())
             .filter(|&i| state.targets[i].status == TargetStatus::Updated)
             .collect();
@@ -932,7 +996,6 @@ impl Fleet {
                 .collect(),
         });
         let verify = state.spec.verify()?;
-        let mut broken = 0;
         for i in touched {
             let t = state.targets[i].clone();
             let to = t.previous.and_then(RevisionNumber::new);
@@ -989,6 +1052,15 @@ impl Fleet {
         self.finished(state);
         Ok(())
     }
+}
+
+/// What a batch does to each of its targets.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    /// Update (stop-first or start-first) or, for blue-green, stage a preview.
+    Update(UpdateMode),
+    /// Let a staged preview take the name.
+    Promote,
 }
 
 fn target_event(rollout: &ContainerName, t: &TargetState) -> FleetEvent {

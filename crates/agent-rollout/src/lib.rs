@@ -38,8 +38,9 @@ pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use notify::{Notifier, NotifySpec, Webhook, DRAIN_TIMEOUT};
 pub use store::SqliteStore;
 pub use update::{
-    subject_key, HeartbeatCheck, ProbeFactory, PullPolicy, QueryCheck, Recovery, ScrapeCheck, StatusReport,
-    UpdateReport, UpdateRequest, UpdateStatus, Updater, VerifyConfig, WatchConfig, CRASH_AT_ENV, UPDATE_STEPS,
+    preview_name, subject_key, HeartbeatCheck, Preview, ProbeFactory, PullPolicy, QueryCheck, Recovery, ScrapeCheck,
+    StatusReport, UpdateReport, UpdateRequest, UpdateStatus, Updater, VerifyConfig, WatchConfig, CRASH_AT_ENV,
+    UPDATE_STEPS,
 };
 
 #[cfg(test)]

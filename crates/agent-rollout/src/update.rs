@@ -11,7 +11,7 @@ use std::time::Duration;
 use agent_core::{
     ContainerInfo, ContainerName, ContainerRuntime, ContainerSpec, ContainerStatus, Digest, ImageDefaults, ImageInfo,
     ImageRef, JournalEntry, Outcome, RestartPolicy, Revision, RevisionHistory, RevisionNumber, RuntimeError, SpecDiff,
-    StateStore, TagPolicy, Version,
+    StateStore, TagPolicy, UpdateMode, Version,
 };
 use std::collections::BTreeMap;
 
@@ -216,6 +216,10 @@ pub struct UpdateRequest {
     pub extra_probes: Option<ProbeFactory>,
     /// Keep watching after success, and roll back when an alert rule fires.
     pub watch: Option<WatchConfig>,
+    /// Stop-first (the default: never two instances) or start-first (no gap: the new container starts
+    /// beside the old one as `NAME.preview`, is verified, then takes the name). `BlueGreen` behaves as
+    /// start-first here; [`Updater::stage`] and [`Updater::promote`] split it in two.
+    pub mode: UpdateMode,
 }
 
 /// The probation watch after a successful update.
@@ -239,6 +243,7 @@ impl std::fmt::Debug for UpdateRequest {
             .field("container", &self.container)
             .field("image", &self.image)
             .field("pull", &self.pull)
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
@@ -257,6 +262,7 @@ impl UpdateRequest {
             verify: VerifyConfig::default(),
             extra_probes: None,
             watch: None,
+            mode: UpdateMode::StopFirst,
         }
     }
 }
@@ -271,13 +277,15 @@ pub enum UpdateStatus {
     RolledBack,
     /// The request asked for what already runs; nothing was changed.
     Unchanged,
+    /// A verified preview runs beside the untouched old container, waiting for [`Updater::promote`].
+    Staged,
 }
 
 impl UpdateStatus {
     /// The process exit code for this status (0 updated or unchanged, 3 rolled back).
     pub fn exit_code(self) -> i32 {
         match self {
-            UpdateStatus::Updated | UpdateStatus::Unchanged => 0,
+            UpdateStatus::Updated | UpdateStatus::Unchanged | UpdateStatus::Staged => 0,
             UpdateStatus::RolledBack => 3,
         }
     }
@@ -451,6 +459,81 @@ enum Source {
         restart: RestartPolicy,
         spec: Box<ContainerSpec>,
     },
+    /// A verified preview running beside the old container; it takes the name.
+    Preview {
+        name: String,
+        spec: Box<ContainerSpec>,
+        verdict: Box<Verdict>,
+    },
+}
+
+impl Source {
+    fn spec(&self) -> &ContainerSpec {
+        match self {
+            Source::Create(spec) | Source::Retained { spec, .. } | Source::Preview { spec, .. } => spec,
+        }
+    }
+
+    /// The existing container that becomes the new one, if any (reverting renames it back).
+    fn existing(&self) -> Option<String> {
+        match self {
+            Source::Create(_) => None,
+            Source::Retained { name, .. } | Source::Preview { name, .. } => Some(name.clone()),
+        }
+    }
+}
+
+/// The store document kind of staged previews.
+const PREVIEW_KIND: &str = "preview";
+
+/// A verified new container running beside the old one under `NAME.preview`, waiting to take the name
+/// (blue-green: on promotion; start-first: at once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preview {
+    /// The preview container's name.
+    pub container: String,
+    /// Its id (a different container under the name is not ours).
+    pub container_id: String,
+    /// The image it runs.
+    pub image: ImageRef,
+    /// The image id.
+    pub image_id: Option<String>,
+    /// The digest.
+    pub digest: Option<Digest>,
+    /// Why (recorded in the history on promotion).
+    pub cause: String,
+    /// The spec it takes on with the name.
+    pub spec: ContainerSpec,
+    /// The new image's defaults (for the faithfulness check after the switch).
+    pub new_defaults: ImageDefaults,
+    /// Its verification.
+    pub verdict: Verdict,
+    /// Start-first: the switch follows at once, so a preview left by a crash is discarded, not kept.
+    pub switch_at_once: bool,
+    /// When it was verified.
+    #[serde(with = "time::serde::rfc3339")]
+    pub staged_at: OffsetDateTime,
+}
+
+/// The name of a container's preview.
+pub fn preview_name(container: &str) -> String {
+    format!("{container}.preview")
+}
+
+/// What preflight found: either nothing to do, or everything the replacement needs.
+enum Prepared {
+    Unchanged(Box<UpdateReport>),
+    Ready(Box<Ready>),
+}
+
+struct Ready {
+    old: ContainerInfo,
+    old_defaults: ImageDefaults,
+    current: Revision,
+    new_spec: ContainerSpec,
+    meta: RevisionMeta,
+    backup: Option<PathBuf>,
 }
 
 /// Updates, undoes and repairs agent containers on one engine.
@@ -516,8 +599,44 @@ impl Updater {
     async fn update_locked(&self, lease: &LeaseGuard, req: &UpdateRequest) -> Result<UpdateReport, Error> {
         let name = req.container.as_str();
         let recovered = self.recover_locked(name).await?;
+        let ready = match self.prepare(req).await? {
+            Prepared::Unchanged(mut report) => {
+                report.recovered = recovered;
+                return Ok(*report);
+            }
+            Prepared::Ready(ready) => *ready,
+        };
+        let backup = ready.backup.clone();
+        let mut report = match req.mode {
+            UpdateMode::StopFirst => {
+                self.replace(
+                    lease,
+                    "update",
+                    &ready.old,
+                    &ready.old_defaults,
+                    ready.current.number,
+                    Source::Create(Box::new(ready.new_spec)),
+                    ready.meta,
+                    req,
+                )
+                .await?
+            }
+            UpdateMode::StartFirst | UpdateMode::BlueGreen => match self.stage_ready(&ready, req, true).await? {
+                Ok(preview) => self.promote_locked(lease, name, preview, req).await?,
+                Err(failed) => failed,
+            },
+        };
+        report.backup = backup;
+        report.recovered = recovered;
+        if let (Some(watch), UpdateStatus::Updated) = (&req.watch, report.status) {
+            self.probation(lease, req, watch, &mut report).await?;
+        }
+        Ok(report)
+    }
 
-        // Preflight: nothing is changed until every check passed.
+    /// Preflight: nothing is changed until every check passed. Then the backup, when asked for.
+    async fn prepare(&self, req: &UpdateRequest) -> Result<Prepared, Error> {
+        let name = req.container.as_str();
         let old = self.runtime.inspect_container(name).await?;
         let current_version = Version::of_image(&old.spec.image, &old.all_labels);
         // The policy first, from the reference alone: a refused tag is never pulled.
@@ -555,7 +674,7 @@ impl Updater {
         if old.image_id == image_info.id && old.spec.image == req.image {
             let history = self.history(&req.container, req.history_limit).await?;
             let revision = self.adopt(name, &old, history).await?;
-            return Ok(UpdateReport {
+            return Ok(Prepared::Unchanged(Box::new(UpdateReport {
                 container: name.to_owned(),
                 endpoint: self.runtime.endpoint().to_owned(),
                 status: UpdateStatus::Unchanged,
@@ -566,12 +685,24 @@ impl Updater {
                 reason: Some("the container already runs this image".into()),
                 last_logs: Vec::new(),
                 backup: None,
-                recovered,
+                recovered: Vec::new(),
                 probation: None,
                 restored_by: None,
-            });
+            })));
         }
         new_spec.image = req.image.clone();
+        if req.mode != UpdateMode::StopFirst {
+            let exclusive = new_spec.exclusive_resources();
+            if !exclusive.is_empty() {
+                return Err(Error::InvalidInput {
+                    what: format!("the start-first update of {name}"),
+                    message: format!(
+                        "it runs two instances at once, but {name} holds what only one container can: {}; use the stop-first update (the default) for it",
+                        exclusive.join(", ")
+                    ),
+                });
+            }
+        }
 
         let history = self.history(&req.container, req.history_limit).await?;
         let current = self.adopt(name, &old, history).await?;
@@ -583,29 +714,369 @@ impl Updater {
             .cause
             .clone()
             .unwrap_or_else(|| format!("update to {}", req.image.familiar()));
+        Ok(Prepared::Ready(Box::new(Ready {
+            old,
+            old_defaults,
+            current,
+            new_spec,
+            meta: RevisionMeta {
+                image: req.image.clone(),
+                image_id: Some(image_info.id.clone()),
+                digest,
+                cause,
+                new_defaults: image_info.defaults.clone(),
+            },
+            backup,
+        })))
+    }
+
+    /// Blue-green, first half: starts the new version beside the untouched old container as `NAME.preview`
+    /// and verifies it. Healthy, it keeps running until [`Updater::promote`] (status `staged`); unhealthy, it
+    /// is removed and the attempt recorded as rolled back. The old container is not touched either way.
+    pub async fn stage(&self, req: &UpdateRequest) -> Result<UpdateReport, Error> {
+        let lease = self.lease(req.container.as_str(), "stage").await?;
+        let result = async {
+            let recovered = self.recover_locked(req.container.as_str()).await?;
+            let mut req = req.clone();
+            req.mode = UpdateMode::BlueGreen;
+            let ready = match self.prepare(&req).await? {
+                Prepared::Unchanged(report) => return Ok(*report),
+                Prepared::Ready(ready) => *ready,
+            };
+            let history = self.history(&req.container, req.history_limit).await?;
+            let mut report = match self.stage_ready(&ready, &req, false).await? {
+                Err(failed) => failed,
+                Ok(preview) => UpdateReport {
+                    container: req.container.to_string(),
+                    endpoint: self.runtime.endpoint().to_owned(),
+                    status: UpdateStatus::Staged,
+                    revision: Revision {
+                        // The number promotion will record; nothing is recorded before.
+                        number: history.next_number(),
+                        image: preview.image.clone(),
+                        image_id: preview.image_id.clone(),
+                        digest: preview.digest.clone(),
+                        spec: preview.spec.clone(),
+                        cause: preview.cause.clone(),
+                        created_at: preview.staged_at,
+                        finished_at: None,
+                        outcome: Outcome::InProgress,
+                        protected: false,
+                        retained_container: None,
+                    },
+                    previous: Some(ready.current.number),
+                    verdict: Some(preview.verdict.clone()),
+                    unexpected_changes: SpecDiff::default(),
+                    reason: None,
+                    last_logs: Vec::new(),
+                    backup: None,
+                    recovered: Vec::new(),
+                    probation: None,
+                    restored_by: None,
+                },
+            };
+            report.backup = ready.backup;
+            report.recovered = recovered;
+            Ok(report)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    /// Blue-green, second half: the staged preview takes the container's name; the old container is stopped
+    /// and retained as for any update. Recorded as a new revision.
+    pub async fn promote(&self, req: &UpdateRequest) -> Result<UpdateReport, Error> {
+        let name = req.container.as_str();
+        let lease = self.lease(name, "promote").await?;
+        let result = async {
+            let recovered = self.recover_locked(name).await?;
+            let preview = self.preview(name).await?.ok_or_else(|| Error::InvalidInput {
+                what: format!("the promotion of {name}"),
+                message: format!("no preview of {name} is staged; stage one first (a blueGreen rollout does)"),
+            })?;
+            let mut report = self.promote_locked(&lease, name, preview, req).await?;
+            report.recovered = recovered;
+            Ok(report)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    /// Removes the staged preview of `container`, if any; the running container is not touched. Returns
+    /// whether there was one.
+    pub async fn discard(&self, container: &ContainerName) -> Result<bool, Error> {
+        let name = container.as_str();
+        let lease = self.lease(name, "discard").await?;
+        let result = async {
+            self.recover_locked(name).await?;
+            self.discard_locked(name).await
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    /// The staged preview of `container`, if one is waiting.
+    pub async fn preview(&self, container: &str) -> Result<Option<Preview>, Error> {
+        let doc = self.store.document(PREVIEW_KIND, &self.subject(container)).await?;
+        Ok(doc.and_then(|v| serde_json::from_value(v).ok()))
+    }
+
+    async fn set_preview(&self, container: &str, preview: Option<&Preview>) -> Result<(), Error> {
+        let value = match preview {
+            Some(p) => serde_json::to_value(p).map_err(|e| Error::InvalidInput {
+                what: "preview record".into(),
+                message: e.to_string(),
+            })?,
+            None => serde_json::Value::Null,
+        };
+        self.store
+            .put_document(PREVIEW_KIND, &self.subject(container), &value)
+            .await?;
+        Ok(())
+    }
+
+    async fn discard_locked(&self, name: &str) -> Result<bool, Error> {
+        let Some(preview) = self.preview(name).await? else {
+            return Ok(false);
+        };
+        self.remove_if(&preview.container, |id| id == preview.container_id)
+            .await?;
+        self.set_preview(name, None).await?;
+        self.reporter.report(&Event::Step {
+            step: "discard-preview",
+            detail: format!("removed {}", preview.container),
+        });
+        Ok(true)
+    }
+
+    /// Stops and removes `container` when it exists and `ours` accepts its id.
+    async fn remove_if(&self, container: &str, ours: impl Fn(&str) -> bool) -> Result<(), RuntimeError> {
+        match self.runtime.inspect_container(container).await {
+            Ok(info) if ours(&info.id) => {
+                self.runtime
+                    .stop_container(container, Some(Duration::from_secs(10)))
+                    .await?;
+                self.runtime.remove_container(container).await
+            }
+            Ok(_) | Err(RuntimeError::ContainerNotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates, starts and verifies the preview. `Ok(Err(report))`: it failed and was removed.
+    async fn stage_ready(
+        &self,
+        ready: &Ready,
+        req: &UpdateRequest,
+        switch_at_once: bool,
+    ) -> Result<Result<Preview, UpdateReport>, Error> {
+        let name = ready.old.spec.name.as_str();
+        let preview_name = preview_name(name);
+        let mut spec = ready.new_spec.clone();
+        spec.name = preview_name
+            .parse()
+            .map_err(|e: agent_core::ContainerNameError| Error::InvalidInput {
+                what: format!("the preview name of {name}"),
+                message: format!("{e}; shorten the container name to use start-first or blue-green"),
+            })?;
+        // A preview left by an earlier attempt is replaced; a stranger's container under the name is not.
+        if let Ok(info) = self.runtime.inspect_container(&preview_name).await {
+            let ours = self.preview(name).await?.is_some_and(|p| p.container_id == info.id);
+            if !ours {
+                return Err(Error::InvalidInput {
+                    what: format!("the container name {preview_name}"),
+                    message: format!(
+                        "a container with that name exists and is not a preview agentctl staged; rename or remove it so the new version of {name} can start beside the old one"
+                    ),
+                });
+            }
+            self.discard_locked(name).await?;
+        }
+        let subject = self.subject(name);
+        let mut journal = Journal {
+            store: self.store.clone(),
+            operation: format!("stage-{name}-{}", OffsetDateTime::now_utc().unix_timestamp_nanos()),
+            subject: subject.clone(),
+            seq: 0,
+        };
+        journal
+            .record(&Step::Begin {
+                kind: "stage".into(),
+                container: name.to_owned(),
+                old_id: ready.old.id.clone(),
+                old_running: ready.old.state.is_running(),
+                old_restart: ready.old.spec.restart_policy,
+                old_revision: ready.current.number.get(),
+                new_revision: 0,
+                retained_name: preview_name.clone(),
+                from_retained: None,
+            })
+            .await?;
+        journal.record(&Step::CreateNew).await?;
+        self.reporter.report(&Event::Step {
+            step: "create-new",
+            detail: format!("creating {preview_name} from {} beside {name}", spec.image),
+        });
+        let started = async {
+            self.runtime.create_container(&spec).await?;
+            journal.record(&Step::StartNew).await?;
+            self.reporter.report(&Event::Step {
+                step: "start-new",
+                detail: format!("starting {preview_name}"),
+            });
+            self.runtime.start_container(&preview_name).await?;
+            Ok::<_, Error>(self.runtime.inspect_container(&preview_name).await?.id)
+        }
+        .await;
+        let (verdict, diff, failure, id) = match started {
+            Err(e) => (None, SpecDiff::default(), Some(e.to_string()), None),
+            Ok(id) => {
+                journal.record(&Step::Verify).await?;
+                let verdict = self
+                    .verify(&preview_name, &id, &req.verify, req.extra_probes.as_ref(), &ready.meta)
+                    .await?;
+                let diff = self
+                    .faithfulness(&preview_name, &spec, &ready.old_defaults, &ready.meta.new_defaults)
+                    .await?;
+                let failure = judge(&verdict, &diff);
+                (Some(verdict), diff, failure, Some(id))
+            }
+        };
+        if let (None, Some(verdict), Some(id)) = (&failure, &verdict, id) {
+            let preview = Preview {
+                container: preview_name,
+                container_id: id,
+                image: ready.meta.image.clone(),
+                image_id: ready.meta.image_id.clone(),
+                digest: ready.meta.digest.clone(),
+                cause: ready.meta.cause.clone(),
+                spec: ready.new_spec.clone(),
+                new_defaults: ready.meta.new_defaults.clone(),
+                verdict: verdict.clone(),
+                switch_at_once,
+                staged_at: OffsetDateTime::now_utc(),
+            };
+            self.set_preview(name, Some(&preview)).await?;
+            journal
+                .record(&Step::Done {
+                    outcome: "staged".into(),
+                })
+                .await?;
+            self.store.close_operation(&journal.operation).await?;
+            return Ok(Ok(preview));
+        }
+        let reason = failure.unwrap_or_default();
+        self.reporter.report(&Event::RollingBack { reason: reason.clone() });
+        let last_logs = self
+            .runtime
+            .logs(&preview_name, None, Some(20))
+            .await
+            .map(|l| l.into_iter().map(|l| l.text).collect())
+            .unwrap_or_default();
+        journal.record(&Step::Revert { reason: reason.clone() }).await?;
+        let old_id = ready.old.id.clone();
+        self.remove_if(&preview_name, |id| id != old_id)
+            .await
+            .map_err(|e| Error::RevertFailed {
+                container: preview_name.clone(),
+                reason: reason.clone(),
+                error: e.to_string(),
+            })?;
+        let history = self.history(&req.container, req.history_limit).await?;
+        let mut revision = new_revision(history.next_number(), &ready.meta, ready.new_spec.clone());
+        revision.outcome = Outcome::RolledBack {
+            reason: format!("the preview failed; {name} was not touched: {reason}"),
+        };
+        revision.finished_at = Some(OffsetDateTime::now_utc());
+        self.store.put_revision(&subject, &revision).await?;
+        journal
+            .record(&Step::Done {
+                outcome: "rolled-back".into(),
+            })
+            .await?;
+        self.store.close_operation(&journal.operation).await?;
+        Ok(Err(UpdateReport {
+            container: name.to_owned(),
+            endpoint: self.runtime.endpoint().to_owned(),
+            status: UpdateStatus::RolledBack,
+            revision,
+            previous: Some(ready.current.number),
+            verdict,
+            unexpected_changes: diff,
+            reason: Some(reason),
+            last_logs,
+            backup: None,
+            recovered: Vec::new(),
+            probation: None,
+            restored_by: None,
+        }))
+    }
+
+    /// The preview takes the name: the old container is stopped and retained as for any update.
+    async fn promote_locked(
+        &self,
+        lease: &LeaseGuard,
+        name: &str,
+        preview: Preview,
+        req: &UpdateRequest,
+    ) -> Result<UpdateReport, Error> {
+        let gone = || Error::InvalidInput {
+            what: format!("the promotion of {name}"),
+            message: format!(
+                "its preview {} is gone or was replaced; stage it again",
+                preview.container
+            ),
+        };
+        match self.runtime.inspect_container(&preview.container).await {
+            Ok(info) if info.id == preview.container_id => {}
+            Ok(_) | Err(RuntimeError::ContainerNotFound { .. }) => return Err(gone()),
+            Err(e) => return Err(e.into()),
+        }
+        let container: ContainerName =
+            name.parse()
+                .map_err(|e: agent_core::ContainerNameError| Error::InvalidInput {
+                    what: "container".into(),
+                    message: e.to_string(),
+                })?;
+        let old = self.runtime.inspect_container(name).await?;
+        let old_defaults = self
+            .runtime
+            .inspect_image(&old.image_id)
+            .await
+            .map(|i| i.defaults)
+            .unwrap_or_default();
+        let history = self.history(&container, req.history_limit).await?;
+        let current = self.adopt(name, &old, history).await?;
         let report = self
             .replace(
                 lease,
-                "update",
+                "promote",
                 &old,
                 &old_defaults,
                 current.number,
-                Source::Create(Box::new(new_spec)),
+                Source::Preview {
+                    name: preview.container.clone(),
+                    spec: Box::new(preview.spec.clone()),
+                    verdict: Box::new(preview.verdict.clone()),
+                },
                 RevisionMeta {
-                    image: req.image.clone(),
-                    image_id: Some(image_info.id.clone()),
-                    digest,
-                    cause,
-                    new_defaults: image_info.defaults.clone(),
+                    image: preview.image.clone(),
+                    image_id: preview.image_id.clone(),
+                    digest: preview.digest.clone(),
+                    cause: preview.cause.clone(),
+                    new_defaults: preview.new_defaults.clone(),
                 },
                 req,
             )
-            .await;
-        let mut report = report?;
-        report.backup = backup;
-        report.recovered = recovered;
-        if let (Some(watch), UpdateStatus::Updated) = (&req.watch, report.status) {
-            self.probation(lease, req, watch, &mut report).await?;
+            .await?;
+        if report.status == UpdateStatus::Updated {
+            self.set_preview(name, None).await?;
+        } else {
+            // It failed after taking the name and was put back: of no further use.
+            self.discard_locked(name).await?;
         }
         Ok(report)
     }
@@ -958,22 +1429,7 @@ impl Updater {
             subject: subject.clone(),
             seq: 0,
         };
-        let mut revision = Revision {
-            number,
-            image: meta.image.clone(),
-            image_id: meta.image_id.clone(),
-            digest: meta.digest.clone(),
-            spec: match &source {
-                Source::Create(spec) => (**spec).clone(),
-                Source::Retained { spec, .. } => (**spec).clone(),
-            },
-            cause: meta.cause.clone(),
-            created_at: OffsetDateTime::now_utc(),
-            finished_at: None,
-            outcome: Outcome::InProgress,
-            protected: false,
-            retained_container: None,
-        };
+        let mut revision = new_revision(number, &meta, source.spec().clone());
         self.store.put_revision(&subject, &revision).await?;
         journal
             .record(&Step::Begin {
@@ -985,10 +1441,7 @@ impl Updater {
                 old_revision: old_revision.get(),
                 new_revision: number.get(),
                 retained_name: retained.clone(),
-                from_retained: match &source {
-                    Source::Retained { name, .. } => Some(name.clone()),
-                    Source::Create(_) => None,
-                },
+                from_retained: source.existing(),
             })
             .await?;
 
@@ -1003,22 +1456,29 @@ impl Updater {
                     });
                 }
                 journal.record(&Step::Verify).await?;
-                let verdict = self
-                    .verify(name, &new_id, &req.verify, req.extra_probes.as_ref(), &meta)
-                    .await?;
+                let verdict = match &source {
+                    // Verified as a preview already; it only has to have survived the switch.
+                    Source::Preview { verdict, .. } => {
+                        let info = self.runtime.inspect_container(name).await?;
+                        let mut verdict = (**verdict).clone();
+                        if !info.state.is_running() {
+                            verdict.outcome = VerdictOutcome::Unhealthy;
+                            verdict.reason = format!("the preview stopped during the switch ({:?})", info.state.status);
+                        }
+                        verdict
+                    }
+                    _ => {
+                        self.verify(name, &new_id, &req.verify, req.extra_probes.as_ref(), &meta)
+                            .await?
+                    }
+                };
                 let diff = match &source {
-                    Source::Create(spec) => self.faithfulness(name, spec, old_defaults, &meta.new_defaults).await?,
+                    Source::Create(spec) | Source::Preview { spec, .. } => {
+                        self.faithfulness(name, spec, old_defaults, &meta.new_defaults).await?
+                    }
                     Source::Retained { .. } => SpecDiff::default(),
                 };
-                let failure = if verdict.outcome != VerdictOutcome::Healthy {
-                    Some(format!("verification {}: {}", verdict.outcome, verdict.reason))
-                } else if !diff.is_empty() {
-                    Some(format!(
-                        "the new container's configuration differs from the old one beyond the image: {diff}"
-                    ))
-                } else {
-                    None
-                };
+                let failure = judge(&verdict, &diff);
                 (Some(verdict), diff, failure)
             }
         };
@@ -1087,10 +1547,7 @@ impl Updater {
                     old_running: old.state.is_running(),
                     old_restart: old.spec.restart_policy,
                     retained: retained.clone(),
-                    from_retained: match &source {
-                        Source::Retained { name, .. } => Some(name.clone()),
-                        Source::Create(_) => None,
-                    },
+                    from_retained: source.existing(),
                 };
                 self.revert(name, &begin).await.map_err(|e| Error::RevertFailed {
                     container: name.to_owned(),
@@ -1166,6 +1623,13 @@ impl Updater {
                 });
                 self.runtime.rename_container(from, name).await?;
                 self.runtime.set_restart_policy(name, *restart).await?;
+            }
+            Source::Preview { name: from, .. } => {
+                self.reporter.report(&Event::Step {
+                    step: "create-new",
+                    detail: format!("{from} -> {name} (already running and verified)"),
+                });
+                self.runtime.rename_container(from, name).await?;
             }
         }
         journal.record(&Step::StartNew).await?;
@@ -1297,6 +1761,7 @@ impl Updater {
                 .collect();
             let last = steps.last().map(|s| s.name()).unwrap_or("none").to_owned();
             let Some(Step::Begin {
+                kind,
                 old_id,
                 old_running,
                 old_restart,
@@ -1309,6 +1774,25 @@ impl Updater {
                 self.store.close_operation(&op).await?;
                 continue;
             };
+            if kind == "stage" {
+                // Staging never touches the old container: removing the half-made preview is the repair.
+                self.remove_if(&retained_name, |id| id != old_id)
+                    .await
+                    .map_err(|e| Error::RevertFailed {
+                        container: retained_name.clone(),
+                        reason: format!("removing a preview interrupted at {last}"),
+                        error: e.to_string(),
+                    })?;
+                self.store.close_operation(&op).await?;
+                let rec = Recovery {
+                    operation: op.clone(),
+                    interrupted_at: last,
+                    action: "reverted".into(),
+                };
+                self.reporter.report(&Event::Recovered(rec.clone()));
+                out.push(rec);
+                continue;
+            }
             let number = RevisionNumber::new(new_revision);
             let committed = steps.iter().any(|s| matches!(s, Step::Commit));
             let action = if committed {
@@ -1368,6 +1852,19 @@ impl Updater {
             self.reporter.report(&Event::Recovered(rec.clone()));
             out.push(rec);
         }
+        // A start-first update killed between its verified preview and the switch: the preview goes, so
+        // that one instance runs (a blue-green preview waits for its promotion instead).
+        if let Some(p) = self.preview(name).await? {
+            if p.switch_at_once && self.discard_locked(name).await? {
+                let rec = Recovery {
+                    operation: format!("start-first preview {}", p.container),
+                    interrupted_at: "staged".into(),
+                    action: "reverted".into(),
+                };
+                self.reporter.report(&Event::Recovered(rec.clone()));
+                out.push(rec);
+            }
+        }
         Ok(out)
     }
 }
@@ -1386,4 +1883,34 @@ struct BeginFacts {
     old_restart: RestartPolicy,
     retained: String,
     from_retained: Option<String>,
+}
+
+/// Why a verified container must not stay, if it must not.
+fn judge(verdict: &Verdict, diff: &SpecDiff) -> Option<String> {
+    if verdict.outcome != VerdictOutcome::Healthy {
+        Some(format!("verification {}: {}", verdict.outcome, verdict.reason))
+    } else if !diff.is_empty() {
+        Some(format!(
+            "the new container's configuration differs from the old one beyond the image: {diff}"
+        ))
+    } else {
+        None
+    }
+}
+
+/// A revision being made now.
+fn new_revision(number: RevisionNumber, meta: &RevisionMeta, spec: ContainerSpec) -> Revision {
+    Revision {
+        number,
+        image: meta.image.clone(),
+        image_id: meta.image_id.clone(),
+        digest: meta.digest.clone(),
+        spec,
+        cause: meta.cause.clone(),
+        created_at: OffsetDateTime::now_utc(),
+        finished_at: None,
+        outcome: Outcome::InProgress,
+        protected: false,
+        retained_container: None,
+    }
 }

@@ -239,3 +239,102 @@ fn a_killed_apply_is_resumed_by_the_next_apply() {
         assert!(w.state(n).unwrap().2.contains("@sha256:"), "{n} runs the pinned 2.0.0");
     }
 }
+
+#[test]
+fn blue_green_stages_ten_previews_then_promotes_or_aborts_without_touching_the_old() {
+    let img = images();
+    let w = World::new("bluegreen");
+    let names: Vec<String> = (1..=10).map(|i| w.name(&format!("b{i}"))).collect();
+    let ids: Vec<String> = names
+        .iter()
+        .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
+        .collect();
+    let rollout = w.name("ro");
+    let f = spec(
+        &w,
+        &rollout,
+        &img.refs["v2"],
+        &names,
+        "blueGreen: {autoPromote: false}",
+        "parallelism: 5\n",
+    );
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let staged = events(&out)
+        .iter()
+        .filter(|e| e["event"] == "target-updated" && e["status"] == "staged")
+        .count();
+    assert_eq!(staged, 10);
+    // Old and preview run side by side; the old ones untouched.
+    for (n, id) in names.iter().zip(&ids) {
+        assert_eq!(w.state(n).unwrap(), (id.clone(), true, img.refs["v1"].clone()));
+        let (_, running, image) = w.state(&format!("{n}.preview")).unwrap();
+        assert!(
+            running && image.starts_with(&img.refs["v2"].rsplit_once(':').unwrap().0.to_owned()),
+            "{image}"
+        );
+    }
+    let out = w.agentctl(&["rollout", "promote", &rollout, "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for (n, id) in names.iter().zip(&ids) {
+        let (new_id, running, image) = w.state(n).unwrap();
+        assert!(running && new_id != *id && image.contains("@sha256:"), "{n}: {image}");
+        assert!(w.state(&format!("{n}.preview")).is_none());
+        assert_eq!(
+            w.state(&format!("{n}.rev1")).unwrap().0,
+            *id,
+            "the old container is retained"
+        );
+    }
+
+    // Another blue-green, aborted while its previews wait: they go, the live containers never changed.
+    let live: Vec<String> = names.iter().map(|n| w.state(n).unwrap().0).collect();
+    let again = w.name("ro2");
+    let f = spec(&w, &again, &img.refs["v3"], &names[..4], "blueGreen: {}", "");
+    assert_eq!(code(&w.agentctl(&["apply", "-f", f.to_str().unwrap()])), 4);
+    let out = w.agentctl(&["rollout", "abort", &again, "-o", "json"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    for (n, id) in names.iter().zip(&live).take(4) {
+        assert_eq!(w.state(n).unwrap().0, *id);
+        assert!(w.state(n).unwrap().1);
+        assert!(w.state(&format!("{n}.preview")).is_none());
+    }
+}
+
+#[test]
+fn rolling_with_max_surge_keeps_every_target_running_through_ten_agents() {
+    let img = images();
+    let w = World::new("surge");
+    let names: Vec<String> = (1..=10).map(|i| w.name(&format!("s{i}"))).collect();
+    for n in &names {
+        w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    }
+    let rollout = w.name("ro");
+    let f = spec(
+        &w,
+        &rollout,
+        &img.refs["v2"],
+        &names,
+        "rolling: {maxUnavailable: 0, maxSurge: 3}",
+        "parallelism: 5\n",
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = w.sample_instances(&names, stop.clone());
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let samples = sampler.join().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for (n, s) in names.iter().zip(&samples) {
+        assert!(
+            s.iter().all(|&c| c >= 1),
+            "{n} had no running instance at some moment: {s:?}"
+        );
+        assert!(w.state(n).unwrap().2.contains("@sha256:"));
+    }
+    // Batches of 3: never more than 3 targets with two instances at once.
+    let doubled = (0..samples[0].len())
+        .map(|k| samples.iter().filter(|s| s.get(k) == Some(&2)).count())
+        .max()
+        .unwrap();
+    assert!((1..=3).contains(&doubled), "{doubled}");
+}

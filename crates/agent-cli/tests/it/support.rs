@@ -295,6 +295,36 @@ impl World {
     pub fn state_dir(&self) -> &Path {
         self.state.path()
     }
+
+    /// Samples, every 50 ms until `stop` is set, how many of this world's containers named `t` or
+    /// `t.preview` run, for each target `t`. Join the handle for the samples (one `Vec` per target).
+    pub fn sample_instances(
+        &self,
+        targets: &[String],
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<Vec<Vec<usize>>> {
+        let label = self.label.clone();
+        let targets = targets.to_vec();
+        std::thread::spawn(move || {
+            let mut samples = vec![Vec::new(); targets.len()];
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = Command::new("docker")
+                    .args(["ps", "--filter", &format!("label={label}"), "--format", "{{.Names}}"])
+                    .output()
+                    .unwrap();
+                let running: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                for (i, t) in targets.iter().enumerate() {
+                    let preview = format!("{t}.preview");
+                    samples[i].push(running.iter().filter(|n| **n == *t || **n == preview).count());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            samples
+        })
+    }
 }
 
 impl Drop for World {

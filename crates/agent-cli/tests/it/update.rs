@@ -518,3 +518,106 @@ fn two_updates_on_one_container_cannot_both_run() {
         .collect();
     assert_eq!(running, std::slice::from_ref(&name), "exactly one instance runs");
 }
+
+#[test]
+fn start_first_keeps_an_instance_running_throughout_and_refuses_what_two_cannot_share() {
+    let img = images();
+    let w = World::new("startfirst");
+    let name = w.name("agent");
+    let old_id = w.docker_run(&name, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = w.sample_instances(std::slice::from_ref(&name), stop.clone());
+    let out = w.agentctl(
+        &[
+            &[
+                "update",
+                &name,
+                "--image",
+                &img.refs["v2"],
+                "--strategy",
+                "start-first",
+                "-o",
+                "json",
+            ],
+            FAST,
+        ]
+        .concat(),
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let samples = sampler.join().unwrap().remove(0);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!samples.is_empty());
+    assert!(
+        samples.iter().all(|&n| n >= 1),
+        "a moment without a running instance: {samples:?}"
+    );
+    assert!(
+        samples.contains(&2),
+        "the new version ran beside the old one: {samples:?}"
+    );
+    let (_, running, image) = w.state(&name).unwrap();
+    assert!(running);
+    assert_eq!(image, img.refs["v2"]);
+    assert!(
+        w.state(&format!("{name}.preview")).is_none(),
+        "the preview took the name"
+    );
+    let (retained_id, retained_running, _) = w.state(&format!("{name}.rev1")).unwrap();
+    assert_eq!((retained_id.as_str(), retained_running), (old_id.as_str(), false));
+
+    // A failing new version: the live container is never stopped, the preview is removed.
+    let live = w.state(&name).unwrap().0;
+    let started = |n: &str| stdout(&w.docker(&["inspect", "-f", "{{.State.StartedAt}}", n]));
+    let before = started(&name);
+    let out = w.agentctl(
+        &[
+            &[
+                "update",
+                &name,
+                "--image",
+                &img.refs["exit"],
+                "--strategy",
+                "start-first",
+                "-o",
+                "json",
+            ],
+            FAST,
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_eq!(w.state(&name).unwrap().0, live);
+    assert_eq!(started(&name), before, "the live container was not restarted");
+    assert!(w.state(&format!("{name}.preview")).is_none());
+
+    // Two instances cannot share a fixed host port: refused before anything changes.
+    let port = agent_docker::testing::free_port().unwrap().to_string();
+    let published = w.name("published");
+    let pid = w.docker_run(&published, &["-p", &format!("127.0.0.1:{port}:8080")], &img.refs["v1"]);
+    let out = w.agentctl(
+        &[
+            &[
+                "update",
+                &published,
+                "--image",
+                &img.refs["v2"],
+                "--strategy",
+                "start-first",
+            ],
+            FAST,
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("host port {port}/tcp")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("stop-first"), "{}", stderr(&out));
+    assert_eq!(w.state(&published).unwrap(), (pid, true, img.refs["v1"].clone()));
+    assert!(json(&w.agentctl(&["history", &published, "-o", "json"]))
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
