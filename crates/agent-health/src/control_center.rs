@@ -171,6 +171,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+impl Heartbeat {
+    /// Parses and validates a heartbeat as the control center receives it (JSON); the error says what is
+    /// wrong, prefixed `malformed` (not JSON of the right shape) or `invalid` (a field out of bounds).
+    pub fn parse(body: &[u8]) -> Result<Heartbeat, String> {
+        let hb: Heartbeat = serde_json::from_slice(body)
+            .map_err(|e| format!("malformed heartbeat: {e}; send JSON with agentId and version"))?;
+        validate(&hb).map_err(|e| format!("invalid heartbeat: {e}"))?;
+        Ok(hb)
+    }
+}
+
 fn validate(hb: &Heartbeat) -> Result<(), String> {
     let field_ok = |name: &str, v: &str, required: bool| -> Result<(), String> {
         if required && v.trim().is_empty() {
@@ -441,20 +452,13 @@ async fn post_heartbeat(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap
         cc.rejected.fetch_add(1, Ordering::Relaxed);
         return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
-    let hb: Heartbeat = match serde_json::from_slice(&body) {
+    let hb = match Heartbeat::parse(&body) {
         Ok(h) => h,
         Err(e) => {
             cc.rejected.fetch_add(1, Ordering::Relaxed);
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("malformed heartbeat: {e}; send JSON with agentId and version"),
-            );
+            return error(StatusCode::BAD_REQUEST, e);
         }
     };
-    if let Err(e) = validate(&hb) {
-        cc.rejected.fetch_add(1, Ordering::Relaxed);
-        return error(StatusCode::BAD_REQUEST, format!("invalid heartbeat: {e}"));
-    }
     cc.record(hb);
     StatusCode::NO_CONTENT.into_response()
 }
