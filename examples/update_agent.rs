@@ -30,6 +30,10 @@ async fn main() -> anyhow::Result<()> {
         UpdateStatus::Updated => println!("{container} now runs {image}"),
         UpdateStatus::Unchanged => println!("{container} already ran {image}"),
         UpdateStatus::RolledBack => println!("{container} rolled back: {}", report.reason.unwrap_or_default()),
+        UpdateStatus::Unverified => println!(
+            "{container} runs {image}, unverified: {}",
+            report.reason.unwrap_or_default()
+        ),
         // Only `Updater::stage` (the first half of blue-green) leaves a preview waiting.
         UpdateStatus::Staged => println!("{container}: a preview of {image} waits for promotion"),
     }

@@ -256,6 +256,29 @@ pub(crate) fn history_table(h: &RevisionHistory) -> String {
     t.to_string()
 }
 
+/// `rollout history`: every target's revisions, one row each.
+pub(crate) fn rollout_history_table(h: &[(agent_rollout::TargetState, Vec<agent_core::Revision>)]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header(["TARGET", "REV", "IMAGE", "STATUS", "CAUSE", "CREATED"]);
+    for (target, revs) in h {
+        for r in revs {
+            t.add_row([
+                format!("{}@{}", target.container, target.host),
+                r.number.to_string(),
+                r.image.familiar(),
+                r.outcome.status().to_owned(),
+                r.cause.clone(),
+                r.created_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            ]);
+        }
+    }
+    t.to_string()
+}
+
 pub(crate) fn update_text(r: &UpdateReport) -> String {
     let mut out = String::new();
     match r.status {
@@ -275,6 +298,14 @@ pub(crate) fn update_text(r: &UpdateReport) -> String {
             agent_rollout::preview_name(&r.container),
             r.revision.number
         ))),
+        UpdateStatus::Unverified => out.push_str(&format!(
+            "{} runs {} unverified (revision {}): {}\nneither proven nor rolled back; `agentctl undo {0}` goes back to revision {}",
+            r.container,
+            r.revision.image.familiar(),
+            r.revision.number,
+            r.reason.as_deref().unwrap_or("verification inconclusive"),
+            r.previous.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+        )),
         UpdateStatus::Unchanged => out.push_str(&format!(
             "{} already runs {}; nothing changed",
             r.container,

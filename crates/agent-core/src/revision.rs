@@ -81,6 +81,12 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// Runs, but its verification was inconclusive (a signal source such as the control center or
+    /// Prometheus could not be asked): neither proven nor rolled back. It is current, never known-good.
+    Unverified {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -91,6 +97,7 @@ impl Outcome {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed { .. } => "failed",
             Outcome::RolledBack { .. } => "rolled-back",
+            Outcome::Unverified { .. } => "unverified",
         }
     }
 }
@@ -192,7 +199,10 @@ impl RevisionHistory {
 
     /// The revision running now: the newest that succeeded.
     pub fn current(&self) -> Option<&Revision> {
-        self.revisions.iter().rev().find(|r| r.outcome == Outcome::Succeeded)
+        self.revisions
+            .iter()
+            .rev()
+            .find(|r| matches!(r.outcome, Outcome::Succeeded | Outcome::Unverified { .. }))
     }
 
     /// The last known-good revision other than the current one: the target of a rollback.

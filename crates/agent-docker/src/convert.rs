@@ -310,8 +310,8 @@ pub(crate) fn container_info(
                 .collect(),
             ipv4_address: nonempty(ipam.ipv4_address),
             ipv6_address: nonempty(ipam.ipv6_address),
-            // The engine reports a MAC for every endpoint; only API >= 1.44 says whether the user chose it, so
-            // on older engines it is not carried (see the README's limits).
+            // The engine reports a MAC for every endpoint, chosen or not; the one the user chose is read from
+            // the container-level config by the caller and set on the primary network.
             mac_address: None,
             links: ep.links.unwrap_or_default(),
             name: net,
@@ -371,6 +371,20 @@ pub(crate) fn container_info(
         addresses,
         all_labels,
     })
+}
+
+/// The network attached at create (named by network_mode, else the first): the one a container-level MAC
+/// address belongs to.
+pub(crate) fn primary_network(spec: &ContainerSpec) -> Option<usize> {
+    if spec.networks.is_empty() {
+        return None;
+    }
+    Some(
+        spec.network_mode
+            .as_ref()
+            .and_then(|mode| spec.networks.iter().position(|n| &n.name == mode))
+            .unwrap_or(0),
+    )
 }
 
 pub(crate) fn endpoint_settings(net: &NetworkAttachment) -> m::EndpointSettings {
@@ -451,11 +465,7 @@ pub(crate) fn create_body(
 
     // The network named by network_mode (or the first one) is attached at create; the rest after.
     let mut networks = spec.networks.clone();
-    let first_idx = spec
-        .network_mode
-        .as_ref()
-        .and_then(|mode| networks.iter().position(|n| &n.name == mode))
-        .unwrap_or(0);
+    let first_idx = primary_network(spec).unwrap_or(0);
     let first = (!networks.is_empty()).then(|| networks.remove(first_idx));
     // Like the docker CLI, a container on user networks takes the first one as its network mode; one on the
     // default bridge keeps the engine's `default` mode (setting `bridge` would be a visible change).

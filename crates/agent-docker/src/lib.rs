@@ -79,6 +79,28 @@ pub struct DockerRuntime {
     secrets: SecretPolicy,
     plain_tcp_remote: bool,
     cpu_samples: std::sync::Arc<std::sync::Mutex<HashMap<String, convert::CpuSample>>>,
+    /// Create bodies that carry what bollard's create type cannot (a container-level `MacAddress`, which
+    /// API < 1.44 engines read there), by container name; swapped in by the request modifier.
+    create_bodies: CreateBodies,
+}
+
+type CreateBodies = std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>;
+
+/// Swaps in the stashed body of a `POST /containers/create?name=NAME` request.
+fn swap_create_body(bodies: &CreateBodies, req: bollard::BollardRequest) -> bollard::BollardRequest {
+    if req.method() != "POST" || !req.uri().path().ends_with("/containers/create") {
+        return req;
+    }
+    let name = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("name=")))
+        .map(str::to_owned);
+    let body = name.and_then(|n| bodies.lock().unwrap_or_else(|p| p.into_inner()).remove(&n));
+    match body {
+        Some(bytes) => req.map(|_| bollard::body_full(bytes.into())),
+        None => req,
+    }
 }
 
 fn is_loopback_endpoint(endpoint: &str) -> bool {
@@ -141,6 +163,9 @@ impl DockerRuntime {
         // version we report (and rely on) is the engine's.
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
         let api_version = docker.client_version().to_string();
+        let create_bodies = CreateBodies::default();
+        let bodies = create_bodies.clone();
+        let docker = docker.with_request_modifier(move |req| swap_create_body(&bodies, req));
         Ok(DockerRuntime {
             docker,
             endpoint,
@@ -148,7 +173,31 @@ impl DockerRuntime {
             secrets: SecretPolicy::default(),
             plain_tcp_remote,
             cpu_samples: Default::default(),
+            create_bodies,
         })
+    }
+
+    /// The MAC address the user chose for the container (`docker run --mac-address`), read from the raw
+    /// inspect answer: bollard's types do not carry the container-level field. Local engines only (unix
+    /// socket); elsewhere `None`, and the engine assigns a MAC as before.
+    async fn user_mac_address(&self, id: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let path = self.endpoint.strip_prefix("unix://")?;
+        let mut s = tokio::net::UnixStream::connect(path).await.ok()?;
+        let req = format!("GET /containers/{id}/json HTTP/1.0\r\nHost: docker\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        v["Config"]["MacAddress"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned)
     }
 
     /// Uses `policy` to decide which env variables of inspected containers are secret.
@@ -227,6 +276,51 @@ impl DockerRuntime {
             .map_err(|e| self.err("network-connect", container, e))
     }
 
+    /// A container whose network was removed and created again under the same name still points at the
+    /// old network's id and cannot start. Re-join every such network by name with the container's own
+    /// aliases and addresses. Returns whether anything was re-joined.
+    async fn rejoin_recreated_networks(&self, container: &str) -> Result<bool, RuntimeError> {
+        let raw = self
+            .docker
+            .inspect_container(container, None::<qp::InspectContainerOptions>)
+            .await
+            .map_err(|e| self.err("inspect", container, e))?;
+        let recorded = raw
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.clone())
+            .unwrap_or_default();
+        let spec = self.inspect_container(container).await?.spec;
+        let mut rejoined = false;
+        for (name, ep) in recorded {
+            let Ok(now) = self
+                .docker
+                .inspect_network(&name, None::<qp::InspectNetworkOptions>)
+                .await
+            else {
+                continue;
+            };
+            if now.id.is_none() || now.id == ep.network_id {
+                continue;
+            }
+            let Some(net) = spec.networks.iter().find(|n| n.name == name) else {
+                continue;
+            };
+            tracing::warn!(container, network = %name, "the network was created again; re-joining it by name");
+            let req = bollard::models::NetworkDisconnectRequest {
+                container: container.to_owned(),
+                force: Some(true),
+            };
+            self.docker
+                .disconnect_network(&name, req)
+                .await
+                .map_err(|e| self.err("network-disconnect", container, e))?;
+            self.connect_network(container, net).await?;
+            rejoined = true;
+        }
+        Ok(rejoined)
+    }
+
     /// The bollard client, for the crate's own helpers.
     pub(crate) fn client(&self) -> &Docker {
         &self.docker
@@ -261,6 +355,7 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map_err(|e| self.err("inspect", container, e))?;
         let image_id = raw.image.clone().unwrap_or_default();
+        let id = raw.id.clone().unwrap_or_default();
         // The image's defaults tell what the user set from what the image set. If the image is gone, treat
         // everything as user-set (nothing is lost; some image defaults get frozen).
         let defaults = match self.inspect_image(&image_id).await {
@@ -268,7 +363,13 @@ impl ContainerRuntime for DockerRuntime {
             Err(RuntimeError::ImageNotFound { .. }) => Default::default(),
             Err(e) => return Err(e),
         };
-        convert::container_info(raw, &defaults, &self.secrets)
+        let mut info = convert::container_info(raw, &defaults, &self.secrets)?;
+        if let Some(mac) = self.user_mac_address(&id).await {
+            if let Some(i) = convert::primary_network(&info.spec) {
+                info.spec.networks[i].mac_address = Some(mac);
+            }
+        }
+        Ok(info)
     }
 
     async fn inspect_image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
@@ -323,6 +424,20 @@ impl ContainerRuntime for DockerRuntime {
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let name = spec.name.as_str();
         let (body, extra_networks) = convert::create_body(spec)?;
+        let mac = convert::primary_network(spec).and_then(|i| spec.networks[i].mac_address.clone());
+        if let Some(mac) = mac {
+            // bollard's create type has no container-level MacAddress; send our own body with it.
+            let mut json = serde_json::to_value(&body).map_err(|e| RuntimeError::InvalidSpec {
+                container: name.to_owned(),
+                message: e.to_string(),
+            })?;
+            json["MacAddress"] = serde_json::Value::String(mac);
+            let bytes = serde_json::to_vec(&json).unwrap_or_default();
+            self.create_bodies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_owned(), bytes);
+        }
         let opts = qp::CreateContainerOptionsBuilder::new().name(name).build();
         let created =
             self.docker
@@ -335,6 +450,10 @@ impl ContainerRuntime for DockerRuntime {
                     },
                     other => other,
                 })?;
+        self.create_bodies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         // API 1.41 attaches one network at create; the others are connected before the first start.
         for net in &extra_networks {
             if let Err(e) = self.connect_network(name, net).await {
@@ -358,7 +477,21 @@ impl ContainerRuntime for DockerRuntime {
             Ok(()) => Ok(()),
             // 304: already running.
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
-            Err(e) => Err(self.err("start", container, e)),
+            Err(e) => {
+                let err = self.err("start", container, e);
+                let msg = err.to_string();
+                if msg.contains("network")
+                    && msg.contains("not found")
+                    && self.rejoin_recreated_networks(container).await?
+                {
+                    return self
+                        .docker
+                        .start_container(container, None::<qp::StartContainerOptions>)
+                        .await
+                        .map_err(|e| self.err("start", container, e));
+                }
+                Err(err)
+            }
         }
     }
 

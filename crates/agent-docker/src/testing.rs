@@ -196,6 +196,12 @@ impl Drop for LocalRegistry {
     }
 }
 
+/// Whether process `pid` still runs (a zombie, exited but not yet reaped, does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .is_ok_and(|s| !s.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -208,11 +214,27 @@ pub struct SecondEngine {
     pid: u32,
     dir: std::path::PathBuf,
     bridge: String,
+    extra_args: Vec<String>,
+}
+
+/// How to start a [`SecondEngine`].
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Put the data root on a tmpfs of this many MiB: a small disk that images and containers can fill.
+    pub disk_mib: Option<u32>,
+    /// More `dockerd` arguments (e.g. `-H tcp://127.0.0.1:PORT --tlsverify …`).
+    pub extra_args: Vec<String>,
 }
 
 impl SecondEngine {
     /// Starts `dockerd` with bridge `bridge` on `subnet_gateway` (`10.250.0.1/24`) and waits up to 30 s for it.
     pub fn start(bridge: &str, subnet_gateway: &str) -> std::io::Result<SecondEngine> {
+        SecondEngine::start_with(bridge, subnet_gateway, EngineOptions::default())
+    }
+
+    /// Like [`SecondEngine::start`], with options: a small data root, extra `dockerd` arguments.
+    pub fn start_with(bridge: &str, subnet_gateway: &str, options: EngineOptions) -> std::io::Result<SecondEngine> {
+        let disk_mib = options.disk_mib;
         let dir = std::env::temp_dir().join(format!("agentctl-engine-{}-{bridge}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let ip = |args: &[&str]| {
@@ -234,7 +256,45 @@ impl SecondEngine {
             "overlay2"
         };
         std::fs::write(dir.join("daemon.json"), format!("{{\"storage-driver\": \"{driver}\"}}"))?;
-        let log = std::fs::File::create(dir.join("dockerd.log"))?;
+        if let Some(mib) = disk_mib {
+            std::fs::create_dir_all(dir.join("data"))?;
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                .arg(dir.join("data"))
+                .status()?
+                .success();
+            if !ok {
+                return Err(std::io::Error::other("cannot mount a tmpfs for the engine's data root"));
+            }
+        }
+        let mut engine = SecondEngine {
+            pid: 0,
+            dir,
+            bridge: bridge.to_owned(),
+            extra_args: options.extra_args,
+        };
+        engine.launch()?;
+        Ok(engine)
+    }
+
+    /// Stops the engine (SIGTERM: it stops its containers as a daemon shutdown does) and starts it again on
+    /// the same data, waiting until it answers: containers whose restart policy says so come back.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        let pid = self.pid;
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.launch()
+    }
+
+    fn launch(&mut self) -> std::io::Result<()> {
+        let (dir, bridge) = (&self.dir, &self.bridge);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("dockerd.log"))?;
         let child = Command::new("dockerd")
             .arg("--config-file")
             .arg(dir.join("daemon.json"))
@@ -248,32 +308,34 @@ impl SecondEngine {
             .arg(format!("unix://{}", dir.join("docker.sock").display()))
             .arg("--bridge")
             .arg(bridge)
+            .args(&self.extra_args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let engine = SecondEngine {
-            pid: child.id(),
-            dir,
-            bridge: bridge.to_owned(),
-        };
+        self.pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let ok = Command::new("docker")
-                .args(["-H", &engine.endpoint(), "info"])
+                .args(["-H", &self.endpoint(), "info"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
             if ok {
-                return Ok(engine);
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let log = std::fs::read_to_string(engine.dir.join("dockerd.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
         Err(std::io::Error::other(format!(
             "the second engine did not answer within 30 s: {}",
             log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
         )))
+    }
+
+    /// Its directory (data root under `data/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Its endpoint (`unix:///tmp/…/docker.sock`).
@@ -285,11 +347,20 @@ impl SecondEngine {
     pub fn stop(pid: u32, dir: &Path, bridge: &str) {
         let _ = Command::new("kill").arg(pid.to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        while alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = Command::new("ip")
             .args(["link", "del", bridge])
+            .stderr(Stdio::null())
+            .status();
+        // Unmount what the engine left mounted under its directory (a tmpfs data root, container mounts).
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l",
+                dir.display()
+            ))
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(dir);

@@ -28,8 +28,18 @@ use crate::events::{Event, Reporter};
 use crate::lease::{holder_for_this_process, LeaseGuard};
 
 /// Environment variable naming a journal step at which the process aborts right after journaling it
-/// (as a `kill -9` would): the crash-safety tests use it. Never set it in production.
+/// (as a `kill -9` would): the crash-safety tests use it. `STEP` matches that step of any operation,
+/// `KIND:STEP` only of one kind (`update`, `undo`, `stage`, `promote`). Never set it in production.
 pub const CRASH_AT_ENV: &str = "AGENTCTL_CRASH_AT";
+
+/// Environment variable naming a journal step (`STEP` or `KIND:STEP`) at which the process holds, right
+/// after journaling it, until the file named by [`HOLD_FILE_ENV`] exists (at most two minutes); it creates
+/// `FILE.held` when it starts holding. The fault tests use it to change the engine mid-update. Never set
+/// it in production.
+pub const HOLD_AT_ENV: &str = "AGENTCTL_HOLD_AT";
+
+/// The release file of [`HOLD_AT_ENV`].
+pub const HOLD_FILE_ENV: &str = "AGENTCTL_HOLD_FILE";
 
 /// When to pull the image before an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -279,14 +289,18 @@ pub enum UpdateStatus {
     Unchanged,
     /// A verified preview runs beside the untouched old container, waiting for [`Updater::promote`].
     Staged,
+    /// The new revision runs, but a signal source could not be asked (the control center or Prometheus
+    /// down), so it was neither proven nor rolled back: paused for a decision (`undo` goes back).
+    Unverified,
 }
 
 impl UpdateStatus {
-    /// The process exit code for this status (0 updated or unchanged, 3 rolled back).
+    /// The process exit code for this status (0 updated, unchanged or staged, 3 rolled back, 4 unverified).
     pub fn exit_code(self) -> i32 {
         match self {
             UpdateStatus::Updated | UpdateStatus::Unchanged | UpdateStatus::Staged => 0,
             UpdateStatus::RolledBack => 3,
+            UpdateStatus::Unverified => 4,
         }
     }
 }
@@ -421,6 +435,7 @@ pub const UPDATE_STEPS: &[&str] = &[
 ];
 
 struct Journal {
+    kind: String,
     store: Arc<dyn StateStore>,
     operation: String,
     subject: String,
@@ -443,9 +458,22 @@ impl Journal {
             })
             .await?;
         self.seq += 1;
-        if std::env::var(CRASH_AT_ENV).is_ok_and(|s| s == step.name()) {
+        let at = |var: &str| {
+            std::env::var(var).is_ok_and(|s| s == step.name() || s == format!("{}:{}", self.kind, step.name()))
+        };
+        if at(CRASH_AT_ENV) {
             // Test hook: die as `kill -9` would, right after the intent is durable.
             std::process::abort();
+        }
+        if at(HOLD_AT_ENV) {
+            if let Ok(file) = std::env::var(HOLD_FILE_ENV) {
+                // Test hook: let a fault test change the engine between this step and the next.
+                let _ = std::fs::write(format!("{file}.held"), step.name());
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                while !Path::new(&file).exists() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
         Ok(())
     }
@@ -706,6 +734,8 @@ impl Updater {
 
         let history = self.history(&req.container, req.history_limit).await?;
         let current = self.adopt(name, &old, history).await?;
+        self.ensure_retained_name_free(name, &retained_name(name, current.number))
+            .await?;
         let backup = match &req.backup_dir {
             Some(dir) => Some(self.backup(dir, &old, current.number).await?),
             None => None,
@@ -728,6 +758,20 @@ impl Updater {
             },
             backup,
         })))
+    }
+
+    /// The old container is retained under `retained`: a container already there is not ours to touch.
+    async fn ensure_retained_name_free(&self, name: &str, retained: &str) -> Result<(), Error> {
+        match self.runtime.inspect_container(retained).await {
+            Ok(_) => Err(Error::InvalidInput {
+                what: format!("the container name {retained}"),
+                message: format!(
+                    "a container with that name already exists, and agentctl keeps the old {name} there as its rollback target; rename or remove it, then run the command again"
+                ),
+            }),
+            Err(RuntimeError::ContainerNotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Blue-green, first half: starts the new version beside the untouched old container as `NAME.preview`
@@ -897,6 +941,7 @@ impl Updater {
         }
         let subject = self.subject(name);
         let mut journal = Journal {
+            kind: "stage".into(),
             store: self.store.clone(),
             operation: format!("stage-{name}-{}", OffsetDateTime::now_utc().unix_timestamp_nanos()),
             subject: subject.clone(),
@@ -1421,6 +1466,7 @@ impl Updater {
         let number = history.next_number();
         let retained = retained_name(name, old_revision);
         let mut journal = Journal {
+            kind: kind.to_owned(),
             store: self.store.clone(),
             operation: format!(
                 "{kind}-{name}-{number}-{}",
@@ -1429,6 +1475,7 @@ impl Updater {
             subject: subject.clone(),
             seq: 0,
         };
+        self.ensure_retained_name_free(name, &retained).await?;
         let mut revision = new_revision(number, &meta, source.spec().clone());
         self.store.put_revision(&subject, &revision).await?;
         journal
@@ -1478,15 +1525,27 @@ impl Updater {
                     }
                     Source::Retained { .. } => SpecDiff::default(),
                 };
-                let failure = judge(&verdict, &diff);
+                // Inconclusive is not unhealthy: the new version stays, unproven, and the caller decides (no
+                // rollback storm when a control center or Prometheus is down).
+                let failure = match verdict.outcome {
+                    VerdictOutcome::Inconclusive if diff.is_empty() => None,
+                    _ => judge(&verdict, &diff),
+                };
                 (Some(verdict), diff, failure)
             }
         };
 
+        let unverified = verdict
+            .as_ref()
+            .filter(|v| v.outcome == VerdictOutcome::Inconclusive)
+            .map(|v| format!("verification inconclusive: {}", v.reason));
         match failure {
             None => {
                 journal.record(&Step::Commit).await?;
-                revision.outcome = Outcome::Succeeded;
+                revision.outcome = match &unverified {
+                    Some(reason) => Outcome::Unverified { reason: reason.clone() },
+                    None => Outcome::Succeeded,
+                };
                 revision.finished_at = Some(OffsetDateTime::now_utc());
                 self.store.put_revision(&subject, &revision).await?;
                 let mut history = self.history(&old.spec.name, req.history_limit).await?;
@@ -1520,12 +1579,16 @@ impl Updater {
                 Ok(UpdateReport {
                     container: name.to_owned(),
                     endpoint: self.runtime.endpoint().to_owned(),
-                    status: UpdateStatus::Updated,
+                    status: if unverified.is_some() {
+                        UpdateStatus::Unverified
+                    } else {
+                        UpdateStatus::Updated
+                    },
                     revision,
                     previous: Some(old_revision),
                     verdict,
                     unexpected_changes: diff,
-                    reason: None,
+                    reason: unverified,
                     last_logs: Vec::new(),
                     backup: None,
                     recovered: Vec::new(),

@@ -329,11 +329,30 @@ fn prometheus_analysis_passes_a_good_version_and_rolls_back_a_bad_one() {
         reason.contains("prometheus failed") && reason.contains("fails `result < 0.05`"),
         "{reason}"
     );
-    // Prometheus unreachable: the verdict is inconclusive (never "unhealthy") and says why.
-    let out = analysis(&w.name("nodata"), &img.refs["v2"], "10.233.1.12", "http://127.0.0.1:1");
+    // Prometheus unreachable: the verdict is inconclusive (never "unhealthy") and says why; the update
+    // pauses (exit 4) with the new version running and the old one retained, never a rollback.
+    let nodata = w.name("nodata");
+    let out = analysis(&nodata, &img.refs["v2"], "10.233.1.12", "http://127.0.0.1:1");
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
     let report = json(&out);
+    assert_eq!(report["status"], "unverified", "{report}");
     assert_eq!(report["verdict"]["outcome"], "inconclusive", "{report}");
     assert!(report["reason"].as_str().unwrap().contains("127.0.0.1:1"), "{report}");
+    assert_eq!(w.state(&nodata).unwrap().2, img.refs["v2"]);
+    assert!(
+        w.state(&format!("{nodata}.rev1")).is_some(),
+        "the old version is retained"
+    );
+    let hist = json(&w.agentctl(&["history", &nodata, "-o", "json"]));
+    assert_eq!(
+        hist.as_array().unwrap().last().unwrap()["status"],
+        "unverified",
+        "{hist}"
+    );
+    // The decision: undo goes back to the last known-good revision, from the retained container.
+    let out = w.agentctl(&[&["undo", &nodata], &FAST[..6]].concat());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(w.state(&nodata).unwrap().2, img.refs["v1"]);
 }
 
 #[test]

@@ -4,7 +4,9 @@
 
 mod cli;
 mod crash;
+mod faults;
 mod fleet;
 mod health;
 mod support;
+mod tls;
 mod update;

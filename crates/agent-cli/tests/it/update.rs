@@ -2,10 +2,12 @@
 
 use std::collections::BTreeSet;
 
+use agent_core::ContainerRuntime;
+
 use crate::support::*;
 
 /// The volume's `seed.txt` as a tar stream (header + content), read through a throwaway container.
-fn read_volume_file(w: &World, volume: &str) -> Vec<u8> {
+pub(crate) fn read_volume_file(w: &World, volume: &str) -> Vec<u8> {
     // No shell in the demo image: read the volume through the archive API.
     let name = w.name(&format!("reader-{}", volume.len()));
     let _ = w.docker(&["rm", "-f", &name]);
@@ -26,7 +28,7 @@ fn read_volume_file(w: &World, volume: &str) -> Vec<u8> {
     out.stdout
 }
 
-fn seed_volume(w: &World, volume: &str, content: &str) {
+pub(crate) fn seed_volume(w: &World, volume: &str, content: &str) {
     let name = w.name("seeder");
     let out = w.docker(&[
         "create",
@@ -341,6 +343,16 @@ fn bad_input_changes_nothing() {
             "invalid container name",
         ),
         (
+            vec!["update", "../../etc/passwd", "--image", &img.refs["v2"]],
+            2,
+            "invalid container name",
+        ),
+        (
+            vec!["update", "$(reboot)", "--image", &img.refs["v2"]],
+            2,
+            "invalid container name",
+        ),
+        (
             vec!["update", &name, "--image", &img.refs["v2"], "--deadline", "ten"],
             2,
             "invalid duration",
@@ -620,4 +632,73 @@ fn start_first_keeps_an_instance_running_throughout_and_refuses_what_two_cannot_
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+#[test]
+fn a_user_set_mac_address_is_kept_and_an_engine_chosen_one_is_not_frozen() {
+    let img = images();
+    let w = World::new("mac");
+    let net = w.network("net", "10.233.9.0/24");
+    // This docker CLI refuses `--mac-address` against a 1.41 engine ("per network ... requires API 1.44"),
+    // so the containers are made through the API with a container-level MacAddress, as older CLIs and
+    // compose files do; then `docker inspect` shows what the engine recorded.
+    let make = |suffix: &str, network: &str, mac: Option<&str>| {
+        let name = w.name(suffix);
+        let mut spec = agent_core::ContainerSpec::new(name.parse().unwrap(), img.refs["v1"].parse().unwrap());
+        spec.labels
+            .insert(w.label.split_once('=').unwrap().0.into(), w.run.clone());
+        spec.networks.push(agent_core::NetworkAttachment {
+            name: network.to_owned(),
+            aliases: Vec::new(),
+            ipv4_address: None,
+            ipv6_address: None,
+            mac_address: mac.map(str::to_owned),
+            links: Vec::new(),
+        });
+        runtime().block_on(async {
+            let d = agent_docker::DockerRuntime::connect(None).await.unwrap();
+            d.create_container(&spec).await.unwrap();
+            d.start_container(&name).await.unwrap();
+        });
+        name
+    };
+    let cases = [
+        (
+            make("usernet", &net, Some("02:42:0a:e9:09:63")),
+            Some("02:42:0a:e9:09:63"),
+        ),
+        (
+            make("bridge", "bridge", Some("02:42:ac:11:99:01")),
+            Some("02:42:ac:11:99:01"),
+        ),
+        (make("plain", &net, None), None),
+    ];
+    let inspect = |name: &str, format: &str| stdout(&w.docker(&["inspect", "-f", format, name])).trim().to_owned();
+    for (name, mac) in &cases {
+        assert_eq!(
+            inspect(name, "{{.Config.MacAddress}}"),
+            mac.unwrap_or(""),
+            "{name}: made as asked"
+        );
+        let out = w.agentctl(&[&["update", name, "--image", &img.refs["v2"], "-o", "json"], FAST].concat());
+        assert_eq!(code(&out), 0, "{name}: {}", stderr(&out));
+        let report = json(&out);
+        assert!(
+            report["unexpectedChanges"].as_array().unwrap().is_empty(),
+            "{name}: {report}"
+        );
+        assert_eq!(inspect(name, "{{.Config.Image}}"), img.refs["v2"]);
+        match mac {
+            Some(m) => {
+                assert_eq!(inspect(name, "{{.Config.MacAddress}}"), *m, "{name}");
+                assert_eq!(
+                    inspect(name, "{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}"),
+                    *m,
+                    "{name}"
+                );
+            }
+            // Not chosen by the user: the engine picks one for the new container, as for any new container.
+            None => assert_eq!(inspect(name, "{{.Config.MacAddress}}"), "", "{name}"),
+        }
+    }
 }

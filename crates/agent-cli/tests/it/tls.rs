@@ -1,0 +1,98 @@
+//! Remote engines over TCP with TLS (a second dockerd with `--tlsverify` and certificates made here).
+
+use crate::support::*;
+
+/// Makes a CA and a server certificate for 127.0.0.1 and a client certificate, as `docker` expects them.
+fn certificates(dir: &std::path::Path) {
+    let sh = |cmd: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca-key.pem -out ca.pem");
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server-key.pem -out server.csr");
+    sh("printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext");
+    sh("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile server.ext -out server-cert.pem");
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout key.pem -out client.csr");
+    sh("printf 'extendedKeyUsage=clientAuth\\n' > client.ext");
+    sh("openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile client.ext -out cert.pem");
+}
+
+#[test]
+fn a_tls_engine_is_updated_with_certificates_and_refused_without() {
+    let img = images();
+    let w = World::new("tls");
+    let certs = w.state_dir().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    certificates(&certs);
+    let port = agent_docker::testing::free_port().unwrap();
+    let cert = |f: &str| certs.join(f).display().to_string();
+    let pid = std::process::id();
+    let engine = agent_docker::testing::SecondEngine::start_with(
+        &format!("agtl{}", pid % 100_000),
+        &format!("10.{}.{}.1/24", 225 + (pid % 5), pid % 250),
+        agent_docker::testing::EngineOptions {
+            extra_args: vec![
+                "-H".into(),
+                format!("tcp://127.0.0.1:{port}"),
+                "--tlsverify".into(),
+                "--tlscacert".into(),
+                cert("ca.pem"),
+                "--tlscert".into(),
+                cert("server-cert.pem"),
+                "--tlskey".into(),
+                cert("server-key.pem"),
+            ],
+            ..Default::default()
+        },
+    )
+    .expect("start a TLS dockerd");
+    let unix = engine.endpoint();
+    let out = std::process::Command::new("docker")
+        .args(["-H", &unix, "pull", &img.refs["v1"]])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let name = w.name("agent");
+    w.docker_run_on(&unix, &name, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    let tcp = format!("tcp://127.0.0.1:{port}");
+    let certs_dir = certs.display().to_string();
+    let tls_env = [("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", certs_dir.as_str())];
+    // With the certificates: a full update over TLS.
+    let out = w.agentctl_env(
+        &[
+            &[
+                "--host",
+                &tcp,
+                "update",
+                &name,
+                "--image",
+                &img.refs["v2"],
+                "-o",
+                "json",
+            ],
+            FAST,
+        ]
+        .concat(),
+        &tls_env,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json(&out)["endpoint"], tcp.as_str());
+    assert!(!stderr(&out).contains("plain TCP"), "{}", stderr(&out));
+    // Without them: a clear error, nothing changed.
+    let out = w.agentctl(&["--host", &tcp, "status", &name]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let out = w.agentctl_env(
+        &["--host", &tcp, "status", &name],
+        &[("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", "/nonexistent")],
+    );
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("DOCKER_CERT_PATH"), "{}", stderr(&out));
+    let _ = std::process::Command::new("docker")
+        .args(["-H", &unix, "rm", "-f", &name, &format!("{name}.rev1")])
+        .output();
+}
