@@ -77,12 +77,12 @@ pub(crate) enum Command {
     /// Show a container's current revision and health, repairing an interrupted operation first.
     #[command(after_help = "Example:\n  agentctl status node-agent")]
     Status(NameArgs),
-    /// Roll out an image across a fleet from a spec (YAML or JSON): recreate, rolling or canary.
+    /// Roll out an image across a fleet from a spec (YAML or JSON): recreate, rolling, blue-green or canary.
     #[command(
         after_help = "Example:\n  agentctl apply -f rollout.yaml -o json\n\nExit codes: 0 succeeded, 1 error before any change, 3 rolled back (fully reverted), 4 paused, 5 failed and could not fully revert."
     )]
     Apply(ApplyArgs),
-    /// Act on a rollout from any process: status, promote, resume, abort.
+    /// Act on a rollout from any process: status, pause, promote, resume, abort, retry, undo, history.
     #[command(
         subcommand,
         after_help = "Examples:\n  agentctl rollout status node-agent\n  agentctl rollout promote node-agent\n  agentctl rollout abort node-agent"
@@ -124,6 +124,10 @@ pub(crate) struct ApplyArgs {
     /// The rollout spec (YAML or JSON); `-` reads standard input.
     #[arg(long, short = 'f', value_name = "FILE")]
     pub(crate) file: PathBuf,
+    /// Serve Prometheus metrics of the rollouts (phase counts, current step, duration, targets by status)
+    /// on this address while the command runs, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +153,33 @@ pub(crate) enum RolloutCommand {
     /// Stop a rollout and revert every target it updated.
     #[command(after_help = "Example:\n  agentctl rollout abort node-agent")]
     Abort {
+        /// Rollout name.
+        name: String,
+    },
+    /// Pause a running rollout at its next step (from any process); continue with promote or resume.
+    #[command(after_help = "Example:\n  agentctl rollout pause node-agent --reason 'error budget'")]
+    Pause {
+        /// Rollout name.
+        name: String,
+        /// Why (shown in status and events).
+        #[arg(long, default_value = "paused by the operator")]
+        reason: String,
+    },
+    /// Run an aborted, rolled-back or failed rollout again from its first step.
+    #[command(after_help = "Example:\n  agentctl rollout retry node-agent")]
+    Retry {
+        /// Rollout name.
+        name: String,
+    },
+    /// Take a succeeded or paused rollout back: every target it updated returns to its previous revision.
+    #[command(after_help = "Example:\n  agentctl rollout undo node-agent")]
+    Undo {
+        /// Rollout name.
+        name: String,
+    },
+    /// Every target's revisions (what each update, rollback and undo recorded).
+    #[command(after_help = "Example:\n  agentctl rollout history node-agent -o json")]
+    History {
         /// Rollout name.
         name: String,
     },

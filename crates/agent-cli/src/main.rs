@@ -131,6 +131,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let spec = agent_rollout::RolloutSpec::parse(&text, &source).map_err(|e| Usage(e.to_string()))?;
             let fleet = fleet(g)?;
+            if let Some(addr) = &args.metrics_listen {
+                serve_metrics(addr, Arc::new(self::fleet(g)?)).await?;
+            }
             let state = fleet.apply(spec).await?;
             Ok(fleet_exit(g, &state))
         }
@@ -151,6 +154,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     fleet.promote(name).await?
                 }
                 cli::RolloutCommand::Abort { name } => fleet.abort(name, "aborted by the operator").await?,
+                cli::RolloutCommand::Pause { name, reason } => {
+                    let s = fleet.pause(name, reason).await?;
+                    if s.phase() != agent_core::Phase::Paused {
+                        eprintln!("pause requested: {name} pauses before its next step");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    s
+                }
+                cli::RolloutCommand::Retry { name } => fleet.retry(name).await?,
+                cli::RolloutCommand::Undo { name } => fleet.undo(name).await?,
+                cli::RolloutCommand::History { name } => {
+                    let h = fleet.history(name).await?;
+                    match g.output {
+                        Output::Table => print_out(g.output, render::rollout_history_table(&h)),
+                        o => {
+                            let rows: Vec<serde_json::Value> = h
+                                .iter()
+                                .map(|(t, revs)| {
+                                    serde_json::json!({
+                                        "host": t.host,
+                                        "container": t.container,
+                                        "status": t.status,
+                                        "revisions": revs,
+                                    })
+                                })
+                                .collect();
+                            print_out(o, render::structured(o, &rows)?)
+                        }
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
             };
             Ok(fleet_exit(g, &state))
         }
@@ -306,4 +340,32 @@ fn main() -> ExitCode {
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// Serves the rollouts' Prometheus metrics on `addr` in the background while this process runs.
+async fn serve_metrics(addr: &str, fleet: Arc<agent_rollout::Fleet>) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Usage(format!("--metrics-listen {addr}: {e}")))?;
+    eprintln!("rollout metrics on http://{}/metrics", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let fleet = fleet.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = conn.read(&mut buf).await;
+                let body = match fleet.all().await {
+                    Ok(states) => agent_rollout::metrics_text(&states),
+                    Err(e) => format!("# error: {e}\n"),
+                };
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
 }

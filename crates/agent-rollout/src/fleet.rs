@@ -27,6 +27,8 @@ use crate::notify::{Notifier, NotifySpec, Outbox, Webhook};
 use crate::update::{HeartbeatCheck, PullPolicy, ScrapeCheck, UpdateRequest, UpdateStatus, Updater, VerifyConfig};
 
 const DOC_KIND: &str = "rollout";
+/// Pause requests for running rollouts, by name (checked before each step).
+const PAUSE_KIND: &str = "rollout-pause-request";
 
 /// One target as written in a spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -680,6 +682,128 @@ impl Fleet {
         result
     }
 
+    /// Pauses a rollout: at the next step boundary when a process is running it (the request is stored and
+    /// that process sees it), or now when none is (a rollout whose process died). Resume with
+    /// [`Fleet::promote`].
+    pub async fn pause(&self, name: &str, reason: &str) -> Result<RolloutState, Error> {
+        let state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+            what: "rollout".into(),
+            message: format!("no rollout named {name}"),
+        })?;
+        if state.phase().is_terminal() || state.phase() == Phase::Paused {
+            return Err(Error::InvalidInput {
+                what: format!("rollout {name}"),
+                message: format!("it is {}; only a running rollout can be paused", state.phase()),
+            });
+        }
+        match self.lease(name, "pause").await {
+            Ok(lease) => {
+                let result = async {
+                    let mut state = state;
+                    self.pause_state(&mut state, reason.to_owned()).await?;
+                    Ok(state)
+                }
+                .await;
+                lease.release().await?;
+                result
+            }
+            Err(Error::Busy { .. }) => {
+                self.store
+                    .put_document(PAUSE_KIND, name, &serde_json::json!({ "reason": reason }))
+                    .await?;
+                Ok(state)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts a rollout that ended aborted, rolled back or failed again from its first step, with the same
+    /// spec and pinned image; targets already on it are left as they are.
+    pub async fn retry(&self, name: &str) -> Result<RolloutState, Error> {
+        let lease = self.lease(name, "retry").await?;
+        let result = async {
+            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+                what: "rollout".into(),
+                message: format!("no rollout named {name}"),
+            })?;
+            state.machine.apply(Input::Retry).map_err(|e| Error::InvalidInput {
+                what: format!("rollout {name}"),
+                message: format!("{e}; only an aborted, rolled-back or failed rollout can be retried"),
+            })?;
+            for t in &mut state.targets {
+                t.status = TargetStatus::Pending;
+                t.message = None;
+            }
+            state.next_step = 0;
+            state.reason = None;
+            state.analyses.clear();
+            self.save(&mut state).await?;
+            self.run(&mut state).await?;
+            Ok(state)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    /// Takes a finished (or paused) rollout back: every target it updated returns to the revision it ran
+    /// before (for blue-green after promotion: the kept old container starts again).
+    pub async fn undo(&self, name: &str) -> Result<RolloutState, Error> {
+        let lease = self.lease(name, "undo").await?;
+        let result = async {
+            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+                what: "rollout".into(),
+                message: format!("no rollout named {name}"),
+            })?;
+            if !matches!(state.phase(), Phase::Succeeded | Phase::Paused) {
+                return Err(Error::InvalidInput {
+                    what: format!("rollout {name}"),
+                    message: format!(
+                        "it is {}; undo takes back a succeeded or paused rollout (a running one: `rollout abort`)",
+                        state.phase()
+                    ),
+                });
+            }
+            self.open_outbox(&state.spec);
+            let r = self.rollback(&mut state, "undo requested".into()).await;
+            self.outbox().drain().await;
+            r?;
+            Ok(state)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    /// Every target's revision history (newest last), as recorded by its updates.
+    pub async fn history(&self, name: &str) -> Result<Vec<(TargetState, Vec<agent_core::Revision>)>, Error> {
+        let state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+            what: "rollout".into(),
+            message: format!("no rollout named {name}"),
+        })?;
+        let mut out = Vec::new();
+        for t in state.targets {
+            let mut revs = self
+                .store
+                .revisions(&crate::update::subject_key(&t.host, &t.container))
+                .await?;
+            revs.sort_by_key(|r| r.number);
+            out.push((t, revs));
+        }
+        Ok(out)
+    }
+
+    /// Every saved rollout.
+    pub async fn all(&self) -> Result<Vec<RolloutState>, Error> {
+        Ok(self
+            .store
+            .documents(DOC_KIND)
+            .await?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_value(v).ok())
+            .collect())
+    }
+
     /// Routes this rollout's events to the spec's webhooks and the extra notifiers.
     fn open_outbox(&self, spec: &RolloutSpec) {
         let mut notifiers = self.extra_notifiers.clone();
@@ -714,6 +838,15 @@ impl Fleet {
         });
         let verify = state.spec.verify()?;
         while state.next_step < state.plan.steps.len() {
+            if let Some(req) = self.store.document(PAUSE_KIND, &name).await? {
+                if !req.is_null() {
+                    self.store
+                        .put_document(PAUSE_KIND, &name, &serde_json::Value::Null)
+                        .await?;
+                    let why = req["reason"].as_str().unwrap_or("paused by the operator").to_owned();
+                    return self.pause_state(state, format!("paused: {why}")).await;
+                }
+            }
             let step = state.plan.steps[state.next_step].clone();
             self.emit(FleetEvent::StepStarted {
                 rollout: name.clone(),
@@ -722,10 +855,24 @@ impl Fleet {
             });
             match step {
                 PlanStep::Update { targets, mode, .. } => {
-                    self.update_batch(state, &targets, &verify, Action::Update(mode))
+                    let unverified = self
+                        .update_batch(state, &targets, &verify, Action::Update(mode))
                         .await?;
                     if let Some(reason) = self.too_many_failures(state) {
                         return self.fail(state, reason).await;
+                    }
+                    if !unverified.is_empty() {
+                        // A signal source could not be asked: wait for a human, never roll back on it.
+                        state.next_step += 1;
+                        return self
+                            .pause_state(
+                                state,
+                                format!(
+                                    "verification was inconclusive on {} (the new version runs there); `rollout promote` continues, `rollout abort` reverts",
+                                    unverified.join("; ")
+                                ),
+                            )
+                            .await;
                     }
                 }
                 PlanStep::Promote { .. } => {
@@ -750,7 +897,9 @@ impl Fleet {
                     pause: Pause::UntilPromoted,
                 } => {
                     state.next_step += 1;
-                    return self.pause(state, "waiting for `agentctl rollout promote`".into()).await;
+                    return self
+                        .pause_state(state, "waiting for `agentctl rollout promote`".into())
+                        .await;
                 }
                 PlanStep::Analysis { name: analysis } => {
                     let spec = state
@@ -779,7 +928,7 @@ impl Fleet {
                             let last = run.measurements.last().map(|m| m.message.clone()).unwrap_or_default();
                             state.next_step += 1;
                             return self
-                                .pause(state, format!("analysis {analysis} was inconclusive: {last}"))
+                                .pause_state(state, format!("analysis {analysis} was inconclusive: {last}"))
                                 .await;
                         }
                     }
@@ -804,7 +953,7 @@ impl Fleet {
         });
     }
 
-    async fn pause(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
+    async fn pause_state(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
         if state.phase() == Phase::Progressing {
             let _ = state.machine.apply(Input::Pause { reason: reason.clone() });
         }
@@ -854,7 +1003,7 @@ impl Fleet {
         indices: &[usize],
         verify: &VerifyConfig,
         action: Action,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<String>, Error> {
         let sem = Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism));
         let mut tasks = Vec::new();
         for &i in indices {
@@ -906,6 +1055,7 @@ impl Fleet {
             });
         }
         let results = futures_util::future::join_all(tasks).await;
+        let mut unverified = Vec::new();
         for (i, r) in results {
             let t = &mut state.targets[i];
             match r {
@@ -921,6 +1071,16 @@ impl Fleet {
                             t.status = TargetStatus::Failed;
                             t.message = report.reason.clone();
                         }
+                        UpdateStatus::Unverified => {
+                            t.status = TargetStatus::Updated;
+                            t.message = report.reason.clone();
+                            unverified.push(format!(
+                                "{}@{}: {}",
+                                t.container,
+                                t.host,
+                                report.reason.clone().unwrap_or_default()
+                            ));
+                        }
                         UpdateStatus::Staged => {
                             t.status = TargetStatus::Staged;
                             t.message = Some(format!("preview verified beside {}", t.container));
@@ -934,7 +1094,8 @@ impl Fleet {
             }
             self.emit(target_event(&state.spec.name, t));
         }
-        self.save(state).await
+        self.save(state).await?;
+        Ok(unverified)
     }
 
     /// Removes the staged previews of a blue-green rollout; their live containers were never touched.
@@ -1088,4 +1249,69 @@ fn describe(step: &PlanStep) -> String {
         PlanStep::Analysis { name } => format!("analysis {name}"),
         PlanStep::Promote { .. } => "promote".into(),
     }
+}
+
+/// Prometheus text exposition of rollouts: how many are in each phase, and per rollout its current step,
+/// duration and targets by status. Served by `agentctl … --metrics-listen ADDR`.
+pub fn metrics_text(states: &[RolloutState]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let phases = [
+        Phase::Pending,
+        Phase::Progressing,
+        Phase::Verifying,
+        Phase::Paused,
+        Phase::Succeeded,
+        Phase::RollingBack,
+        Phase::RolledBack,
+        Phase::Failed,
+        Phase::Aborted,
+    ];
+    out.push_str("# HELP agentctl_rollouts Rollouts by phase.\n# TYPE agentctl_rollouts gauge\n");
+    for p in phases {
+        let n = states.iter().filter(|s| s.phase() == p).count();
+        let _ = writeln!(out, "agentctl_rollouts{{phase=\"{p}\"}} {n}");
+    }
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    out.push_str("# HELP agentctl_rollout_step The step a rollout is at (0-based) and how many it has.\n# TYPE agentctl_rollout_step gauge\n");
+    for s in states {
+        let _ = writeln!(
+            out,
+            "agentctl_rollout_step{{rollout=\"{}\",phase=\"{}\",steps=\"{}\"}} {}",
+            esc(s.spec.name.as_str()),
+            s.phase(),
+            s.plan.steps.len(),
+            s.next_step
+        );
+    }
+    out.push_str("# HELP agentctl_rollout_duration_seconds From the start to the last change.\n# TYPE agentctl_rollout_duration_seconds gauge\n");
+    for s in states {
+        let secs = (s.updated_at - s.started_at).as_seconds_f64().max(0.0);
+        let _ = writeln!(
+            out,
+            "agentctl_rollout_duration_seconds{{rollout=\"{}\"}} {secs:.3}",
+            esc(s.spec.name.as_str())
+        );
+    }
+    out.push_str(
+        "# HELP agentctl_rollout_targets Targets of a rollout by status.\n# TYPE agentctl_rollout_targets gauge\n",
+    );
+    for s in states {
+        let mut by: BTreeMap<String, usize> = BTreeMap::new();
+        for t in &s.targets {
+            let k = serde_json::to_value(t.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            *by.entry(k).or_default() += 1;
+        }
+        for (status, n) in by {
+            let _ = writeln!(
+                out,
+                "agentctl_rollout_targets{{rollout=\"{}\",status=\"{status}\"}} {n}",
+                esc(s.spec.name.as_str())
+            );
+        }
+    }
+    out
 }

@@ -31,8 +31,8 @@ mod update;
 pub use error::Error;
 pub use events::{Event, Reporter, Silent};
 pub use fleet::{
-    Connector, Fleet, FleetEvent, FleetReporter, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec,
-    RolloutState, TargetSpec, TargetState, TargetStatus,
+    metrics_text, Connector, Fleet, FleetEvent, FleetReporter, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec,
+    RolloutSpec, RolloutState, TargetSpec, TargetState, TargetStatus,
 };
 pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use notify::{Notifier, NotifySpec, Webhook, DRAIN_TIMEOUT};
@@ -40,7 +40,7 @@ pub use store::SqliteStore;
 pub use update::{
     preview_name, subject_key, HeartbeatCheck, Preview, ProbeFactory, PullPolicy, QueryCheck, Recovery, ScrapeCheck,
     StatusReport, UpdateReport, UpdateRequest, UpdateStatus, Updater, VerifyConfig, WatchConfig, CRASH_AT_ENV,
-    UPDATE_STEPS,
+    HOLD_AT_ENV, HOLD_FILE_ENV, UPDATE_STEPS,
 };
 
 #[cfg(test)]

@@ -287,6 +287,13 @@ fn blue_green_stages_ten_previews_then_promotes_or_aborts_without_touching_the_o
         );
     }
 
+    // Rollback after promotion: `rollout undo` starts the kept old containers again.
+    let out = w.agentctl(&["rollout", "undo", &rollout, "-o", "json"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    for (n, id) in names.iter().zip(&ids) {
+        assert_eq!(w.state(n).unwrap(), (id.clone(), true, img.refs["v1"].clone()), "{n}");
+    }
+
     // Another blue-green, aborted while its previews wait: they go, the live containers never changed.
     let live: Vec<String> = names.iter().map(|n| w.state(n).unwrap().0).collect();
     let again = w.name("ro2");
@@ -337,4 +344,143 @@ fn rolling_with_max_surge_keeps_every_target_running_through_ten_agents() {
         .max()
         .unwrap();
     assert!((1..=3).contains(&doubled), "{doubled}");
+}
+
+#[test]
+fn ten_agents_roll_with_metrics_then_undo_and_retry_fleet_wide() {
+    let img = images();
+    let w = World::new("ten");
+    let names: Vec<String> = (1..=10).map(|i| w.name(&format!("t{i}"))).collect();
+    let ids: Vec<String> = names
+        .iter()
+        .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
+        .collect();
+    let rollout = w.name("ro");
+    let f = spec(
+        &w,
+        &rollout,
+        &img.refs["v2"],
+        &names,
+        "rolling: {maxUnavailable: 3, batchDelay: 2s}",
+        "parallelism: 3\n",
+    );
+    let port = agent_docker::testing::free_port().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .arg("--state-dir")
+        .arg(w.state_dir())
+        .args(["--no-progress", "apply", "-f", f.to_str().unwrap(), "--metrics-listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Scrape while it runs.
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    assert!(wait_http(&url, 30), "the metrics endpoint did not answer");
+    let body = runtime()
+        .block_on(agent_health::http::get(&url, std::time::Duration::from_secs(3)))
+        .unwrap()
+        .body;
+    assert!(
+        body.contains(&format!(
+            "agentctl_rollout_step{{rollout=\"{rollout}\",phase=\"progressing\""
+        )),
+        "{body}"
+    );
+    assert!(body.contains("agentctl_rollouts{phase=\"progressing\"} 1"), "{body}");
+    let samples = agent_health::parse_text(&body).expect("valid exposition text");
+    assert!(samples.iter().any(|s| s.name == "agentctl_rollout_targets"), "{body}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for n in &names {
+        assert!(w.state(n).unwrap().2.contains("@sha256:"), "{n}");
+    }
+    // Fleet-wide history: every target has its adopted revision and the rollout's.
+    let h = json(&w.agentctl(&["rollout", "history", &rollout, "-o", "json"]));
+    let rows = h.as_array().unwrap();
+    assert_eq!(rows.len(), 10);
+    assert!(
+        rows.iter().all(|r| r["revisions"].as_array().unwrap().len() == 2),
+        "{h}"
+    );
+    // Undo: every target back on its original container.
+    let out = w.agentctl(&["rollout", "undo", &rollout]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    for (n, id) in names.iter().zip(&ids) {
+        assert_eq!(w.state(n).unwrap(), (id.clone(), true, img.refs["v1"].clone()), "{n}");
+    }
+    // Retry: the rollout runs again from its first step.
+    let out = w.agentctl(&["rollout", "retry", &rollout, "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for n in &names {
+        assert!(w.state(n).unwrap().2.contains("@sha256:"), "{n}");
+    }
+    let out = w.agentctl(&["rollout", "retry", &rollout]);
+    assert_eq!(code(&out), 1, "a succeeded rollout is not retried");
+    assert!(stderr(&out).contains("can be retried"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_ten_agent_canary_is_paused_by_the_operator_and_resumed() {
+    let img = images();
+    let w = World::new("pause");
+    let names: Vec<String> = (1..=10).map(|i| w.name(&format!("c{i}"))).collect();
+    for n in &names {
+        w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    }
+    let rollout = w.name("ro");
+    let f = spec(
+        &w,
+        &rollout,
+        &img.refs["v2"],
+        &names,
+        "canary: {steps: [{setWeight: 10}, {pause: 8s}, {setWeight: 50}, {setWeight: 100}]}",
+        "",
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .arg("--state-dir")
+        .arg(w.state_dir())
+        .args(["--no-progress", "apply", "-f", f.to_str().unwrap(), "-o", "json"])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // During the timed pause, another process asks for a pause.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        // (Until the rollout is saved, status says there is none.)
+        let out = w.agentctl(&["rollout", "status", &rollout, "-o", "json"]);
+        if code(&out) == 0 && json(&out)["nextStep"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the canary never reached its pause"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A second apply of the same rollout cannot run beside the first.
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("is locked by"), "{}", stderr(&out));
+    let out = w.agentctl(&["rollout", "pause", &rollout, "--reason", "error budget"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let ev = events(&out);
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "paused" && e["reason"].as_str().unwrap().contains("error budget")),
+        "{ev:?}"
+    );
+    let updated = names
+        .iter()
+        .filter(|n| w.state(n).unwrap().2.contains("@sha256:"))
+        .count();
+    assert_eq!(updated, 1, "10 % of 10 before the pause");
+    let out = w.agentctl(&["rollout", "resume", &rollout]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(names.iter().all(|n| w.state(n).unwrap().2.contains("@sha256:")));
 }
