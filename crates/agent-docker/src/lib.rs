@@ -23,7 +23,7 @@ mod images;
 pub mod testing;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agent_core::{
@@ -82,6 +82,8 @@ pub struct DockerRuntime {
     /// Create bodies that carry what bollard's create type cannot (a container-level `MacAddress`, which
     /// API < 1.44 engines read there), by container name; swapped in by the request modifier.
     create_bodies: CreateBodies,
+    /// Client key, certificate and CA for TLS endpoints (for the raw reads bollard's types cannot carry).
+    tls_files: Option<[PathBuf; 3]>,
 }
 
 type CreateBodies = std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>;
@@ -101,6 +103,37 @@ fn swap_create_body(bodies: &CreateBodies, req: bollard::BollardRequest) -> boll
         Some(bytes) => req.map(|_| bollard::body_full(bytes.into())),
         None => req,
     }
+}
+
+/// Writes `request` and reads the whole answer (HTTP/1.0: the engine closes the connection after it).
+async fn http_exchange<S>(mut s: S, request: &str) -> Option<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    Some(buf)
+}
+
+/// A TLS client with the engine's CA as the only root and the client certificate, as the docker CLI uses.
+fn tls_connector(key: &Path, cert: &Path, ca: &Path) -> Option<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).ok()? {
+        roots.add(c.ok()?).ok()?;
+    }
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+        .ok()?
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).ok()?;
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .ok()?;
+    Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 fn is_loopback_endpoint(endpoint: &str) -> bool {
@@ -123,6 +156,7 @@ impl DockerRuntime {
         let timeout = 120;
         let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
         let mut plain_tcp_remote = false;
+        let mut tls_files = None;
         let docker = if let Some(path) = endpoint.strip_prefix("unix://") {
             Docker::connect_with_unix(path, timeout, bollard::API_DEFAULT_VERSION).map_err(connect_err)?
         } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") || endpoint.starts_with("https://")
@@ -144,6 +178,7 @@ impl DockerRuntime {
                     }
                 };
                 let (key, cert, ca) = (file("key.pem")?, file("cert.pem")?, file("ca.pem")?);
+                tls_files = Some([key.clone(), cert.clone(), ca.clone()]);
                 Docker::connect_with_ssl(&endpoint, &key, &cert, &ca, timeout, bollard::API_DEFAULT_VERSION)
                     .map_err(connect_err)?
             } else {
@@ -174,30 +209,56 @@ impl DockerRuntime {
             plain_tcp_remote,
             cpu_samples: Default::default(),
             create_bodies,
+            tls_files,
         })
     }
 
     /// The MAC address the user chose for the container (`docker run --mac-address`), read from the raw
-    /// inspect answer: bollard's types do not carry the container-level field. Local engines only (unix
-    /// socket); elsewhere `None`, and the engine assigns a MAC as before.
+    /// inspect answer: bollard's types do not carry the container-level field.
     async fn user_mac_address(&self, id: &str) -> Option<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let path = self.endpoint.strip_prefix("unix://")?;
-        let mut s = tokio::net::UnixStream::connect(path).await.ok()?;
-        let req = format!("GET /containers/{id}/json HTTP/1.0\r\nHost: docker\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        let (_, body) = text.split_once("\r\n\r\n")?;
-        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let body = self.raw_get(&format!("/containers/{id}/json")).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
         v["Config"]["MacAddress"]
             .as_str()
             .filter(|m| !m.is_empty())
             .map(str::to_owned)
+    }
+
+    /// `GET path` on the engine, the body of a 200 answer, over the same kind of connection as bollard's
+    /// (unix socket, plain TCP, or TLS with the same certificates). `None` on any failure.
+    async fn raw_get(&self, path: &str) -> Option<Vec<u8>> {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n");
+        let exchange = async {
+            if let Some(socket) = self.endpoint.strip_prefix("unix://") {
+                let s = tokio::net::UnixStream::connect(socket).await.ok()?;
+                return http_exchange(s, &request).await;
+            }
+            let rest = self
+                .endpoint
+                .split_once("://")
+                .map_or(self.endpoint.as_str(), |(_, r)| r);
+            let addr = rest.split('/').next()?;
+            let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            match &self.tls_files {
+                None => http_exchange(tcp, &request).await,
+                Some([key, cert, ca]) => {
+                    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
+                    let connector = tls_connector(key, cert, ca)?;
+                    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).ok()?;
+                    let tls = connector.connect(name, tcp).await.ok()?;
+                    http_exchange(tls, &request).await
+                }
+            }
+        };
+        let raw = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+            .await
+            .ok()??;
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&raw[..split]);
+        head.lines()
+            .next()
+            .is_some_and(|l| l.contains(" 200 "))
+            .then(|| raw[split + 4..].to_vec())
     }
 
     /// Uses `policy` to decide which env variables of inspected containers are secret.

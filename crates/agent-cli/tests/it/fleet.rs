@@ -435,7 +435,7 @@ fn a_ten_agent_canary_is_paused_by_the_operator_and_resumed() {
         &rollout,
         &img.refs["v2"],
         &names,
-        "canary: {steps: [{setWeight: 10}, {pause: 8s}, {setWeight: 50}, {setWeight: 100}]}",
+        "canary: {steps: [{setWeight: 10}, {pause: 20s}, {setWeight: 50}, {setWeight: 100}]}",
         "",
     );
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
@@ -452,8 +452,14 @@ fn a_ten_agent_canary_is_paused_by_the_operator_and_resumed() {
     loop {
         // (Until the rollout is saved, status says there is none.)
         let out = w.agentctl(&["rollout", "status", &rollout, "-o", "json"]);
-        if code(&out) == 0 && json(&out)["nextStep"].as_u64().unwrap_or(0) >= 1 {
-            break;
+        if code(&out) == 0 {
+            let s = json(&out);
+            assert_eq!(s["machine"]["phase"], "progressing", "{s}");
+            if s["nextStep"].as_u64().unwrap_or(0) >= 1 {
+                break;
+            }
+        } else if !stderr(&out).contains("no rollout named") {
+            panic!("status failed while the rollout runs: {}", stderr(&out));
         }
         assert!(
             std::time::Instant::now() < deadline,

@@ -57,8 +57,28 @@ fn a_tls_engine_is_updated_with_certificates_and_refused_without() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    // Made through the API with a user-chosen MAC (this docker CLI cannot set one on a 1.41 engine): it
+    // must survive an update driven over TLS too.
     let name = w.name("agent");
-    w.docker_run_on(&unix, &name, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    let mac = "02:42:0a:e1:00:42";
+    let mut spec = agent_core::ContainerSpec::new(name.parse().unwrap(), img.refs["v1"].parse().unwrap());
+    spec.labels
+        .insert(w.label.split_once('=').unwrap().0.into(), w.run.clone());
+    spec.restart_policy = agent_core::RestartPolicy::UnlessStopped;
+    spec.networks.push(agent_core::NetworkAttachment {
+        name: "bridge".into(),
+        aliases: Vec::new(),
+        ipv4_address: None,
+        ipv6_address: None,
+        mac_address: Some(mac.into()),
+        links: Vec::new(),
+    });
+    runtime().block_on(async {
+        use agent_core::ContainerRuntime;
+        let d = agent_docker::DockerRuntime::connect(Some(&unix)).await.unwrap();
+        d.create_container(&spec).await.unwrap();
+        d.start_container(&name).await.unwrap();
+    });
     let tcp = format!("tcp://127.0.0.1:{port}");
     let certs_dir = certs.display().to_string();
     let tls_env = [("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", certs_dir.as_str())];
@@ -83,6 +103,18 @@ fn a_tls_engine_is_updated_with_certificates_and_refused_without() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(json(&out)["endpoint"], tcp.as_str());
     assert!(!stderr(&out).contains("plain TCP"), "{}", stderr(&out));
+    let inspect = std::process::Command::new("docker")
+        .args([
+            "-H",
+            &unix,
+            "inspect",
+            "-f",
+            "{{.Config.Image}} {{.Config.MacAddress}}",
+            &name,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&inspect).trim(), format!("{} {mac}", img.refs["v2"]));
     // Without them: a clear error, nothing changed.
     let out = w.agentctl(&["--host", &tcp, "status", &name]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
