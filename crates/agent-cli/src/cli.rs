@@ -245,6 +245,12 @@ pub(crate) struct VerifyArgs {
     /// Path for the HTTP probe.
     #[arg(long, default_value = "/health", requires = "http_port")]
     pub(crate) http_path: String,
+    /// Probe the port published on the host (127.0.0.1:P) instead of the container's address.
+    #[arg(long, value_name = "P", requires = "http_port")]
+    pub(crate) http_host_port: Option<u16>,
+    /// The status the HTTP probe expects (default: any 2xx).
+    #[arg(long, value_name = "CODE", requires = "http_port", value_parser = clap::value_parser!(u16).range(100..=599))]
+    pub(crate) http_status: Option<u16>,
     /// Control center the agent sends heartbeats to (`http://IP:PORT`): the new container must report the new version.
     #[arg(long, value_name = "URL")]
     pub(crate) heartbeat: Option<String>,
@@ -421,8 +427,8 @@ impl VerifyArgs {
         v.http = self.http_port.map(|port| HttpProbeConfig {
             port,
             path: self.http_path.clone(),
-            expected_status: None,
-            host_port: None,
+            expected_status: self.http_status,
+            host_port: self.http_host_port,
         });
         if let Some(url) = &self.heartbeat {
             v.heartbeat = Some(HeartbeatCheck {

@@ -499,3 +499,48 @@ fn http_and_metric_probes_fail_with_their_evidence() {
     );
     assert_eq!(w.state(&name).unwrap().0, id);
 }
+
+#[test]
+fn the_http_probe_can_use_the_published_port_and_an_expected_status() {
+    let img = images();
+    let w = World::new("hostport");
+    let port = agent_docker::testing::free_port().unwrap().to_string();
+    let name = w.name("agent");
+    let id = w.docker_run(&name, &["-p", &format!("127.0.0.1:{port}:8080")], &img.refs["v1"]);
+    let probe = ["--http-port", "8080", "--http-host-port", port.as_str()];
+    // The demo agent answers 200: expecting 204 fails and rolls back, with the address in the evidence.
+    let out = w.agentctl(
+        &[
+            &["update", &name, "--image", &img.refs["v2"], "-o", "json"],
+            &probe[..],
+            &["--http-status", "204"],
+            FAST,
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let report = json(&out);
+    let http = report["verdict"]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["probe"] == "http")
+        .unwrap()
+        .clone();
+    let detail = http["last"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("127.0.0.1:{port}")) && detail.contains("200"),
+        "{http}"
+    );
+    assert_eq!(w.state(&name).unwrap().0, id);
+    let out = w.agentctl(
+        &[
+            &["update", &name, "--image", &img.refs["v2"], "-o", "json"],
+            &probe[..],
+            &["--http-status", "200"],
+            FAST,
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
