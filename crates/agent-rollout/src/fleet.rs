@@ -1,8 +1,9 @@
 //! Fleet rollouts: a rollout spec (YAML or JSON) over targets on one or more engines, executed step by step
-//! from the planner's [`RolloutPlan`]: recreate, rolling (stop-first batches) and canary (weights, pauses,
-//! analysis). The tag is resolved to a digest once and that digest is deployed everywhere. When the failed
-//! fraction crosses `maxFailureRatio`, or an analysis fails, every target the rollout touched goes back to its
-//! previous revision. State is saved after every step, so `rollout promote|resume|abort|status` work from any
+//! from the planner's [`RolloutPlan`]: recreate, rolling (stop-first batches, or start-first with
+//! `maxSurge`), blue-green (verified previews, then a switch) and canary (weights, pauses, analysis). The
+//! tag is resolved to a digest once and that digest is deployed everywhere. When the failed fraction crosses
+//! `maxFailureRatio`, or an analysis fails, every target the rollout touched goes back to its previous
+//! revision (walking further back when that one fails too); targets it created from the `template` go. State is saved after every step, so `rollout promote|resume|abort|status` work from any
 //! process and a second `apply` resumes an interrupted rollout.
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
-    duration_text, plan, ContainerName, ContainerRuntime, ImageRef, Input, Pause, Phase, PlanStep, RevisionNumber,
-    RolloutPlan, StateMachine, StateStore, Strategy, Target, UpdateMode,
+    duration_text, plan, ContainerName, ContainerRuntime, ContainerSpec, ImageRef, Input, Pause, Phase, PlanStep,
+    RevisionNumber, RolloutPlan, StateMachine, StateStore, Strategy, Target, UpdateMode,
 };
 use agent_health::{AnalysisOutcome, AnalysisRun, AnalysisSpec, HttpProbeConfig, Prometheus, Timing};
 use serde::{Deserialize, Serialize};
@@ -158,6 +159,11 @@ pub struct RolloutSpec {
     /// Where events are sent.
     #[serde(default)]
     pub notify: Vec<NotifySpec>,
+    /// Container settings (the fields of a revision's `spec`, camelCase) for targets that do not exist
+    /// yet: such a target is created with them, the rollout's image and its own name, verified, and removed
+    /// again if the rollout reverts. Without a template a missing target fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<serde_json::Value>,
 }
 
 fn five() -> usize {
@@ -189,8 +195,43 @@ impl RolloutSpec {
         }
     }
 
+    /// The spec a missing target is created from: the template with the target's name and `image`.
+    pub fn template_for(&self, container: &ContainerName, image: &ImageRef) -> Result<Option<ContainerSpec>, Error> {
+        let Some(template) = &self.template else {
+            return Ok(None);
+        };
+        let mut v = template.clone();
+        let Some(map) = v.as_object_mut() else {
+            return Err(
+                self.invalid("template must be a mapping of container settings (env, labels, restartPolicy, …)".into())
+            );
+        };
+        for field in ["name", "image"] {
+            if map.contains_key(field) {
+                return Err(self.invalid(format!(
+                    "template sets `{field}`; the name comes from each target and the image from the rollout"
+                )));
+            }
+        }
+        map.insert("name".into(), serde_json::Value::String(container.to_string()));
+        map.insert("image".into(), serde_json::Value::String(image.to_string()));
+        let spec: ContainerSpec = serde_json::from_value(v).map_err(|e| self.invalid(format!("template: {e}")))?;
+        // The template is stored with the rollout's state: secret values have no place in it.
+        let policy = agent_core::SecretPolicy::default();
+        if let Some(e) = spec.env.iter().find(|e| e.is_secret() || policy.is_secret(&e.name)) {
+            return Err(self.invalid(format!(
+                "template env `{}` looks secret, and the template is stored with the rollout; pass secrets to the agent through a mounted file or its env file instead",
+                e.name
+            )));
+        }
+        Ok(Some(spec))
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), Error> {
+        if let Some(t) = self.targets.first() {
+            self.template_for(&t.container, &self.image)?;
+        }
         if !(0.0..=1.0).contains(&self.rollback.max_failure_ratio) {
             return Err(self.invalid(format!(
                 "rollback.maxFailureRatio is {}; give a fraction from 0 to 1, like 0.2",
@@ -318,6 +359,9 @@ pub struct TargetState {
     pub previous: Option<u64>,
     /// The revision this rollout made.
     pub revision: Option<u64>,
+    /// It did not exist: this rollout created it from the template (a rollback removes it).
+    #[serde(default)]
+    pub installed: bool,
     /// The last message about it.
     pub message: Option<String>,
 }
@@ -614,6 +658,7 @@ impl Fleet {
                 previous: None,
                 revision: None,
                 message: None,
+                installed: false,
             })
             .collect();
         let mut state = RolloutState {
@@ -1036,6 +1081,7 @@ impl Fleet {
                 state.spec.image.familiar()
             ));
             let sem = sem.clone();
+            let template = state.spec.template_for(&req.container, &state.pinned)?;
             let rt = self.runtime(&t.host).await;
             let store = self.store.clone();
             let progress = self.progress.clone();
@@ -1045,13 +1091,29 @@ impl Fleet {
                     Ok(rt) => rt,
                     Err(e) => return (i, Err(format!("engine {} unreachable: {e}", t.host))),
                 };
-                let updater = Updater::new(rt, store, progress);
+                let updater = Updater::new(rt.clone(), store, progress);
+                if let Action::Update(_) = action {
+                    match rt.inspect_container(req.container.as_str()).await {
+                        Err(agent_core::RuntimeError::ContainerNotFound { .. }) => {
+                            let report = match &template {
+                                Some(spec) => updater.install(spec, &req).await.map_err(|e| e.to_string()),
+                                None => Err(format!(
+                                    "container {} does not exist on {}; add a `template` to the spec to create missing targets",
+                                    req.container, t.host
+                                )),
+                            };
+                            return (i, report.map(|r| (r, true)));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return (i, Err(e.to_string())),
+                    }
+                }
                 let report = match action {
                     Action::Update(UpdateMode::BlueGreen) => updater.stage(&req).await,
                     Action::Update(_) => updater.update(&req).await,
                     Action::Promote => updater.promote(&req).await,
                 };
-                (i, report.map_err(|e| e.to_string()))
+                (i, report.map(|r| (r, false)).map_err(|e| e.to_string()))
             });
         }
         let results = futures_util::future::join_all(tasks).await;
@@ -1059,7 +1121,8 @@ impl Fleet {
         for (i, r) in results {
             let t = &mut state.targets[i];
             match r {
-                Ok(report) => {
+                Ok((report, installed)) => {
+                    t.installed = installed;
                     t.previous = report.previous.map(RevisionNumber::get);
                     t.revision = Some(report.revision.number.get());
                     match report.status {
@@ -1160,6 +1223,41 @@ impl Fleet {
         for i in touched {
             let t = state.targets[i].clone();
             let to = t.previous.and_then(RevisionNumber::new);
+            if t.installed {
+                let outcome = async {
+                    let rt = self
+                        .runtime(&t.host)
+                        .await
+                        .map_err(|e| format!("engine {} unreachable: {e}", t.host))?;
+                    let name: ContainerName = t
+                        .container
+                        .parse()
+                        .map_err(|e: agent_core::ContainerNameError| e.to_string())?;
+                    Updater::new(rt, self.store.clone(), self.progress.clone())
+                        .uninstall(
+                            &name,
+                            &format!("removed by the rollback of rollout {}: {reason}", state.spec.name),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                .await;
+                let t = &mut state.targets[i];
+                match outcome {
+                    Ok(()) => {
+                        t.status = TargetStatus::Reverted;
+                        t.message = Some("removed: it did not exist before the rollout".into());
+                    }
+                    Err(e) => {
+                        t.status = TargetStatus::Broken;
+                        t.message = Some(format!("could not remove the container the rollout created: {e}"));
+                        broken += 1;
+                    }
+                }
+                self.emit(target_event(&state.spec.name, t));
+                self.save(state).await?;
+                continue;
+            }
             let outcome = async {
                 let rt = self
                     .runtime(&t.host)
@@ -1173,24 +1271,43 @@ impl Fleet {
                 req.verify = verify.clone();
                 req.history_limit = state.spec.history.limit;
                 req.cause = Some(format!("rollback of rollout {}: {reason}", state.spec.name));
-                let report = Updater::new(rt, self.store.clone(), self.progress.clone())
-                    .undo(&name, to, &req)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match report.status {
-                    UpdateStatus::RolledBack => Err(format!(
-                        "the previous revision failed too: {}",
-                        report.reason.unwrap_or_default()
-                    )),
-                    _ => Ok(report.revision.number.get()),
+                let updater = Updater::new(rt, self.store.clone(), self.progress.clone());
+                // The revision it ran before; when that one fails too, walk back through older revisions
+                // that once succeeded, newest first.
+                let mut attempts = vec![to];
+                let history = updater.history(&name, usize::MAX).await.map_err(|e| e.to_string())?;
+                attempts.extend(
+                    history
+                        .revisions()
+                        .iter()
+                        .rev()
+                        .filter(|r| r.outcome == agent_core::Outcome::Succeeded && to.is_none_or(|p| r.number < p))
+                        .map(|r| Some(r.number)),
+                );
+                let mut failed = Vec::new();
+                for attempt in attempts {
+                    let which = attempt.map_or("the last known-good revision".to_owned(), |n| format!("revision {n}"));
+                    match updater.undo(&name, attempt, &req).await {
+                        Ok(report) if report.status != UpdateStatus::RolledBack => {
+                            let walked = if failed.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({which}, after {})", failed.join("; "))
+                            };
+                            return Ok((report.revision.number.get(), walked));
+                        }
+                        Ok(report) => failed.push(format!("{which} failed: {}", report.reason.unwrap_or_default())),
+                        Err(e) => failed.push(format!("{which} could not be restored: {e}")),
+                    }
                 }
+                Err(format!("no earlier revision came back healthy: {}", failed.join("; ")))
             }
             .await;
             let t = &mut state.targets[i];
             match outcome {
-                Ok(rev) => {
+                Ok((rev, walked)) => {
                     t.status = TargetStatus::Reverted;
-                    t.message = Some(format!("reverted as revision {rev}"));
+                    t.message = Some(format!("reverted as revision {rev}{walked}"));
                 }
                 Err(e) => {
                     t.status = TargetStatus::Broken;

@@ -97,9 +97,13 @@ impl SqliteStore {
                 ),
             });
         }
-        if existed && version < SCHEMA_VERSION {
-            let backup = PathBuf::from(format!("{location}.bak-v{version}"));
-            std::fs::copy(path, &backup).map_err(|e| io(&e))?;
+        // Copy before migrating a schema that exists (version 0 is a store being created, possibly by another
+        // process right now: nothing to keep). Through SQLite, never with a file copy: closing another handle
+        // on the file drops this process's locks, after which another process's WAL writes can be lost from
+        // sight (a concurrent `rollout status` did exactly that to a running `apply`).
+        if existed && version >= 1 && version < SCHEMA_VERSION {
+            let backup = format!("{location}.bak-v{version}");
+            conn.execute("VACUUM INTO ?1", [&backup]).map_err(|e| io(&e))?;
         }
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
             .map_err(|e| io(&e))?;
@@ -480,5 +484,29 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{msg}");
         assert!(msg.contains("mv ") && msg.contains("state.db"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_file_is_reported_with_a_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            for i in 0..200 {
+                s.put_document("k", &format!("doc{i}"), &serde_json::json!({"pad": "x".repeat(200)}))
+                    .await
+                    .unwrap();
+            }
+            // Fold the WAL into the file so the cut below hits real pages.
+            s.with(|c| c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")).unwrap();
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len / 2).unwrap();
+        drop(f);
+        let err = SqliteStore::open(&path).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{msg}");
+        assert!(msg.contains("mv "), "{msg}");
     }
 }

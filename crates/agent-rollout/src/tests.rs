@@ -493,6 +493,69 @@ mod fleet {
         assert!(events.lock().unwrap().contains(&"rolling-back".to_owned()));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_rollback_walks_back_past_a_previous_revision_that_fails_too() {
+        let hs = hosts(true);
+        let a = hs[0].clone();
+        a.publish_image(
+            &img("acme/agent:1.5"),
+            ImageDefaults::default(),
+            ImageBehaviour::default(),
+        );
+        let map: HashMap<String, Arc<dyn ContainerRuntime>> = hs
+            .iter()
+            .map(|h| (h.endpoint().to_owned(), h.clone() as Arc<dyn ContainerRuntime>))
+            .collect();
+        let connect: Connector = Arc::new(move |host: String| {
+            let r = map.get(&host).cloned().ok_or_else(|| format!("no engine at {host}"));
+            Box::pin(async move { r })
+        });
+        let store = Arc::new(MemoryStore::default());
+        // The moment the rollout starts reverting, the next container start on engine A fails once: the
+        // restore of a1's previous revision.
+        let injector = a.clone();
+        let sink: FleetReporter = Arc::new(move |e: &FleetEvent| {
+            if matches!(e, FleetEvent::RollingBack { .. }) {
+                injector.inject(Fault::FailOperation {
+                    operation: "start",
+                    times: 1,
+                });
+            }
+        });
+        let f = Fleet::new(store.clone(), connect, sink, Arc::new(Silent));
+        // a1 went from 1.0 (revision 1) to 1.5 (revision 2) before the rollout.
+        let mut r = UpdateRequest::new("a1".parse().unwrap(), img("acme/agent:1.5"));
+        r.verify.timing = Timing {
+            period: Duration::from_millis(100),
+            min_healthy_time: Duration::from_millis(200),
+            deadline: Duration::from_secs(5),
+            ..Timing::default()
+        };
+        let up = Updater::new(a.clone(), store.clone(), Arc::new(Silent));
+        assert_eq!(up.update(&r).await.unwrap().status, UpdateStatus::Updated);
+        let s = spec(&format!("name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy:\n  rolling: {{maxUnavailable: 2}}\nrollback: {{maxFailureRatio: 0.2}}\n{HEALTH}"));
+        let st = f.apply(s).await.unwrap();
+        assert_eq!(
+            (st.phase(), st.exit_code()),
+            (agent_core::Phase::RolledBack, 3),
+            "{:?}",
+            st.targets
+        );
+        let a1 = st.targets.iter().find(|t| t.container == "a1").unwrap();
+        assert_eq!(a1.status, TargetStatus::Reverted);
+        let msg = a1.message.clone().unwrap();
+        assert!(msg.contains("(revision 1, after revision 2 failed"), "{msg}");
+        let info = a.inspect_container("a1").await.unwrap();
+        assert_eq!(info.spec.image, img("acme/agent:1.0"));
+        assert!(info.state.is_running());
+        // a2 had no trouble: back on the revision it ran before.
+        let a2 = st.targets.iter().find(|t| t.container == "a2").unwrap();
+        assert_eq!(
+            (a2.status, a.inspect_container("a2").await.unwrap().spec.image),
+            (TargetStatus::Reverted, img("acme/agent:1.0"))
+        );
+    }
+
     #[test]
     fn bad_specs_name_the_line_and_what_is_expected() {
         let err = RolloutSpec::parse("name: f\nimage: acme/agent:2.0\ntargets: []\nstrategy: {recreate: {}}\nrollback: {maxFailureRatio: lots}\n", "s.yaml").unwrap_err().to_string();

@@ -760,6 +760,176 @@ impl Updater {
         })))
     }
 
+    /// Creates a target that does not exist yet from `spec` (a rollout's `template`), verifies it like an
+    /// update and records it as the container's first revision. A failing one is removed again (status
+    /// rolled back): nothing was there before. `previous` is `None` in the report.
+    pub async fn install(&self, spec: &ContainerSpec, req: &UpdateRequest) -> Result<UpdateReport, Error> {
+        let name = spec.name.as_str();
+        let lease = self.lease(name, "install").await?;
+        let result = self.install_locked(spec, req).await;
+        lease.release().await?;
+        result
+    }
+
+    async fn install_locked(&self, spec: &ContainerSpec, req: &UpdateRequest) -> Result<UpdateReport, Error> {
+        let name = spec.name.as_str();
+        let recovered = self.recover_locked(name).await?;
+        match self.runtime.inspect_container(name).await {
+            Ok(_) => {
+                return Err(Error::InvalidInput {
+                    what: format!("the install of {name}"),
+                    message: "a container with that name exists already; update it instead".into(),
+                })
+            }
+            Err(RuntimeError::ContainerNotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let tag_version = spec.image.tag().and_then(|t| Version::parse(t.as_str()));
+        req.policy.check(&spec.image, tag_version.as_ref(), None)?;
+        let engine = self.runtime.engine_info().await?;
+        let image_info = self.resolve_image(&spec.image, req.pull).await?;
+        if image_info.os != engine.os || image_info.arch != engine.arch {
+            return Err(Error::PlatformMismatch {
+                image: spec.image.to_string(),
+                image_platform: format!("{}/{}", image_info.os, image_info.arch),
+                engine_platform: format!("{}/{}", engine.os, engine.arch),
+            });
+        }
+        let meta = RevisionMeta {
+            image: spec.image.clone(),
+            image_id: Some(image_info.id.clone()),
+            digest: image_info
+                .digest_for(&spec.image)
+                .or_else(|| spec.image.digest().cloned()),
+            cause: req
+                .cause
+                .clone()
+                .unwrap_or_else(|| format!("installed {}", spec.image.familiar())),
+            new_defaults: image_info.defaults.clone(),
+        };
+        let subject = self.subject(name);
+        let history = self.history(&spec.name, req.history_limit).await?;
+        let mut revision = new_revision(history.next_number(), &meta, spec.clone());
+        self.store.put_revision(&subject, &revision).await?;
+        let mut journal = Journal {
+            kind: "install".into(),
+            store: self.store.clone(),
+            operation: format!("install-{name}-{}", OffsetDateTime::now_utc().unix_timestamp_nanos()),
+            subject: subject.clone(),
+            seq: 0,
+        };
+        journal
+            .record(&Step::Begin {
+                kind: "install".into(),
+                container: name.to_owned(),
+                old_id: String::new(),
+                old_running: false,
+                old_restart: RestartPolicy::No,
+                old_revision: 0,
+                new_revision: revision.number.get(),
+                retained_name: String::new(),
+                from_retained: None,
+            })
+            .await?;
+        journal.record(&Step::CreateNew).await?;
+        self.reporter.report(&Event::Step {
+            step: "create-new",
+            detail: format!("creating {name} from {} (it did not exist)", spec.image),
+        });
+        let started = async {
+            self.runtime.create_container(spec).await?;
+            journal.record(&Step::StartNew).await?;
+            self.runtime.start_container(name).await?;
+            Ok::<_, Error>(self.runtime.inspect_container(name).await?.id)
+        }
+        .await;
+        let (verdict, diff, failure) = match started {
+            Err(e) => (None, SpecDiff::default(), Some(e.to_string())),
+            Ok(id) => {
+                journal.record(&Step::Verify).await?;
+                let verdict = self
+                    .verify(name, &id, &req.verify, req.extra_probes.as_ref(), &meta)
+                    .await?;
+                // Nothing ran before, so there is no configuration to be faithful to: record what the engine
+                // made of the template (its log and network defaults included) as the revision's spec.
+                revision.spec = self.runtime.inspect_container(name).await?.spec;
+                let diff = SpecDiff::default();
+                let failure = judge(&verdict, &diff);
+                (Some(verdict), diff, failure)
+            }
+        };
+        let status = match &failure {
+            None => {
+                journal.record(&Step::Commit).await?;
+                revision.outcome = Outcome::Succeeded;
+                UpdateStatus::Updated
+            }
+            Some(reason) => {
+                self.reporter.report(&Event::RollingBack { reason: reason.clone() });
+                journal.record(&Step::Revert { reason: reason.clone() }).await?;
+                self.remove_if(name, |_| true).await.map_err(|e| Error::RevertFailed {
+                    container: name.to_owned(),
+                    reason: reason.clone(),
+                    error: e.to_string(),
+                })?;
+                revision.outcome = Outcome::RolledBack {
+                    reason: format!("the new container was removed again: {reason}"),
+                };
+                UpdateStatus::RolledBack
+            }
+        };
+        revision.finished_at = Some(OffsetDateTime::now_utc());
+        self.store.put_revision(&subject, &revision).await?;
+        journal
+            .record(&Step::Done {
+                outcome: if failure.is_none() { "installed" } else { "rolled-back" }.into(),
+            })
+            .await?;
+        self.store.close_operation(&journal.operation).await?;
+        Ok(UpdateReport {
+            container: name.to_owned(),
+            endpoint: self.runtime.endpoint().to_owned(),
+            status,
+            revision,
+            previous: None,
+            verdict,
+            unexpected_changes: diff,
+            reason: failure,
+            last_logs: Vec::new(),
+            backup: None,
+            recovered,
+            probation: None,
+            restored_by: None,
+        })
+    }
+
+    /// Takes back an [`Updater::install`]: stops and removes the container (nothing was there before) and
+    /// records its revision as rolled back with `reason`.
+    pub async fn uninstall(&self, container: &ContainerName, reason: &str) -> Result<(), Error> {
+        let name = container.as_str();
+        let lease = self.lease(name, "uninstall").await?;
+        let result = async {
+            self.recover_locked(name).await?;
+            self.remove_if(name, |_| true).await?;
+            let subject = self.subject(name);
+            let history = self.history(container, usize::MAX).await?;
+            if let Some(mut r) = history.current().cloned() {
+                r.outcome = Outcome::RolledBack {
+                    reason: reason.to_owned(),
+                };
+                self.store.put_revision(&subject, &r).await?;
+            }
+            self.reporter.report(&Event::Step {
+                step: "uninstall",
+                detail: format!("removed {name}: {reason}"),
+            });
+            Ok(())
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
     /// The old container is retained under `retained`: a container already there is not ours to touch.
     async fn ensure_retained_name_free(&self, name: &str, retained: &str) -> Result<(), Error> {
         match self.runtime.inspect_container(retained).await {
@@ -1837,6 +2007,38 @@ impl Updater {
                 self.store.close_operation(&op).await?;
                 continue;
             };
+            if kind == "install" && !steps.iter().any(|s| matches!(s, Step::Commit)) {
+                // Nothing was under the name before the install: whatever is there now is its half-made work.
+                self.remove_if(name, |_| true).await.map_err(|e| Error::RevertFailed {
+                    container: name.to_owned(),
+                    reason: format!("removing an install interrupted at {last}"),
+                    error: e.to_string(),
+                })?;
+                if let Some(n) = RevisionNumber::new(new_revision) {
+                    if let Some(mut r) = self
+                        .store
+                        .revisions(&subject)
+                        .await?
+                        .into_iter()
+                        .find(|r| r.number == n)
+                    {
+                        r.outcome = Outcome::RolledBack {
+                            reason: format!("install interrupted at step {last}; removed by the next command"),
+                        };
+                        r.finished_at = Some(OffsetDateTime::now_utc());
+                        self.store.put_revision(&subject, &r).await?;
+                    }
+                }
+                self.store.close_operation(&op).await?;
+                let rec = Recovery {
+                    operation: op.clone(),
+                    interrupted_at: last,
+                    action: "reverted".into(),
+                };
+                self.reporter.report(&Event::Recovered(rec.clone()));
+                out.push(rec);
+                continue;
+            }
             if kind == "stage" {
                 // Staging never touches the old container: removing the half-made preview is the repair.
                 self.remove_if(&retained_name, |id| id != old_id)

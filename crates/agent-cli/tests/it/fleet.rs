@@ -454,7 +454,15 @@ fn a_ten_agent_canary_is_paused_by_the_operator_and_resumed() {
         let out = w.agentctl(&["rollout", "status", &rollout, "-o", "json"]);
         if code(&out) == 0 {
             let s = json(&out);
-            assert_eq!(s["machine"]["phase"], "progressing", "{s}");
+            if s["machine"]["phase"] != "progressing" {
+                let o = child.wait_with_output().unwrap();
+                panic!(
+                    "another process saw the rollout only {} after {:?} (it must see it progressing); state {s}; apply stdout:\n{}",
+                    s["machine"]["phase"],
+                    (std::time::Instant::now() + std::time::Duration::from_secs(60)) - deadline,
+                    stdout(&o)
+                );
+            }
             if s["nextStep"].as_u64().unwrap_or(0) >= 1 {
                 break;
             }
@@ -489,4 +497,88 @@ fn a_ten_agent_canary_is_paused_by_the_operator_and_resumed() {
     let out = w.agentctl(&["rollout", "resume", &rollout]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(names.iter().all(|n| w.state(n).unwrap().2.contains("@sha256:")));
+}
+
+#[test]
+fn a_missing_target_is_created_from_the_template_and_removed_by_undo() {
+    let img = images();
+    let w = World::new("template");
+    let names: Vec<String> = (1..=10).map(|i| w.name(&format!("m{i}"))).collect();
+    // Ten targets through recreate; the last one does not exist.
+    let ids: Vec<String> = names[..9]
+        .iter()
+        .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
+        .collect();
+    let (key, value) = w.label.split_once('=').unwrap();
+
+    // A template that would store a secret is refused before anything changes.
+    let bad = spec(
+        &w,
+        &w.name("bad"),
+        &img.refs["v2"],
+        &names,
+        "recreate: {}",
+        "template:\n  env: [{name: API_TOKEN, value: s3cret}]\n",
+    );
+    let out = w.agentctl(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("API_TOKEN") && stderr(&out).contains("looks secret"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.state(&names[0]).unwrap().2, img.refs["v1"]);
+
+    // Without a template, the missing target fails and says how to fix it.
+    let plain = w.name("plain");
+    let f = spec(
+        &w,
+        &plain,
+        &img.refs["v2"],
+        &names,
+        "recreate: {}",
+        "rollback: {maxFailureRatio: 0.0}\n",
+    );
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stdout(&out).contains("add a `template`"), "{}", stdout(&out));
+    for (n, id) in names[..9].iter().zip(&ids) {
+        assert_eq!(
+            w.state(n).unwrap(),
+            (id.clone(), true, img.refs["v1"].clone()),
+            "{n}: reverted"
+        );
+    }
+
+    // With one, it is created with the template's settings, the pinned image and its own name.
+    let rollout = w.name("ro");
+    let template = format!(
+        "template:\n  restartPolicy: unless-stopped\n  env: [{{name: ROLE, value: edge}}]\n  labels: {{'{key}': '{value}'}}\n"
+    );
+    let f = spec(&w, &rollout, &img.refs["v2"], &names, "recreate: {}", &template);
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stderr(&out), stdout(&out));
+    let (_, running, image) = w.state(&names[9]).unwrap();
+    assert!(running && image.contains("@sha256:"), "{image}");
+    let env = stdout(&w.docker(&[
+        "inspect",
+        "-f",
+        "{{range .Config.Env}}{{.}} {{end}}{{.HostConfig.RestartPolicy.Name}}",
+        &names[9],
+    ]));
+    assert!(
+        env.contains("ROLE=edge") && env.trim_end().ends_with("unless-stopped"),
+        "{env}"
+    );
+    // Undo: the updated targets go back, the created one goes away.
+    let out = w.agentctl(&["rollout", "undo", &rollout, "-o", "json"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    for (n, id) in names[..9].iter().zip(&ids) {
+        assert_eq!(w.state(n).unwrap().0, *id, "{n}");
+    }
+    assert!(w.state(&names[9]).is_none(), "the created target is removed");
+    // (The tenth target is on the second endpoint: its history is recorded there.)
+    let h = json(&w.agentctl(&["--host", HOST_B, "history", &names[9], "-o", "json"]));
+    assert_eq!(h.as_array().unwrap().len(), 1, "{h}");
+    assert_eq!(h[0]["status"], "rolled-back", "{h}");
 }
