@@ -1161,6 +1161,19 @@ impl Fleet {
         Ok(unverified)
     }
 
+    /// The engine of target `t` and its container name, or why not.
+    async fn target(&self, t: &TargetState) -> Result<(Arc<dyn ContainerRuntime>, ContainerName), String> {
+        let rt = self
+            .runtime(&t.host)
+            .await
+            .map_err(|e| format!("engine {} unreachable: {e}", t.host))?;
+        let name = t
+            .container
+            .parse()
+            .map_err(|e: agent_core::ContainerNameError| e.to_string())?;
+        Ok((rt, name))
+    }
+
     /// Removes the staged previews of a blue-green rollout; their live containers were never touched.
     async fn discard_previews(&self, state: &mut RolloutState) -> Result<usize, Error> {
         let mut broken = 0;
@@ -1170,14 +1183,7 @@ impl Fleet {
             }
             let t = state.targets[i].clone();
             let outcome = async {
-                let rt = self
-                    .runtime(&t.host)
-                    .await
-                    .map_err(|e| format!("engine {} unreachable: {e}", t.host))?;
-                let name: ContainerName = t
-                    .container
-                    .parse()
-                    .map_err(|e: agent_core::ContainerNameError| e.to_string())?;
+                let (rt, name) = self.target(&t).await?;
                 Updater::new(rt, self.store.clone(), self.progress.clone())
                     .discard(&name)
                     .await
@@ -1225,14 +1231,7 @@ impl Fleet {
             let to = t.previous.and_then(RevisionNumber::new);
             if t.installed {
                 let outcome = async {
-                    let rt = self
-                        .runtime(&t.host)
-                        .await
-                        .map_err(|e| format!("engine {} unreachable: {e}", t.host))?;
-                    let name: ContainerName = t
-                        .container
-                        .parse()
-                        .map_err(|e: agent_core::ContainerNameError| e.to_string())?;
+                    let (rt, name) = self.target(&t).await?;
                     Updater::new(rt, self.store.clone(), self.progress.clone())
                         .uninstall(
                             &name,
@@ -1259,14 +1258,7 @@ impl Fleet {
                 continue;
             }
             let outcome = async {
-                let rt = self
-                    .runtime(&t.host)
-                    .await
-                    .map_err(|e| format!("engine {} unreachable: {e}", t.host))?;
-                let name: ContainerName = t
-                    .container
-                    .parse()
-                    .map_err(|e: agent_core::ContainerNameError| e.to_string())?;
+                let (rt, name) = self.target(&t).await?;
                 let mut req = UpdateRequest::new(name.clone(), state.pinned.clone());
                 req.verify = verify.clone();
                 req.history_limit = state.spec.history.limit;

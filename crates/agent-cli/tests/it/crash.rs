@@ -30,21 +30,12 @@ fn a_kill_at_every_step_is_repaired_by_the_next_command() {
             let step = step.to_string();
             let v2 = img.refs["v2"].clone();
             std::thread::spawn(move || {
-                let run = |args: &[&str], crash: Option<&str>| {
-                    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"));
-                    cmd.arg("--state-dir")
-                        .arg(state.path())
-                        .arg("--no-progress")
-                        .args(args)
-                        .env("NO_COLOR", "1");
-                    match crash {
-                        Some(s) => cmd.env("AGENTCTL_CRASH_AT", s),
-                        None => cmd.env_remove("AGENTCTL_CRASH_AT"),
-                    };
-                    cmd.output().unwrap()
-                };
-                let killed = run(&[&["update", &name, "--image", &v2], &FAST[..6]].concat(), Some(&step));
-                let repaired = run(&["status", &name, "-o", "json"], None);
+                let killed = run_in(
+                    state.path(),
+                    &[&["update", &name, "--image", &v2], &FAST[..6]].concat(),
+                    Some(&step),
+                );
+                let repaired = run_in(state.path(), &["status", &name, "-o", "json"], None);
                 (step, name, id, vol, killed, repaired, state)
             })
         })
