@@ -163,3 +163,157 @@ fn kills_during_start_first_and_undo_are_repaired_by_the_next_command() {
         assert_eq!(crate::update::read_volume_file(&w, &vol), seed, "{case}: volume bytes");
     }
 }
+
+/// A tiny xorshift generator: the chaos loop needs reproducible randomness, not quality.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Starts agentctl with its own state dir without waiting for it.
+fn spawn_in(state: &std::path::Path, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--no-progress")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("AGENTCTL_CRASH_AT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Kills at random moments rather than right after a journaled step: for `AGENTCTL_CHAOS_SECS` (default
+/// 60), pick an operation at random (stop-first or start-first update to a good or a broken version, or an
+/// undo), SIGKILL it after a random 0–4 s (sometimes it has finished by then), sometimes kill the repairing
+/// command too, then check that the next command leaves exactly one running instance under the name, on a
+/// good version, with its restart policy and env, and the volume's bytes unchanged. `AGENTCTL_CHAOS_SEED`
+/// replays a run. Long, so it is ignored by default:
+/// `AGENTCTL_CHAOS_SECS=600 cargo test -p agent-cli --test it -- --ignored random_kills`.
+#[test]
+#[ignore = "long: run with --ignored and a time budget in AGENTCTL_CHAOS_SECS"]
+fn random_kills_lose_nothing() {
+    let budget = std::env::var("AGENTCTL_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60u64);
+    let seed = std::env::var("AGENTCTL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("chaos: seed {seed} (AGENTCTL_CHAOS_SEED), {budget} s");
+    let mut rng = Rng(seed);
+    let img = images();
+    let w = World::new("chaos");
+    let name = w.name("agent");
+    let vol = w.volume("data");
+    crate::update::seed_volume(&w, &vol, "chaos seed data");
+    let seed_bytes = crate::update::read_volume_file(&w, &vol);
+    w.docker_run(
+        &name,
+        &[
+            "--restart",
+            "unless-stopped",
+            "-e",
+            "CHAOS_MARK=kept",
+            "-v",
+            &format!("{vol}:/data"),
+        ],
+        &img.refs["v1"],
+    );
+    let state = w.state_dir();
+    let good = ["v1", "v2", "v3"];
+    let bad = ["exit", "fatal", "never-healthy"];
+    let good_refs: Vec<&String> = good.iter().map(|k| &img.refs[*k]).collect();
+    let fast = &FAST[..6];
+    let (mut rounds, mut killed, mut finished, mut repair_killed) = (0, 0, 0, 0);
+    let mut ops: std::collections::BTreeMap<String, u32> = Default::default();
+    let start = std::time::Instant::now();
+    while start.elapsed().as_secs() < budget {
+        rounds += 1;
+        let op = rng.below(8);
+        let (label, args): (String, Vec<String>) = match op {
+            0 | 1 => ("undo".into(), vec!["undo".into(), name.clone()]),
+            _ => {
+                let target = if op == 2 {
+                    bad[rng.below(3) as usize]
+                } else {
+                    good[rng.below(3) as usize]
+                };
+                let strategy = if rng.below(2) == 0 { "stop-first" } else { "start-first" };
+                let args = ["update", &name, "--image", &img.refs[target], "--strategy", strategy];
+                (
+                    format!("update {strategy} to {target}"),
+                    args.iter().map(|s| s.to_string()).collect(),
+                )
+            }
+        };
+        *ops.entry(label.clone()).or_default() += 1;
+        let args: Vec<&str> = args.iter().map(String::as_str).chain(fast.iter().copied()).collect();
+        let mut child = spawn_in(state, &args);
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(4000)));
+        match child.try_wait().unwrap() {
+            Some(_) => finished += 1,
+            None => {
+                child.kill().unwrap();
+                killed += 1;
+            }
+        }
+        child.wait().unwrap();
+        // Sometimes the repairing command is killed too.
+        if rng.below(4) == 0 {
+            let mut repair = spawn_in(state, &["status", &name]);
+            std::thread::sleep(std::time::Duration::from_millis(rng.below(400)));
+            let _ = repair.kill();
+            repair.wait().unwrap();
+            repair_killed += 1;
+        }
+        let repaired = run_in(state, &["status", &name, "-o", "json"], None);
+        let ctx = format!("round {rounds} ({label}, seed {seed})");
+        assert_eq!(code(&repaired), 0, "{ctx}: {}", stderr(&repaired));
+        let all = w.containers(&name);
+        let running: Vec<&String> = all.iter().filter(|c| w.state(c).is_some_and(|s| s.1)).collect();
+        assert_eq!(running, [&name], "{ctx}: {all:?}");
+        let image = w.state(&name).unwrap().2;
+        assert!(
+            good_refs.contains(&&image),
+            "{ctx}: a broken version is left running: {image}"
+        );
+        let p = w.docker(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}} {{range .Config.Env}}{{.}} {{end}}{{range .Mounts}}{{.Name}}{{end}}",
+            &name,
+        ]);
+        let config = stdout(&p);
+        assert!(config.starts_with("unless-stopped "), "{ctx}: {config}");
+        assert!(config.contains("CHAOS_MARK=kept"), "{ctx}: {config}");
+        assert!(config.trim_end().ends_with(&vol), "{ctx}: {config}");
+        let history = run_in(state, &["history", &name, "-o", "json"], None);
+        assert_eq!(code(&history), 0, "{ctx}: {}", stderr(&history));
+        assert_eq!(
+            crate::update::read_volume_file(&w, &vol),
+            seed_bytes,
+            "{ctx}: volume bytes"
+        );
+    }
+    eprintln!(
+        "chaos: {rounds} rounds in {} s: {killed} killed, {finished} finished first, {repair_killed} repairs \
+         killed too; {ops:?}; nothing lost",
+        start.elapsed().as_secs()
+    );
+}
