@@ -384,18 +384,19 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
     let t0 = Instant::now();
     let mut rss = None;
     match contender {
-        "agentctl" | "agentctl-pipelined" | "agentctl-min0" => {
-            let (strategy, min) = match contender {
-                "agentctl" => ("rolling: {maxUnavailable: 5}", "1s"),
-                "agentctl-pipelined" => ("recreate: {}", "1s"),
-                _ => ("recreate: {}", "0s"),
+        "agentctl" | "agentctl-pipelined" | "agentctl-handoff" | "agentctl-min0" => {
+            let (strategy, min, unverified) = match contender {
+                "agentctl" => ("rolling: {maxUnavailable: 5}", "1s", 0),
+                "agentctl-pipelined" => ("recreate: {}", "1s", 0),
+                "agentctl-handoff" => ("recreate: {}", "1s", 10),
+                _ => ("recreate: {}", "0s", 0),
             };
             let targets: String = names
                 .iter()
                 .map(|c| format!("  - {{host: 'unix:///var/run/docker.sock', container: {c}}}\n"))
                 .collect();
             let spec = format!(
-                "name: {prefix}\nimage: {v2}\ntargets:\n{targets}strategy:\n  {strategy}\nparallelism: 5\nhealth: {{minHealthyTime: {min}, deadline: 30s, period: 100ms}}\n"
+                "name: {prefix}\nimage: {v2}\ntargets:\n{targets}strategy:\n  {strategy}\nparallelism: 5\nmaxUnverified: {unverified}\nhealth: {{minHealthyTime: {min}, deadline: 30s, period: 100ms}}\n"
             );
             let file = h.state.path().join(format!("{prefix}.yaml"));
             std::fs::write(&file, spec).map_err(|e| e.to_string())?;
@@ -765,6 +766,7 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
     let mut fl_contenders = vec![
         "agentctl",
         "agentctl-pipelined",
+        "agentctl-handoff",
         "agentctl-min0",
         "shell-loop",
         "engine-limit",
@@ -804,6 +806,9 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
         let label = match *c {
             "agentctl" => "agentctl apply: rolling, batches of 5, minHealthyTime 1s",
             "agentctl-pipelined" => "agentctl apply: recreate, 5 at a time, minHealthyTime 1s",
+            "agentctl-handoff" => {
+                "agentctl apply: recreate, 5 at a time, minHealthyTime 1s, `maxUnverified: 10` (slot handed on once started)"
+            }
             "agentctl-min0" => "agentctl apply: recreate, 5 at a time, minHealthyTime 0s",
             other => label_of(other),
         };

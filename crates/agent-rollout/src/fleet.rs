@@ -156,6 +156,15 @@ pub struct RolloutSpec {
     /// Targets updated at once within a batch.
     #[serde(default = "five")]
     pub parallelism: usize,
+    /// Targets whose new container has started and is still being verified that may wait beside the
+    /// `parallelism` targets in engine work. 0 (the default): a target holds its slot until it is proven,
+    /// so at most `parallelism` targets run an unproven version. N: a target hands its slot to the next one
+    /// as soon as its container has started, and up to N more unproven targets run at once; a faster
+    /// pipeline for a larger blast radius (every touched target is still rolled back on failure, and no new
+    /// target starts once the failures exceed `rollback.maxFailureRatio`). It matters where a step holds
+    /// more targets than `parallelism` (recreate, a large canary step).
+    #[serde(default)]
+    pub max_unverified: usize,
     /// Where events are sent.
     #[serde(default)]
     pub notify: Vec<NotifySpec>,
@@ -1049,7 +1058,20 @@ impl Fleet {
         verify: &VerifyConfig,
         action: Action,
     ) -> Result<Vec<String>, Error> {
-        let sem = Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism));
+        // Engine slots bound the targets being stopped, created and started; `in_flight` bounds those plus
+        // the started ones still being verified.
+        let engine = Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism));
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(
+            state.spec.parallelism + state.spec.max_unverified,
+        ));
+        // No new target starts once more have failed than the rollout may lose.
+        let failed_before = state
+            .targets
+            .iter()
+            .filter(|t| matches!(t.status, TargetStatus::Failed | TargetStatus::Broken))
+            .count();
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(failed_before));
+        let budget = (state.spec.rollback.max_failure_ratio * state.targets.len() as f64).floor() as usize;
         let mut tasks = Vec::new();
         for &i in indices {
             let ready = match action {
@@ -1080,45 +1102,43 @@ impl Fleet {
                 state.spec.name,
                 state.spec.image.familiar()
             ));
-            let sem = sem.clone();
+            let (engine, in_flight, failures) = (engine.clone(), in_flight.clone(), failures.clone());
+            let started = Arc::new(tokio::sync::Notify::new());
+            req.started = Some(started.clone());
             let template = state.spec.template_for(&req.container, &state.pinned)?;
             let rt = self.runtime(&t.host).await;
             let store = self.store.clone();
             let progress = self.progress.clone();
             tasks.push(async move {
-                let _permit = sem.acquire().await;
-                let rt = match rt {
-                    Ok(rt) => rt,
-                    Err(e) => return (i, Err(format!("engine {} unreachable: {e}", t.host))),
-                };
-                let updater = Updater::new(rt.clone(), store, progress);
-                if let Action::Update(_) = action {
-                    match rt.inspect_container(req.container.as_str()).await {
-                        Err(agent_core::RuntimeError::ContainerNotFound { .. }) => {
-                            let report = match &template {
-                                Some(spec) => updater.install(spec, &req).await.map_err(|e| e.to_string()),
-                                None => Err(format!(
-                                    "container {} does not exist on {}; add a `template` to the spec to create missing targets",
-                                    req.container, t.host
-                                )),
-                            };
-                            return (i, report.map(|r| (r, true)));
-                        }
-                        Ok(_) => {}
-                        Err(e) => return (i, Err(e.to_string())),
-                    }
+                let _in_flight = in_flight.acquire().await;
+                let engine_slot = engine.acquire().await;
+                if failures.load(std::sync::atomic::Ordering::SeqCst) > budget {
+                    return (i, None);
                 }
-                let report = match action {
-                    Action::Update(UpdateMode::BlueGreen) => updater.stage(&req).await,
-                    Action::Update(_) => updater.update(&req).await,
-                    Action::Promote => updater.promote(&req).await,
+                let work = Self::update_target(rt, store, progress, &t, &req, template.as_ref(), action);
+                tokio::pin!(work);
+                let result = tokio::select! {
+                    r = &mut work => r,
+                    _ = started.notified() => {
+                        // Started: the engine work is over, the next target may begin while this one is proven.
+                        drop(engine_slot);
+                        work.await
+                    }
                 };
-                (i, report.map(|r| (r, false)).map_err(|e| e.to_string()))
+                if result
+                    .as_ref()
+                    .map_or(true, |(r, _)| r.status == UpdateStatus::RolledBack)
+                {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                (i, Some(result))
             });
         }
         let results = futures_util::future::join_all(tasks).await;
         let mut unverified = Vec::new();
         for (i, r) in results {
+            // Skipped: the failure budget ran out before this target's turn; it stays pending, untouched.
+            let Some(r) = r else { continue };
             let t = &mut state.targets[i];
             match r {
                 Ok((report, installed)) => {
@@ -1159,6 +1179,45 @@ impl Fleet {
         }
         self.save(state).await?;
         Ok(unverified)
+    }
+
+    /// Updates (or installs, stages or promotes) one target; the report and whether it was installed.
+    async fn update_target(
+        rt: Result<Arc<dyn ContainerRuntime>, String>,
+        store: Arc<dyn StateStore>,
+        progress: Arc<dyn Reporter>,
+        t: &TargetState,
+        req: &UpdateRequest,
+        template: Option<&ContainerSpec>,
+        action: Action,
+    ) -> Result<(crate::UpdateReport, bool), String> {
+        let rt = rt.map_err(|e| format!("engine {} unreachable: {e}", t.host))?;
+        let updater = Updater::new(rt.clone(), store, progress);
+        if let Action::Update(_) = action {
+            match rt.inspect_container(req.container.as_str()).await {
+                Err(agent_core::RuntimeError::ContainerNotFound { .. }) => {
+                    let Some(spec) = template else {
+                        return Err(format!(
+                            "container {} does not exist on {}; add a `template` to the spec to create missing targets",
+                            req.container, t.host
+                        ));
+                    };
+                    return updater
+                        .install(spec, req)
+                        .await
+                        .map(|r| (r, true))
+                        .map_err(|e| e.to_string());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let report = match action {
+            Action::Update(UpdateMode::BlueGreen) => updater.stage(req).await,
+            Action::Update(_) => updater.update(req).await,
+            Action::Promote => updater.promote(req).await,
+        };
+        report.map(|r| (r, false)).map_err(|e| e.to_string())
     }
 
     /// The engine of target `t` and its container name, or why not.

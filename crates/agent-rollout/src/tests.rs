@@ -479,7 +479,8 @@ mod fleet {
                 ("a1", TargetStatus::Reverted),
                 ("a2", TargetStatus::Reverted),
                 ("b1", TargetStatus::Failed),
-                ("b2", TargetStatus::Failed)
+                // The fake engine fails b1 before b2's turn comes: b2 is never touched.
+                ("b2", TargetStatus::Pending)
             ]
         );
         assert!(st.reason.unwrap().contains("above maxFailureRatio 20 %"));
@@ -491,6 +492,60 @@ mod fleet {
             }
         }
         assert!(events.lock().unwrap().contains(&"rolling-back".to_owned()));
+    }
+
+    const EIGHT: &str = "targets:\n  - {host: 'tcp://127.0.0.1:1', container: a1}\n  - {host: 'tcp://127.0.0.1:1', container: a2}\n  - {host: 'tcp://127.0.0.1:1', container: a3}\n  - {host: 'tcp://127.0.0.1:1', container: a4}\n  - {host: 'tcp://127.0.0.1:2', container: b1}\n  - {host: 'tcp://127.0.0.1:2', container: b2}\n  - {host: 'tcp://127.0.0.1:2', container: b3}\n  - {host: 'tcp://127.0.0.1:2', container: b4}\n";
+
+    /// The virtual time a recreate of eight targets takes at parallelism 2 with `maxUnverified`.
+    async fn recreate_eight(max_unverified: usize) -> Duration {
+        let hs = vec![
+            host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3", "a4"]),
+            host_with("tcp://127.0.0.1:2", false, &["b1", "b2", "b3", "b4"]),
+        ];
+        let (f, _store) = fleet(hs, Arc::new(std::sync::Mutex::new(Vec::new())));
+        let s = spec(&format!("name: fleet\nimage: acme/agent:2.0\n{EIGHT}strategy: {{recreate: {{}}}}\nparallelism: 2\nmaxUnverified: {max_unverified}\n{HEALTH}"));
+        let start = tokio::time::Instant::now();
+        let st = f.apply(s).await.unwrap();
+        assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Succeeded, 0));
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_unverified_hands_the_slot_on_once_a_target_has_started() {
+        // The fake engine works instantly, so the time is the verification (at least minHealthyTime):
+        // held slots verify two at a time, handed-on slots let all eight verify at once.
+        let held = recreate_eight(0).await;
+        let handed_on = recreate_eight(6).await;
+        assert!(held >= Duration::from_millis(800), "four rounds of two: {held:?}");
+        assert!(handed_on < held / 2, "{handed_on:?} vs {held:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_new_target_starts_once_the_failures_are_past_the_ratio() {
+        let hs = hosts(true);
+        let (f, _store) = fleet(hs.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
+        let s = spec(&format!(
+            "name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy: {{recreate: {{}}}}\nparallelism: 1\n{HEALTH}"
+        ));
+        let st = f.apply(s).await.unwrap();
+        assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::RolledBack, 3));
+        let by: Vec<(&str, TargetStatus)> = st.targets.iter().map(|t| (t.container.as_str(), t.status)).collect();
+        assert_eq!(
+            by,
+            [
+                ("a1", TargetStatus::Reverted),
+                ("a2", TargetStatus::Reverted),
+                ("b1", TargetStatus::Failed),
+                ("b2", TargetStatus::Pending)
+            ]
+        );
+        // b2 was never touched: not stopped, still its first container.
+        assert!(
+            !hs[1].operations().iter().any(|op| op == "stop b2"),
+            "{:?}",
+            hs[1].operations()
+        );
+        assert!(hs[1].inspect_container("b2").await.unwrap().state.is_running());
     }
 
     #[tokio::test(start_paused = true)]

@@ -230,6 +230,10 @@ pub struct UpdateRequest {
     /// beside the old one as `NAME.preview`, is verified, then takes the name). `BlueGreen` behaves as
     /// start-first here; [`Updater::stage`] and [`Updater::promote`] split it in two.
     pub mode: UpdateMode,
+    /// Notified once the new container has started and verification begins (a stop-first update or an
+    /// install): the engine work is over. A fleet uses it to hand the engine slot to the next target
+    /// while this one is being proven (`maxUnverified`).
+    pub started: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The probation watch after a successful update.
@@ -273,6 +277,13 @@ impl UpdateRequest {
             extra_probes: None,
             watch: None,
             mode: UpdateMode::StopFirst,
+            started: None,
+        }
+    }
+
+    fn notify_started(&self) {
+        if let Some(n) = &self.started {
+            n.notify_one();
         }
     }
 }
@@ -847,6 +858,7 @@ impl Updater {
             Err(e) => (None, SpecDiff::default(), Some(e.to_string())),
             Ok(id) => {
                 journal.record(&Step::Verify).await?;
+                req.notify_started();
                 let verdict = self
                     .verify(name, &id, &req.verify, req.extra_probes.as_ref(), &meta)
                     .await?;
@@ -1673,6 +1685,7 @@ impl Updater {
                     });
                 }
                 journal.record(&Step::Verify).await?;
+                req.notify_started();
                 let verdict = match &source {
                     // Verified as a preview already; it only has to have survived the switch.
                     Source::Preview { verdict, .. } => {
