@@ -2011,6 +2011,7 @@ impl Updater {
                 old_id,
                 old_running,
                 old_restart,
+                old_revision,
                 new_revision,
                 retained_name,
                 from_retained,
@@ -2092,6 +2093,22 @@ impl Updater {
                             r.outcome = Outcome::Succeeded;
                             r.finished_at = Some(OffsetDateTime::now_utc());
                             self.store.put_revision(&subject, &r).await?;
+                        }
+                    }
+                    // As a finished update records it: the container that ran before is retained (so `undo`
+                    // starts it again rather than recreating it, and pruning removes it), and the one we
+                    // came back to, if any, runs again.
+                    if kind != "install" && !retained_name.is_empty() {
+                        for mut r in history.revisions().iter().cloned() {
+                            let was = r.retained_container.clone();
+                            if RevisionNumber::new(old_revision) == Some(r.number) {
+                                r.retained_container = Some(retained_name.clone());
+                            } else if from_retained.is_some() && was == from_retained {
+                                r.retained_container = None;
+                            }
+                            if r.retained_container != was {
+                                self.store.put_revision(&subject, &r).await?;
+                            }
                         }
                     }
                 }
