@@ -876,6 +876,7 @@ impl Fleet {
 
     async fn run(&self, state: &mut RolloutState) -> Result<(), Error> {
         self.open_outbox(&state.spec);
+        self.settle(state).await?;
         let result = self.run_steps(state).await;
         self.outbox().drain().await;
         result
@@ -1097,11 +1098,7 @@ impl Fleet {
             if let Action::Update(mode) = action {
                 req.mode = mode;
             }
-            req.cause = Some(format!(
-                "rollout {} to {}",
-                state.spec.name,
-                state.spec.image.familiar()
-            ));
+            req.cause = Some(rollout_cause(state));
             let (engine, in_flight, failures) = (engine.clone(), in_flight.clone(), failures.clone());
             let started = Arc::new(tokio::sync::Notify::new());
             req.started = Some(started.clone());
@@ -1179,6 +1176,80 @@ impl Fleet {
         }
         self.save(state).await?;
         Ok(unverified)
+    }
+
+    /// Finds out what happened to targets a killed process was working on. The rollout's state is saved
+    /// after each batch, so a target whose update was under way when the process died still reads
+    /// `pending` (or `staged`, for a promotion): its own journal is repaired first, then its history says
+    /// whether this rollout's revision runs there (`updated`, to be rolled back with the rest) or not
+    /// (`pending`: reverted or never started, tried again by a resumed rollout); a preview of this
+    /// rollout's image that was staged makes it `staged`.
+    async fn settle(&self, state: &mut RolloutState) -> Result<(), Error> {
+        let cause = rollout_cause(state);
+        let mut changed = false;
+        for i in 0..state.targets.len() {
+            let t = state.targets[i].clone();
+            if !matches!(t.status, TargetStatus::Pending | TargetStatus::Staged) {
+                continue;
+            }
+            let Ok((rt, name)) = self.target(&t).await else {
+                continue;
+            };
+            let updater = Updater::new(rt, self.store.clone(), self.progress.clone());
+            updater.recover(&name).await?;
+            let history = updater.history(&name, usize::MAX).await?;
+            let ours = |r: &&agent_core::Revision| {
+                r.image == state.pinned && r.created_at >= state.started_at && r.cause == cause
+            };
+            let Some(latest) = history.revisions().iter().rev().find(ours) else {
+                continue;
+            };
+            let staged = updater
+                .preview(name.as_str())
+                .await?
+                .is_some_and(|p| p.image == state.pinned);
+            let running_ours = history.current().is_some_and(|c| c.number == latest.number);
+            let before = history
+                .revisions()
+                .iter()
+                .rev()
+                .filter(|r| r.number < latest.number)
+                .find(|r| {
+                    matches!(
+                        r.outcome,
+                        agent_core::Outcome::Succeeded | agent_core::Outcome::Unverified { .. }
+                    )
+                });
+            let target = &mut state.targets[i];
+            let (status, message) = if running_ours {
+                (
+                    TargetStatus::Updated,
+                    "its update finished after the rollout's process stopped",
+                )
+            } else if staged {
+                (
+                    TargetStatus::Staged,
+                    "its preview was staged before the rollout's process stopped",
+                )
+            } else {
+                // Reverted (by its own verification or by the repair of the interrupted update) or never
+                // started: nothing of this rollout runs there, and a resumed rollout tries it again.
+                continue;
+            };
+            if target.status == status {
+                continue;
+            }
+            target.status = status;
+            target.message = Some(message.into());
+            target.revision = Some(latest.number.get());
+            target.previous = before.map(|r| r.number.get());
+            target.installed = before.is_none() && history.revisions().iter().all(|r| r.number >= latest.number);
+            changed = true;
+        }
+        if changed {
+            self.save(state).await?;
+        }
+        Ok(())
     }
 
     /// Updates (or installs, stages or promotes) one target; the report and whether it was installed.
@@ -1272,6 +1343,7 @@ impl Fleet {
         let _ = state.machine.apply(Input::StartRollback { reason: reason.clone() });
         state.reason = Some(reason.clone());
         self.save(state).await?;
+        self.settle(state).await?;
         let mut broken = self.discard_previews(state).await?;
         let touched: Vec<usize> = (0..state.targets.len())
             .filter(|&i| state.targets[i].status == TargetStatus::Updated)
@@ -1381,6 +1453,11 @@ impl Fleet {
         self.finished(state);
         Ok(())
     }
+}
+
+/// The cause a rollout's updates record in each target's history.
+fn rollout_cause(state: &RolloutState) -> String {
+    format!("rollout {} to {}", state.spec.name, state.spec.image.familiar())
 }
 
 /// What a batch does to each of its targets.

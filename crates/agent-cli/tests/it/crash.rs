@@ -41,7 +41,7 @@ fn a_kill_at_every_step_is_repaired_by_the_next_command() {
         })
         .collect();
     for h in handles {
-        let (step, name, id, vol, killed, repaired, _state) = h.join().unwrap();
+        let (step, name, id, vol, killed, repaired, state) = h.join().unwrap();
         assert!(
             !killed.status.success(),
             "{step}: the switch must kill the process: {}",
@@ -63,6 +63,11 @@ fn a_kill_at_every_step_is_repaired_by_the_next_command() {
             let retained = format!("{name}.rev1");
             let p = w.docker(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &retained]);
             assert_eq!(stdout(&p).trim(), "no");
+            // The completed update recorded the retained container: undo starts it again (the same
+            // container, not a copy), as after an update that was never interrupted.
+            let undo = run_in(state.path(), &[&["undo", &name], &FAST[..6]].concat(), None);
+            assert_eq!(code(&undo), 0, "{step}: {}", stderr(&undo));
+            assert_eq!(w.state(&name).unwrap().0, id, "{step}: undo brings back the original container");
         } else {
             assert_eq!(recovered[0]["action"], "reverted");
             assert_eq!(now, id, "{step}: the original container is back");
@@ -176,8 +181,9 @@ impl Rng {
     }
 }
 
-/// Starts agentctl with its own state dir without waiting for it.
+/// Starts agentctl with its own state dir without waiting for it; its stderr goes to `STATE/chaos.err`.
 fn spawn_in(state: &std::path::Path, args: &[&str]) -> std::process::Child {
+    let err = std::fs::File::create(state.join("chaos.err")).unwrap();
     std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
         .arg("--state-dir")
         .arg(state)
@@ -186,9 +192,19 @@ fn spawn_in(state: &std::path::Path, args: &[&str]) -> std::process::Child {
         .env("NO_COLOR", "1")
         .env_remove("AGENTCTL_CRASH_AT")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(err)
         .spawn()
         .unwrap()
+}
+
+/// Whether a command that ended by itself ended with an error (exit 1 or 2), printing its stderr.
+fn refused(state: &std::path::Path, status: std::process::ExitStatus, what: &str) -> bool {
+    let bad = matches!(status.code(), Some(1 | 2));
+    if bad {
+        let err = std::fs::read_to_string(state.join("chaos.err")).unwrap_or_default();
+        eprintln!("chaos: {what} exited {status}: {}", err.lines().last().unwrap_or(""));
+    }
+    bad
 }
 
 /// Kills at random moments rather than right after a journaled step: for `AGENTCTL_CHAOS_SECS` (default
@@ -240,7 +256,7 @@ fn random_kills_lose_nothing() {
     let bad = ["exit", "fatal", "never-healthy"];
     let good_refs: Vec<&String> = good.iter().map(|k| &img.refs[*k]).collect();
     let fast = &FAST[..6];
-    let (mut rounds, mut killed, mut finished, mut repair_killed) = (0, 0, 0, 0);
+    let (mut rounds, mut killed, mut finished, mut repair_killed, mut errors) = (0, 0, 0, 0, 0);
     let mut ops: std::collections::BTreeMap<String, u32> = Default::default();
     let start = std::time::Instant::now();
     while start.elapsed().as_secs() < budget {
@@ -267,7 +283,10 @@ fn random_kills_lose_nothing() {
         let mut child = spawn_in(state, &args);
         std::thread::sleep(std::time::Duration::from_millis(rng.below(4000)));
         match child.try_wait().unwrap() {
-            Some(_) => finished += 1,
+            Some(status) => {
+                finished += 1;
+                errors += u32::from(refused(state, status, &label));
+            }
             None => {
                 child.kill().unwrap();
                 killed += 1;
@@ -312,8 +331,189 @@ fn random_kills_lose_nothing() {
         );
     }
     eprintln!(
-        "chaos: {rounds} rounds in {} s: {killed} killed, {finished} finished first, {repair_killed} repairs \
-         killed too; {ops:?}; nothing lost",
+        "chaos: {rounds} rounds in {} s: {killed} killed, {finished} finished first ({errors} of them with an \
+         error), {repair_killed} repairs killed too; {ops:?}; nothing lost",
+        start.elapsed().as_secs()
+    );
+}
+
+/// The container's image id, or `None` when it does not exist.
+fn image_id(w: &World, what: &[&str]) -> Option<String> {
+    let out = w.docker(what);
+    out.status.success().then(|| stdout(&out).trim().to_owned())
+}
+
+/// The fleet counterpart of [`random_kills_lose_nothing`]: a rollout of three targets driven at random
+/// (a new `apply` with a random strategy among rolling, canary with a pause, blue-green and recreate, to a
+/// good or a broken version; on a rollout left unfinished, `apply` again to resume, `rollout promote` or
+/// `rollout abort`; on a finished one, `rollout undo`), each command SIGKILLed after a random 0–6 s. After
+/// `rollout status` and `status` of each target, every target has one running container under its name on
+/// a good version with its restart policy, env and volume; a running preview only while the rollout is
+/// unfinished; at the end, once the rollout is finished, no preview and the volumes' bytes unchanged.
+/// `AGENTCTL_CHAOS_SECS=600 cargo test -p agent-cli --test it -- --ignored random_kills_during_rollouts`.
+#[test]
+#[ignore = "long: run with --ignored and a time budget in AGENTCTL_CHAOS_SECS"]
+fn random_kills_during_rollouts_lose_nothing() {
+    let budget = std::env::var("AGENTCTL_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60u64);
+    let seed = std::env::var("AGENTCTL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("fleet chaos: seed {seed} (AGENTCTL_CHAOS_SEED), {budget} s");
+    let mut rng = Rng(seed);
+    let img = images();
+    let w = World::new("fchaos");
+    let names: Vec<String> = (0..3).map(|i| w.name(&format!("t{i}"))).collect();
+    let mut volumes = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let vol = w.volume(&format!("d{i}"));
+        crate::update::seed_volume(&w, &vol, &format!("fleet chaos data {i}"));
+        let bytes = crate::update::read_volume_file(&w, &vol);
+        w.docker_run(
+            n,
+            &[
+                "--restart",
+                "unless-stopped",
+                "-e",
+                "CHAOS_MARK=kept",
+                "-v",
+                &format!("{vol}:/data"),
+            ],
+            &img.refs["v1"],
+        );
+        volumes.push((vol, bytes));
+    }
+    let good: Vec<String> = ["v1", "v2", "v3"]
+        .iter()
+        .map(|k| image_id(&w, &["image", "inspect", "-f", "{{.Id}}", &img.refs[*k]]).unwrap())
+        .collect();
+    let state = w.state_dir();
+    let rollout = w.name("ro");
+    let file = state.join("chaos.yaml");
+    let targets: String = names
+        .iter()
+        .map(|n| format!("  - {{host: 'unix:///var/run/docker.sock', container: {n}}}\n"))
+        .collect();
+    let strategies = [
+        "rolling: {maxUnavailable: 1}",
+        "canary: {steps: [{setWeight: 34}, {pause: {}}, {setWeight: 100}]}",
+        "blueGreen: {}",
+        "recreate: {}",
+    ];
+    let phase = |state: &std::path::Path| -> String {
+        let out = run_in(state, &["rollout", "status", &rollout, "-o", "json"], None);
+        if code(&out) != 0 {
+            return "none".into();
+        }
+        json(&out)["machine"]["phase"].as_str().unwrap_or("none").to_owned()
+    };
+    let (mut rounds, mut killed, mut finished, mut errors) = (0, 0, 0, 0);
+    let mut ops: std::collections::BTreeMap<String, u32> = Default::default();
+    let start = std::time::Instant::now();
+    while start.elapsed().as_secs() < budget {
+        rounds += 1;
+        let now = phase(state);
+        let unfinished = matches!(now.as_str(), "progressing" | "paused" | "verifying" | "rolling-back");
+        let (label, args): (String, Vec<String>) = match (unfinished, rng.below(4)) {
+            (true, 0) if now != "paused" => (
+                "resume".into(),
+                vec!["apply".into(), "-f".into(), file.display().to_string()],
+            ),
+            (true, 0 | 1) => (
+                "promote".into(),
+                vec!["rollout".into(), "promote".into(), rollout.clone()],
+            ),
+            (true, _) => ("abort".into(), vec!["rollout".into(), "abort".into(), rollout.clone()]),
+            (false, 0) if now != "none" => ("undo".into(), vec!["rollout".into(), "undo".into(), rollout.clone()]),
+            (false, _) => {
+                let strategy = strategies[rng.below(4) as usize];
+                let target = if rng.below(5) == 0 {
+                    "fatal"
+                } else {
+                    ["v1", "v2", "v3"][rng.below(3) as usize]
+                };
+                std::fs::write(
+                    &file,
+                    format!(
+                        "name: {rollout}\nimage: {}\ntargets:\n{targets}strategy:\n  {strategy}\nparallelism: 2\nhealth: {{minHealthyTime: 1s, deadline: 15s, period: 300ms}}\n",
+                        img.refs[target]
+                    ),
+                )
+                .unwrap();
+                let kind = strategy.split(':').next().unwrap();
+                (
+                    format!("apply {kind} to {target}"),
+                    vec!["apply".into(), "-f".into(), file.display().to_string()],
+                )
+            }
+        };
+        *ops.entry(label.clone()).or_default() += 1;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = spawn_in(state, &args);
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(6000)));
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                finished += 1;
+                errors += u32::from(refused(state, status, &label));
+            }
+            None => {
+                child.kill().unwrap();
+                killed += 1;
+            }
+        }
+        child.wait().unwrap();
+        let ctx = format!("round {rounds} ({label} from {now}, seed {seed})");
+        let now = phase(state);
+        for (n, (vol, _)) in names.iter().zip(&volumes) {
+            let repaired = run_in(state, &["status", n, "-o", "json"], None);
+            assert_eq!(code(&repaired), 0, "{ctx}: {n}: {}", stderr(&repaired));
+            let all = w.containers(n);
+            let running: Vec<&String> = all.iter().filter(|c| w.state(c).is_some_and(|s| s.1)).collect();
+            let preview = format!("{n}.preview");
+            let main: Vec<&&String> = running.iter().filter(|c| **c != &preview).collect();
+            assert_eq!(main, [&n], "{ctx}: {all:?}");
+            if running.contains(&&preview) {
+                assert!(
+                    matches!(now.as_str(), "progressing" | "paused"),
+                    "{ctx}: a preview runs while the rollout is {now}"
+                );
+            }
+            let id = image_id(&w, &["inspect", "-f", "{{.Image}}", n]).unwrap();
+            assert!(good.contains(&id), "{ctx}: {n} runs a broken version");
+            let p = w.docker(&[
+                "inspect",
+                "-f",
+                "{{.HostConfig.RestartPolicy.Name}} {{range .Config.Env}}{{.}} {{end}}{{range .Mounts}}{{.Name}}{{end}}",
+                n,
+            ]);
+            let config = stdout(&p);
+            assert!(config.starts_with("unless-stopped "), "{ctx}: {config}");
+            assert!(config.contains("CHAOS_MARK=kept"), "{ctx}: {config}");
+            assert!(config.trim_end().ends_with(vol.as_str()), "{ctx}: {config}");
+        }
+    }
+    // Finish: an unfinished rollout is aborted; then no preview is left and no byte has changed.
+    if matches!(phase(state).as_str(), "progressing" | "paused") {
+        let out = run_in(state, &["rollout", "abort", &rollout], None);
+        assert!(matches!(code(&out), 0 | 3), "{}", stderr(&out));
+    }
+    for (n, (vol, bytes)) in names.iter().zip(&volumes) {
+        let all = w.containers(n);
+        assert!(!all.contains(&format!("{n}.preview")), "{all:?}");
+        assert_eq!(&crate::update::read_volume_file(&w, vol), bytes, "{n}: volume bytes");
+    }
+    eprintln!(
+        "fleet chaos: {rounds} rounds in {} s: {killed} killed, {finished} finished first ({errors} of them with \
+         an error); {ops:?}; nothing lost",
         start.elapsed().as_secs()
     );
 }

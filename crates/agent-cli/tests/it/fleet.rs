@@ -240,6 +240,51 @@ fn a_killed_apply_is_resumed_by_the_next_apply() {
     }
 }
 
+/// Found by the random-kill loop: a target whose update had committed when the process died still read
+/// `pending` in the rollout (saved after each batch), so an abort reverted "0 touched targets" and left it
+/// on the new version. The abort now asks the target's own history first.
+#[test]
+fn an_abort_after_a_kill_reverts_the_target_that_was_being_updated() {
+    let img = images();
+    let w = World::new("killabort");
+    let names: Vec<String> = (1..=3).map(|i| w.name(&format!("k{i}"))).collect();
+    let ids: Vec<String> = names
+        .iter()
+        .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
+        .collect();
+    let rollout = w.name("ro");
+    let f = spec(
+        &w,
+        &rollout,
+        &img.refs["v2"],
+        &names,
+        "rolling: {maxUnavailable: 1}",
+        "",
+    );
+    let killed = w.agentctl_env(
+        &["apply", "-f", f.to_str().unwrap(), "-o", "json"],
+        &[("AGENTCTL_CRASH_AT", "commit")],
+    );
+    assert!(!killed.status.success(), "{}", stderr(&killed));
+    let out = w.agentctl(&["rollout", "abort", &rollout, "-o", "json"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let last = events(&out).pop().unwrap();
+    let statuses: Vec<&str> = last["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["reverted", "pending", "pending"], "{last}");
+    for (n, id) in names.iter().zip(&ids) {
+        assert_eq!(
+            w.state(n).unwrap(),
+            (id.clone(), true, img.refs["v1"].clone()),
+            "{n} runs its original container"
+        );
+    }
+}
+
 #[test]
 fn blue_green_stages_ten_previews_then_promotes_or_aborts_without_touching_the_old() {
     let img = images();
