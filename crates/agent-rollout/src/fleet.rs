@@ -600,6 +600,11 @@ impl Fleet {
         let lease = self.lease(spec.name.as_str(), "apply").await?;
         let result = async {
             let mut state = match self.state(spec.name.as_str()).await? {
+                // A process died while rolling back: finish that first, whatever the new spec says.
+                Some(mut s) if s.phase() == Phase::RollingBack => {
+                    self.finish_rollback(&mut s).await?;
+                    return Ok(s);
+                }
                 Some(s) if !s.phase().is_terminal() && s.phase() != Phase::Paused && s.spec.image == spec.image => s,
                 Some(s) if s.phase() == Phase::Paused => {
                     return Err(Error::InvalidInput {
@@ -716,6 +721,10 @@ impl Fleet {
                 what: "rollout".into(),
                 message: format!("no rollout named {name}"),
             })?;
+            if state.phase() == Phase::RollingBack {
+                self.finish_rollback(&mut state).await?;
+                return Ok(state);
+            }
             state
                 .machine
                 .apply(Input::Abort {
@@ -1339,6 +1348,16 @@ impl Fleet {
     }
 
     /// Reverts every target this rollout updated to the revision it ran before.
+    /// Finishes a rollback that a stopped process left half done: the targets it reverted stay reverted,
+    /// the rest are reverted now.
+    async fn finish_rollback(&self, state: &mut RolloutState) -> Result<(), Error> {
+        self.open_outbox(&state.spec);
+        let reason = state.reason.clone().unwrap_or_else(|| "rollback".into());
+        let r = self.rollback(state, reason).await;
+        self.outbox().drain().await;
+        r
+    }
+
     async fn rollback(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
         let _ = state.machine.apply(Input::StartRollback { reason: reason.clone() });
         state.reason = Some(reason.clone());

@@ -67,7 +67,11 @@ fn a_kill_at_every_step_is_repaired_by_the_next_command() {
             // container, not a copy), as after an update that was never interrupted.
             let undo = run_in(state.path(), &[&["undo", &name], &FAST[..6]].concat(), None);
             assert_eq!(code(&undo), 0, "{step}: {}", stderr(&undo));
-            assert_eq!(w.state(&name).unwrap().0, id, "{step}: undo brings back the original container");
+            assert_eq!(
+                w.state(&name).unwrap().0,
+                id,
+                "{step}: undo brings back the original container"
+            );
         } else {
             assert_eq!(recovered[0]["action"], "reverted");
             assert_eq!(now, id, "{step}: the original container is back");
@@ -181,6 +185,27 @@ impl Rng {
     }
 }
 
+/// The time budget (`AGENTCTL_CHAOS_SECS`, default 60) and the seed (`AGENTCTL_CHAOS_SEED`, default the
+/// clock) of a random-kill loop, printed so that a failing run can be replayed.
+fn chaos_settings(what: &str) -> (u64, u64) {
+    let budget = std::env::var("AGENTCTL_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60u64);
+    let seed = std::env::var("AGENTCTL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("{what}: seed {seed} (AGENTCTL_CHAOS_SEED), {budget} s");
+    (budget, seed)
+}
+
 /// Starts agentctl with its own state dir without waiting for it; its stderr goes to `STATE/chaos.err`.
 fn spawn_in(state: &std::path::Path, args: &[&str]) -> std::process::Child {
     let err = std::fs::File::create(state.join("chaos.err")).unwrap();
@@ -217,21 +242,7 @@ fn refused(state: &std::path::Path, status: std::process::ExitStatus, what: &str
 #[test]
 #[ignore = "long: run with --ignored and a time budget in AGENTCTL_CHAOS_SECS"]
 fn random_kills_lose_nothing() {
-    let budget = std::env::var("AGENTCTL_CHAOS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60u64);
-    let seed = std::env::var("AGENTCTL_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("chaos: seed {seed} (AGENTCTL_CHAOS_SEED), {budget} s");
+    let (budget, seed) = chaos_settings("chaos");
     let mut rng = Rng(seed);
     let img = images();
     let w = World::new("chaos");
@@ -354,21 +365,7 @@ fn image_id(w: &World, what: &[&str]) -> Option<String> {
 #[test]
 #[ignore = "long: run with --ignored and a time budget in AGENTCTL_CHAOS_SECS"]
 fn random_kills_during_rollouts_lose_nothing() {
-    let budget = std::env::var("AGENTCTL_CHAOS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60u64);
-    let seed = std::env::var("AGENTCTL_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("fleet chaos: seed {seed} (AGENTCTL_CHAOS_SEED), {budget} s");
+    let (budget, seed) = chaos_settings("fleet chaos");
     let mut rng = Rng(seed);
     let img = images();
     let w = World::new("fchaos");
@@ -424,13 +421,13 @@ fn random_kills_during_rollouts_lose_nothing() {
         let now = phase(state);
         let unfinished = matches!(now.as_str(), "progressing" | "paused" | "verifying" | "rolling-back");
         let (label, args): (String, Vec<String>) = match (unfinished, rng.below(4)) {
-            (true, 0) if now != "paused" => (
-                "resume".into(),
-                vec!["apply".into(), "-f".into(), file.display().to_string()],
-            ),
-            (true, 0 | 1) => (
+            (true, 0 | 1) if now == "paused" => (
                 "promote".into(),
                 vec!["rollout".into(), "promote".into(), rollout.clone()],
+            ),
+            (true, 0 | 1) => (
+                "resume".into(),
+                vec!["apply".into(), "-f".into(), file.display().to_string()],
             ),
             (true, _) => ("abort".into(), vec!["rollout".into(), "abort".into(), rollout.clone()]),
             (false, 0) if now != "none" => ("undo".into(), vec!["rollout".into(), "undo".into(), rollout.clone()]),

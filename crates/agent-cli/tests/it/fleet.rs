@@ -285,6 +285,45 @@ fn an_abort_after_a_kill_reverts_the_target_that_was_being_updated() {
     }
 }
 
+/// Found by the random-kill loop: a process killed while rolling back left the rollout `rolling-back`,
+/// which no command would touch again. `rollout abort` (or `apply`) now finishes the rollback.
+#[test]
+fn a_rollback_killed_half_way_is_finished_by_the_next_command() {
+    let img = images();
+    let w = World::new("killrb");
+    let names: Vec<String> = (1..=2).map(|i| w.name(&format!("r{i}"))).collect();
+    let ids: Vec<String> = names
+        .iter()
+        .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
+        .collect();
+    // The third target does not exist (and there is no template): it fails, and the rollout reverts the
+    // two it updated, killed in the middle of the first revert.
+    let mut all = names.clone();
+    all.push(w.name("ghost"));
+    let rollout = w.name("ro");
+    let f = spec(&w, &rollout, &img.refs["v2"], &all, "rolling: {maxUnavailable: 2}", "");
+    let killed = w.agentctl_env(
+        &["apply", "-f", f.to_str().unwrap(), "-o", "json"],
+        &[("AGENTCTL_CRASH_AT", "undo:start-new")],
+    );
+    assert!(!killed.status.success(), "{}", stderr(&killed));
+    let status = json(&w.agentctl(&["rollout", "status", &rollout, "-o", "json"]));
+    assert_eq!(status["machine"]["phase"], "rolling-back", "{status}");
+    let out = w.agentctl(&["rollout", "abort", &rollout, "-o", "json"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let status = json(&w.agentctl(&["rollout", "status", &rollout, "-o", "json"]));
+    assert_eq!(status["machine"]["phase"], "rolled-back", "{status}");
+    for (n, id) in names.iter().zip(&ids) {
+        assert_eq!(
+            w.state(n).unwrap(),
+            (id.clone(), true, img.refs["v1"].clone()),
+            "{n} runs its original container"
+        );
+        let running: Vec<String> = w.containers(n).into_iter().filter(|c| w.state(c).unwrap().1).collect();
+        assert_eq!(running, [n.clone()]);
+    }
+}
+
 #[test]
 fn blue_green_stages_ten_previews_then_promotes_or_aborts_without_touching_the_old() {
     let img = images();
