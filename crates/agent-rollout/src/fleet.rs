@@ -1210,49 +1210,46 @@ impl Fleet {
             let ours = |r: &&agent_core::Revision| {
                 r.image == state.pinned && r.created_at >= state.started_at && r.cause == cause
             };
-            let Some(latest) = history.revisions().iter().rev().find(ours) else {
-                continue;
-            };
+            let latest = history.revisions().iter().rev().find(ours);
             let staged = updater
                 .preview(name.as_str())
                 .await?
                 .is_some_and(|p| p.image == state.pinned);
-            let running_ours = history.current().is_some_and(|c| c.number == latest.number);
-            let before = history
-                .revisions()
-                .iter()
-                .rev()
-                .filter(|r| r.number < latest.number)
-                .find(|r| {
-                    matches!(
-                        r.outcome,
-                        agent_core::Outcome::Succeeded | agent_core::Outcome::Unverified { .. }
-                    )
-                });
             let target = &mut state.targets[i];
-            let (status, message) = if running_ours {
-                (
-                    TargetStatus::Updated,
-                    "its update finished after the rollout's process stopped",
-                )
-            } else if staged {
-                (
-                    TargetStatus::Staged,
-                    "its preview was staged before the rollout's process stopped",
-                )
-            } else {
+            match latest {
+                Some(latest) if history.current().is_some_and(|c| c.number == latest.number) => {
+                    if target.status == TargetStatus::Updated {
+                        continue;
+                    }
+                    let before = history
+                        .revisions()
+                        .iter()
+                        .rev()
+                        .filter(|r| r.number < latest.number)
+                        .find(|r| {
+                            matches!(
+                                r.outcome,
+                                agent_core::Outcome::Succeeded | agent_core::Outcome::Unverified { .. }
+                            )
+                        });
+                    target.status = TargetStatus::Updated;
+                    target.message = Some("its update finished after the rollout's process stopped".into());
+                    target.revision = Some(latest.number.get());
+                    target.previous = before.map(|r| r.number.get());
+                    target.installed =
+                        before.is_none() && history.revisions().iter().all(|r| r.number >= latest.number);
+                }
+                _ if staged => {
+                    if target.status == TargetStatus::Staged {
+                        continue;
+                    }
+                    target.status = TargetStatus::Staged;
+                    target.message = Some("its preview was staged before the rollout's process stopped".into());
+                }
                 // Reverted (by its own verification or by the repair of the interrupted update) or never
                 // started: nothing of this rollout runs there, and a resumed rollout tries it again.
-                continue;
-            };
-            if target.status == status {
-                continue;
+                _ => continue,
             }
-            target.status = status;
-            target.message = Some(message.into());
-            target.revision = Some(latest.number.get());
-            target.previous = before.map(|r| r.number.get());
-            target.installed = before.is_none() && history.revisions().iter().all(|r| r.number >= latest.number);
             changed = true;
         }
         if changed {

@@ -240,48 +240,61 @@ fn a_killed_apply_is_resumed_by_the_next_apply() {
     }
 }
 
-/// Found by the random-kill loop: a target whose update had committed when the process died still read
-/// `pending` in the rollout (saved after each batch), so an abort reverted "0 touched targets" and left it
-/// on the new version. The abort now asks the target's own history first.
+/// Found by the random-kill loop: a target whose update had committed (or whose preview was staged) when the
+/// process died still read `pending` in the rollout (saved after each batch), so an abort reverted "0
+/// touched targets" and left it on the new version (or left its preview running). The abort now asks the
+/// target's own history and previews first.
 #[test]
 fn an_abort_after_a_kill_reverts_the_target_that_was_being_updated() {
     let img = images();
     let w = World::new("killabort");
-    let names: Vec<String> = (1..=3).map(|i| w.name(&format!("k{i}"))).collect();
-    let ids: Vec<String> = names
-        .iter()
-        .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
-        .collect();
-    let rollout = w.name("ro");
-    let f = spec(
-        &w,
-        &rollout,
-        &img.refs["v2"],
-        &names,
-        "rolling: {maxUnavailable: 1}",
-        "",
-    );
-    let killed = w.agentctl_env(
-        &["apply", "-f", f.to_str().unwrap(), "-o", "json"],
-        &[("AGENTCTL_CRASH_AT", "commit")],
-    );
-    assert!(!killed.status.success(), "{}", stderr(&killed));
-    let out = w.agentctl(&["rollout", "abort", &rollout, "-o", "json"]);
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
-    let last = events(&out).pop().unwrap();
-    let statuses: Vec<&str> = last["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["reverted", "pending", "pending"], "{last}");
-    for (n, id) in names.iter().zip(&ids) {
-        assert_eq!(
-            w.state(n).unwrap(),
-            (id.clone(), true, img.refs["v1"].clone()),
-            "{n} runs its original container"
+    for (case, strategy, crash) in [
+        ("k", "rolling: {maxUnavailable: 1}", "commit"),
+        ("g", "blueGreen: {}", "stage:done"),
+    ] {
+        let names: Vec<String> = (1..=3).map(|i| w.name(&format!("{case}{i}"))).collect();
+        let ids: Vec<String> = names
+            .iter()
+            .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
+            .collect();
+        let rollout = w.name(&format!("ro-{case}"));
+        let f = spec(&w, &rollout, &img.refs["v2"], &names, strategy, "");
+        let killed = w.agentctl_env(
+            &["apply", "-f", f.to_str().unwrap(), "-o", "json"],
+            &[("AGENTCTL_CRASH_AT", crash)],
         );
+        assert!(!killed.status.success(), "{crash}: {}", stderr(&killed));
+        let out = w.agentctl(&["rollout", "abort", &rollout, "-o", "json"]);
+        assert_eq!(code(&out), 3, "{crash}: {}", stderr(&out));
+        let last = events(&out).pop().unwrap();
+        let statuses: Vec<&str> = last["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["status"].as_str().unwrap())
+            .collect();
+        if case == "k" {
+            assert_eq!(statuses, ["reverted", "pending", "pending"], "{last}");
+        } else {
+            assert!(
+                statuses.contains(&"reverted"),
+                "the staged preview is discarded: {last}"
+            );
+        }
+        for (n, id) in names.iter().zip(&ids) {
+            assert_eq!(
+                w.state(n).unwrap(),
+                (id.clone(), true, img.refs["v1"].clone()),
+                "{crash}: {n} runs its original container"
+            );
+            let all = w.containers(n);
+            assert!(
+                !all.contains(&format!("{n}.preview")),
+                "{crash}: a preview is left: {all:?}"
+            );
+            let running: Vec<&String> = all.iter().filter(|c| w.state(c).unwrap().1).collect();
+            assert_eq!(running, [n], "{crash}: {all:?}");
+        }
     }
 }
 
