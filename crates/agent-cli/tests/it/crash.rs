@@ -430,7 +430,7 @@ fn random_kills_during_rollouts_lose_nothing() {
                 vec!["apply".into(), "-f".into(), file.display().to_string()],
             ),
             (true, _) => ("abort".into(), vec!["rollout".into(), "abort".into(), rollout.clone()]),
-            (false, 0) if now != "none" => ("undo".into(), vec!["rollout".into(), "undo".into(), rollout.clone()]),
+            (false, 0) if now == "succeeded" => ("undo".into(), vec!["rollout".into(), "undo".into(), rollout.clone()]),
             (false, _) => {
                 let strategy = strategies[rng.below(4) as usize];
                 let target = if rng.below(5) == 0 {
