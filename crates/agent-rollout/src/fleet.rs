@@ -605,7 +605,11 @@ impl Fleet {
                     self.finish_rollback(&mut s).await?;
                     return Ok(s);
                 }
-                Some(s) if !s.phase().is_terminal() && s.phase() != Phase::Paused && s.spec.image == spec.image => s,
+                Some(mut s) if !s.phase().is_terminal() && s.phase() != Phase::Paused && s.spec.image == spec.image => {
+                    // Resuming after a process that stopped: find out what it left half done.
+                    self.settle(&mut s).await?;
+                    s
+                }
                 Some(s) if s.phase() == Phase::Paused => {
                     return Err(Error::InvalidInput {
                         what: format!("rollout {}", spec.name),
@@ -885,7 +889,6 @@ impl Fleet {
 
     async fn run(&self, state: &mut RolloutState) -> Result<(), Error> {
         self.open_outbox(&state.spec);
-        self.settle(state).await?;
         let result = self.run_steps(state).await;
         self.outbox().drain().await;
         result
