@@ -333,7 +333,7 @@ fn a_rollback_killed_half_way_is_finished_by_the_next_command() {
             "{n} runs its original container"
         );
         let running: Vec<String> = w.containers(n).into_iter().filter(|c| w.state(c).unwrap().1).collect();
-        assert_eq!(running, [n.clone()]);
+        assert_eq!(running, std::slice::from_ref(n));
     }
 }
 
