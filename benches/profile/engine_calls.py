@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The engine limit with per-call timings: stop, remove, create, start and inspect of N agents through the
 API over the unix socket, 5 at a time, no verification. Usage: V1=IMAGE:1 V2=IMAGE:2 engine_calls.py [N]."""
-import socket, http.client, json, time, threading, subprocess, statistics, sys, os
+import atexit, socket, http.client, json, time, threading, subprocess, statistics, sys, os
 N=int(sys.argv[1]) if len(sys.argv)>1 else 50
 V1=os.environ["V1"]; V2=os.environ["V2"]
 class UC(http.client.HTTPConnection):
@@ -14,7 +14,10 @@ def call(m,path,body=None):
     if r.status>=300: raise Exception(f"{m} {path} {r.status}")
     return time.monotonic()-t
 names=[f"lim{i}" for i in range(N)]
-subprocess.run("docker ps -aq --filter label=prof=1 | xargs -r docker rm -f >/dev/null", shell=True)
+def cleanup():
+    subprocess.run("docker ps -aq --filter label=prof=1 | xargs -r docker rm -f >/dev/null", shell=True)
+cleanup()
+atexit.register(cleanup)  # also when a call fails
 subprocess.run("printf '%s\\n' "+" ".join(names)+" | xargs -P 10 -I{} docker run -d --name {} --label prof=1 --restart unless-stopped "+V1+" >/dev/null", shell=True, check=True)
 time.sleep(5)
 times={"stop":[],"remove":[],"create":[],"start":[],"inspect":[]}
@@ -33,4 +36,3 @@ t0=time.monotonic()
 ts=[threading.Thread(target=one,args=(n,)) for n in names]; [t.start() for t in ts]; [t.join() for t in ts]
 print(f"engine limit total {time.monotonic()-t0:.1f} s")
 for k,v in times.items(): print(f"{k:>8} median {statistics.median(v)*1000:6.0f} ms max {max(v)*1000:6.0f} ms")
-subprocess.run("docker ps -aq --filter label=prof=1 | xargs -r docker rm -f >/dev/null", shell=True)
