@@ -54,8 +54,7 @@ fn a_kill_at_every_step_is_repaired_by_the_next_command() {
         assert_eq!(recovered[0]["interruptedAt"], step.as_str());
         // Exactly one instance, running, under the name; nothing retained is running.
         let all = w.containers(&name);
-        let running: Vec<&String> = all.iter().filter(|c| w.state(c).unwrap().1).collect();
-        assert_eq!(running, [&name], "{step}: {all:?}");
+        assert_eq!(w.running(&name), [name.as_str()], "{step}: {all:?}");
         let (now, _, image) = w.state(&name).unwrap();
         if step == "commit" || step == "done" {
             assert_eq!(recovered[0]["action"], "completed");
@@ -150,8 +149,7 @@ fn kills_during_start_first_and_undo_are_repaired_by_the_next_command() {
         assert!(!killed.status.success(), "{case}: the switch must kill the process");
         assert_eq!(code(&repaired), 0, "{case}: {}", stderr(&repaired));
         let all = w.containers(&name);
-        let running: Vec<&String> = all.iter().filter(|c| w.state(c).unwrap().1).collect();
-        assert_eq!(running, [&name], "{case}: {all:?}");
+        assert_eq!(w.running(&name), [name.as_str()], "{case}: {all:?}");
         assert!(
             !all.contains(&format!("{name}.preview")),
             "{case}: a preview is left: {all:?}"
@@ -222,6 +220,58 @@ fn spawn_in(state: &std::path::Path, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// How the commands of a random-kill loop ended.
+#[derive(Default)]
+struct Tally {
+    killed: u32,
+    finished: u32,
+    errors: u32,
+}
+
+impl Tally {
+    /// Runs agentctl with `args`, SIGKILLs it after `delay_ms` unless it has ended by then, and counts how
+    /// it ended.
+    fn run_and_kill(&mut self, state: &std::path::Path, args: &[&str], delay_ms: u64, label: &str) {
+        let mut child = spawn_in(state, args);
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                self.finished += 1;
+                self.errors += u32::from(refused(state, status, label));
+            }
+            None => {
+                child.kill().unwrap();
+                self.killed += 1;
+            }
+        }
+        child.wait().unwrap();
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} killed, {} finished first ({} of them with an error)",
+            self.killed, self.finished, self.errors
+        )
+    }
+}
+
+/// The settings a chaos loop's agent was started with are still there: restart policy, env, the volume.
+fn assert_config_kept(w: &World, name: &str, volume: &str, ctx: &str) {
+    let p = w.docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.RestartPolicy.Name}} {{range .Config.Env}}{{.}} {{end}}{{range .Mounts}}{{.Name}}{{end}}",
+        name,
+    ]);
+    let config = stdout(&p);
+    assert!(config.starts_with("unless-stopped "), "{ctx}: {config}");
+    assert!(config.contains("CHAOS_MARK=kept"), "{ctx}: {config}");
+    assert!(config.trim_end().ends_with(volume), "{ctx}: {config}");
+}
+
 /// Whether a command that ended by itself ended with an error (exit 1 or 2), printing its stderr.
 fn refused(state: &std::path::Path, status: std::process::ExitStatus, what: &str) -> bool {
     let bad = matches!(status.code(), Some(1 | 2));
@@ -267,7 +317,8 @@ fn random_kills_lose_nothing() {
     let bad = ["exit", "fatal", "never-healthy"];
     let good_refs: Vec<&String> = good.iter().map(|k| &img.refs[*k]).collect();
     let fast = &FAST[..6];
-    let (mut rounds, mut killed, mut finished, mut repair_killed, mut errors) = (0, 0, 0, 0, 0);
+    let (mut rounds, mut repair_killed) = (0, 0);
+    let mut tally = Tally::default();
     let mut ops: std::collections::BTreeMap<String, u32> = Default::default();
     let start = std::time::Instant::now();
     while start.elapsed().as_secs() < budget {
@@ -291,19 +342,7 @@ fn random_kills_lose_nothing() {
         };
         *ops.entry(label.clone()).or_default() += 1;
         let args: Vec<&str> = args.iter().map(String::as_str).chain(fast.iter().copied()).collect();
-        let mut child = spawn_in(state, &args);
-        std::thread::sleep(std::time::Duration::from_millis(rng.below(4000)));
-        match child.try_wait().unwrap() {
-            Some(status) => {
-                finished += 1;
-                errors += u32::from(refused(state, status, &label));
-            }
-            None => {
-                child.kill().unwrap();
-                killed += 1;
-            }
-        }
-        child.wait().unwrap();
+        tally.run_and_kill(state, &args, rng.below(4000), &label);
         // Sometimes the repairing command is killed too.
         if rng.below(4) == 0 {
             let mut repair = spawn_in(state, &["status", &name]);
@@ -316,23 +355,13 @@ fn random_kills_lose_nothing() {
         let ctx = format!("round {rounds} ({label}, seed {seed})");
         assert_eq!(code(&repaired), 0, "{ctx}: {}", stderr(&repaired));
         let all = w.containers(&name);
-        let running: Vec<&String> = all.iter().filter(|c| w.state(c).is_some_and(|s| s.1)).collect();
-        assert_eq!(running, [&name], "{ctx}: {all:?}");
+        assert_eq!(w.running(&name), [name.as_str()], "{ctx}: {all:?}");
         let image = w.state(&name).unwrap().2;
         assert!(
             good_refs.contains(&&image),
             "{ctx}: a broken version is left running: {image}"
         );
-        let p = w.docker(&[
-            "inspect",
-            "-f",
-            "{{.HostConfig.RestartPolicy.Name}} {{range .Config.Env}}{{.}} {{end}}{{range .Mounts}}{{.Name}}{{end}}",
-            &name,
-        ]);
-        let config = stdout(&p);
-        assert!(config.starts_with("unless-stopped "), "{ctx}: {config}");
-        assert!(config.contains("CHAOS_MARK=kept"), "{ctx}: {config}");
-        assert!(config.trim_end().ends_with(&vol), "{ctx}: {config}");
+        assert_config_kept(&w, &name, &vol, &ctx);
         let history = run_in(state, &["history", &name, "-o", "json"], None);
         assert_eq!(code(&history), 0, "{ctx}: {}", stderr(&history));
         assert_eq!(
@@ -342,8 +371,7 @@ fn random_kills_lose_nothing() {
         );
     }
     eprintln!(
-        "chaos: {rounds} rounds in {} s: {killed} killed, {finished} finished first ({errors} of them with an \
-         error), {repair_killed} repairs killed too; {ops:?}; nothing lost",
+        "chaos: {rounds} rounds in {} s: {tally}, {repair_killed} repairs killed too; {ops:?}; nothing lost",
         start.elapsed().as_secs()
     );
 }
@@ -413,7 +441,8 @@ fn random_kills_during_rollouts_lose_nothing() {
         }
         json(&out)["machine"]["phase"].as_str().unwrap_or("none").to_owned()
     };
-    let (mut rounds, mut killed, mut finished, mut errors) = (0, 0, 0, 0);
+    let mut rounds = 0;
+    let mut tally = Tally::default();
     let mut ops: std::collections::BTreeMap<String, u32> = Default::default();
     let start = std::time::Instant::now();
     while start.elapsed().as_secs() < budget {
@@ -455,30 +484,18 @@ fn random_kills_during_rollouts_lose_nothing() {
         };
         *ops.entry(label.clone()).or_default() += 1;
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = spawn_in(state, &args);
-        std::thread::sleep(std::time::Duration::from_millis(rng.below(6000)));
-        match child.try_wait().unwrap() {
-            Some(status) => {
-                finished += 1;
-                errors += u32::from(refused(state, status, &label));
-            }
-            None => {
-                child.kill().unwrap();
-                killed += 1;
-            }
-        }
-        child.wait().unwrap();
+        tally.run_and_kill(state, &args, rng.below(6000), &label);
         let ctx = format!("round {rounds} ({label} from {now}, seed {seed})");
         let now = phase(state);
         for (n, (vol, _)) in names.iter().zip(&volumes) {
             let repaired = run_in(state, &["status", n, "-o", "json"], None);
             assert_eq!(code(&repaired), 0, "{ctx}: {n}: {}", stderr(&repaired));
             let all = w.containers(n);
-            let running: Vec<&String> = all.iter().filter(|c| w.state(c).is_some_and(|s| s.1)).collect();
+            let running = w.running(n);
             let preview = format!("{n}.preview");
-            let main: Vec<&&String> = running.iter().filter(|c| **c != &preview).collect();
-            assert_eq!(main, [&n], "{ctx}: {all:?}");
-            if running.contains(&&preview) {
+            let main: Vec<&String> = running.iter().filter(|c| **c != preview).collect();
+            assert_eq!(main, [n], "{ctx}: {all:?}");
+            if running.contains(&preview) {
                 assert!(
                     matches!(now.as_str(), "progressing" | "paused"),
                     "{ctx}: a preview runs while the rollout is {now}"
@@ -486,16 +503,7 @@ fn random_kills_during_rollouts_lose_nothing() {
             }
             let id = image_id(&w, &["inspect", "-f", "{{.Image}}", n]).unwrap();
             assert!(good.contains(&id), "{ctx}: {n} runs a broken version");
-            let p = w.docker(&[
-                "inspect",
-                "-f",
-                "{{.HostConfig.RestartPolicy.Name}} {{range .Config.Env}}{{.}} {{end}}{{range .Mounts}}{{.Name}}{{end}}",
-                n,
-            ]);
-            let config = stdout(&p);
-            assert!(config.starts_with("unless-stopped "), "{ctx}: {config}");
-            assert!(config.contains("CHAOS_MARK=kept"), "{ctx}: {config}");
-            assert!(config.trim_end().ends_with(vol.as_str()), "{ctx}: {config}");
+            assert_config_kept(&w, n, vol, &ctx);
         }
     }
     // Finish: an unfinished rollout is aborted; then no preview is left and no byte has changed.
@@ -509,8 +517,7 @@ fn random_kills_during_rollouts_lose_nothing() {
         assert_eq!(&crate::update::read_volume_file(&w, vol), bytes, "{n}: volume bytes");
     }
     eprintln!(
-        "fleet chaos: {rounds} rounds in {} s: {killed} killed, {finished} finished first ({errors} of them with \
-         an error); {ops:?}; nothing lost",
+        "fleet chaos: {rounds} rounds in {} s: {tally}; {ops:?}; nothing lost",
         start.elapsed().as_secs()
     );
 }

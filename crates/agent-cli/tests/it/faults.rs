@@ -51,9 +51,7 @@ impl Held {
 
 /// Exactly one running instance among the containers named `name*`, and it is `name`.
 fn one_running(w: &World, name: &str) {
-    let all = w.containers(name);
-    let running: Vec<&String> = all.iter().filter(|c| w.state(c).unwrap().1).collect();
-    assert_eq!(running, [&name.to_owned()], "{all:?}");
+    assert_eq!(w.running(name), [name], "{:?}", w.containers(name));
 }
 
 #[test]

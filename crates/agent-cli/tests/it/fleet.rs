@@ -234,8 +234,7 @@ fn a_killed_apply_is_resumed_by_the_next_apply() {
     assert_eq!(last["phase"], "succeeded");
     for n in &names {
         let all = w.containers(n);
-        let running: Vec<&String> = all.iter().filter(|c| w.state(c).unwrap().1).collect();
-        assert_eq!(running, [n], "exactly one instance of {n} runs: {all:?}");
+        assert_eq!(w.running(n), [n.as_str()], "exactly one instance of {n} runs: {all:?}");
         assert!(w.state(n).unwrap().2.contains("@sha256:"), "{n} runs the pinned 2.0.0");
     }
 }
@@ -252,11 +251,7 @@ fn an_abort_after_a_kill_reverts_the_target_that_was_being_updated() {
         ("k", "rolling: {maxUnavailable: 1}", "commit"),
         ("g", "blueGreen: {}", "stage:done"),
     ] {
-        let names: Vec<String> = (1..=3).map(|i| w.name(&format!("{case}{i}"))).collect();
-        let ids: Vec<String> = names
-            .iter()
-            .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
-            .collect();
+        let (names, ids) = w.agents(case, 3);
         let rollout = w.name(&format!("ro-{case}"));
         let f = spec(&w, &rollout, &img.refs["v2"], &names, strategy, "");
         let killed = w.agentctl_env(
@@ -292,8 +287,7 @@ fn an_abort_after_a_kill_reverts_the_target_that_was_being_updated() {
                 !all.contains(&format!("{n}.preview")),
                 "{crash}: a preview is left: {all:?}"
             );
-            let running: Vec<&String> = all.iter().filter(|c| w.state(c).unwrap().1).collect();
-            assert_eq!(running, [n], "{crash}: {all:?}");
+            assert_eq!(w.running(n), [n.as_str()], "{crash}: {all:?}");
         }
     }
 }
@@ -304,11 +298,7 @@ fn an_abort_after_a_kill_reverts_the_target_that_was_being_updated() {
 fn a_rollback_killed_half_way_is_finished_by_the_next_command() {
     let img = images();
     let w = World::new("killrb");
-    let names: Vec<String> = (1..=2).map(|i| w.name(&format!("r{i}"))).collect();
-    let ids: Vec<String> = names
-        .iter()
-        .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
-        .collect();
+    let (names, ids) = w.agents("r", 2);
     // The third target does not exist (and there is no template): it fails, and the rollout reverts the
     // two it updated, killed in the middle of the first revert.
     let mut all = names.clone();
@@ -332,8 +322,7 @@ fn a_rollback_killed_half_way_is_finished_by_the_next_command() {
             (id.clone(), true, img.refs["v1"].clone()),
             "{n} runs its original container"
         );
-        let running: Vec<String> = w.containers(n).into_iter().filter(|c| w.state(c).unwrap().1).collect();
-        assert_eq!(running, std::slice::from_ref(n));
+        assert_eq!(w.running(n), [n.as_str()]);
     }
 }
 
@@ -341,11 +330,7 @@ fn a_rollback_killed_half_way_is_finished_by_the_next_command() {
 fn blue_green_stages_ten_previews_then_promotes_or_aborts_without_touching_the_old() {
     let img = images();
     let w = World::new("bluegreen");
-    let names: Vec<String> = (1..=10).map(|i| w.name(&format!("b{i}"))).collect();
-    let ids: Vec<String> = names
-        .iter()
-        .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
-        .collect();
+    let (names, ids) = w.agents("b", 10);
     let rollout = w.name("ro");
     let f = spec(
         &w,
@@ -447,11 +432,7 @@ fn rolling_with_max_surge_keeps_every_target_running_through_ten_agents() {
 fn ten_agents_roll_with_metrics_then_undo_and_retry_fleet_wide() {
     let img = images();
     let w = World::new("ten");
-    let names: Vec<String> = (1..=10).map(|i| w.name(&format!("t{i}"))).collect();
-    let ids: Vec<String> = names
-        .iter()
-        .map(|n| w.docker_run(n, &["--restart", "unless-stopped"], &img.refs["v1"]))
-        .collect();
+    let (names, ids) = w.agents("t", 10);
     let rollout = w.name("ro");
     let f = spec(
         &w,

@@ -292,6 +292,25 @@ impl World {
         v
     }
 
+    /// Names of this world's running containers whose name starts with `prefix`.
+    pub fn running(&self, prefix: &str) -> Vec<String> {
+        self.containers(prefix)
+            .into_iter()
+            .filter(|c| self.state(c).is_some_and(|s| s.1))
+            .collect()
+    }
+
+    /// `count` agents on 1.0.0 named `PREFIX1`, `PREFIX2`, …, restart policy `unless-stopped`: their names
+    /// and container ids.
+    pub fn agents(&self, prefix: &str, count: usize) -> (Vec<String>, Vec<String>) {
+        let names: Vec<String> = (1..=count).map(|i| self.name(&format!("{prefix}{i}"))).collect();
+        let ids = names
+            .iter()
+            .map(|n| self.docker_run(n, &["--restart", "unless-stopped"], &images().refs["v1"]))
+            .collect();
+        (names, ids)
+    }
+
     pub fn state_dir(&self) -> &Path {
         self.state.path()
     }
