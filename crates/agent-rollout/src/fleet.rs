@@ -1048,17 +1048,12 @@ impl Fleet {
 
     /// Why the rollout must stop, when more targets failed than `rollback.maxFailureRatio` allows.
     fn too_many_failures(&self, state: &RolloutState) -> Option<String> {
-        let failed = state
-            .targets
-            .iter()
-            .filter(|t| matches!(t.status, TargetStatus::Failed | TargetStatus::Broken))
-            .count();
-        let ratio = failed as f64 / state.targets.len() as f64;
-        (failed > 0 && ratio > state.spec.rollback.max_failure_ratio).then(|| {
+        let failed = failed_targets(state);
+        (failed > failures_allowed(state)).then(|| {
             format!(
                 "{failed} of {} targets failed ({:.0} %), above maxFailureRatio {:.0} %",
                 state.targets.len(),
-                ratio * 100.0,
+                failed as f64 / state.targets.len() as f64 * 100.0,
                 state.spec.rollback.max_failure_ratio * 100.0
             )
         })
@@ -1078,13 +1073,8 @@ impl Fleet {
             state.spec.parallelism + state.spec.max_unverified,
         ));
         // No new target starts once more have failed than the rollout may lose.
-        let failed_before = state
-            .targets
-            .iter()
-            .filter(|t| matches!(t.status, TargetStatus::Failed | TargetStatus::Broken))
-            .count();
-        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(failed_before));
-        let budget = (state.spec.rollback.max_failure_ratio * state.targets.len() as f64).floor() as usize;
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(failed_targets(state)));
+        let budget = failures_allowed(state);
         let mut tasks = Vec::new();
         for &i in indices {
             let ready = match action {
@@ -1239,8 +1229,8 @@ impl Fleet {
                     target.message = Some("its update finished after the rollout's process stopped".into());
                     target.revision = Some(latest.number.get());
                     target.previous = before.map(|r| r.number.get());
-                    target.installed =
-                        before.is_none() && history.revisions().iter().all(|r| r.number >= latest.number);
+                    // Nothing was recorded before it (an update adopts what ran first): the rollout created it.
+                    target.installed = history.revisions().first().is_some_and(|r| r.number == latest.number);
                 }
                 _ if staged => {
                     if target.status == TargetStatus::Staged {
@@ -1472,6 +1462,21 @@ impl Fleet {
         self.finished(state);
         Ok(())
     }
+}
+
+/// Targets that failed or could not be reverted.
+fn failed_targets(state: &RolloutState) -> usize {
+    state
+        .targets
+        .iter()
+        .filter(|t| matches!(t.status, TargetStatus::Failed | TargetStatus::Broken))
+        .count()
+}
+
+/// How many targets may fail before the rollout stops: the largest count whose fraction of the targets is
+/// not above `rollback.maxFailureRatio`.
+fn failures_allowed(state: &RolloutState) -> usize {
+    (state.spec.rollback.max_failure_ratio * state.targets.len() as f64).floor() as usize
 }
 
 /// The cause a rollout's updates record in each target's history.

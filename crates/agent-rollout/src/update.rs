@@ -230,8 +230,8 @@ pub struct UpdateRequest {
     /// beside the old one as `NAME.preview`, is verified, then takes the name). `BlueGreen` behaves as
     /// start-first here; [`Updater::stage`] and [`Updater::promote`] split it in two.
     pub mode: UpdateMode,
-    /// Notified once the new container has started and verification begins (a stop-first update or an
-    /// install): the engine work is over. A fleet uses it to hand the engine slot to the next target
+    /// Notified once the new container runs under the name and its verification begins (a stop-first
+    /// update, the switch of a start-first one, an install): the engine work is over. A fleet uses it to hand the engine slot to the next target
     /// while this one is being proven (`maxUnverified`).
     pub started: Option<Arc<tokio::sync::Notify>>,
 }
