@@ -307,9 +307,11 @@ impl ControlCenter {
         })
     }
 
-    /// The agents whose last heartbeat came from `container` (a full id or a short id prefix of either side).
+    /// The agents whose last heartbeat came from `container`: a heartbeat names it when it carries exactly
+    /// its full id or exactly its 12-digit short id (what `HOSTNAME` holds in a container without
+    /// `--hostname`). Never by prefix: a heartbeat naming `d` must not pass for every id starting with `d`.
     pub fn by_container(&self, container: &str) -> Vec<AgentRecord> {
-        let matches = |c: &str| !c.is_empty() && (c.starts_with(container) || container.starts_with(c));
+        let matches = |c: &str| same_container(c, container);
         self.agents()
             .into_iter()
             .filter(|r| matches(&r.last.container))
@@ -468,6 +470,19 @@ struct AgentFilter {
     container: Option<String>,
 }
 
+/// Whether container ids `a` and `b` name the same container: equal, or one is the full 64-digit id and the
+/// other exactly its 12-digit short form.
+pub(crate) fn same_container(a: &str, b: &str) -> bool {
+    const SHORT: usize = 12;
+    const FULL: usize = 64;
+    match (a.len(), b.len()) {
+        (0, _) | (_, 0) => false,
+        (SHORT, FULL) => b.starts_with(a),
+        (FULL, SHORT) => a.starts_with(b),
+        _ => a == b,
+    }
+}
+
 async fn list_agents(
     State(cc): State<Arc<ControlCenter>>,
     headers: HeaderMap,
@@ -537,8 +552,18 @@ mod tests {
             (AgentState::Late, 2, "2.0.0")
         );
         assert!(a.container_since > t0);
-        assert_eq!(cc.by_container("bbbbcccc").len(), 1, "a full id matches a short one");
+        assert_eq!(cc.by_container("bbbb").len(), 1, "the id it sent");
+        assert!(cc.by_container("bbbbcccc").is_empty(), "never by prefix");
         assert!(cc.by_container("aaaa").is_empty());
+        let full = "d2f4f6e1c37a".to_owned() + &"0".repeat(52);
+        for digit in "0123456789abcdef".chars() {
+            cc.record(hb(&digit.to_string(), "1.1.0"));
+        }
+        assert!(cc.by_container(&full).is_empty(), "one-digit ids are no container's");
+        cc.record(hb("d2f4f6e1c37a", "1.1.0"));
+        assert_eq!(cc.by_container(&full).len(), 1, "the short id names the full one");
+        assert!(same_container(&full, &full) && same_container(&full[..12], &full));
+        assert!(!same_container(&full[..11], &full) && !same_container("", ""));
         assert!(matches!(
             ControlCenter::new("short".into(), ControlCenterConfig::default(), None).await,
             Err(ControlCenterError::WeakToken)

@@ -106,7 +106,7 @@ impl Probe for HeartbeatProbe {
             return Observation::Inconclusive("the container id under test is unknown".into());
         };
         let short: String = id.chars().take(12).collect();
-        let records = match self.source.by_container(&short).await {
+        let records = match self.source.by_container(id).await {
             Ok(r) => r,
             // The control center being down proves nothing about the agent: inconclusive, never a rollback.
             Err(e) => return Observation::Inconclusive(e),

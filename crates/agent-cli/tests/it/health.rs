@@ -159,6 +159,36 @@ fn the_heartbeat_gate_accepts_only_the_new_version_from_the_new_container() {
         assert_eq!(w.state(&name).unwrap().0, id, "{suffix}: the old container runs again");
     }
 
+    // Heartbeats for containers `0`…`f` claiming the new version (a prefix of every id) are not the new
+    // container's: matching is exact (full or 12-digit short id), so the silent image still rolls back.
+    let name = run_agent("spoofed");
+    let (id, _, _) = w.state(&name).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let url = format!("{}/v1/heartbeats", cc.url);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for digit in "0123456789abcdef".chars() {
+                    let body = format!(
+                        r#"{{"agentId":"spoof-{digit}","container":"{digit}","host":"h","version":"9.7.0","revision":"","status":"ok"}}"#
+                    );
+                    req("POST", &url, Some(TOKEN), Some(body.as_bytes()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        });
+        let args = hb_args(&name, &img.refs["silent"]);
+        let out = w.agentctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    });
+    assert_eq!(code(&out), 3, "spoofed heartbeats must not pass: {}", stdout(&out));
+    assert!(json(&out)["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no heartbeat from container"));
+    assert_eq!(w.state(&name).unwrap().0, id, "the old container runs again");
+
     // `agentctl agents` lists them from the control center.
     let out = w.agentctl(&[
         "agents",
