@@ -105,6 +105,7 @@ fn benches(c: &mut Criterion) {
             },
             protected: n % 50 == 0,
             retained_container: None,
+            retained_container_id: None,
         })
         .collect();
     c.bench_function("history_prune_200_to_5", |b| {

@@ -36,6 +36,7 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 mod duration;
+mod engine_config;
 #[cfg(feature = "fake")]
 mod fake;
 mod image;
@@ -48,6 +49,7 @@ mod strategy;
 mod version;
 
 pub use duration::{format_duration, parse_duration, serde_text as duration_text, serde_text_opt as duration_text_opt};
+pub use engine_config::EngineConfig;
 #[cfg(feature = "fake")]
 pub use fake::{FakeRuntime, Fault, ImageBehaviour, MemoryStore};
 pub use image::{Digest, ImageRef, ImageRefError, RefPart, Tag, DEFAULT_REGISTRY};
@@ -56,6 +58,7 @@ pub use runtime::{
     ContainerInfo, ContainerRuntime, ContainerState, ContainerStatus, ContainerSummary, EngineInfo, HealthLogEntry,
     HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress, ResourceUsage, RuntimeError,
 };
+pub use spec::has_url_credentials;
 pub use spec::{
     ContainerName, ContainerNameError, ContainerSpec, EnvValue, EnvVar, FieldDiff, Healthcheck, ImageDefaults,
     LogConfig, Mount, MountKind, NetworkAttachment, PortBinding, Resources, RestartPolicy, Secret, SecretPolicy,

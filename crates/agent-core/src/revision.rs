@@ -138,6 +138,10 @@ pub struct Revision {
     /// The name of the stopped container kept for a fast rollback to this revision, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_container: Option<String>,
+    /// The engine id of that container when it was retained: undo uses it only if the container under the
+    /// name is still that one (a name alone proves nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_container_id: Option<String>,
 }
 
 /// The revisions of one target, newest last, with a limit.
@@ -262,6 +266,7 @@ mod tests {
             outcome,
             protected,
             retained_container: None,
+            retained_container_id: None,
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::duration::serde_text_opt;
+use crate::engine_config::EngineConfig;
 use crate::image::ImageRef;
 
 /// What stands in for a secret value wherever a spec is shown or stored.
@@ -219,7 +220,13 @@ impl<'de> Deserialize<'de> for EnvVar {
     }
 }
 
-/// Which environment variables are secret: names matching a glob (`*` matches any run) or named explicitly.
+/// Which environment variables are secret: names matching a glob (`*` matches any run, case-insensitive) or
+/// named explicitly, and any variable whose value carries URL credentials (`scheme://user:password@host`);
+/// `plain` names are never secret (for a name the patterns catch by accident, like `KEYBOARD_LAYOUT`).
+///
+/// The default patterns take any name containing `SECRET`, `PASSWORD`, `PASSWD`, `PWD`, `TOKEN`, `KEY`,
+/// `CREDENTIAL`, `PRIVATE` or `AUTH`, and names ending in `_PAT` (or `PAT` alone). Over-redaction costs
+/// nothing but a value that is taken from the running container instead of the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SecretPolicy {
@@ -227,31 +234,59 @@ pub struct SecretPolicy {
     pub patterns: Vec<String>,
     /// Names that are secret whatever the patterns say.
     pub names: Vec<String>,
+    /// Names that are never secret, whatever the patterns say (their value must not carry credentials).
+    pub plain: Vec<String>,
 }
 
 impl Default for SecretPolicy {
     fn default() -> Self {
         SecretPolicy {
             patterns: [
-                "*_TOKEN",
-                "*_PASSWORD",
-                "*_SECRET",
-                "*_API_KEY",
-                "*_PRIVATE_KEY",
+                "*SECRET*",
+                "*PASSWORD*",
                 "*PASSWD*",
-                "*_CREDENTIALS",
+                "*PWD*",
+                "*TOKEN*",
+                "*KEY*",
+                "*CREDENTIAL*",
+                "*PRIVATE*",
+                "*AUTH*",
+                "*_PAT",
+                "PAT",
             ]
             .map(String::from)
             .to_vec(),
             names: Vec::new(),
+            plain: Vec::new(),
         }
     }
 }
 
+/// Whether `value` holds a URL with a password in its user info (`postgres://user:pw@host/db`).
+pub fn has_url_credentials(value: &str) -> bool {
+    value.split_whitespace().any(|word| {
+        let Some((scheme, rest)) = word.split_once("://") else {
+            return false;
+        };
+        let valid_scheme = !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        valid_scheme
+            && authority
+                .rsplit_once('@')
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    })
+}
+
 impl SecretPolicy {
-    /// Whether a variable named `name` is secret.
+    /// Whether a variable named `name` is secret by its name.
     pub fn is_secret(&self, name: &str) -> bool {
         let upper = name.to_ascii_uppercase();
+        if self.plain.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return false;
+        }
         self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
             || self
                 .patterns
@@ -259,10 +294,11 @@ impl SecretPolicy {
                 .any(|p| glob_match(&p.to_ascii_uppercase(), &upper))
     }
 
-    /// Parses an engine `NAME=value` string into a variable, marking it secret per this policy.
+    /// Parses an engine `NAME=value` string into a variable, marking it secret per this policy: by its name,
+    /// or because its value carries URL credentials (whatever the name, `plain` included).
     pub fn classify(&self, raw: &str) -> EnvVar {
         let (name, value) = raw.split_once('=').unwrap_or((raw, ""));
-        if self.is_secret(name) {
+        if self.is_secret(name) || has_url_credentials(value) {
             EnvVar::secret(name, value)
         } else {
             EnvVar::plain(name, value)
@@ -648,6 +684,13 @@ pub struct ContainerSpec {
     /// Size of /dev/shm in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<i64>,
+    /// The whole configuration as the engine reported it, when this spec came from an inspect. When set, it
+    /// is what a recreate sends to the engine, with the image, the name, the restart policy and the typed
+    /// fields that depend on the image (command, entrypoint, env, labels, user, working dir, stop signal,
+    /// healthcheck, exposed ports, hostname) put in from this spec; the other typed fields are a view of it.
+    /// `None` for templates and revisions recorded before it existed: they are created from the typed fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineConfig>,
 }
 
 impl ContainerSpec {
@@ -689,6 +732,7 @@ impl ContainerSpec {
             stop_timeout: None,
             sysctls: BTreeMap::new(),
             shm_size: None,
+            engine: None,
         }
     }
 
@@ -729,6 +773,9 @@ impl ContainerSpec {
             .map(|p| format!("{}/{}", p.container_port, p.protocol))
             .collect();
         self.exposed_ports.retain(|p| !published.contains(p));
+        if let Some(engine) = &mut self.engine {
+            engine.strip_image_volumes(&image.volumes);
+        }
     }
 
     /// What only one container at a time can hold: fixed host ports, static IP and MAC addresses. A
@@ -1045,8 +1092,39 @@ mod tests {
         assert!(p.is_secret("DB_PASSWORD"));
         assert!(p.is_secret("MY_PASSWD_FILE"));
         assert!(p.is_secret("dsn"));
-        assert!(!p.is_secret("TOKEN_COUNT"));
         assert!(!p.is_secret("LOG_LEVEL"));
+        // The names an outside probe found stored in plain text.
+        for name in [
+            "PASSWORD",
+            "API_KEY",
+            "SECRET_KEY",
+            "PGPASSWORD",
+            "AWS_SECRET_ACCESS_KEY",
+            "GITHUB_PAT",
+            "TOKEN_COUNT",
+            "OAUTH_CLIENT",
+            "GPG_PRIVATE",
+            "DB_CREDENTIALS",
+        ] {
+            assert!(p.is_secret(name), "{name}");
+        }
+        for name in ["PATH", "HOSTNAME", "AGENT_VERSION", "HEARTBEAT_INTERVAL_MS", "PATTERN"] {
+            assert!(!p.is_secret(name), "{name}");
+        }
+        let p = SecretPolicy {
+            plain: vec!["KEYBOARD".into()],
+            ..SecretPolicy::default()
+        };
+        assert!(!p.is_secret("keyboard"));
+        assert!(
+            p.classify("KEYBOARD=postgres://u:p@h/d").is_secret(),
+            "credentials in a value always count"
+        );
+        assert!(p.classify("DATABASE_URL=postgres://u:p@h/d").is_secret());
+        assert!(!p.classify("COLLECTOR_URL=https://collector:4317/v1").is_secret());
+        assert!(!p.classify("MAIL=user@example.com").is_secret());
+        assert!(has_url_credentials("x redis://:pw@cache:6379/0"));
+        assert!(!has_url_credentials("https://user@host/path:with:colons"));
     }
 
     #[test]

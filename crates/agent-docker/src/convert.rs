@@ -50,7 +50,7 @@ pub(crate) fn healthcheck(h: Option<m::HealthConfig>) -> Option<Healthcheck> {
     })
 }
 
-fn health_config(h: &Healthcheck) -> m::HealthConfig {
+pub(crate) fn health_config(h: &Healthcheck) -> m::HealthConfig {
     m::HealthConfig {
         test: Some(h.test.clone()),
         interval: ns(h.interval),
@@ -211,6 +211,8 @@ pub(crate) fn container_info(
     spec.hostname = nonempty(config.hostname).filter(|h| *h != short_id);
     spec.domainname = nonempty(config.domainname);
     spec.exposed_ports = config.exposed_ports.unwrap_or_default();
+    // The engine reports them as a map, in no stable order.
+    spec.exposed_ports.sort();
     spec.healthcheck = healthcheck(config.healthcheck);
     spec.tty = config.tty.unwrap_or(false);
     spec.stop_signal = nonempty(config.stop_signal);
@@ -239,7 +241,7 @@ pub(crate) fn container_info(
                 let vname = mp.name.clone().unwrap_or_default();
                 // The engine names anonymous volumes with 64 hex digits; that stays true after agentctl
                 // re-attaches one by name, so the flag does not change across a recreate.
-                let generated = vname.len() == 64 && vname.bytes().all(|b| b.is_ascii_hexdigit());
+                let generated = crate::carried::is_generated_volume(&vname);
                 MountKind::Volume {
                     anonymous: generated,
                     name: vname,
@@ -402,20 +404,29 @@ pub(crate) fn endpoint_settings(net: &NetworkAttachment) -> m::EndpointSettings 
     }
 }
 
-/// The create request for `spec`, and the networks to connect after create (API 1.41 takes one at create).
-pub(crate) fn create_body(
-    spec: &ContainerSpec,
-) -> Result<(m::ContainerCreateBody, Vec<NetworkAttachment>), RuntimeError> {
-    let name = spec.name.as_str();
-    let mut env = Vec::with_capacity(spec.env.len());
-    for v in &spec.env {
-        env.push(v.to_engine().ok_or_else(|| {
-            invalid(
-                name,
-                format!("env {} is a secret whose value was redacted in the stored revision and is not known here; set it again or restore it from the running container", v.name),
-            )
-        })?);
+/// The create request for a spec without a carried document (a template, or a revision recorded before
+/// documents were carried), built from the typed fields.
+pub(crate) fn create_request(spec: &ContainerSpec) -> Result<crate::carried::CreateRequest, RuntimeError> {
+    let (body, extra) = create_body(spec)?;
+    let mut body = serde_json::to_value(&body).map_err(|e| invalid(spec.name.as_str(), e.to_string()))?;
+    // bollard's create type has no container-level MacAddress, which API < 1.44 engines read there.
+    if let Some(mac) = primary_network(spec).and_then(|i| spec.networks[i].mac_address.clone()) {
+        body["MacAddress"] = serde_json::Value::String(mac);
     }
+    let connect_after = extra
+        .iter()
+        .map(|net| {
+            let settings = serde_json::to_value(endpoint_settings(net)).unwrap_or_default();
+            (net.name.clone(), settings)
+        })
+        .collect();
+    Ok(crate::carried::CreateRequest { body, connect_after })
+}
+
+/// The typed create body for `spec`, and the networks to connect after create (API 1.41 takes one at
+/// create).
+fn create_body(spec: &ContainerSpec) -> Result<(m::ContainerCreateBody, Vec<NetworkAttachment>), RuntimeError> {
+    let env = crate::carried::engine_env(spec)?;
     let mut exposed: Vec<String> = spec.exposed_ports.clone();
     let mut port_map: HashMap<String, Option<Vec<m::PortBinding>>> = HashMap::new();
     for p in &spec.ports {
@@ -477,10 +488,7 @@ pub(crate) fn create_body(
         endpoints_config: Some(HashMap::from([(n.name.clone(), endpoint_settings(n))])),
     });
     // Networks that share the container's namespace (host, none, container:X) cannot take more attachments.
-    let extra = if network_mode
-        .as_deref()
-        .is_some_and(|m| m == "host" || m == "none" || m.starts_with("container:"))
-    {
+    let extra = if network_mode.as_deref().is_some_and(crate::carried::shares_namespace) {
         Vec::new()
     } else {
         networks

@@ -17,6 +17,7 @@
 //! ```
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+mod carried;
 mod convert;
 mod images;
 #[cfg(feature = "testing")]
@@ -79,42 +80,20 @@ pub struct DockerRuntime {
     secrets: SecretPolicy,
     plain_tcp_remote: bool,
     cpu_samples: std::sync::Arc<std::sync::Mutex<HashMap<String, convert::CpuSample>>>,
-    /// Create bodies that carry what bollard's create type cannot (a container-level `MacAddress`, which
-    /// API < 1.44 engines read there), by container name; swapped in by the request modifier.
-    create_bodies: CreateBodies,
     /// Client key, certificate and CA for TLS endpoints (for the raw reads bollard's types cannot carry).
     tls_files: Option<[PathBuf; 3]>,
 }
 
-type CreateBodies = std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>;
-
-/// Swaps in the stashed body of a `POST /containers/create?name=NAME` request.
-fn swap_create_body(bodies: &CreateBodies, req: bollard::BollardRequest) -> bollard::BollardRequest {
-    if req.method() != "POST" || !req.uri().path().ends_with("/containers/create") {
-        return req;
-    }
-    let name = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("name=")))
-        .map(str::to_owned);
-    let body = name.and_then(|n| bodies.lock().unwrap_or_else(|p| p.into_inner()).remove(&n));
-    match body {
-        Some(bytes) => req.map(|_| bollard::body_full(bytes.into())),
-        None => req,
-    }
-}
-
 /// Writes `request` and reads the whole answer (HTTP/1.0: the engine closes the connection after it).
-async fn http_exchange<S>(mut s: S, request: &str) -> Option<Vec<u8>>
+async fn http_exchange<S>(mut s: S, request: &str) -> std::io::Result<Vec<u8>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(request.as_bytes()).await.ok()?;
+    s.write_all(request.as_bytes()).await?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    Some(buf)
+    s.read_to_end(&mut buf).await?;
+    Ok(buf)
 }
 
 /// A TLS client with the engine's CA as the only root and the client certificate, as the docker CLI uses.
@@ -198,9 +177,6 @@ impl DockerRuntime {
         // version we report (and rely on) is the engine's.
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
         let api_version = docker.client_version().to_string();
-        let create_bodies = CreateBodies::default();
-        let bodies = create_bodies.clone();
-        let docker = docker.with_request_modifier(move |req| swap_create_body(&bodies, req));
         Ok(DockerRuntime {
             docker,
             endpoint,
@@ -208,57 +184,97 @@ impl DockerRuntime {
             secrets: SecretPolicy::default(),
             plain_tcp_remote,
             cpu_samples: Default::default(),
-            create_bodies,
             tls_files,
         })
     }
 
-    /// The MAC address the user chose for the container (`docker run --mac-address`), read from the raw
-    /// inspect answer: bollard's types do not carry the container-level field.
-    async fn user_mac_address(&self, id: &str) -> Option<String> {
-        let body = self.raw_get(&format!("/containers/{id}/json")).await?;
-        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        v["Config"]["MacAddress"]
-            .as_str()
-            .filter(|m| !m.is_empty())
-            .map(str::to_owned)
-    }
-
-    /// `GET path` on the engine, the body of a 200 answer, over the same kind of connection as bollard's
-    /// (unix socket, plain TCP, or TLS with the same certificates). `None` on any failure.
-    async fn raw_get(&self, path: &str) -> Option<Vec<u8>> {
-        let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n");
+    /// `METHOD path` on the engine with an optional JSON body, over the same kind of connection as bollard's
+    /// (unix socket, plain TCP, or TLS with the same certificates): the status and the body of the answer.
+    ///
+    /// Used where bollard's typed models would drop what agentctl must carry: the whole inspect document
+    /// and the create and connect requests built from it.
+    async fn raw_request(
+        &self,
+        operation: &'static str,
+        subject: &str,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, Vec<u8>), RuntimeError> {
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut request = format!("{method} {path} HTTP/1.0\r\nHost: docker\r\n");
+        if body.is_some() {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                payload.len()
+            ));
+        }
+        request.push_str("\r\n");
+        request.push_str(&payload);
+        let unavailable = |message: String| RuntimeError::Unavailable {
+            endpoint: self.endpoint.clone(),
+            message,
+        };
         let exchange = async {
             if let Some(socket) = self.endpoint.strip_prefix("unix://") {
-                let s = tokio::net::UnixStream::connect(socket).await.ok()?;
+                let s = tokio::net::UnixStream::connect(socket).await?;
                 return http_exchange(s, &request).await;
             }
             let rest = self
                 .endpoint
                 .split_once("://")
                 .map_or(self.endpoint.as_str(), |(_, r)| r);
-            let addr = rest.split('/').next()?;
-            let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let addr = rest.split('/').next().unwrap_or(rest);
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
             match &self.tls_files {
                 None => http_exchange(tcp, &request).await,
                 Some([key, cert, ca]) => {
                     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
-                    let connector = tls_connector(key, cert, ca)?;
-                    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).ok()?;
-                    let tls = connector.connect(name, tcp).await.ok()?;
+                    let connector = tls_connector(key, cert, ca)
+                        .ok_or_else(|| std::io::Error::other("the TLS files in DOCKER_CERT_PATH cannot be used"))?;
+                    let name =
+                        rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
+                    let tls = connector.connect(name, tcp).await?;
                     http_exchange(tls, &request).await
                 }
             }
         };
-        let raw = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        let raw = tokio::time::timeout(Duration::from_secs(120), exchange)
             .await
-            .ok()??;
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+            .map_err(|_| unavailable(format!("no answer to {method} {path} within 120 s")))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| unavailable(format!("a malformed answer to {method} {path}")))?;
         let head = String::from_utf8_lossy(&raw[..split]);
-        head.lines()
+        let status: u16 = head
+            .lines()
             .next()
-            .is_some_and(|l| l.contains(" 200 "))
-            .then(|| raw[split + 4..].to_vec())
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| unavailable(format!("a malformed status line in the answer to {method} {path}")))?;
+        let body = raw[split + 4..].to_vec();
+        if status >= 400 {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+            return Err(self.status_error(operation, subject, status, message));
+        }
+        Ok((status, body))
+    }
+
+    /// `POST path` with a JSON body; the answer's JSON (`null` when it has none).
+    async fn raw_post(
+        &self,
+        operation: &'static str,
+        subject: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, RuntimeError> {
+        let (_, answer) = self.raw_request(operation, subject, "POST", path, Some(body)).await?;
+        Ok(serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null))
     }
 
     /// Uses `policy` to decide which env variables of inspected containers are secret.
@@ -277,41 +293,48 @@ impl DockerRuntime {
         self.plain_tcp_remote
     }
 
+    /// The domain error for an engine answer with HTTP `status`.
+    fn status_error(&self, operation: &'static str, subject: &str, status: u16, message: String) -> RuntimeError {
+        match (status, operation) {
+            (404, "inspect-image" | "pull" | "remove-image" | "tag" | "push") => RuntimeError::ImageNotFound {
+                image: subject.to_owned(),
+                message,
+            },
+            (404, "create") if message.contains("image") => RuntimeError::ImageNotFound {
+                image: subject.to_owned(),
+                message,
+            },
+            (404, _) if message.contains("network") => RuntimeError::InvalidSpec {
+                container: subject.to_owned(),
+                message,
+            },
+            (404, _) => RuntimeError::ContainerNotFound {
+                container: subject.to_owned(),
+                endpoint: self.endpoint.clone(),
+            },
+            (409, _) => RuntimeError::Conflict {
+                container: subject.to_owned(),
+                message,
+            },
+            (400, "create" | "network-connect") => RuntimeError::InvalidSpec {
+                container: subject.to_owned(),
+                message,
+            },
+            _ => RuntimeError::Engine {
+                operation,
+                subject: subject.to_owned(),
+                status: Some(status),
+                message,
+            },
+        }
+    }
+
     pub(crate) fn err(&self, operation: &'static str, subject: &str, e: bollard::errors::Error) -> RuntimeError {
         use bollard::errors::Error as E;
         match e {
-            E::DockerResponseServerError { status_code, message } => match (status_code, operation) {
-                (404, "inspect-image" | "pull" | "remove-image" | "tag" | "push") => RuntimeError::ImageNotFound {
-                    image: subject.to_owned(),
-                    message,
-                },
-                (404, "create") if message.contains("image") => RuntimeError::ImageNotFound {
-                    image: subject.to_owned(),
-                    message,
-                },
-                (404, _) if message.contains("network") => RuntimeError::InvalidSpec {
-                    container: subject.to_owned(),
-                    message,
-                },
-                (404, _) => RuntimeError::ContainerNotFound {
-                    container: subject.to_owned(),
-                    endpoint: self.endpoint.clone(),
-                },
-                (409, _) => RuntimeError::Conflict {
-                    container: subject.to_owned(),
-                    message,
-                },
-                (400, "create") => RuntimeError::InvalidSpec {
-                    container: subject.to_owned(),
-                    message,
-                },
-                _ => RuntimeError::Engine {
-                    operation,
-                    subject: subject.to_owned(),
-                    status: Some(status_code),
-                    message,
-                },
-            },
+            E::DockerResponseServerError { status_code, message } => {
+                self.status_error(operation, subject, status_code, message)
+            }
             E::HyperResponseError { .. } | E::IOError { .. } | E::RequestTimeoutError => RuntimeError::Unavailable {
                 endpoint: self.endpoint.clone(),
                 message: e.to_string(),
@@ -325,16 +348,22 @@ impl DockerRuntime {
         }
     }
 
-    /// Connects a container to a network with the spec's endpoint settings.
-    async fn connect_network(&self, container: &str, net: &agent_core::NetworkAttachment) -> Result<(), RuntimeError> {
-        let req = bollard::models::NetworkConnectRequest {
-            container: container.to_owned(),
-            endpoint_config: Some(convert::endpoint_settings(net)),
-        };
-        self.docker
-            .connect_network(&net.name, req)
-            .await
-            .map_err(|e| self.err("network-connect", container, e))
+    /// Connects a container to `network` with the endpoint `settings` as the engine takes them.
+    async fn connect_endpoint(
+        &self,
+        container: &str,
+        network: &str,
+        settings: &serde_json::Value,
+    ) -> Result<(), RuntimeError> {
+        let body = serde_json::json!({ "Container": container, "EndpointConfig": settings });
+        self.raw_post(
+            "network-connect",
+            container,
+            &format!("/networks/{network}/connect"),
+            &body,
+        )
+        .await
+        .map(drop)
     }
 
     /// A container whose network was removed and created again under the same name still points at the
@@ -352,6 +381,7 @@ impl DockerRuntime {
             .and_then(|n| n.networks.clone())
             .unwrap_or_default();
         let spec = self.inspect_container(container).await?.spec;
+        let settings = spec.engine.as_ref().map(|e| e.endpoints()).unwrap_or_default();
         let mut rejoined = false;
         for (name, ep) in recorded {
             let Ok(now) = self
@@ -364,7 +394,10 @@ impl DockerRuntime {
             if now.id.is_none() || now.id == ep.network_id {
                 continue;
             }
-            let Some(net) = spec.networks.iter().find(|n| n.name == name) else {
+            let Some(endpoint) = settings.get(&name).cloned().or_else(|| {
+                let net = spec.networks.iter().find(|n| n.name == name)?;
+                serde_json::to_value(convert::endpoint_settings(net)).ok()
+            }) else {
                 continue;
             };
             tracing::warn!(container, network = %name, "the network was created again; re-joining it by name");
@@ -376,7 +409,7 @@ impl DockerRuntime {
                 .disconnect_network(&name, req)
                 .await
                 .map_err(|e| self.err("network-disconnect", container, e))?;
-            self.connect_network(container, net).await?;
+            self.connect_endpoint(container, &name, &endpoint).await?;
             rejoined = true;
         }
         Ok(rejoined)
@@ -410,13 +443,31 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn inspect_container(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {
-        let raw = self
-            .docker
-            .inspect_container(container, None::<qp::InspectContainerOptions>)
-            .await
-            .map_err(|e| self.err("inspect", container, e))?;
+        // One read of the whole document: the typed view and the carried configuration come from the same
+        // answer (bollard's typed model would drop the fields it does not know).
+        let (_, body) = self
+            .raw_request(
+                "inspect",
+                container,
+                "GET",
+                &format!("/containers/{container}/json"),
+                None,
+            )
+            .await?;
+        let document: serde_json::Value = serde_json::from_slice(&body).map_err(|e| RuntimeError::Engine {
+            operation: "inspect",
+            subject: container.to_owned(),
+            status: None,
+            message: format!("the engine's answer is not the JSON of a container: {e}"),
+        })?;
+        let raw: bollard::models::ContainerInspectResponse =
+            serde_json::from_value(document.clone()).map_err(|e| RuntimeError::Engine {
+                operation: "inspect",
+                subject: container.to_owned(),
+                status: None,
+                message: format!("the engine's answer does not read as a container: {e}"),
+            })?;
         let image_id = raw.image.clone().unwrap_or_default();
-        let id = raw.id.clone().unwrap_or_default();
         // The image's defaults tell what the user set from what the image set. If the image is gone, treat
         // everything as user-set (nothing is lost; some image defaults get frozen).
         let defaults = match self.inspect_image(&image_id).await {
@@ -425,11 +476,12 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) => return Err(e),
         };
         let mut info = convert::container_info(raw, &defaults, &self.secrets)?;
-        if let Some(mac) = self.user_mac_address(&id).await {
-            if let Some(i) = convert::primary_network(&info.spec) {
-                info.spec.networks[i].mac_address = Some(mac);
-            }
+        // The MAC address the user chose (`--mac-address`) is container-level on API < 1.44.
+        let mac = document["Config"]["MacAddress"].as_str().filter(|m| !m.is_empty());
+        if let (Some(mac), Some(i)) = (mac, convert::primary_network(&info.spec)) {
+            info.spec.networks[i].mac_address = Some(mac.to_owned());
         }
+        info.spec.engine = Some(carried::normalize(&document, &defaults));
         Ok(info)
     }
 
@@ -484,40 +536,28 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let name = spec.name.as_str();
-        let (body, extra_networks) = convert::create_body(spec)?;
-        let mac = convert::primary_network(spec).and_then(|i| spec.networks[i].mac_address.clone());
-        if let Some(mac) = mac {
-            // bollard's create type has no container-level MacAddress; send our own body with it.
-            let mut json = serde_json::to_value(&body).map_err(|e| RuntimeError::InvalidSpec {
-                container: name.to_owned(),
-                message: e.to_string(),
+        let request = match &spec.engine {
+            Some(doc) => carried::create_request(spec, doc)?,
+            None => convert::create_request(spec)?,
+        };
+        let created = self
+            .raw_post(
+                "create",
+                name,
+                &format!("/containers/create?name={name}"),
+                &request.body,
+            )
+            .await
+            .map_err(|e| match e {
+                RuntimeError::ImageNotFound { message, .. } => RuntimeError::ImageNotFound {
+                    image: spec.image.to_string(),
+                    message,
+                },
+                other => other,
             })?;
-            json["MacAddress"] = serde_json::Value::String(mac);
-            let bytes = serde_json::to_vec(&json).unwrap_or_default();
-            self.create_bodies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name.to_owned(), bytes);
-        }
-        let opts = qp::CreateContainerOptionsBuilder::new().name(name).build();
-        let created =
-            self.docker
-                .create_container(Some(opts), body)
-                .await
-                .map_err(|e| match self.err("create", name, e) {
-                    RuntimeError::ImageNotFound { message, .. } => RuntimeError::ImageNotFound {
-                        image: spec.image.to_string(),
-                        message,
-                    },
-                    other => other,
-                })?;
-        self.create_bodies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
         // API 1.41 attaches one network at create; the others are connected before the first start.
-        for net in &extra_networks {
-            if let Err(e) = self.connect_network(name, net).await {
+        for (network, settings) in &request.connect_after {
+            if let Err(e) = self.connect_endpoint(name, network, settings).await {
                 // Leave nothing half-made behind.
                 let _ = self
                     .docker
@@ -526,7 +566,7 @@ impl ContainerRuntime for DockerRuntime {
                 return Err(e);
             }
         }
-        Ok(created.id)
+        Ok(created["Id"].as_str().unwrap_or_default().to_owned())
     }
 
     async fn start_container(&self, container: &str) -> Result<(), RuntimeError> {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
-    ContainerInfo, ContainerName, ContainerRuntime, ContainerSpec, ContainerStatus, Digest, ImageDefaults, ImageInfo,
-    ImageRef, JournalEntry, Outcome, RestartPolicy, Revision, RevisionHistory, RevisionNumber, RuntimeError, SpecDiff,
-    StateStore, TagPolicy, UpdateMode, Version,
+    ContainerInfo, ContainerName, ContainerRuntime, ContainerSpec, ContainerStatus, Digest, EngineConfig,
+    ImageDefaults, ImageInfo, ImageRef, JournalEntry, MountKind, Outcome, RestartPolicy, Revision, RevisionHistory,
+    RevisionNumber, RuntimeError, SpecDiff, StateStore, TagPolicy, UpdateMode, Version,
 };
 use std::collections::BTreeMap;
 
@@ -382,6 +382,10 @@ pub struct StatusReport {
     pub in_progress: Option<String>,
     /// Interrupted operations this command repaired.
     pub recovered: Vec<Recovery>,
+    /// How what the engine runs differs from the current revision (another tool changed the container), with
+    /// the fix; `None` when they agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -599,6 +603,23 @@ fn retained_name(container: &str, revision: RevisionNumber) -> String {
     format!("{container}.rev{revision}")
 }
 
+/// The first 12 digits of an image or container id, without its `sha256:`.
+fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+/// When `name` is one agentctl makes for another container (`NAME.revN`, the retained revision N of NAME, or
+/// `NAME.preview`), that container's name and what the name is.
+pub fn reserved_name_owner(name: &str) -> Option<(&str, String)> {
+    if let Some(owner) = name.strip_suffix(".preview").filter(|o| !o.is_empty()) {
+        return Some((owner, "its staged preview".to_owned()));
+    }
+    let (owner, number) = name.rsplit_once(".rev")?;
+    let valid = !owner.is_empty() && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+    valid.then(|| (owner, format!("its retained revision {number}")))
+}
+
 impl Updater {
     /// An updater for `runtime`, storing in `store`, reporting to `reporter`.
     pub fn new(runtime: Arc<dyn ContainerRuntime>, store: Arc<dyn StateStore>, reporter: Arc<dyn Reporter>) -> Updater {
@@ -614,6 +635,16 @@ impl Updater {
     }
 
     async fn lease(&self, container: &str, purpose: &str) -> Result<LeaseGuard, Error> {
+        // Every operation starts here: none may act on a name agentctl keeps for another container (an
+        // update of `NAME.rev1` would start a second instance of NAME beside it).
+        if let Some((owner, what)) = reserved_name_owner(container) {
+            return Err(Error::InvalidInput {
+                what: format!("the container name {container}"),
+                message: format!(
+                    "it is reserved: agentctl keeps {what} of {owner} under it; act on {owner} instead (`agentctl undo {owner} --to-revision N`, `agentctl history {owner}`)"
+                ),
+            });
+        }
         let holder = holder_for_this_process(&format!("{purpose} {container}"));
         LeaseGuard::acquire(self.store.clone(), &self.subject(container), &holder)
             .await
@@ -677,6 +708,14 @@ impl Updater {
     async fn prepare(&self, req: &UpdateRequest) -> Result<Prepared, Error> {
         let name = req.container.as_str();
         let old = self.runtime.inspect_container(name).await?;
+        if old.spec.engine.as_ref().is_some_and(EngineConfig::removed_when_stopped) {
+            return Err(Error::InvalidInput {
+                what: format!("the update of {name}"),
+                message: format!(
+                    "{name} was started with --rm (HostConfig.AutoRemove): the engine deletes it and its anonymous volumes as soon as it stops, so it cannot be kept for a rollback and nothing was changed; recreate it without --rm (e.g. with --restart unless-stopped), then update it"
+                ),
+            });
+        }
         let current_version = Version::of_image(&old.spec.image, &old.all_labels);
         // The policy first, from the reference alone: a refused tag is never pulled.
         let tag_version = req.image.tag().and_then(|t| Version::parse(t.as_str()));
@@ -989,6 +1028,7 @@ impl Updater {
                         outcome: Outcome::InProgress,
                         protected: false,
                         retained_container: None,
+                        retained_container_id: None,
                     },
                     previous: Some(ready.current.number),
                     verdict: Some(preview.verdict.clone()),
@@ -1360,8 +1400,29 @@ impl Updater {
             .await
             .map(|i| i.defaults)
             .unwrap_or_default();
+        // The retained container is used only when it is the one recorded (its id, else its image): a
+        // container that merely has the name is not the revision, and is not touched.
         let retained_ok = match &target.retained_container {
-            Some(r) => self.runtime.inspect_container(r).await.is_ok(),
+            Some(r) => match self.runtime.inspect_container(r).await {
+                Ok(info) => {
+                    let same = match (&target.retained_container_id, &target.image_id) {
+                        (Some(id), _) => *id == info.id,
+                        (None, Some(image_id)) => *image_id == info.image_id,
+                        (None, None) => true,
+                    };
+                    if !same {
+                        self.reporter.report(&Event::Step {
+                            step: "retained-mismatch",
+                            detail: format!(
+                                "{r} is not the container recorded for revision {} (another container has the name); recreating the revision from its snapshot instead and leaving {r} alone",
+                                target.number
+                            ),
+                        });
+                    }
+                    same
+                }
+                Err(_) => false,
+            },
             None => false,
         };
         let (source, image_id, new_defaults) = if retained_ok {
@@ -1442,7 +1503,22 @@ impl Updater {
             Err(RuntimeError::ContainerNotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };
+        let revision = history.current().cloned();
+        let drift = match (&info, &revision) {
+            (Some(i), Some(r)) if r.image_id.as_ref().is_some_and(|id| *id != i.image_id) => Some(format!(
+                "the engine runs image {} ({}), but revision {} is {} ({}): the container was changed outside agentctl; `agentctl update {name} --image {}` records what runs, `agentctl undo {name} --to-revision {}` brings the revision back",
+                i.spec.image,
+                short_id(&i.image_id),
+                r.number,
+                r.image,
+                short_id(r.image_id.as_deref().unwrap_or_default()),
+                i.spec.image,
+                r.number
+            )),
+            _ => None,
+        };
         Ok(StatusReport {
+            drift,
             container: name.to_owned(),
             endpoint: self.runtime.endpoint().to_owned(),
             image: info.as_ref().map(|i| i.spec.image.to_string()),
@@ -1452,7 +1528,7 @@ impl Updater {
                 .and_then(|i| i.state.health.as_ref())
                 .map(|h| format!("{:?}", h.status).to_lowercase()),
             restart_count: info.as_ref().map(|i| i.state.restart_count),
-            revision: history.current().cloned(),
+            revision,
             in_progress,
             recovered,
         })
@@ -1598,6 +1674,7 @@ impl Updater {
             outcome: Outcome::Succeeded,
             protected: false,
             retained_container: None,
+            retained_container_id: None,
         };
         self.store.put_revision(&self.subject(name), &rev).await?;
         Ok(rev)
@@ -1613,14 +1690,16 @@ impl Updater {
             path: target.clone(),
             message: e.to_string(),
         };
-        std::fs::create_dir_all(&target).map_err(err)?;
+        // The owner's only (0700/0600): a config file that was 0600 on the host must not become readable here.
+        crate::files::private_dir(dir).map_err(err)?;
+        crate::files::private_dir(&target).map_err(err)?;
         let spec = serde_json::to_vec_pretty(&old.spec).unwrap_or_default();
-        std::fs::write(target.join("spec.json"), spec).map_err(err)?;
+        crate::files::write_private(&target.join("spec.json"), &spec).map_err(err)?;
         let mut files = 0;
         for m in old.spec.mounts.iter().filter(|m| m.carries_data()) {
             let tar = self.runtime.export_path(name, &m.target).await?;
             let file = target.join(format!("{}.tar", m.target.trim_matches('/').replace('/', "_")));
-            std::fs::write(&file, tar).map_err(err)?;
+            crate::files::write_private(&file, &tar).map_err(err)?;
             files += 1;
         }
         self.reporter.report(&Event::BackedUp {
@@ -1735,6 +1814,7 @@ impl Updater {
                 // Either way, the container that ran before is now retained under `retained`.
                 if let Some(prev) = history.get_mut(old_revision) {
                     prev.retained_container = Some(retained.clone());
+                    prev.retained_container_id = Some(old.id.clone());
                     let prev = prev.clone();
                     self.store.put_revision(&subject, &prev).await?;
                 }
@@ -1748,6 +1828,7 @@ impl Updater {
                     {
                         let mut r = r;
                         r.retained_container = None;
+                        r.retained_container_id = None;
                         self.store.put_revision(&subject, &r).await?;
                     }
                 }
@@ -1921,7 +2002,8 @@ impl Updater {
         Ok(verdict)
     }
 
-    /// What differs between the new container and the old one, beyond the image and the images' defaults.
+    /// What differs between the new container and the old one as the engine reports both (the carried
+    /// document and the typed view), beyond the image and the images' defaults.
     async fn faithfulness(
         &self,
         name: &str,
@@ -1929,10 +2011,28 @@ impl Updater {
         old_defaults: &ImageDefaults,
         new_defaults: &ImageDefaults,
     ) -> Result<SpecDiff, Error> {
-        let actual = self.runtime.inspect_container(name).await?.spec;
+        let mut actual = self.runtime.inspect_container(name).await?.spec;
         let mut expected = intended.clone();
         expected.strip_image_defaults(old_defaults);
         expected.strip_image_defaults(new_defaults);
+        // Created from the typed fields (a template, or a revision recorded before documents were carried):
+        // there is no document to compare with, only the typed view.
+        if expected.engine.is_none() {
+            actual.engine = None;
+        }
+        // A VOLUME the new image declares where the old container mounted nothing gets a new anonymous
+        // volume: the new image's default, like its env.
+        for path in &new_defaults.volumes {
+            if expected.mounts.iter().any(|m| &m.target == path) {
+                continue;
+            }
+            actual
+                .mounts
+                .retain(|m| !(m.target == *path && matches!(m.kind, MountKind::Volume { anonymous: true, .. })));
+            if let Some(engine) = &mut actual.engine {
+                engine.remove_binds_at(path);
+            }
+        }
         Ok(expected.diff(&actual).ignoring_image())
     }
 
@@ -1940,6 +2040,14 @@ impl Updater {
         let dropped = history.prune();
         for rev in dropped {
             if let Some(c) = &rev.retained_container {
+                // Only the container recorded as retained is removed; another one under the name is not ours.
+                if let (Some(id), Ok(info)) = (&rev.retained_container_id, self.runtime.inspect_container(c).await) {
+                    if info.id != *id {
+                        tracing::warn!(container = %c, "not removing it: it is not the container retained for this revision");
+                        self.store.delete_revision(subject, rev.number).await?;
+                        continue;
+                    }
+                }
                 let _ = self.runtime.stop_container(c, Some(Duration::from_secs(5))).await;
                 match self.runtime.remove_container(c).await {
                     Ok(()) | Err(RuntimeError::ContainerNotFound { .. }) => {}
@@ -2103,8 +2211,10 @@ impl Updater {
                             let was = r.retained_container.clone();
                             if RevisionNumber::new(old_revision) == Some(r.number) {
                                 r.retained_container = Some(retained_name.clone());
+                                r.retained_container_id = Some(old_id.clone());
                             } else if from_retained.is_some() && was == from_retained {
                                 r.retained_container = None;
+                                r.retained_container_id = None;
                             }
                             if r.retained_container != was {
                                 self.store.put_revision(&subject, &r).await?;
@@ -2207,5 +2317,6 @@ fn new_revision(number: RevisionNumber, meta: &RevisionMeta, spec: ContainerSpec
         outcome: Outcome::InProgress,
         protected: false,
         retained_container: None,
+        retained_container_id: None,
     }
 }

@@ -456,10 +456,21 @@ fn ten_agents_roll_with_metrics_then_undo_and_retry_fleet_wide() {
     // Scrape while it runs.
     let url = format!("http://127.0.0.1:{port}/metrics");
     assert!(wait_http(&url, 30), "the metrics endpoint did not answer");
-    let body = runtime()
-        .block_on(agent_health::http::get(&url, std::time::Duration::from_secs(3)))
-        .unwrap()
-        .body;
+    // The endpoint answers before the rollout is recorded; scrape until it shows (as Prometheus would).
+    let scrape = || {
+        runtime()
+            .block_on(agent_health::http::get(&url, std::time::Duration::from_secs(3)))
+            .unwrap()
+            .body
+    };
+    let mut body = scrape();
+    for _ in 0..100 {
+        if body.contains("agentctl_rollouts{phase=\"progressing\"} 1") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        body = scrape();
+    }
     assert!(
         body.contains(&format!(
             "agentctl_rollout_step{{rollout=\"{rollout}\",phase=\"progressing\""
