@@ -48,6 +48,25 @@ pub(crate) struct Global {
     /// More logs on stderr (-v info, -vv debug).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
+    /// Also treat env variables whose name matches GLOB as secret (`*` any run, case-insensitive); added to
+    /// the defaults (names containing SECRET, PASSWORD, PASSWD, PWD, TOKEN, KEY, CREDENTIAL, PRIVATE, AUTH,
+    /// or ending in _PAT). Secret values are never stored or printed.
+    #[arg(long = "secret-pattern", global = true, value_name = "GLOB")]
+    pub(crate) secret_patterns: Vec<String>,
+    /// Never treat the env variable NAME as secret (a name the patterns catch by accident). A value with URL
+    /// credentials (`scheme://user:password@host`) stays secret anyway.
+    #[arg(long = "not-secret", global = true, value_name = "NAME")]
+    pub(crate) not_secret: Vec<String>,
+}
+
+impl Global {
+    /// The secret policy: the defaults plus what the flags add.
+    pub(crate) fn secret_policy(&self) -> agent_core::SecretPolicy {
+        let mut policy = agent_core::SecretPolicy::default();
+        policy.patterns.extend(self.secret_patterns.iter().cloned());
+        policy.plain.extend(self.not_secret.iter().cloned());
+        policy
+    }
 }
 
 /// How results are printed.

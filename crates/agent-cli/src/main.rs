@@ -33,7 +33,9 @@ pub(crate) fn open_store(global: &Global) -> anyhow::Result<Arc<SqliteStore>> {
 }
 
 pub(crate) async fn connect(global: &Global) -> anyhow::Result<Arc<DockerRuntime>> {
-    let rt = DockerRuntime::connect(global.host.as_deref()).await?;
+    let rt = DockerRuntime::connect(global.host.as_deref())
+        .await?
+        .with_secret_policy(global.secret_policy());
     if rt.is_plain_tcp_remote() {
         eprintln!(
             "{}",
@@ -48,7 +50,7 @@ pub(crate) async fn connect(global: &Global) -> anyhow::Result<Arc<DockerRuntime
 
 fn print_out(out: Output, text: String) {
     let _ = out;
-    println!("{text}");
+    println!("{}", render::terminal_safe(&text));
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -244,11 +246,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
     let store: Arc<dyn StateStore> = open_store(g)?;
-    let connect: agent_rollout::Connector = Arc::new(|host: String| {
+    let policy = g.secret_policy();
+    let connect: agent_rollout::Connector = Arc::new(move |host: String| {
+        let policy = policy.clone();
         Box::pin(async move {
             DockerRuntime::connect(Some(&host))
                 .await
-                .map(|d| Arc::new(d) as Arc<dyn ContainerRuntime>)
+                .map(|d| Arc::new(d.with_secret_policy(policy)) as Arc<dyn ContainerRuntime>)
                 .map_err(|e| e.to_string())
         })
     });
@@ -327,9 +331,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let usage = e.downcast_ref::<Usage>().is_some();
-            eprintln!("{} {}", render::red("error:"), e);
+            eprintln!("{} {}", render::red("error:"), render::terminal_safe(&e.to_string()));
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", render::terminal_safe(&cause.to_string()));
             }
             if let Some(h) = hint(&e) {
                 eprintln!("  hint: {h}");

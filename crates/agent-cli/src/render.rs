@@ -60,6 +60,7 @@ impl Progress {
         if self.quiet {
             return;
         }
+        let text = terminal_safe(text);
         match &self.bars {
             Some(m) => {
                 let _ = m.println(text);
@@ -325,7 +326,8 @@ pub(crate) fn update_text(r: &UpdateReport) -> String {
             if !r.last_logs.is_empty() {
                 out.push_str("\nlast output of the failed container:");
                 for l in &r.last_logs {
-                    out.push_str(&format!("\n  | {l}"));
+                    // Shown as a terminal would show it, without the container's colours.
+                    out.push_str(&format!("\n  | {}", agent_health::plain_text(l)));
                 }
             }
         }
@@ -373,7 +375,10 @@ pub(crate) fn status_table(s: &StatusReport) -> String {
     for (k, v) in rows {
         t.add_row([k.to_owned(), v]);
     }
-    t.to_string()
+    match &s.drift {
+        Some(d) => format!("{t}\n{}", red(&format!("DRIFT: {d}"))),
+        None => t.to_string(),
+    }
 }
 
 pub(crate) fn agents_table(agents: &[agent_health::AgentRecord]) -> String {
@@ -532,7 +537,7 @@ impl FleetBar {
 
     pub(crate) fn event(&self, e: &agent_rollout::FleetEvent) {
         use agent_rollout::FleetEvent as E;
-        let line = fleet_event(e);
+        let line = terminal_safe(&fleet_event(e)).into_owned();
         let Some(b) = &self.bar else {
             eprintln!("{line}");
             return;
@@ -556,5 +561,53 @@ impl FleetBar {
             _ => {}
         }
         b.println(line);
+    }
+}
+
+/// `text` made safe for a terminal: the colour codes agentctl itself writes (`ESC [ digits m`) pass, every
+/// other escape sequence and control character (except newline and tab) is shown escaped (`\u{1b}]0;x`), so
+/// that what a container or an engine said cannot retitle, clear or move around the operator's terminal.
+pub(crate) fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '\x1b' {
+            let sgr_len = rest[1..]
+                .strip_prefix('[')
+                .and_then(|r| r.find(|ch: char| !ch.is_ascii_digit() && ch != ';').map(|i| (r, i)))
+                .filter(|(r, i)| r[*i..].starts_with('m'))
+                .map(|(_, i)| i + 3);
+            if let Some(len) = sgr_len {
+                out.push_str(&rest[..len]);
+                rest = &rest[len..];
+                continue;
+            }
+        }
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn escapes_everything_but_colours_newlines_and_tabs() {
+        assert_eq!(terminal_safe("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(terminal_safe("\x1b[31mred\x1b[0m"), "\x1b[31mred\x1b[0m");
+        assert_eq!(terminal_safe("\x1b]0;pwned\x07x"), "\\u{1b}]0;pwned\\u{7}x");
+        assert_eq!(terminal_safe("\x1b[2Jclear"), "\\u{1b}[2Jclear");
+        assert_eq!(terminal_safe("a\rb\u{9b}c"), "a\\u{d}b\\u{9b}c");
+        assert_eq!(terminal_safe("\x1b"), "\\u{1b}");
     }
 }

@@ -42,7 +42,7 @@ pub use gate::{
 pub use heartbeat::{HeartbeatProbe, HeartbeatSource, RemoteControlCenter};
 pub use probation::{Alert, AlertRule, Probation, ProbationOutcome};
 pub use probes::{
-    ContainerStateProbe, DockerHealthProbe, HttpProbe, HttpProbeConfig, LogScanProbe, ResourceProbe,
+    plain_text, ContainerStateProbe, DockerHealthProbe, HttpProbe, HttpProbeConfig, LogScanProbe, ResourceProbe,
     DEFAULT_FATAL_PATTERNS,
 };
 pub use prom::{

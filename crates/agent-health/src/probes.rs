@@ -97,6 +97,15 @@ pub struct LogScanProbe {
     set: RegexSet,
 }
 
+/// `text` without its terminal escape sequences (colours, cursor moves, title changes), as a terminal would
+/// show it; other control characters are kept for the caller to escape.
+pub fn plain_text(text: &str) -> String {
+    if !text.contains('\x1b') && !text.contains('\u{9b}') {
+        return text.to_owned();
+    }
+    strip_ansi_escapes::strip_str(text)
+}
+
 /// The default fatal-line patterns: case-insensitive `fatal` and `panic`.
 pub const DEFAULT_FATAL_PATTERNS: &[&str] = &["(?i)\\bfatal\\b", "(?i)\\bpanic(ked)?\\b"];
 
@@ -114,11 +123,13 @@ impl LogScanProbe {
         Ok(LogScanProbe { patterns, set })
     }
 
-    /// Lines of `lines` matching any pattern, as `(pattern, line)`.
-    pub fn matches<'a>(&'a self, lines: &'a [LogLine]) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    /// Lines of `lines` matching any pattern, as `(pattern, line)`, the line with its terminal escape
+    /// sequences removed: a colour code must not hide a word boundary (`\x1b[31mFATAL`) from the patterns.
+    pub fn matches<'a>(&'a self, lines: &'a [LogLine]) -> impl Iterator<Item = (&'a str, String)> + 'a {
         lines.iter().filter_map(move |l| {
-            let m = self.set.matches(&l.text);
-            m.iter().next().map(|i| (self.patterns[i].as_str(), l.text.as_str()))
+            let text = plain_text(&l.text);
+            let m = self.set.matches(&text);
+            m.iter().next().map(|i| (self.patterns[i].as_str(), text))
         })
     }
 }
@@ -134,7 +145,7 @@ impl Probe for LogScanProbe {
             Ok(l) => l,
             Err(e) => return engine_error(&e),
         };
-        let hits: Vec<(&str, &str)> = self.matches(&lines).collect();
+        let hits: Vec<(&str, String)> = self.matches(&lines).collect();
         if hits.is_empty() {
             Observation::Pass(format!("{} lines, no fatal pattern", lines.len()))
         } else {
@@ -275,4 +286,30 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+    use agent_core::LogStream;
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            stream: LogStream::Stderr,
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_colour_code_does_not_hide_a_fatal_line() {
+        let probe = LogScanProbe::default();
+        let lines = [
+            line("\x1b[31mFATAL: lost the collector\x1b[0m"),
+            line("\x1b]0;pwned\x07panic: index out of range"),
+            line("\x1b[32mall good\x1b[0m"),
+        ];
+        let hits: Vec<String> = probe.matches(&lines).map(|(_, l)| l).collect();
+        assert_eq!(hits, ["FATAL: lost the collector", "panic: index out of range"]);
+        assert_eq!(plain_text("no escapes"), "no escapes");
+    }
 }

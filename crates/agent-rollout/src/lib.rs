@@ -22,6 +22,7 @@
 
 mod error;
 mod events;
+mod files;
 mod fleet;
 mod lease;
 mod notify;
@@ -38,9 +39,9 @@ pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use notify::{Notifier, NotifySpec, Webhook, DRAIN_TIMEOUT};
 pub use store::SqliteStore;
 pub use update::{
-    preview_name, subject_key, HeartbeatCheck, Preview, ProbeFactory, PullPolicy, QueryCheck, Recovery, ScrapeCheck,
-    StatusReport, UpdateReport, UpdateRequest, UpdateStatus, Updater, VerifyConfig, WatchConfig, CRASH_AT_ENV,
-    HOLD_AT_ENV, HOLD_FILE_ENV, UPDATE_STEPS,
+    preview_name, reserved_name_owner, subject_key, HeartbeatCheck, Preview, ProbeFactory, PullPolicy, QueryCheck,
+    Recovery, ScrapeCheck, StatusReport, UpdateReport, UpdateRequest, UpdateStatus, Updater, VerifyConfig, WatchConfig,
+    CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV, UPDATE_STEPS,
 };
 
 #[cfg(test)]

@@ -74,8 +74,8 @@ impl SqliteStore {
             ),
         }
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::files::private_dir(dir).map_err(|e| io(&e))?;
         }
         let existed = path.exists() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
         let conn = Connection::open(path).map_err(|e| io(&e))?;
@@ -104,9 +104,14 @@ impl SqliteStore {
         if existed && version >= 1 && version < SCHEMA_VERSION {
             let backup = format!("{location}.bak-v{version}");
             conn.execute("VACUUM INTO ?1", [&backup]).map_err(|e| io(&e))?;
+            crate::files::make_private(Path::new(&backup)).map_err(|e| io(&e))?;
         }
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
             .map_err(|e| io(&e))?;
+        // The store holds history, journals and specs: the owner's only, whatever the umask.
+        for suffix in ["", "-wal", "-shm"] {
+            crate::files::make_private(Path::new(&format!("{location}{suffix}"))).map_err(|e| io(&e))?;
+        }
         if version < SCHEMA_VERSION {
             conn.execute_batch(SCHEMA).map_err(|e| corrupt(e.to_string()))?;
             conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))

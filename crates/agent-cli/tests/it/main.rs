@@ -5,8 +5,10 @@
 mod cli;
 mod crash;
 mod faults;
+mod fidelity;
 mod fleet;
 mod health;
+mod security;
 mod support;
 mod tls;
 mod update;

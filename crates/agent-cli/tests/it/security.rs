@@ -1,0 +1,194 @@
+//! What an attacker or a careless operator could get out of agentctl: secrets in files and output, file
+//! modes. (Heartbeat identity is in `health`.)
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use crate::support::*;
+
+/// Secret values planted under the names an outside probe found stored in plain text, and one in a URL.
+const PLANTED: &[(&str, &str)] = &[
+    ("PASSWORD", "planted-pw-1"),
+    ("API_KEY", "planted-key-2"),
+    ("SECRET_KEY", "planted-secret-3"),
+    ("PGPASSWORD", "planted-pg-4"),
+    ("AWS_SECRET_ACCESS_KEY", "planted-aws-5"),
+    ("GITHUB_PAT", "planted-pat-6"),
+    ("DATABASE_URL", "postgres://app:planted-url-7@db/app"),
+    ("CUSTOM_THING", "planted-custom-8"),
+];
+
+fn needles() -> Vec<&'static str> {
+    PLANTED
+        .iter()
+        .map(|(_, v)| v.rsplit(':').next().unwrap().split('@').next().unwrap())
+        .collect()
+}
+
+/// `agentctl` under umask 000, so that only agentctl's own choice of modes protects the files.
+fn agentctl_umask0(w: &World, args: &[&str]) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_agentctl"))
+        .arg("--state-dir")
+        .arg(w.state_dir().join("private"))
+        .args(["--no-progress", "--secret-pattern", "CUSTOM_*"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn planted_secrets_appear_in_no_output_and_no_file_and_the_files_are_private() {
+    let img = images();
+    let w = World::new("secrets");
+    let name = w.name("agent");
+    let env: Vec<String> = PLANTED.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for e in &env {
+        args.extend(["-e", e.as_str()]);
+    }
+    w.docker_run(&name, &args, &img.refs["v1"]);
+    let backup = tempfile::tempdir().unwrap();
+    let backups = backup.path().join("backups");
+    let mut outputs = Vec::new();
+    let out = agentctl_umask0(
+        &w,
+        &[
+            &[
+                "-vv",
+                "update",
+                &name,
+                "--image",
+                &img.refs["v2"],
+                "--backup-dir",
+                backups.to_str().unwrap(),
+            ],
+            FAST,
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    outputs.push(out);
+    for format in ["json", "yaml", "table"] {
+        for command in ["status", "history"] {
+            let out = agentctl_umask0(&w, &["-vv", command, &name, "-o", format]);
+            assert_eq!(code(&out), 0, "{command} -o {format}: {}", stderr(&out));
+            outputs.push(out);
+        }
+    }
+    let out = agentctl_umask0(&w, &[&["-vv", "undo", &name], &FAST[..6]].concat());
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    outputs.push(out);
+    // Every secret still reached the container, and none left the process.
+    let running = w.docker(&["inspect", "-f", "{{json .Config.Env}}", &name]);
+    for (k, v) in PLANTED {
+        assert!(stdout(&running).contains(&format!("{k}={v}")), "{k} kept its value");
+    }
+    let mut files = Vec::new();
+    for root in [w.state_dir().join("private"), backups.clone()] {
+        for entry in walk(&root) {
+            files.push(entry);
+        }
+    }
+    for needle in needles() {
+        for o in &outputs {
+            assert!(
+                !stdout(o).contains(needle) && !stderr(o).contains(needle),
+                "{needle} printed"
+            );
+        }
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap_or_default();
+            assert!(
+                !bytes.windows(needle.len()).any(|x| x == needle.as_bytes()),
+                "{needle} stored in {}",
+                f.display()
+            );
+        }
+    }
+    // Private whatever the umask: directories 0700, files 0600.
+    assert_eq!(mode(&w.state_dir().join("private")), 0o700);
+    assert_eq!(mode(&backups), 0o700);
+    for f in &files {
+        let m = mode(f);
+        let want = if f.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(m, want, "{} is {m:o}", f.display());
+    }
+    assert!(files.iter().any(|f| f.ends_with("spec.json")) && files.iter().any(|f| f.ends_with("state.db")));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+#[test]
+fn reserved_names_are_refused_undo_checks_the_retained_container_and_status_reports_drift() {
+    let img = images();
+    let w = World::new("names");
+    let name = w.name("agent");
+    w.docker_run(&name, &[], &img.refs["v1"]);
+    let out = w.agentctl(&[&["update", &name, "--image", &img.refs["v2"]], FAST].concat());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let retained = format!("{name}.rev1");
+    let (retained_id, running, _) = w.state(&retained).unwrap();
+    assert!(!running);
+
+    // The retained container is agentctl's: an update of it would start a second instance beside NAME.
+    for target in [retained.clone(), format!("{name}.preview")] {
+        let out = w.agentctl(&[&["update", &target, "--image", &img.refs["v2"]], FAST].concat());
+        assert_eq!(code(&out), 1, "{target}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains("reserved") && stderr(&out).contains(&name),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        w.state(&retained).unwrap(),
+        (retained_id.clone(), false, img.refs["v1"].clone())
+    );
+    assert_eq!(w.running(&name), std::slice::from_ref(&name), "one instance runs");
+
+    // Another container under the retained name is not revision 1: undo recreates revision 1 from its
+    // snapshot and leaves the impostor alone.
+    assert!(w.docker(&["rm", "-f", &retained]).status.success());
+    let out = w.docker(&["create", "--name", &retained, "--label", &w.label, &img.refs["v3"]]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let impostor = w.state(&retained).unwrap().0;
+    let out = w.agentctl(&[&["undo", &name, "--to-revision", "1", "-o", "json"], FAST].concat());
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let runs = w.state(&name).unwrap().2;
+    assert!(
+        runs.starts_with(&img.refs["v1"]),
+        "the engine runs revision 1's image, not {runs}"
+    );
+    assert_eq!(w.state(&retained).unwrap().0, impostor, "the impostor is not touched");
+
+    // Changed outside agentctl: status says so, loudly, with the fix.
+    assert!(w.docker(&["rm", "-f", &name]).status.success());
+    w.docker_run(&name, &[], &img.refs["v3"]);
+    let out = w.agentctl(&["status", &name, "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let drift = json(&out)["drift"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        drift.contains("changed outside agentctl") && drift.contains("--to-revision"),
+        "{drift}"
+    );
+    let out = w.agentctl(&["status", &name]);
+    assert!(stdout(&out).contains("DRIFT"), "{}", stdout(&out));
+}
