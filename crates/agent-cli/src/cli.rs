@@ -218,6 +218,9 @@ pub(crate) struct ControlCenterArgs {
     /// And down after this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) down_after: Duration,
+    /// Serve `/metrics` (which lists every agent id) without the token.
+    #[arg(long)]
+    pub(crate) public_metrics: bool,
 }
 
 #[derive(Debug, Args)]
@@ -548,8 +551,30 @@ impl UndoArgs {
 /// Reads a bearer token from `file`, or from `AGENTCTL_CC_TOKEN`.
 pub(crate) fn read_token(file: Option<&std::path::Path>) -> Result<String, Usage> {
     let token = match file {
-        Some(f) => std::fs::read_to_string(f)
-            .map_err(|e| Usage(format!("cannot read the token file {}: {e}", f.display())))?,
+        Some(f) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(f)
+                .map_err(|e| Usage(format!("cannot read the token file {}: {e}", f.display())))?
+                .permissions()
+                .mode();
+            // As ssh does with keys: anyone who can write it can impersonate, anyone who can read it can spoof.
+            if mode & 0o002 != 0 {
+                return Err(Usage(format!(
+                    "the token file {} is writable by every user (mode {:o}); `chmod 600` it",
+                    f.display(),
+                    mode & 0o777
+                )));
+            }
+            if mode & 0o004 != 0 {
+                eprintln!(
+                    "warning: the token file {} is readable by every user (mode {:o}); `chmod 600` it",
+                    f.display(),
+                    mode & 0o777
+                );
+            }
+            std::fs::read_to_string(f)
+                .map_err(|e| Usage(format!("cannot read the token file {}: {e}", f.display())))?
+        }
         None => std::env::var("AGENTCTL_CC_TOKEN").map_err(|_| {
             Usage("the control center needs a token: give --token-file FILE (or --heartbeat-token-file), or set AGENTCTL_CC_TOKEN".into())
         })?,
@@ -609,5 +634,23 @@ mod tests {
         assert!(parse_metric_check("== 1").is_err());
         assert!(parse_metric_check("agent_up").is_err());
         assert!(parse_metric_check("x{a=\"1\" < 2").is_err());
+    }
+
+    #[test]
+    fn token_files_others_can_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "0123456789abcdef-token").unwrap();
+        let set = |mode| std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        set(0o600);
+        assert_eq!(read_token(Some(f.path())).unwrap(), "0123456789abcdef-token");
+        set(0o644);
+        assert!(read_token(Some(f.path())).is_ok(), "readable by others: a warning only");
+        set(0o666);
+        let err = read_token(Some(f.path())).unwrap_err().0;
+        assert!(
+            err.contains("writable by every user") && err.contains("chmod 600"),
+            "{err}"
+        );
     }
 }

@@ -122,15 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Apply(args) => {
-            let (text, source) = if args.file.as_os_str() == "-" {
-                let mut t = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
-                (t, "<stdin>".to_owned())
-            } else {
-                let t = std::fs::read_to_string(&args.file)
-                    .map_err(|e| Usage(format!("cannot read the spec {}: {e}", args.file.display())))?;
-                (t, args.file.display().to_string())
-            };
+            let (text, source) = agent_rollout::RolloutSpec::read(&args.file).map_err(|e| Usage(e.to_string()))?;
             let spec = agent_rollout::RolloutSpec::parse(&text, &source).map_err(|e| Usage(e.to_string()))?;
             let fleet = fleet(g)?;
             if let Some(addr) = &args.metrics_listen {
@@ -199,11 +191,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = agent_health::ControlCenterConfig {
                 late_after: args.late_after,
                 down_after: args.down_after,
+                public_metrics: args.public_metrics,
                 ..Default::default()
             };
+            let loopback = args
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback())
+                || args.listen.starts_with("localhost:");
+            if !loopback {
+                eprintln!(
+                    "{}",
+                    render::yellow(&format!(
+                        "WARNING: {} is not a loopback address and the control center speaks plain HTTP: the token and heartbeats cross the network in clear text; put it behind a TLS proxy or a private network",
+                        args.listen
+                    ))
+                );
+            }
             let cc = agent_health::ControlCenter::new(token, config, Some(store)).await?;
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
+            // SIGINT or SIGTERM (what `docker stop`, systemd and Kubernetes send): stop, drain, flush.
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let shutdown = async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
             };
             cc.serve(
                 &args.listen,
@@ -353,12 +365,36 @@ async fn serve_metrics(addr: &str, fleet: Arc<agent_rollout::Fleet>) -> anyhow::
         .await
         .map_err(|e| Usage(format!("--metrics-listen {addr}: {e}")))?;
     eprintln!("rollout metrics on http://{}/metrics", listener.local_addr()?);
+    // At most 64 scrapes at once, 5 s to send a request; an accept error (EMFILE) backs off and retries
+    // instead of ending the loop.
+    let slots = Arc::new(tokio::sync::Semaphore::new(64));
     tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
+        let mut backoff = std::time::Duration::from_millis(10);
+        loop {
+            let (mut conn, _) = match listener.accept().await {
+                Ok(c) => {
+                    backoff = std::time::Duration::from_millis(10);
+                    c
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "--metrics-listen: accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                drop(conn);
+                continue;
+            };
             let fleet = fleet.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let mut buf = [0u8; 2048];
-                let _ = conn.read(&mut buf).await;
+                let read = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await;
+                if !matches!(read, Ok(Ok(n)) if n > 0) {
+                    return;
+                }
                 let body = match fleet.all().await {
                     Ok(states) => agent_rollout::metrics_text(&states),
                     Err(e) => format!("# error: {e}\n"),

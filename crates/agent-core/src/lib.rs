@@ -58,7 +58,7 @@ pub use runtime::{
     ContainerInfo, ContainerRuntime, ContainerState, ContainerStatus, ContainerSummary, EngineInfo, HealthLogEntry,
     HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress, ResourceUsage, RuntimeError,
 };
-pub use spec::has_url_credentials;
+pub use spec::{has_url_credentials, redact_url_credentials};
 pub use spec::{
     ContainerName, ContainerNameError, ContainerSpec, EnvValue, EnvVar, FieldDiff, Healthcheck, ImageDefaults,
     LogConfig, Mount, MountKind, NetworkAttachment, PortBinding, Resources, RestartPolicy, Secret, SecretPolicy,

@@ -280,6 +280,27 @@ pub fn has_url_credentials(value: &str) -> bool {
     })
 }
 
+/// `text` with the password of every URL in it replaced by [`REDACTED`] (`https://u:<redacted>@host/`).
+pub fn redact_url_credentials(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            let Some((scheme, rest)) = word.split_once("://") else {
+                return word.to_owned();
+            };
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) if userinfo.contains(':') => {
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:{REDACTED}@{host}{tail}")
+                }
+                _ => word.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl SecretPolicy {
     /// Whether a variable named `name` is secret by its name.
     pub fn is_secret(&self, name: &str) -> bool {
@@ -1124,6 +1145,14 @@ mod tests {
         assert!(!p.classify("COLLECTOR_URL=https://collector:4317/v1").is_secret());
         assert!(!p.classify("MAIL=user@example.com").is_secret());
         assert!(has_url_credentials("x redis://:pw@cache:6379/0"));
+        assert_eq!(
+            redact_url_credentials("post to https://ci:hunter2@hooks.example/x failed"),
+            "post to https://ci:<redacted>@hooks.example/x failed"
+        );
+        assert_eq!(
+            redact_url_credentials("http://10.0.0.1:8080/x"),
+            "http://10.0.0.1:8080/x"
+        );
         assert!(!has_url_credentials("https://user@host/path:with:colons"));
     }
 

@@ -61,6 +61,16 @@ pub enum Error {
         /// The missing file.
         missing: &'static str,
     },
+    /// A TLS file is unusable, or the engine and the files do not agree.
+    #[error("TLS to {endpoint}: {file} {problem}; fix or replace it (DOCKER_CERT_PATH names the folder)")]
+    Tls {
+        /// The endpoint.
+        endpoint: String,
+        /// The file at fault.
+        file: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The client could not be built or the engine did not answer.
     #[error("cannot reach the Docker engine at {endpoint}: {message}; is it running, and is DOCKER_HOST right?")]
     Connect {
@@ -97,22 +107,50 @@ where
 }
 
 /// A TLS client with the engine's CA as the only root and the client certificate, as the docker CLI uses.
-fn tls_connector(key: &Path, cert: &Path, ca: &Path) -> Option<tokio_rustls::TlsConnector> {
+/// Every problem names its file: an unreadable or empty file, a PEM that does not parse, a key that does not
+/// match the certificate.
+fn tls_connector(key: &Path, cert: &Path, ca: &Path) -> Result<tokio_rustls::TlsConnector, (PathBuf, String)> {
     use rustls_pki_types::pem::PemObject;
+    let certs = |path: &Path| -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, (PathBuf, String)> {
+        let fail = |m: String| (path.to_owned(), m);
+        let all = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| fail(format!("cannot be read: {e}")))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("is not a PEM certificate file: {e}")))?;
+        if all.is_empty() {
+            return Err(fail(
+                "holds no certificate (no -----BEGIN CERTIFICATE----- block)".into(),
+            ));
+        }
+        Ok(all)
+    };
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).ok()? {
-        roots.add(c.ok()?).ok()?;
+    for c in certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| (ca.to_owned(), format!("is not a usable CA certificate: {e}")))?;
     }
-    let certs = rustls_pki_types::CertificateDer::pem_file_iter(cert)
-        .ok()?
-        .collect::<Result<Vec<_>, _>>()
-        .ok()?;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).ok()?;
+    let chain = certs(cert)?;
+    let key_der = rustls_pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        (
+            key.to_owned(),
+            format!("holds no private key agentctl can use (PEM PKCS#8, PKCS#1 or SEC1): {e}"),
+        )
+    })?;
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .ok()?;
-    Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+        .with_client_auth_cert(chain, key_der)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => (
+                key.to_owned(),
+                format!("does not belong to the certificate in {}", cert.display()),
+            ),
+            other => (
+                key.to_owned(),
+                format!("cannot be used with {}: {other}", cert.display()),
+            ),
+        })?;
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 fn is_loopback_endpoint(endpoint: &str) -> bool {
@@ -157,6 +195,12 @@ impl DockerRuntime {
                     }
                 };
                 let (key, cert, ca) = (file("key.pem")?, file("cert.pem")?, file("ca.pem")?);
+                // Checked here so that a bad file is named, not reported as an engine that does not answer.
+                tls_connector(&key, &cert, &ca).map_err(|(file, problem)| Error::Tls {
+                    endpoint: endpoint.clone(),
+                    file: file.display().to_string(),
+                    problem,
+                })?;
                 tls_files = Some([key.clone(), cert.clone(), ca.clone()]);
                 Docker::connect_with_ssl(&endpoint, &key, &cert, &ca, timeout, bollard::API_DEFAULT_VERSION)
                     .map_err(connect_err)?
@@ -175,7 +219,27 @@ impl DockerRuntime {
         };
         // bollard sends unversioned paths, so the engine answers in its own version; negotiate anyway so the
         // version we report (and rely on) is the engine's.
-        let docker = docker.negotiate_version().await.map_err(connect_err)?;
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            let message = format!("{e:?}");
+            match &tls_files {
+                Some([_, _, ca]) if message.contains("UnknownIssuer") || message.contains("BadSignature") => {
+                    Error::Tls {
+                        endpoint: endpoint.clone(),
+                        file: ca.display().to_string(),
+                        problem: "did not sign the engine's certificate (unknown issuer): it is not this engine's CA"
+                            .into(),
+                    }
+                }
+                Some([key, ..]) if message.contains("CertificateRequired") || message.contains("BadCertificate") => {
+                    Error::Tls {
+                        endpoint: endpoint.clone(),
+                        file: key.with_file_name("cert.pem").display().to_string(),
+                        problem: "the engine refused this client certificate (not signed by the CA it trusts)".into(),
+                    }
+                }
+                _ => connect_err(e),
+            }
+        })?;
         let api_version = docker.client_version().to_string();
         Ok(DockerRuntime {
             docker,
@@ -231,7 +295,7 @@ impl DockerRuntime {
                 Some([key, cert, ca]) => {
                     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
                     let connector = tls_connector(key, cert, ca)
-                        .ok_or_else(|| std::io::Error::other("the TLS files in DOCKER_CERT_PATH cannot be used"))?;
+                        .map_err(|(file, problem)| std::io::Error::other(format!("{} {problem}", file.display())))?;
                     let name =
                         rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
                     let tls = connector.connect(name, tcp).await?;

@@ -103,6 +103,31 @@ pub struct ControlCenterConfig {
     /// How often state is written to the store.
     #[serde(with = "duration_text")]
     pub flush_interval: Duration,
+    /// Whether `/metrics` (which names every agent) answers without the token.
+    #[serde(default)]
+    pub public_metrics: bool,
+    /// How long open connections may take to finish after shutdown was asked for.
+    #[serde(with = "duration_text", default = "default_drain")]
+    pub drain_timeout: Duration,
+    /// Most connections open at once; the next wait in the kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection without a byte either way for this long is closed (a client that never finishes its
+    /// headers included).
+    #[serde(with = "duration_text", default = "default_idle")]
+    pub idle_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_idle() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_drain() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for ControlCenterConfig {
@@ -112,6 +137,10 @@ impl Default for ControlCenterConfig {
             down_after: Duration::from_secs(60),
             body_limit: 16 * 1024,
             flush_interval: Duration::from_secs(1),
+            public_metrics: false,
+            drain_timeout: default_drain(),
+            max_connections: default_max_connections(),
+            idle_timeout: default_idle(),
         }
     }
 }
@@ -418,9 +447,32 @@ impl ControlCenter {
                 }
             })
         };
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        // After shutdown is asked for, open connections get `drain_timeout` to finish; an idle client that
+        // never sends a request does not hold the process (or its final flush) hostage.
+        let (asked, mut asked_rx) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            let _ = asked.send(true);
+        };
+        let drain = self.config.drain_timeout;
+        let deadline = async move {
+            while !*asked_rx.borrow_and_update() {
+                if asked_rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            tokio::time::sleep(drain).await;
+        };
+        let listener =
+            crate::listener::GuardedListener::new(listener, self.config.max_connections, self.config.idle_timeout);
+        let server = axum::serve(listener, self.router()).with_graceful_shutdown(signal);
+        let result = tokio::select! {
+            r = server => r,
+            () = deadline => {
+                tracing::warn!(after = ?drain, "control center: connections still open at shutdown were dropped");
+                Ok(())
+            }
+        };
         flusher.abort();
         self.flush().await?;
         result.map_err(listen_err)
@@ -510,7 +562,14 @@ async fn get_agent(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap, Pat
     }
 }
 
-async fn metrics(State(cc): State<Arc<ControlCenter>>) -> Response {
+async fn metrics(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap) -> Response {
+    if !cc.config.public_metrics && !authorized(&cc, &headers) {
+        cc.rejected.fetch_add(1, Ordering::Relaxed);
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "the metrics name every agent: send the bearer token (Prometheus: authorization.credentials_file), or start the control center with --public-metrics",
+        );
+    }
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         cc.metrics(),

@@ -179,10 +179,95 @@ fn five() -> usize {
     5
 }
 
+/// The largest rollout spec read, in bytes: a spec is a few kilobytes; this is far beyond any real fleet.
+pub const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
+/// The most values a spec may hold, for JSON as for YAML (the YAML parser's own node budget).
+pub const MAX_SPEC_NODES: usize = 250_000;
+/// The most targets one rollout may have.
+pub const MAX_TARGETS: usize = 10_000;
+
+/// An upper bound of the values in a JSON text: its `{`, `[` and `,` outside strings, plus one.
+fn json_nodes(text: &str) -> usize {
+    let (mut nodes, mut in_string, mut escaped) = (1, false, false);
+    for b in text.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{' | b'[' | b',') => nodes += 1,
+            _ => {}
+        }
+    }
+    nodes
+}
+
 impl RolloutSpec {
-    /// Parses YAML (or JSON, which is YAML) with errors that give the line and column.
+    /// Reads a spec file, or standard input for `-`, refusing what is not a regular file (a device, a FIFO)
+    /// and anything over [`MAX_SPEC_BYTES`] before reading it all. Returns the text and a name for messages.
+    pub fn read(path: &std::path::Path) -> Result<(String, String), Error> {
+        use std::io::Read;
+        let source = if path.as_os_str() == "-" {
+            "<stdin>".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        let refuse = |message: String| Error::InvalidInput {
+            what: format!("rollout spec {source}"),
+            message,
+        };
+        let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            let meta = std::fs::metadata(path).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+            if !meta.is_file() {
+                return Err(refuse(
+                    "it is not a regular file (a device, FIFO or directory); give a spec file, or `-f -` to read standard input".into(),
+                ));
+            }
+            if meta.len() > MAX_SPEC_BYTES {
+                return Err(refuse(format!(
+                    "it is {} bytes, more than the {MAX_SPEC_BYTES} a spec may have; split the fleet into several rollouts",
+                    meta.len()
+                )));
+            }
+            Box::new(std::fs::File::open(path).map_err(|e| refuse(format!("cannot read it: {e}")))?)
+        };
+        let mut bytes = Vec::new();
+        reader
+            .take(MAX_SPEC_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| refuse(format!("cannot read it: {e}")))?;
+        if bytes.len() as u64 > MAX_SPEC_BYTES {
+            return Err(refuse(format!(
+                "it is more than the {MAX_SPEC_BYTES} bytes a spec may have; split the fleet into several rollouts"
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| refuse(format!("it is not UTF-8 text: {e}")))?;
+        Ok((text, source))
+    }
+
+    /// Parses YAML (or JSON, which is YAML) with errors that give the line and column. Texts over
+    /// [`MAX_SPEC_BYTES`], JSON over [`MAX_SPEC_NODES`] values and specs over [`MAX_TARGETS`] targets are
+    /// refused before they are acted on.
     pub fn parse(text: &str, source: &str) -> Result<RolloutSpec, Error> {
-        let spec: RolloutSpec = if text.trim_start().starts_with('{') {
+        let refuse = |message: String| Error::InvalidInput {
+            what: format!("rollout spec {source}"),
+            message,
+        };
+        if text.len() as u64 > MAX_SPEC_BYTES {
+            return Err(refuse(format!(
+                "it is {} bytes, more than the {MAX_SPEC_BYTES} a spec may have; split the fleet into several rollouts",
+                text.len()
+            )));
+        }
+        let json = text.trim_start().starts_with('{');
+        if json && json_nodes(text) > MAX_SPEC_NODES {
+            return Err(refuse(format!(
+                "it has more than {MAX_SPEC_NODES} values (the same limit as for YAML); split the fleet into several rollouts"
+            )));
+        }
+        let spec: RolloutSpec = if json {
             serde_json::from_str(text).map_err(|e| Error::InvalidInput {
                 what: format!("rollout spec {source}"),
                 message: e.to_string(),
@@ -238,6 +323,12 @@ impl RolloutSpec {
 
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.targets.len() > MAX_TARGETS {
+            return Err(self.invalid(format!(
+                "it has {} targets, more than the {MAX_TARGETS} one rollout may have; split the fleet into several rollouts",
+                self.targets.len()
+            )));
+        }
         if let Some(t) = self.targets.first() {
             self.template_for(&t.container, &self.image)?;
         }

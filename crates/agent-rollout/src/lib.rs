@@ -33,7 +33,7 @@ pub use error::Error;
 pub use events::{Event, Reporter, Silent};
 pub use fleet::{
     metrics_text, Connector, Fleet, FleetEvent, FleetReporter, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec,
-    RolloutSpec, RolloutState, TargetSpec, TargetState, TargetStatus,
+    RolloutSpec, RolloutState, TargetSpec, TargetState, TargetStatus, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
 };
 pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use notify::{Notifier, NotifySpec, Webhook, DRAIN_TIMEOUT};

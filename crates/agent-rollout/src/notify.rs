@@ -49,7 +49,7 @@ impl Webhook {
 #[async_trait]
 impl Notifier for Webhook {
     fn describe(&self) -> String {
-        format!("webhook {}", self.url)
+        format!("webhook {}", agent_core::redact_url_credentials(&self.url))
     }
 
     async fn notify(&self, event: &FleetEvent) -> Result<(), String> {
@@ -77,7 +77,7 @@ impl Notifier for Webhook {
         )
         .sleep(tokio::time::sleep)
         .await
-        .map_err(|e| format!("{}: {e}", self.url))
+        .map_err(|e| agent_core::redact_url_credentials(&format!("{}: {e}", self.url)))
     }
 }
 

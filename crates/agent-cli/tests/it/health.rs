@@ -241,7 +241,9 @@ fn the_control_center_refuses_bad_input_and_remembers_across_restarts() {
         req("GET", &format!("{}/v1/agents/nobody", cc.url), Some(TOKEN), None).status,
         404
     );
-    let metrics = req("GET", &format!("{}/metrics", cc.url), None, None);
+    // The metrics name every agent: not without the token.
+    assert_eq!(req("GET", &format!("{}/metrics", cc.url), None, None).status, 401);
+    let metrics = req("GET", &format!("{}/metrics", cc.url), Some(TOKEN), None);
     assert!(
         metrics.body.contains("agentctl_cc_heartbeats_accepted_total 1"),
         "{}",
@@ -263,6 +265,36 @@ fn the_control_center_refuses_bad_input_and_remembers_across_restarts() {
     let again = req("GET", &format!("{}/v1/agents/a1", cc.url), Some(TOKEN), None);
     assert_eq!(again.status, 200, "{}", again.body);
     assert!(again.body.contains("\"version\":\"1.2.3\""));
+
+    // SIGTERM (what `docker stop` and systemd send) right after a heartbeat, with an idle client connected
+    // that never sends a request: the process ends after a bounded drain and the heartbeat is kept.
+    let newer = br#"{"agentId":"a1","container":"abc","host":"h1","version":"1.2.4","revision":"5","status":"ok"}"#;
+    assert_eq!(req("POST", &hb, Some(TOKEN), Some(newer)).status, 204);
+    let idle = std::net::TcpStream::connect(cc.listen.as_str()).unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &cc._proc.0.id().to_string()])
+        .status();
+    let mut exited = None;
+    for _ in 0..300 {
+        if let Some(status) = cc._proc.0.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        exited.is_some(),
+        "the control center did not end after SIGTERM (an idle client held it)"
+    );
+    drop(idle);
+    cc._proc = start_center(&cc.listen, cc.token_file.path(), cc.state.path());
+    assert!(wait_http(&format!("{}/healthz", cc.url), 10));
+    let again = req("GET", &format!("{}/v1/agents/a1", cc.url), Some(TOKEN), None);
+    assert!(
+        again.body.contains("\"version\":\"1.2.4\""),
+        "the last heartbeat survived SIGTERM: {}",
+        again.body
+    );
     drop(w);
 }
 

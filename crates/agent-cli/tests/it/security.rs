@@ -192,3 +192,34 @@ fn reserved_names_are_refused_undo_checks_the_retained_container_and_status_repo
     let out = w.agentctl(&["status", &name]);
     assert!(stdout(&out).contains("DRIFT"), "{}", stdout(&out));
 }
+
+#[test]
+fn oversized_endless_and_huge_specs_are_refused_before_anything_is_read_whole() {
+    let w = World::new("bounds");
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, format!("# {}\n", "x".repeat(5 * 1024 * 1024))).unwrap();
+    let targets: Vec<String> = (0..10_001)
+        .map(|i| format!(r#"{{"host":"unix:///var/run/docker.sock","container":"a{i}"}}"#))
+        .collect();
+    let many = dir.path().join("many.json");
+    std::fs::write(
+        &many,
+        format!(
+            r#"{{"name":"many","image":"acme/agent:1.0.0","strategy":{{"rolling":{{"maxUnavailable":1}}}},"targets":[{}]}}"#,
+            targets.join(",")
+        ),
+    )
+    .unwrap();
+    for (file, expect) in [
+        (&zero, "not a regular file"),
+        (&big, "more than the 4194304"),
+        (&many, "10001 targets"),
+    ] {
+        let out = w.agentctl(&["apply", "-f", file.to_str().unwrap()]);
+        assert_eq!(code(&out), 2, "{}: {}", file.display(), stderr(&out));
+        assert!(stderr(&out).contains(expect), "{}: {}", file.display(), stderr(&out));
+    }
+}

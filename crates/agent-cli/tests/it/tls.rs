@@ -124,6 +124,54 @@ fn a_tls_engine_is_updated_with_certificates_and_refused_without() {
     );
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("DOCKER_CERT_PATH"), "{}", stderr(&out));
+    // Bad files are named with what is wrong, never reported as an engine that does not answer.
+    let other_ca = w.state_dir().join("other-ca");
+    std::fs::create_dir_all(&other_ca).unwrap();
+    certificates(&other_ca);
+    /// The file spoiled, how, and the problem the error must name.
+    type Case<'a> = (&'a str, &'a dyn Fn(&std::path::Path), &'a str);
+    let cases: [Case; 4] = [
+        (
+            "ca.pem",
+            &|d| std::fs::write(d.join("ca.pem"), "garbage").unwrap(),
+            "holds no certificate",
+        ),
+        (
+            "key.pem",
+            &|d| std::fs::write(d.join("key.pem"), "garbage").unwrap(),
+            "holds no private key",
+        ),
+        (
+            "key.pem",
+            &|d| {
+                std::fs::copy(d.join("server-key.pem"), d.join("key.pem")).unwrap();
+            },
+            "does not belong to the certificate",
+        ),
+        (
+            "ca.pem",
+            &|d| {
+                std::fs::copy(other_ca.join("ca.pem"), d.join("ca.pem")).unwrap();
+            },
+            "unknown issuer",
+        ),
+    ];
+    for (file, spoil, problem) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "cert.pem", "key.pem", "server-key.pem"] {
+            std::fs::copy(certs.join(f), dir.path().join(f)).unwrap();
+        }
+        spoil(dir.path());
+        let path = dir.path().display().to_string();
+        let out = w.agentctl_env(
+            &["--host", &tcp, "status", &name],
+            &[("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", path.as_str())],
+        );
+        assert_eq!(code(&out), 1, "{file}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(file) && err.contains(problem), "{file} / {problem}: {err}");
+        assert!(!err.contains("is it running"), "{err}");
+    }
     let _ = std::process::Command::new("docker")
         .args(["-H", &unix, "rm", "-f", &name, &format!("{name}.rev1")])
         .output();
