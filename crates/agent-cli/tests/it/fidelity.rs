@@ -814,3 +814,83 @@ fn a_docker_compose_service_keeps_its_labels_networks_and_aliases() {
     let _ = compose(&["down"]);
     let _ = w.docker(&["rm", "-f", &format!("{name}.rev1")]);
 }
+
+#[test]
+fn the_carried_configuration_serves_start_first_and_undo_from_the_snapshot() {
+    let img = images();
+    let w = World::new("paths");
+    let setup = Setup::new(&w, 3);
+    let name = w.name("agent");
+    let bind = setup.path("bind");
+    let args: Vec<String> = [
+        "--device",
+        "/dev/null:/dev/xnull:r",
+        "--group-add",
+        "123",
+        "--oom-score-adj",
+        "100",
+        "--tmpfs",
+        "/run/agent:size=1m,mode=1777",
+        "--mount",
+        "type=volume,target=/anon-mount,volume-nocopy",
+        "-v",
+        "/cache",
+        "--network",
+        &setup.net,
+        "--network-alias",
+        "collector",
+        "--sysctl",
+        "net.ipv4.ip_unprivileged_port_start=80",
+        "--ulimit",
+        "nofile=1024:2048",
+        "-e",
+        "API_TOKEN=kept-from-the-running-container",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["-v".to_owned(), format!("{bind}:/etc/agent:ro,z")])
+    .collect();
+    let out = w.docker(
+        &[
+            &["run", "-d", "--name", &name, "--label", &w.label][..],
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[&img.refs["v1"]],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let original = inspect(&name);
+    let (v1, v2) = (inspect(&img.refs["v1"]), inspect(&img.refs["v2"]));
+
+    // Start-first: the preview is created from the carried document, then takes the name.
+    let out = w.agentctl(
+        &[
+            &[
+                "update",
+                &name,
+                "--image",
+                &img.refs["v2"],
+                "--strategy",
+                "start-first",
+                "-o",
+                "json",
+            ],
+            FAST,
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let updated = inspect(&name);
+    let d = inspect_differences(&original, &updated, &v1, &v2);
+    assert!(d.is_empty(), "start-first: {d:#?}");
+
+    // Undo from the snapshot (the retained container is gone): revision 1's document, its secret taken from
+    // the running container.
+    assert!(w.docker(&["rm", "-f", &format!("{name}.rev1")]).status.success());
+    let out = w.agentctl(&[&["undo", &name, "-o", "json"], FAST].concat());
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let back = inspect(&name);
+    assert_ne!(back["Id"], original["Id"], "recreated, not the retained one");
+    let d = inspect_differences(&original, &back, &v1, &v1);
+    assert!(d.is_empty(), "undo from the snapshot: {d:#?}");
+}
