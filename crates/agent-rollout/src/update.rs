@@ -909,11 +909,23 @@ impl Updater {
                 (Some(verdict), diff, failure)
             }
         };
+        let unverified = verdict
+            .as_ref()
+            .filter(|v| failure.is_none() && v.outcome == VerdictOutcome::Inconclusive)
+            .map(|v| format!("verification inconclusive: {}", v.reason));
         let status = match &failure {
             None => {
                 journal.record(&Step::Commit).await?;
-                revision.outcome = Outcome::Succeeded;
-                UpdateStatus::Updated
+                match &unverified {
+                    Some(reason) => {
+                        revision.outcome = Outcome::Unverified { reason: reason.clone() };
+                        UpdateStatus::Unverified
+                    }
+                    None => {
+                        revision.outcome = Outcome::Succeeded;
+                        UpdateStatus::Updated
+                    }
+                }
             }
             Some(reason) => {
                 self.reporter.report(&Event::RollingBack { reason: reason.clone() });
@@ -945,7 +957,7 @@ impl Updater {
             previous: None,
             verdict,
             unexpected_changes: diff,
-            reason: failure,
+            reason: failure.or(unverified),
             last_logs: Vec::new(),
             backup: None,
             recovered,
@@ -1787,12 +1799,7 @@ impl Updater {
                     }
                     Source::Retained { .. } => SpecDiff::default(),
                 };
-                // Inconclusive is not unhealthy: the new version stays, unproven, and the caller decides (no
-                // rollback storm when a control center or Prometheus is down).
-                let failure = match verdict.outcome {
-                    VerdictOutcome::Inconclusive if diff.is_empty() => None,
-                    _ => judge(&verdict, &diff),
-                };
+                let failure = judge(&verdict, &diff);
                 (Some(verdict), diff, failure)
             }
         };
@@ -2291,8 +2298,12 @@ struct BeginFacts {
 }
 
 /// Why a verified container must not stay, if it must not.
+/// The one verdict rule of every path (update, start-first and blue-green previews, install, undo): why the
+/// new container must go, or `None` when it stays. A configuration difference always fails; an inconclusive
+/// verification (a control center or Prometheus down) does not: the new version stays, unverified, and the
+/// caller decides (exit 4), so a monitoring outage never causes a rollback storm.
 fn judge(verdict: &Verdict, diff: &SpecDiff) -> Option<String> {
-    if verdict.outcome != VerdictOutcome::Healthy {
+    if !matches!(verdict.outcome, VerdictOutcome::Healthy | VerdictOutcome::Inconclusive) {
         Some(format!("verification {}: {}", verdict.outcome, verdict.reason))
     } else if !diff.is_empty() {
         Some(format!(

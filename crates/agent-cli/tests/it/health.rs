@@ -415,6 +415,40 @@ fn prometheus_analysis_passes_a_good_version_and_rolls_back_a_bad_one() {
     let out = w.agentctl(&[&["undo", &nodata], &FAST[..6]].concat());
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(w.state(&nodata).unwrap().2, img.refs["v1"]);
+
+    // The same verdict rule on the start-first path: Prometheus down leaves the new version running,
+    // unverified (exit 4), and the old one retained; before, the preview was removed (exit 3).
+    let starting = w.name("start-first");
+    w.docker_run(&starting, &[], &img.refs["v1"]);
+    let out = w.agentctl(&[
+        "update",
+        &starting,
+        "--image",
+        &img.refs["v2"],
+        "--strategy",
+        "start-first",
+        "-o",
+        "json",
+        "--prometheus",
+        "http://127.0.0.1:1",
+        "--query",
+        "up",
+        "--success-condition",
+        "result == 1",
+        "--min-healthy-time",
+        "2s",
+        "--deadline",
+        "8s",
+        "--period",
+        "500ms",
+    ]);
+    assert_eq!(code(&out), 4, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(json(&out)["status"], "unverified");
+    assert_eq!(w.state(&starting).unwrap().2, img.refs["v2"]);
+    assert!(
+        w.state(&format!("{starting}.rev1")).is_some(),
+        "the old version is retained"
+    );
 }
 
 #[test]
