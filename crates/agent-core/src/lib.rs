@@ -42,6 +42,7 @@ mod fake;
 mod image;
 mod revision;
 mod runtime;
+mod secret;
 mod spec;
 mod state;
 mod store;
@@ -58,7 +59,7 @@ pub use runtime::{
     ContainerInfo, ContainerRuntime, ContainerState, ContainerStatus, ContainerSummary, EngineInfo, HealthLogEntry,
     HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress, ResourceUsage, RuntimeError,
 };
-pub use spec::{has_url_credentials, redact_url_credentials};
+pub use secret::{has_url_credentials, redact_url_credentials};
 pub use spec::{
     ContainerName, ContainerNameError, ContainerSpec, EnvValue, EnvVar, FieldDiff, Healthcheck, ImageDefaults,
     LogConfig, Mount, MountKind, NetworkAttachment, PortBinding, Resources, RestartPolicy, Secret, SecretPolicy,

@@ -20,11 +20,12 @@
 mod carried;
 mod convert;
 mod images;
+mod raw;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use agent_core::{
@@ -90,67 +91,8 @@ pub struct DockerRuntime {
     secrets: SecretPolicy,
     plain_tcp_remote: bool,
     cpu_samples: std::sync::Arc<std::sync::Mutex<HashMap<String, convert::CpuSample>>>,
-    /// Client key, certificate and CA for TLS endpoints (for the raw reads bollard's types cannot carry).
-    tls_files: Option<[PathBuf; 3]>,
-}
-
-/// Writes `request` and reads the whole answer (HTTP/1.0: the engine closes the connection after it).
-async fn http_exchange<S>(mut s: S, request: &str) -> std::io::Result<Vec<u8>>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(request.as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    Ok(buf)
-}
-
-/// A TLS client with the engine's CA as the only root and the client certificate, as the docker CLI uses.
-/// Every problem names its file: an unreadable or empty file, a PEM that does not parse, a key that does not
-/// match the certificate.
-fn tls_connector(key: &Path, cert: &Path, ca: &Path) -> Result<tokio_rustls::TlsConnector, (PathBuf, String)> {
-    use rustls_pki_types::pem::PemObject;
-    let certs = |path: &Path| -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, (PathBuf, String)> {
-        let fail = |m: String| (path.to_owned(), m);
-        let all = rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| fail(format!("cannot be read: {e}")))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| fail(format!("is not a PEM certificate file: {e}")))?;
-        if all.is_empty() {
-            return Err(fail(
-                "holds no certificate (no -----BEGIN CERTIFICATE----- block)".into(),
-            ));
-        }
-        Ok(all)
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(ca)? {
-        roots
-            .add(c)
-            .map_err(|e| (ca.to_owned(), format!("is not a usable CA certificate: {e}")))?;
-    }
-    let chain = certs(cert)?;
-    let key_der = rustls_pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        (
-            key.to_owned(),
-            format!("holds no private key agentctl can use (PEM PKCS#8, PKCS#1 or SEC1): {e}"),
-        )
-    })?;
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key_der)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => (
-                key.to_owned(),
-                format!("does not belong to the certificate in {}", cert.display()),
-            ),
-            other => (
-                key.to_owned(),
-                format!("cannot be used with {}: {other}", cert.display()),
-            ),
-        })?;
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+    /// The raw exchange for what bollard's types cannot carry, over the same kind of connection.
+    raw: raw::RawClient,
 }
 
 fn is_loopback_endpoint(endpoint: &str) -> bool {
@@ -174,6 +116,7 @@ impl DockerRuntime {
         let tls = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
         let mut plain_tcp_remote = false;
         let mut tls_files = None;
+        let mut connector = None;
         let docker = if let Some(path) = endpoint.strip_prefix("unix://") {
             Docker::connect_with_unix(path, timeout, bollard::API_DEFAULT_VERSION).map_err(connect_err)?
         } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") || endpoint.starts_with("https://")
@@ -196,11 +139,13 @@ impl DockerRuntime {
                 };
                 let (key, cert, ca) = (file("key.pem")?, file("cert.pem")?, file("ca.pem")?);
                 // Checked here so that a bad file is named, not reported as an engine that does not answer.
-                tls_connector(&key, &cert, &ca).map_err(|(file, problem)| Error::Tls {
-                    endpoint: endpoint.clone(),
-                    file: file.display().to_string(),
-                    problem,
-                })?;
+                connector = Some(
+                    raw::tls_connector(&key, &cert, &ca).map_err(|(file, problem)| Error::Tls {
+                        endpoint: endpoint.clone(),
+                        file: file.display().to_string(),
+                        problem,
+                    })?,
+                );
                 tls_files = Some([key.clone(), cert.clone(), ca.clone()]);
                 Docker::connect_with_ssl(&endpoint, &key, &cert, &ca, timeout, bollard::API_DEFAULT_VERSION)
                     .map_err(connect_err)?
@@ -241,6 +186,7 @@ impl DockerRuntime {
             }
         })?;
         let api_version = docker.client_version().to_string();
+        let endpoint_for_raw = endpoint.clone();
         Ok(DockerRuntime {
             docker,
             endpoint,
@@ -248,12 +194,12 @@ impl DockerRuntime {
             secrets: SecretPolicy::default(),
             plain_tcp_remote,
             cpu_samples: Default::default(),
-            tls_files,
+            raw: raw::RawClient::new(&endpoint_for_raw, connector),
         })
     }
 
-    /// `METHOD path` on the engine with an optional JSON body, over the same kind of connection as bollard's
-    /// (unix socket, plain TCP, or TLS with the same certificates): the status and the body of the answer.
+    /// `METHOD path` on the engine with an optional JSON body, through [`raw::RawClient`]: the body of a
+    /// successful answer; an error status becomes the domain error for `operation` on `subject`.
     ///
     /// Used where bollard's typed models would drop what agentctl must carry: the whole inspect document
     /// and the create and connect requests built from it.
@@ -264,69 +210,23 @@ impl DockerRuntime {
         method: &str,
         path: &str,
         body: Option<&serde_json::Value>,
-    ) -> Result<(u16, Vec<u8>), RuntimeError> {
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut request = format!("{method} {path} HTTP/1.0\r\nHost: docker\r\n");
-        if body.is_some() {
-            request.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                payload.len()
-            ));
-        }
-        request.push_str("\r\n");
-        request.push_str(&payload);
-        let unavailable = |message: String| RuntimeError::Unavailable {
-            endpoint: self.endpoint.clone(),
-            message,
-        };
-        let exchange = async {
-            if let Some(socket) = self.endpoint.strip_prefix("unix://") {
-                let s = tokio::net::UnixStream::connect(socket).await?;
-                return http_exchange(s, &request).await;
-            }
-            let rest = self
-                .endpoint
-                .split_once("://")
-                .map_or(self.endpoint.as_str(), |(_, r)| r);
-            let addr = rest.split('/').next().unwrap_or(rest);
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            match &self.tls_files {
-                None => http_exchange(tcp, &request).await,
-                Some([key, cert, ca]) => {
-                    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
-                    let connector = tls_connector(key, cert, ca)
-                        .map_err(|(file, problem)| std::io::Error::other(format!("{} {problem}", file.display())))?;
-                    let name =
-                        rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
-                    let tls = connector.connect(name, tcp).await?;
-                    http_exchange(tls, &request).await
-                }
-            }
-        };
-        let raw = tokio::time::timeout(Duration::from_secs(120), exchange)
-            .await
-            .map_err(|_| unavailable(format!("no answer to {method} {path} within 120 s")))?
-            .map_err(|e| unavailable(e.to_string()))?;
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| unavailable(format!("a malformed answer to {method} {path}")))?;
-        let head = String::from_utf8_lossy(&raw[..split]);
-        let status: u16 = head
-            .lines()
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| unavailable(format!("a malformed status line in the answer to {method} {path}")))?;
-        let body = raw[split + 4..].to_vec();
+    ) -> Result<Vec<u8>, RuntimeError> {
+        let (status, answer) =
+            self.raw
+                .exchange(method, path, body)
+                .await
+                .map_err(|message| RuntimeError::Unavailable {
+                    endpoint: self.endpoint.clone(),
+                    message,
+                })?;
         if status >= 400 {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
+            let message = serde_json::from_slice::<serde_json::Value>(&answer)
                 .ok()
                 .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+                .unwrap_or_else(|| String::from_utf8_lossy(&answer).trim().to_owned());
             return Err(self.status_error(operation, subject, status, message));
         }
-        Ok((status, body))
+        Ok(answer)
     }
 
     /// `POST path` with a JSON body; the answer's JSON (`null` when it has none).
@@ -337,7 +237,7 @@ impl DockerRuntime {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<serde_json::Value, RuntimeError> {
-        let (_, answer) = self.raw_request(operation, subject, "POST", path, Some(body)).await?;
+        let answer = self.raw_request(operation, subject, "POST", path, Some(body)).await?;
         Ok(serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null))
     }
 
@@ -509,7 +409,7 @@ impl ContainerRuntime for DockerRuntime {
     async fn inspect_container(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {
         // One read of the whole document: the typed view and the carried configuration come from the same
         // answer (bollard's typed model would drop the fields it does not know).
-        let (_, body) = self
+        let body = self
             .raw_request(
                 "inspect",
                 container,
