@@ -1,9 +1,15 @@
-//! Progress events: libraries never print; they report, and the CLI renders.
+//! Everything that can be observed, in one place: the progress of single-target operations ([`Event`],
+//! rendered by the CLI) and the rollout event stream ([`FleetEvent`], rendered by the CLI as JSON lines and
+//! serialized by webhooks). Libraries never print; they report.
 
-use agent_core::PullProgress;
-use agent_health::{GateProgress, Verdict};
+use std::sync::Arc;
 
-use crate::update::Recovery;
+use agent_core::{Phase, PullProgress};
+use agent_health::{AnalysisRun, GateProgress, Verdict};
+use serde::Serialize;
+
+use crate::fleet::{TargetState, TargetStatus};
+use crate::report::Recovery;
 
 /// Something that happened during an update, undo or repair.
 #[derive(Debug, Clone)]
@@ -100,3 +106,89 @@ impl<F: Fn(&Event) + Send + Sync> Reporter for F {
         self(event)
     }
 }
+
+/// One line of the rollout's event stream (`-o json`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum FleetEvent {
+    /// The rollout started or resumed.
+    Started {
+        /// Rollout name.
+        rollout: String,
+        /// The pinned image.
+        image: String,
+        /// Targets.
+        targets: usize,
+        /// Steps.
+        steps: usize,
+        /// Resumed from step.
+        from_step: usize,
+    },
+    /// A step began.
+    StepStarted {
+        /// Rollout name.
+        rollout: String,
+        /// Step index.
+        step: usize,
+        /// The step.
+        detail: String,
+    },
+    /// A target was updated (or failed).
+    TargetUpdated {
+        /// Rollout name.
+        rollout: String,
+        /// Engine.
+        host: String,
+        /// Container.
+        container: String,
+        /// Outcome.
+        status: TargetStatus,
+        /// The revision made.
+        revision: Option<u64>,
+        /// Why, when it failed.
+        reason: Option<String>,
+    },
+    /// An analysis finished.
+    Analysis {
+        /// Rollout name.
+        rollout: String,
+        /// Analysis name.
+        name: String,
+        /// Its run.
+        run: AnalysisRun,
+    },
+    /// The rollout paused.
+    Paused {
+        /// Rollout name.
+        rollout: String,
+        /// Why.
+        reason: String,
+        /// Until when, for a timed pause.
+        until: Option<String>,
+    },
+    /// The rollout is reverting every touched target.
+    RollingBack {
+        /// Rollout name.
+        rollout: String,
+        /// Why.
+        reason: String,
+        /// What had been attempted: the targets updated so far.
+        touched: Vec<String>,
+    },
+    /// The rollout ended.
+    Finished {
+        /// Rollout name.
+        rollout: String,
+        /// Final phase.
+        phase: Phase,
+        /// Exit code.
+        exit_code: i32,
+        /// Every target's state.
+        targets: Vec<TargetState>,
+        /// Why, when not succeeded.
+        reason: Option<String>,
+    },
+}
+
+/// Receives fleet events.
+pub type FleetReporter = Arc<dyn Fn(&FleetEvent) + Send + Sync>;

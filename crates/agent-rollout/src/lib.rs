@@ -22,27 +22,36 @@
 
 mod error;
 mod events;
+mod executor;
 mod files;
 mod fleet;
+mod journal;
 mod lease;
 mod notify;
+mod ops;
+mod plan;
+mod report;
+mod request;
 mod store;
+mod undo;
 mod update;
 
 pub use error::Error;
-pub use events::{Event, Reporter, Silent};
+pub use events::{Event, FleetEvent, FleetReporter, Reporter, Silent};
 pub use fleet::{
-    metrics_text, Connector, Fleet, FleetEvent, FleetReporter, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec,
-    RolloutSpec, RolloutState, TargetSpec, TargetState, TargetStatus, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
+    metrics_text, Connector, Fleet, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, RolloutState,
+    TargetSpec, TargetState, TargetStatus, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
 };
+pub use journal::{CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV};
 pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use notify::{Notifier, NotifySpec, Webhook, DRAIN_TIMEOUT};
-pub use store::SqliteStore;
-pub use update::{
-    preview_name, reserved_name_owner, subject_key, HeartbeatCheck, Preview, ProbeFactory, PullPolicy, QueryCheck,
-    Recovery, ScrapeCheck, StatusReport, UpdateReport, UpdateRequest, UpdateStatus, Updater, VerifyConfig, WatchConfig,
-    CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV, UPDATE_STEPS,
+pub use plan::UPDATE_STEPS;
+pub use report::{preview_name, Preview, Recovery, StatusReport, UpdateReport, UpdateStatus};
+pub use request::{
+    HeartbeatCheck, ProbeFactory, PullPolicy, QueryCheck, ScrapeCheck, UpdateRequest, VerifyConfig, WatchConfig,
 };
+pub use store::SqliteStore;
+pub use update::{reserved_name_owner, subject_key, Updater};
 
 #[cfg(test)]
 mod tests;

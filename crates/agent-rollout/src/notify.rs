@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::FleetEvent;
+use crate::events::FleetEvent;
 
 /// How long the end of a rollout waits for notifications still being delivered.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

@@ -163,7 +163,7 @@ fn kills_during_start_first_and_undo_are_repaired_by_the_next_command() {
         } else {
             img.refs["v2"].clone()
         };
-        assert_eq!(image, after, "{case}");
+        assert_eq!(image, after, "{case}: {}", stdout(&repaired));
         // The volume is mounted and its bytes are what they were.
         let m = w.docker(&["inspect", "-f", "{{range .Mounts}}{{.Name}}{{end}}", &name]);
         assert_eq!(stdout(&m).trim(), vol, "{case}");

@@ -201,6 +201,7 @@ fn a_bad_spec_is_refused_with_line_and_column_and_changes_nothing() {
 }
 
 #[test]
+#[cfg(feature = "testing")]
 fn a_killed_apply_is_resumed_by_the_next_apply() {
     let img = images();
     let w = World::new("resume");
@@ -244,6 +245,7 @@ fn a_killed_apply_is_resumed_by_the_next_apply() {
 /// touched targets" and left it on the new version (or left its preview running). The abort now asks the
 /// target's own history and previews first.
 #[test]
+#[cfg(feature = "testing")]
 fn an_abort_after_a_kill_reverts_the_target_that_was_being_updated() {
     let img = images();
     let w = World::new("killabort");
@@ -295,6 +297,7 @@ fn an_abort_after_a_kill_reverts_the_target_that_was_being_updated() {
 /// Found by the random-kill loop: a process killed while rolling back left the rollout `rolling-back`,
 /// which no command would touch again. `rollout abort` (or `apply`) now finishes the rollback.
 #[test]
+#[cfg(feature = "testing")]
 fn a_rollback_killed_half_way_is_finished_by_the_next_command() {
     let img = images();
     let w = World::new("killrb");

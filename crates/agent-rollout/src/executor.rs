@@ -1,0 +1,600 @@
+//! The one executor of single-target plans, and the recovery that repairs a killed one with the same code.
+//!
+//! [`Updater::execute`] journals [`Begin`], then each [`Act`] before doing it, verifies at the plan's verify
+//! point, applies [`judge`], and on a revert runs the [`Inverse`]s of the reached steps. [`Updater::settle`]
+//! then records what the decision leaves (revision outcome, retained containers, preview, pruning); recovery
+//! after a kill rebuilds the plan from the journaled begin facts and calls the same inverses and the same
+//! records.
+
+use std::time::Duration;
+
+use agent_core::{
+    ContainerName, ContainerSpec, Digest, ImageDefaults, ImageRef, Outcome, RestartPolicy, Revision, RevisionNumber,
+    RuntimeError, SpecDiff,
+};
+use agent_health::{Verdict, VerdictOutcome};
+use time::OffsetDateTime;
+
+use crate::error::Error;
+use crate::events::Event;
+use crate::journal::Journal;
+use crate::lease::LeaseGuard;
+use crate::plan::{inverses, judge, Act, Begin, Decision, Inverse, OpKind, Step};
+use crate::report::{Recovery, UpdateReport, UpdateStatus};
+use crate::request::UpdateRequest;
+use crate::update::Updater;
+
+/// What the new revision is: recorded with it.
+#[derive(Clone)]
+pub(crate) struct RevisionMeta {
+    pub image: ImageRef,
+    pub image_id: Option<String>,
+    pub digest: Option<Digest>,
+    pub cause: String,
+    pub new_defaults: ImageDefaults,
+}
+
+impl RevisionMeta {
+    /// A revision being made now, numbered `number`, with `spec`.
+    pub(crate) fn revision(&self, number: RevisionNumber, spec: ContainerSpec) -> Revision {
+        Revision {
+            number,
+            image: self.image.clone(),
+            image_id: self.image_id.clone(),
+            digest: self.digest.clone(),
+            spec,
+            cause: self.cause.clone(),
+            created_at: OffsetDateTime::now_utc(),
+            finished_at: None,
+            outcome: Outcome::InProgress,
+            protected: false,
+            retained_container: None,
+            retained_container_id: None,
+        }
+    }
+}
+
+/// Where the new container comes from (needed only going forward, so not journaled).
+pub(crate) enum Source {
+    /// Created from this spec under the plan's target name.
+    Create(Box<ContainerSpec>),
+    /// An existing container renamed to the target: a retained revision (its restart policy restored) or a
+    /// verified preview (`restart` `None`: it has its policy).
+    Existing {
+        /// Its name now.
+        name: String,
+        /// The restart policy it gets with the name.
+        restart: Option<RestartPolicy>,
+    },
+}
+
+/// How the new container is verified at the plan's verify point.
+pub(crate) enum Check {
+    /// By the request's health gate.
+    Gate,
+    /// Verified before as a preview: it only has to have survived the switch.
+    Survived(Box<Verdict>),
+}
+
+/// A plan with what executing it needs.
+pub(crate) struct Operation {
+    /// The begin facts (the plan is built from them).
+    pub begin: Begin,
+    /// Where the new container comes from.
+    pub source: Source,
+    /// How it is verified.
+    pub check: Check,
+    /// What the engine must report for it beside the image (the intended spec and the old image's
+    /// defaults); `None` when there is nothing to be faithful to (an install, a retained revision).
+    pub faithful_to: Option<(ContainerSpec, ImageDefaults)>,
+    /// What the new revision is.
+    pub meta: RevisionMeta,
+    /// The old container's stop timeout.
+    pub stop_timeout: Option<Duration>,
+    /// Notify the request's `started` once the new container runs under its name.
+    pub notify_started: bool,
+}
+
+/// An executed plan: its decision made and carried out on the engine, its records not yet written.
+pub(crate) struct Executed {
+    /// The open journal ([`Journal::close`] ends it).
+    pub journal: Journal,
+    /// The new container's id, when it started.
+    pub new_id: Option<String>,
+    /// Its verdict, when it got that far.
+    pub verdict: Option<Verdict>,
+    /// How its configuration differs from the intended one.
+    pub diff: SpecDiff,
+    /// The decision.
+    pub decision: Decision,
+    /// Its last output lines, when it was taken away.
+    pub last_logs: Vec<String>,
+}
+
+impl Executed {
+    /// The status a report of this decision has.
+    pub(crate) fn status(&self) -> UpdateStatus {
+        match &self.decision {
+            Decision::Commit { unverified: None } => UpdateStatus::Updated,
+            Decision::Commit { unverified: Some(_) } => UpdateStatus::Unverified,
+            Decision::Revert { .. } => UpdateStatus::RolledBack,
+        }
+    }
+
+    /// Why it was not proven or was taken away.
+    pub(crate) fn reason(&self) -> Option<String> {
+        match &self.decision {
+            Decision::Commit { unverified } => unverified.clone(),
+            Decision::Revert { reason } => Some(reason.clone()),
+        }
+    }
+}
+
+impl Updater {
+    /// Runs `op`'s plan: journal, act, verify, decide, and revert when the decision says so.
+    pub(crate) async fn execute(
+        &self,
+        op: &Operation,
+        req: &UpdateRequest,
+        lease: &LeaseGuard,
+    ) -> Result<Executed, Error> {
+        let begin = &op.begin;
+        let target = begin.target().to_owned();
+        let mut journal = Journal::open(
+            begin.kind,
+            self.store.clone(),
+            &self.subject(&begin.container),
+            &begin.container,
+        );
+        journal.record(&Step::Begin(begin.clone())).await?;
+        let plan = begin.plan();
+        let mut reached = Vec::new();
+        let mut failure = None;
+        for act in &plan {
+            let done = async {
+                journal.record(&act.step()).await?;
+                reached.push(act.step());
+                self.act(op, act).await
+            };
+            if let Err(e) = done.await {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+        let mut new_id = None;
+        if failure.is_none() {
+            match self.runtime.inspect_container(&target).await {
+                Ok(info) => new_id = Some(info.id),
+                Err(e) => failure = Some(e.to_string()),
+            }
+        }
+        let (verdict, diff, decision) = match (&new_id, failure) {
+            (Some(id), None) => {
+                if lease.is_lost() {
+                    return Err(Error::Busy {
+                        message:
+                            "the lease on the container was lost during the operation; re-run the command to repair"
+                                .into(),
+                    });
+                }
+                journal.record(&Step::Verify).await?;
+                reached.push(Step::Verify);
+                if op.notify_started {
+                    req.notify_started();
+                }
+                let verdict = match &op.check {
+                    Check::Gate => self.verify(&target, id, req, &op.meta).await?,
+                    Check::Survived(verdict) => {
+                        let info = self.runtime.inspect_container(&target).await?;
+                        let mut verdict = (**verdict).clone();
+                        if !info.state.is_running() {
+                            verdict.outcome = VerdictOutcome::Unhealthy;
+                            verdict.reason = format!("the preview stopped during the switch ({:?})", info.state.status);
+                        }
+                        verdict
+                    }
+                };
+                let diff = match &op.faithful_to {
+                    Some((spec, old_defaults)) => {
+                        // The intended spec under the name the new container has (a preview's differs).
+                        let spec = named(spec, &target)?;
+                        self.faithfulness(&target, &spec, old_defaults, &op.meta.new_defaults)
+                            .await?
+                    }
+                    None => SpecDiff::default(),
+                };
+                let decision = judge(&verdict, &diff);
+                (Some(verdict), diff, decision)
+            }
+            (_, failure) => (
+                None,
+                SpecDiff::default(),
+                Decision::Revert {
+                    reason: failure.unwrap_or_default(),
+                },
+            ),
+        };
+        let mut last_logs = Vec::new();
+        match &decision {
+            Decision::Commit { unverified } => {
+                journal
+                    .record(&Step::Commit {
+                        unverified: unverified.clone(),
+                    })
+                    .await?
+            }
+            Decision::Revert { reason } => {
+                self.reporter.report(&Event::RollingBack { reason: reason.clone() });
+                last_logs = self
+                    .runtime
+                    .logs(&target, None, Some(20))
+                    .await
+                    .map(|l| l.into_iter().map(|l| l.text).collect())
+                    .unwrap_or_default();
+                let step = Step::Revert { reason: reason.clone() };
+                journal.record(&step).await?;
+                reached.push(step);
+                self.invert(begin, &inverses(&plan, &reached))
+                    .await
+                    .map_err(|e| Error::RevertFailed {
+                        container: target.clone(),
+                        reason: reason.clone(),
+                        error: e.to_string(),
+                    })?;
+            }
+        }
+        Ok(Executed {
+            journal,
+            new_id,
+            verdict,
+            diff,
+            decision,
+            last_logs,
+        })
+    }
+
+    /// Carries out one step of `op`'s plan.
+    async fn act(&self, op: &Operation, act: &Act) -> Result<(), Error> {
+        let b = &op.begin;
+        let (name, retained) = (b.container.as_str(), b.retained_name.as_str());
+        let step = act.step().name();
+        let report = |detail: String| self.reporter.report(&Event::Step { step, detail });
+        match act {
+            Act::StopOld => {
+                report(format!("stopping {name}"));
+                self.runtime.stop_container(name, op.stop_timeout).await?;
+            }
+            Act::RenameOld => {
+                report(format!("{name} -> {retained}"));
+                self.runtime.rename_container(name, retained).await?;
+            }
+            Act::DisableRestart => self.runtime.set_restart_policy(retained, RestartPolicy::No).await?,
+            Act::CreateNew { target, .. } => match &op.source {
+                Source::Create(spec) => {
+                    let spec = named(spec, target)?;
+                    let suffix = match b.kind {
+                        OpKind::Stage => format!(" beside {name}"),
+                        OpKind::Install => " (it did not exist)".to_owned(),
+                        _ => String::new(),
+                    };
+                    report(format!("creating {target} from {}{suffix}", spec.image));
+                    self.runtime.create_container(&spec).await?;
+                }
+                Source::Existing { name: from, restart } => {
+                    let verified = if restart.is_none() {
+                        " (already running and verified)"
+                    } else {
+                        ""
+                    };
+                    report(format!("{from} -> {target}{verified}"));
+                    self.runtime.rename_container(from, target).await?;
+                    if let Some(policy) = restart {
+                        self.runtime.set_restart_policy(target, *policy).await?;
+                    }
+                }
+            },
+            Act::StartNew { target } => {
+                report(format!("starting {target}"));
+                self.runtime.start_container(target).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `inverses` for the operation `b` began, from whatever state the engine is in. Idempotent.
+    pub(crate) async fn invert(&self, b: &Begin, inverses: &[Inverse]) -> Result<(), RuntimeError> {
+        let name = b.container.as_str();
+        let id_of = |c: String| async move {
+            match self.runtime.inspect_container(&c).await {
+                Ok(info) => Ok(Some(info)),
+                Err(RuntimeError::ContainerNotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        for inverse in inverses {
+            match inverse {
+                Inverse::StopNew { target } => {
+                    if let Some(info) = id_of(target.clone()).await? {
+                        if info.id != b.old_id && info.state.is_running() {
+                            self.runtime
+                                .stop_container(target, Some(Duration::from_secs(10)))
+                                .await?;
+                        }
+                    }
+                }
+                Inverse::TakeAway { target, back_to } => {
+                    let Some(info) = id_of(target.clone()).await? else {
+                        continue;
+                    };
+                    if info.id == b.old_id {
+                        continue;
+                    }
+                    self.runtime
+                        .stop_container(target, Some(Duration::from_secs(10)))
+                        .await?;
+                    match back_to {
+                        None => self.runtime.remove_container(target).await?,
+                        Some(from) => {
+                            self.runtime.rename_container(target, from).await?;
+                            // A retained revision goes back to being retained: never restarted by the daemon.
+                            // A preview keeps its policy for its promotion.
+                            if b.kind != OpKind::Promote {
+                                self.runtime.set_restart_policy(from, RestartPolicy::No).await?;
+                            }
+                        }
+                    }
+                }
+                Inverse::RestoreRestart => {
+                    for c in [&b.retained_name, &b.container] {
+                        if id_of(c.clone()).await?.is_some_and(|i| i.id == b.old_id) {
+                            self.runtime.set_restart_policy(c, b.old_restart).await?;
+                            break;
+                        }
+                    }
+                }
+                Inverse::RenameBack => {
+                    if id_of(b.retained_name.clone()).await?.is_some_and(|i| i.id == b.old_id) {
+                        self.runtime.rename_container(&b.retained_name, name).await?;
+                    }
+                }
+                Inverse::RestartOld => {
+                    let old = id_of(name.to_owned()).await?.filter(|i| i.id == b.old_id);
+                    if let Some(info) = old {
+                        if b.old_running && !info.state.is_running() {
+                            self.runtime.start_container(name).await?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what a committed operation leaves: the new revision's outcome (unverified when `unverified`
+    /// says why), the old container as retained, the revision brought back as running, no preview after a
+    /// promotion, and the history pruned to `prune_to` when given. The same for a live operation and for
+    /// recovery. Returns the new revision.
+    pub(crate) async fn commit_records(
+        &self,
+        b: &Begin,
+        unverified: Option<&str>,
+        prune_to: Option<usize>,
+    ) -> Result<Option<Revision>, Error> {
+        let name = b.container.as_str();
+        let subject = self.subject(name);
+        let container = container_name(name)?;
+        let history = self.history(&container, usize::MAX).await?;
+        let mut new = RevisionNumber::new(b.new_revision).and_then(|n| history.get(n).cloned());
+        if let Some(r) = &mut new {
+            if r.outcome == Outcome::InProgress {
+                r.outcome = match unverified {
+                    Some(reason) => Outcome::Unverified {
+                        reason: reason.to_owned(),
+                    },
+                    None => Outcome::Succeeded,
+                };
+                r.finished_at = Some(OffsetDateTime::now_utc());
+            }
+            if b.kind == OpKind::Install {
+                // Nothing ran before, so there is no configuration to be faithful to: record what the engine
+                // made of the template (its log and network defaults included) as the revision's spec.
+                if let Ok(info) = self.runtime.inspect_container(name).await {
+                    r.spec = info.spec;
+                }
+            }
+            self.store.put_revision(&subject, r).await?;
+        }
+        if b.kind.replaces() {
+            for mut r in history.revisions().iter().cloned() {
+                let was = (r.retained_container.clone(), r.retained_container_id.clone());
+                if RevisionNumber::new(b.old_revision) == Some(r.number) {
+                    // The container that ran before is now retained.
+                    r.retained_container = Some(b.retained_name.clone());
+                    r.retained_container_id = Some(b.old_id.clone());
+                } else if b.from_retained.is_some() && r.retained_container == b.from_retained {
+                    // The revision brought back runs: it no longer has a retained container.
+                    r.retained_container = None;
+                    r.retained_container_id = None;
+                }
+                if (r.retained_container.clone(), r.retained_container_id.clone()) != was {
+                    self.store.put_revision(&subject, &r).await?;
+                }
+            }
+        }
+        if b.kind == OpKind::Promote {
+            self.set_preview(name, None).await?;
+        }
+        if let Some(limit) = prune_to {
+            let mut history = self.history(&container, limit).await?;
+            self.prune(&subject, &mut history).await?;
+        }
+        Ok(new)
+    }
+
+    /// Records a reverted operation's revision (when it made one) as rolled back for `reason`. Returns it.
+    pub(crate) async fn revert_records(&self, b: &Begin, reason: String) -> Result<Option<Revision>, Error> {
+        let Some(n) = RevisionNumber::new(b.new_revision) else {
+            return Ok(None);
+        };
+        let subject = self.subject(&b.container);
+        let Some(mut r) = self
+            .store
+            .revisions(&subject)
+            .await?
+            .into_iter()
+            .find(|r| r.number == n)
+        else {
+            return Ok(None);
+        };
+        r.outcome = Outcome::RolledBack { reason };
+        r.finished_at = Some(OffsetDateTime::now_utc());
+        self.store.put_revision(&subject, &r).await?;
+        Ok(Some(r))
+    }
+
+    /// Records an executed update, undo or promotion, ends its journal and reports it.
+    pub(crate) async fn settle(
+        &self,
+        op: &Operation,
+        ex: Executed,
+        req: &UpdateRequest,
+        revision: Revision,
+    ) -> Result<UpdateReport, Error> {
+        let b = &op.begin;
+        let recorded = match &ex.decision {
+            Decision::Commit { unverified } => {
+                self.commit_records(b, unverified.as_deref(), Some(req.history_limit))
+                    .await?
+            }
+            Decision::Revert { reason } => {
+                let reason = match b.kind {
+                    OpKind::Install => format!("the new container was removed again: {reason}"),
+                    _ => reason.clone(),
+                };
+                self.revert_records(b, reason).await?
+            }
+        };
+        let status = ex.status();
+        let reason = ex.reason();
+        let outcome = match status {
+            UpdateStatus::RolledBack => "rolled-back",
+            _ if b.kind == OpKind::Install => "installed",
+            _ => "succeeded",
+        };
+        let Executed {
+            journal,
+            verdict,
+            diff,
+            last_logs,
+            ..
+        } = ex;
+        journal.close(outcome).await?;
+        Ok(UpdateReport {
+            container: b.container.clone(),
+            endpoint: self.runtime.endpoint().to_owned(),
+            status,
+            revision: recorded.unwrap_or(revision),
+            previous: RevisionNumber::new(b.old_revision),
+            verdict,
+            unexpected_changes: diff,
+            reason,
+            last_logs,
+            backup: None,
+            recovered: Vec::new(),
+            probation: None,
+            restored_by: None,
+        })
+    }
+
+    /// Repairs the interrupted operations on `name`: each one's plan is rebuilt from its journaled begin
+    /// facts; a committed one is finished (its records), any other is reverted by the inverses of the steps
+    /// it reached. Then a start-first preview left between its verification and its switch is discarded.
+    pub(crate) async fn recover_locked(&self, name: &str) -> Result<Vec<Recovery>, Error> {
+        let subject = self.subject(name);
+        let mut out = Vec::new();
+        for op in self.store.open_operations(&subject).await? {
+            let entries = self.store.journal(&op).await?;
+            let steps: Vec<Step> = entries
+                .iter()
+                .filter_map(|e| serde_json::from_value(e.record.clone()).ok())
+                .collect();
+            let last = steps.last().map(|s| s.name()).unwrap_or("none").to_owned();
+            let Some(Step::Begin(begin)) = steps.first().cloned() else {
+                self.store.close_operation(&op).await?;
+                continue;
+            };
+            let committed = steps.iter().find_map(|s| match s {
+                Step::Commit { unverified } => Some(unverified.clone()),
+                _ => None,
+            });
+            // A stage is finished only when its preview was recorded; otherwise the preview goes.
+            let completes = match (&committed, begin.kind) {
+                (Some(_), OpKind::Stage) => {
+                    let staged = self.preview(name).await?;
+                    match (staged, self.runtime.inspect_container(&begin.retained_name).await) {
+                        (Some(p), Ok(info)) => p.container_id == info.id,
+                        _ => false,
+                    }
+                }
+                (c, _) => c.is_some(),
+            };
+            let action = if completes {
+                let unverified = committed.flatten();
+                self.commit_records(&begin, unverified.as_deref(), None).await?;
+                "completed"
+            } else {
+                self.invert(&begin, &inverses(&begin.plan(), &steps))
+                    .await
+                    .map_err(|e| Error::RevertFailed {
+                        container: begin.target().to_owned(),
+                        reason: format!("repairing an operation interrupted at {last}"),
+                        error: e.to_string(),
+                    })?;
+                let reason = match begin.kind {
+                    OpKind::Install => format!("install interrupted at step {last}; removed by the next command"),
+                    _ => format!("interrupted at step {last}; reverted by the next command"),
+                };
+                self.revert_records(&begin, reason).await?;
+                "reverted"
+            };
+            self.store.close_operation(&op).await?;
+            let rec = Recovery {
+                operation: op.clone(),
+                interrupted_at: last,
+                action: action.into(),
+            };
+            self.reporter.report(&Event::Recovered(rec.clone()));
+            out.push(rec);
+        }
+        // A start-first update killed between its verified preview and the switch: the preview goes, so
+        // that one instance runs (a blue-green preview waits for its promotion instead).
+        if let Some(p) = self.preview(name).await? {
+            if p.switch_at_once && self.discard_locked(name).await? {
+                let rec = Recovery {
+                    operation: format!("start-first preview {}", p.container),
+                    interrupted_at: "staged".into(),
+                    action: "reverted".into(),
+                };
+                self.reporter.report(&Event::Recovered(rec.clone()));
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `spec` under the name `name`.
+fn named(spec: &ContainerSpec, name: &str) -> Result<ContainerSpec, Error> {
+    let mut spec = spec.clone();
+    spec.name = container_name(name)?;
+    Ok(spec)
+}
+
+/// `name` as a container name (it came from one).
+pub(crate) fn container_name(name: &str) -> Result<ContainerName, Error> {
+    name.parse()
+        .map_err(|e: agent_core::ContainerNameError| Error::InvalidInput {
+            what: "container".into(),
+            message: e.to_string(),
+        })
+}

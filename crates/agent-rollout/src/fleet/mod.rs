@@ -1,0 +1,429 @@
+//! Fleet rollouts: a rollout spec (YAML or JSON) over targets on one or more engines, executed step by step
+//! from the planner's [`RolloutPlan`](agent_core::RolloutPlan): recreate, rolling (stop-first batches, or start-first with
+//! `maxSurge`), blue-green (verified previews, then a switch) and canary (weights, pauses, analysis). The
+//! tag is resolved to a digest once and that digest is deployed everywhere. When the failed fraction crosses
+//! `maxFailureRatio`, or an analysis fails, every target the rollout touched goes back to its previous
+//! revision (walking further back when that one fails too); targets it created from the `template` go. State is saved after every step, so `rollout promote|resume|abort|status` work from any
+//! process and a second `apply` resumes an interrupted rollout.
+
+mod batch;
+mod metrics;
+mod rollback;
+mod run;
+mod spec;
+mod state;
+
+pub use metrics::metrics_text;
+pub use spec::{
+    HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, TargetSpec, MAX_SPEC_BYTES, MAX_SPEC_NODES,
+    MAX_TARGETS,
+};
+pub use state::{RolloutState, TargetState, TargetStatus};
+
+use batch::target_event;
+use run::Action;
+use state::{failed_targets, failures_allowed, rollout_cause};
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use agent_core::{ContainerRuntime, Input, Phase, StateMachine, StateStore};
+use time::OffsetDateTime;
+
+use crate::error::Error;
+use crate::events::{Event, FleetEvent, FleetReporter, Reporter};
+use crate::lease::{holder_for_this_process, LeaseGuard};
+use crate::notify::{Notifier, Outbox, Webhook};
+
+const DOC_KIND: &str = "rollout";
+/// Pause requests for running rollouts, by name (checked before each step).
+const PAUSE_KIND: &str = "rollout-pause-request";
+
+/// Connects to an engine endpoint.
+pub type Connector = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<Arc<dyn ContainerRuntime>, String>> + Send>> + Send + Sync,
+>;
+
+/// Runs rollouts.
+pub struct Fleet {
+    store: Arc<dyn StateStore>,
+    connect: Connector,
+    events: FleetReporter,
+    progress: Arc<dyn Reporter>,
+    runtimes: tokio::sync::Mutex<HashMap<String, Arc<dyn ContainerRuntime>>>,
+    extra_notifiers: Vec<Arc<dyn Notifier>>,
+    outbox: std::sync::Mutex<Arc<Outbox>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").finish_non_exhaustive()
+    }
+}
+
+fn key(name: &str) -> String {
+    format!("rollout:{name}")
+}
+
+impl Fleet {
+    /// A fleet runner storing in `store`, connecting with `connect`, reporting fleet events to `events` and
+    /// per-target progress to `progress`.
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        connect: Connector,
+        events: FleetReporter,
+        progress: Arc<dyn Reporter>,
+    ) -> Fleet {
+        Fleet {
+            store,
+            connect,
+            events,
+            progress,
+            runtimes: tokio::sync::Mutex::new(HashMap::new()),
+            extra_notifiers: Vec::new(),
+            outbox: std::sync::Mutex::new(Arc::new(Outbox::default())),
+        }
+    }
+
+    /// Also sends every event to `notifier` (beside the spec's webhooks).
+    pub fn with_notifier(mut self, notifier: Arc<dyn Notifier>) -> Fleet {
+        self.extra_notifiers.push(notifier);
+        self
+    }
+
+    fn outbox(&self) -> Arc<Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn runtime(&self, host: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
+        let mut map = self.runtimes.lock().await;
+        if let Some(r) = map.get(host) {
+            return Ok(r.clone());
+        }
+        let r = (self.connect)(host.to_owned()).await?;
+        map.insert(host.to_owned(), r.clone());
+        Ok(r)
+    }
+
+    /// The saved state of a rollout.
+    pub async fn state(&self, name: &str) -> Result<Option<RolloutState>, Error> {
+        match self.store.document(DOC_KIND, name).await? {
+            Some(v) => serde_json::from_value(v).map(Some).map_err(|e| Error::InvalidInput {
+                what: format!("saved rollout {name}"),
+                message: e.to_string(),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    async fn save(&self, state: &mut RolloutState) -> Result<(), Error> {
+        state.updated_at = OffsetDateTime::now_utc();
+        let v = serde_json::to_value(&*state).map_err(|e| Error::InvalidInput {
+            what: "rollout state".into(),
+            message: e.to_string(),
+        })?;
+        self.store.put_document(DOC_KIND, state.spec.name.as_str(), &v).await?;
+        Ok(())
+    }
+
+    async fn lease(&self, name: &str, purpose: &str) -> Result<LeaseGuard, Error> {
+        let holder = holder_for_this_process(&format!("{purpose} rollout {name}"));
+        LeaseGuard::acquire(self.store.clone(), &key(name), &holder)
+            .await
+            .map_err(Error::from)
+    }
+
+    /// Applies a spec: starts a new rollout, or resumes one of the same name that did not finish.
+    pub async fn apply(&self, spec: RolloutSpec) -> Result<RolloutState, Error> {
+        let lease = self.lease(spec.name.as_str(), "apply").await?;
+        let result = async {
+            let mut state = match self.state(spec.name.as_str()).await? {
+                // A process died while rolling back: finish that first, whatever the new spec says.
+                Some(mut s) if s.phase() == Phase::RollingBack => {
+                    self.finish_rollback(&mut s).await?;
+                    return Ok(s);
+                }
+                Some(mut s) if !s.phase().is_terminal() && s.phase() != Phase::Paused && s.spec.image == spec.image => {
+                    // Resuming after a process that stopped: find out what it left half done.
+                    self.settle(&mut s).await?;
+                    s
+                }
+                Some(s) if s.phase() == Phase::Paused => {
+                    return Err(Error::InvalidInput {
+                        what: format!("rollout {}", spec.name),
+                        message: format!(
+                            "it is paused ({}); run `agentctl rollout promote {0}` to continue or `agentctl rollout abort {0}` to revert",
+                            s.reason.clone().unwrap_or_default()
+                        )
+                        .replace("{0}", spec.name.as_str()),
+                    })
+                }
+                _ => self.start(spec).await?,
+            };
+            self.run(&mut state).await?;
+            Ok(state)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    async fn start(&self, spec: RolloutSpec) -> Result<RolloutState, Error> {
+        let plan = spec.plan()?;
+        // Resolve the tag to a digest once, on the first engine that answers, and pin it everywhere. An
+        // unreachable engine fails only its own targets later (counting toward the failure ratio).
+        let mut hosts: Vec<&str> = spec.targets.iter().map(|t| t.host.as_str()).collect();
+        hosts.dedup();
+        let mut reached = None;
+        let mut errors = Vec::new();
+        for h in hosts {
+            match self.runtime(h).await {
+                Ok(rt) => {
+                    reached = Some(rt);
+                    break;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let rt = reached.ok_or_else(|| Error::InvalidInput {
+            what: "engines".into(),
+            message: format!("no target's engine could be reached: {}", errors.join("; ")),
+        })?;
+        let local = rt.inspect_image(&spec.image.pull_ref()).await.ok();
+        let info = match local {
+            Some(i) if spec.image.digest().is_some() || i.repo_digests.is_empty() => i,
+            _ => {
+                let progress = self.progress.clone();
+                rt.pull_image(&spec.image, &move |p| progress.report(&Event::Pull(p)))
+                    .await?
+            }
+        };
+        let pinned = match info.digest_for(&spec.image) {
+            Some(d) => spec.image.with_digest(d),
+            None => spec.image.clone(),
+        };
+        let mut machine = StateMachine::default();
+        let _ = machine.apply(Input::Start);
+        let targets = spec
+            .targets
+            .iter()
+            .map(|t| TargetState {
+                host: t.host.clone(),
+                container: t.container.to_string(),
+                status: TargetStatus::Pending,
+                previous: None,
+                revision: None,
+                message: None,
+                installed: false,
+            })
+            .collect();
+        let mut state = RolloutState {
+            pinned,
+            plan,
+            next_step: 0,
+            machine,
+            targets,
+            reason: None,
+            analyses: Vec::new(),
+            started_at: OffsetDateTime::now_utc(),
+            updated_at: OffsetDateTime::now_utc(),
+            spec,
+        };
+        self.save(&mut state).await?;
+        Ok(state)
+    }
+
+    /// Continues a paused rollout (a pause until promotion, an inconclusive analysis, or a timed pause).
+    pub async fn promote(&self, name: &str) -> Result<RolloutState, Error> {
+        let lease = self.lease(name, "promote").await?;
+        let result = async {
+            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+                what: "rollout".into(),
+                message: format!("no rollout named {name}; start one with `agentctl apply -f SPEC`"),
+            })?;
+            state.machine.apply(Input::Promote).map_err(|e| Error::InvalidInput {
+                what: format!("rollout {name}"),
+                message: e.to_string(),
+            })?;
+            state.reason = None;
+            self.save(&mut state).await?;
+            self.run(&mut state).await?;
+            Ok(state)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    /// Stops a rollout and reverts every target it touched.
+    pub async fn abort(&self, name: &str, reason: &str) -> Result<RolloutState, Error> {
+        let lease = self.lease(name, "abort").await?;
+        let result = async {
+            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+                what: "rollout".into(),
+                message: format!("no rollout named {name}"),
+            })?;
+            if state.phase() == Phase::RollingBack {
+                self.finish_rollback(&mut state).await?;
+                return Ok(state);
+            }
+            state
+                .machine
+                .apply(Input::Abort {
+                    reason: reason.to_owned(),
+                })
+                .map_err(|e| Error::InvalidInput {
+                    what: format!("rollout {name}"),
+                    message: e.to_string(),
+                })?;
+            self.open_outbox(&state.spec);
+            let r = self.rollback(&mut state, reason.to_owned()).await;
+            self.outbox().drain().await;
+            r?;
+            Ok(state)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    /// Pauses a rollout: at the next step boundary when a process is running it (the request is stored and
+    /// that process sees it), or now when none is (a rollout whose process died). Resume with
+    /// [`Fleet::promote`].
+    pub async fn pause(&self, name: &str, reason: &str) -> Result<RolloutState, Error> {
+        let state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+            what: "rollout".into(),
+            message: format!("no rollout named {name}"),
+        })?;
+        if state.phase().is_terminal() || state.phase() == Phase::Paused {
+            return Err(Error::InvalidInput {
+                what: format!("rollout {name}"),
+                message: format!("it is {}; only a running rollout can be paused", state.phase()),
+            });
+        }
+        match self.lease(name, "pause").await {
+            Ok(lease) => {
+                let result = async {
+                    let mut state = state;
+                    self.pause_state(&mut state, reason.to_owned()).await?;
+                    Ok(state)
+                }
+                .await;
+                lease.release().await?;
+                result
+            }
+            Err(Error::Busy { .. }) => {
+                self.store
+                    .put_document(PAUSE_KIND, name, &serde_json::json!({ "reason": reason }))
+                    .await?;
+                Ok(state)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts a rollout that ended aborted, rolled back or failed again from its first step, with the same
+    /// spec and pinned image; targets already on it are left as they are.
+    pub async fn retry(&self, name: &str) -> Result<RolloutState, Error> {
+        let lease = self.lease(name, "retry").await?;
+        let result = async {
+            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+                what: "rollout".into(),
+                message: format!("no rollout named {name}"),
+            })?;
+            state.machine.apply(Input::Retry).map_err(|e| Error::InvalidInput {
+                what: format!("rollout {name}"),
+                message: format!("{e}; only an aborted, rolled-back or failed rollout can be retried"),
+            })?;
+            for t in &mut state.targets {
+                t.status = TargetStatus::Pending;
+                t.message = None;
+            }
+            state.next_step = 0;
+            state.reason = None;
+            state.analyses.clear();
+            self.save(&mut state).await?;
+            self.run(&mut state).await?;
+            Ok(state)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    /// Takes a finished (or paused) rollout back: every target it updated returns to the revision it ran
+    /// before (for blue-green after promotion: the kept old container starts again).
+    pub async fn undo(&self, name: &str) -> Result<RolloutState, Error> {
+        let lease = self.lease(name, "undo").await?;
+        let result = async {
+            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+                what: "rollout".into(),
+                message: format!("no rollout named {name}"),
+            })?;
+            if !matches!(state.phase(), Phase::Succeeded | Phase::Paused) {
+                return Err(Error::InvalidInput {
+                    what: format!("rollout {name}"),
+                    message: format!(
+                        "it is {}; undo takes back a succeeded or paused rollout (a running one: `rollout abort`)",
+                        state.phase()
+                    ),
+                });
+            }
+            self.open_outbox(&state.spec);
+            let r = self.rollback(&mut state, "undo requested".into()).await;
+            self.outbox().drain().await;
+            r?;
+            Ok(state)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
+
+    /// Every target's revision history (newest last), as recorded by its updates.
+    pub async fn history(&self, name: &str) -> Result<Vec<(TargetState, Vec<agent_core::Revision>)>, Error> {
+        let state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+            what: "rollout".into(),
+            message: format!("no rollout named {name}"),
+        })?;
+        let mut out = Vec::new();
+        for t in state.targets {
+            let mut revs = self
+                .store
+                .revisions(&crate::update::subject_key(&t.host, &t.container))
+                .await?;
+            revs.sort_by_key(|r| r.number);
+            out.push((t, revs));
+        }
+        Ok(out)
+    }
+
+    /// Every saved rollout.
+    pub async fn all(&self) -> Result<Vec<RolloutState>, Error> {
+        Ok(self
+            .store
+            .documents(DOC_KIND)
+            .await?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_value(v).ok())
+            .collect())
+    }
+
+    /// Routes this rollout's events to the spec's webhooks and the extra notifiers.
+    fn open_outbox(&self, spec: &RolloutSpec) {
+        let mut notifiers = self.extra_notifiers.clone();
+        notifiers.extend(
+            spec.notify
+                .iter()
+                .map(|n| Arc::new(Webhook::new(&n.webhook)) as Arc<dyn Notifier>),
+        );
+        *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Outbox::new(notifiers));
+    }
+
+    fn emit(&self, e: FleetEvent) {
+        (self.events)(&e);
+        self.outbox().send(&e);
+    }
+}

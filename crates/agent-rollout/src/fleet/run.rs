@@ -1,0 +1,208 @@
+//! Running a rollout's plan step by step: batches, pauses, analyses, the failure budget.
+
+use agent_core::{Input, Pause, Phase, PlanStep, UpdateMode};
+use agent_health::{AnalysisOutcome, Prometheus};
+use time::OffsetDateTime;
+
+use super::*;
+use crate::error::Error;
+use crate::events::FleetEvent;
+
+impl Fleet {
+    pub(super) async fn run(&self, state: &mut RolloutState) -> Result<(), Error> {
+        self.open_outbox(&state.spec);
+        let result = self.run_steps(state).await;
+        self.outbox().drain().await;
+        result
+    }
+
+    pub(super) async fn run_steps(&self, state: &mut RolloutState) -> Result<(), Error> {
+        let name = state.spec.name.to_string();
+        self.emit(FleetEvent::Started {
+            rollout: name.clone(),
+            image: state.pinned.to_string(),
+            targets: state.targets.len(),
+            steps: state.plan.steps.len(),
+            from_step: state.next_step,
+        });
+        let verify = state.spec.verify()?;
+        while state.next_step < state.plan.steps.len() {
+            if let Some(req) = self.store.document(PAUSE_KIND, &name).await? {
+                if !req.is_null() {
+                    self.store
+                        .put_document(PAUSE_KIND, &name, &serde_json::Value::Null)
+                        .await?;
+                    let why = req["reason"].as_str().unwrap_or("paused by the operator").to_owned();
+                    return self.pause_state(state, format!("paused: {why}")).await;
+                }
+            }
+            let step = state.plan.steps[state.next_step].clone();
+            self.emit(FleetEvent::StepStarted {
+                rollout: name.clone(),
+                step: state.next_step,
+                detail: describe(&step),
+            });
+            match step {
+                PlanStep::Update { targets, mode, .. } => {
+                    let unverified = self
+                        .update_batch(state, &targets, &verify, Action::Update(mode))
+                        .await?;
+                    if let Some(reason) = self.too_many_failures(state) {
+                        return self.fail(state, reason).await;
+                    }
+                    if !unverified.is_empty() {
+                        // A signal source could not be asked: wait for a human, never roll back on it.
+                        state.next_step += 1;
+                        return self
+                            .pause_state(
+                                state,
+                                format!(
+                                    "verification was inconclusive on {} (the new version runs there); `rollout promote` continues, `rollout abort` reverts",
+                                    unverified.join("; ")
+                                ),
+                            )
+                            .await;
+                    }
+                }
+                PlanStep::Promote { .. } => {
+                    let staged: Vec<usize> = (0..state.targets.len())
+                        .filter(|&i| state.targets[i].status == TargetStatus::Staged)
+                        .collect();
+                    self.update_batch(state, &staged, &verify, Action::Promote).await?;
+                    if let Some(reason) = self.too_many_failures(state) {
+                        return self.fail(state, reason).await;
+                    }
+                }
+                PlanStep::Pause { pause: Pause::For(d) } => {
+                    let until = OffsetDateTime::now_utc() + d;
+                    self.emit(FleetEvent::Paused {
+                        rollout: name.clone(),
+                        reason: format!("pause for {}", agent_core::format_duration(d)),
+                        until: until.format(&time::format_description::well_known::Rfc3339).ok(),
+                    });
+                    tokio::time::sleep(d).await;
+                }
+                PlanStep::Pause {
+                    pause: Pause::UntilPromoted,
+                } => {
+                    state.next_step += 1;
+                    return self
+                        .pause_state(state, "waiting for `agentctl rollout promote`".into())
+                        .await;
+                }
+                PlanStep::Analysis { name: analysis } => {
+                    let spec = state
+                        .spec
+                        .analysis
+                        .get(&analysis)
+                        .cloned()
+                        .ok_or_else(|| Error::InvalidInput {
+                            what: "analysis".into(),
+                            message: format!("{analysis} is not defined"),
+                        })?;
+                    let run = spec.run(&Prometheus::new(&spec.prometheus)).await;
+                    self.emit(FleetEvent::Analysis {
+                        rollout: name.clone(),
+                        name: analysis.clone(),
+                        run: run.clone(),
+                    });
+                    state.analyses.push((analysis.clone(), run.clone()));
+                    match run.outcome {
+                        AnalysisOutcome::Successful => {}
+                        AnalysisOutcome::Failed => {
+                            let last = run.measurements.last().map(|m| m.message.clone()).unwrap_or_default();
+                            return self.fail(state, format!("analysis {analysis} failed: {last}")).await;
+                        }
+                        AnalysisOutcome::Inconclusive => {
+                            let last = run.measurements.last().map(|m| m.message.clone()).unwrap_or_default();
+                            state.next_step += 1;
+                            return self
+                                .pause_state(state, format!("analysis {analysis} was inconclusive: {last}"))
+                                .await;
+                        }
+                    }
+                }
+            }
+            state.next_step += 1;
+            self.save(state).await?;
+        }
+        let _ = state.machine.apply(Input::Complete);
+        self.save(state).await?;
+        self.finished(state);
+        Ok(())
+    }
+
+    pub(super) fn finished(&self, state: &RolloutState) {
+        self.emit(FleetEvent::Finished {
+            rollout: state.spec.name.to_string(),
+            phase: state.phase(),
+            exit_code: state.exit_code(),
+            targets: state.targets.clone(),
+            reason: state.reason.clone(),
+        });
+    }
+
+    pub(super) async fn pause_state(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
+        if state.phase() == Phase::Progressing {
+            let _ = state.machine.apply(Input::Pause { reason: reason.clone() });
+        }
+        state.reason = Some(reason.clone());
+        self.save(state).await?;
+        self.emit(FleetEvent::Paused {
+            rollout: state.spec.name.to_string(),
+            reason,
+            until: None,
+        });
+        self.finished(state);
+        Ok(())
+    }
+
+    pub(super) async fn fail(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
+        if !state.spec.rollback.automatic {
+            let _ = state.machine.apply(Input::Fail { reason: reason.clone() });
+            state.reason = Some(format!("{reason}; automatic rollback is off"));
+            self.save(state).await?;
+            self.finished(state);
+            return Ok(());
+        }
+        self.rollback(state, reason).await
+    }
+
+    /// Why the rollout must stop, when more targets failed than `rollback.maxFailureRatio` allows.
+    pub(super) fn too_many_failures(&self, state: &RolloutState) -> Option<String> {
+        let failed = failed_targets(state);
+        (failed > failures_allowed(state)).then(|| {
+            format!(
+                "{failed} of {} targets failed ({:.0} %), above maxFailureRatio {:.0} %",
+                state.targets.len(),
+                failed as f64 / state.targets.len() as f64 * 100.0,
+                state.spec.rollback.max_failure_ratio * 100.0
+            )
+        })
+    }
+}
+
+/// What a batch does to each of its targets.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Action {
+    /// Update (stop-first or start-first) or, for blue-green, stage a preview.
+    Update(UpdateMode),
+    /// Let a staged preview take the name.
+    Promote,
+}
+
+pub(super) fn describe(step: &PlanStep) -> String {
+    match step {
+        PlanStep::Update {
+            batch, targets, weight, ..
+        } => {
+            format!("batch {batch}: update {} target(s), reaching {weight} %", targets.len())
+        }
+        PlanStep::Pause { pause: Pause::For(d) } => format!("pause {}", agent_core::format_duration(*d)),
+        PlanStep::Pause {
+            pause: Pause::UntilPromoted,
+        } => "pause until promoted".into(),
+        PlanStep::Analysis { name } => format!("analysis {name}"),
+        PlanStep::Promote { .. } => "promote".into(),
+    }
+}

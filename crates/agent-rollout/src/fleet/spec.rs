@@ -1,0 +1,409 @@
+//! The rollout spec: what `agentctl apply -f` reads, its bounds, validation and plan.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent_core::{duration_text, plan, ContainerName, ContainerSpec, ImageRef, RolloutPlan, Strategy, Target};
+use agent_health::{AnalysisSpec, HttpProbeConfig, Timing};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::notify::NotifySpec;
+use crate::request::{HeartbeatCheck, ScrapeCheck, VerifyConfig};
+
+/// One target as written in a spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// Engine endpoint.
+    pub host: String,
+    /// Container name.
+    pub container: ContainerName,
+}
+
+/// Health checks for every target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HealthSpec {
+    /// Minimum healthy time.
+    #[serde(with = "duration_text")]
+    pub min_healthy_time: Duration,
+    /// Verification deadline.
+    #[serde(with = "duration_text")]
+    pub deadline: Duration,
+    /// Probe period.
+    #[serde(with = "duration_text")]
+    pub period: Duration,
+    /// HTTP probe.
+    pub http: Option<HttpProbeConfig>,
+    /// Heartbeat probe: `{url, tokenFile, timeout}`.
+    pub heartbeat: Option<HeartbeatSpec>,
+    /// Checks of the agent's own metrics, like `agent_up == 1`, on `metricsPort`.
+    pub metrics: Vec<String>,
+    /// Port of the agent's metrics.
+    pub metrics_port: u16,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            min_healthy_time: Duration::from_secs(5),
+            deadline: Duration::from_secs(60),
+            period: Duration::from_millis(500),
+            http: None,
+            heartbeat: None,
+            metrics: Vec::new(),
+            metrics_port: 8080,
+        }
+    }
+}
+
+/// Heartbeat checks in a spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeartbeatSpec {
+    /// Control center URL.
+    pub url: String,
+    /// File with its token (or env AGENTCTL_CC_TOKEN).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Maximum heartbeat age.
+    #[serde(with = "duration_text", default = "thirty")]
+    pub timeout: Duration,
+}
+
+pub(super) fn thirty() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// When and how to roll back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RollbackSpec {
+    /// Revert every touched target when the rollout fails.
+    pub automatic: bool,
+    /// The failed fraction of all targets above which the rollout aborts (0 = any failure).
+    pub max_failure_ratio: f64,
+}
+
+impl Default for RollbackSpec {
+    fn default() -> Self {
+        RollbackSpec {
+            automatic: true,
+            max_failure_ratio: 0.0,
+        }
+    }
+}
+
+/// History settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HistorySpec {
+    /// Revisions kept per target.
+    pub limit: usize,
+}
+
+impl Default for HistorySpec {
+    fn default() -> Self {
+        HistorySpec { limit: 5 }
+    }
+}
+
+/// A rollout, as written in `agentctl apply -f spec.yaml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutSpec {
+    /// The rollout's name (one rollout of this name runs at a time).
+    pub name: ContainerName,
+    /// The image; a tag is resolved to a digest once and pinned on every target.
+    pub image: ImageRef,
+    /// The targets.
+    pub targets: Vec<TargetSpec>,
+    /// Exactly one of recreate, rolling, blueGreen, canary.
+    pub strategy: Strategy,
+    /// Health checks.
+    #[serde(default)]
+    pub health: HealthSpec,
+    /// Named analyses for canary steps.
+    #[serde(default)]
+    pub analysis: BTreeMap<String, AnalysisSpec>,
+    /// Rollback settings.
+    #[serde(default)]
+    pub rollback: RollbackSpec,
+    /// History settings.
+    #[serde(default)]
+    pub history: HistorySpec,
+    /// Targets updated at once within a batch.
+    #[serde(default = "five")]
+    pub parallelism: usize,
+    /// Targets whose new container has started and is still being verified that may wait beside the
+    /// `parallelism` targets in engine work. 0 (the default): a target holds its slot until it is proven,
+    /// so at most `parallelism` targets run an unproven version. N: a target hands its slot to the next one
+    /// as soon as its container has started, and up to N more unproven targets run at once; a faster
+    /// pipeline for a larger blast radius (every touched target is still rolled back on failure, and no new
+    /// target starts once the failures exceed `rollback.maxFailureRatio`). It matters where a step holds
+    /// more targets than `parallelism` (recreate, a large canary step).
+    #[serde(default)]
+    pub max_unverified: usize,
+    /// Where events are sent.
+    #[serde(default)]
+    pub notify: Vec<NotifySpec>,
+    /// Container settings (the fields of a revision's `spec`, camelCase) for targets that do not exist
+    /// yet: such a target is created with them, the rollout's image and its own name, verified, and removed
+    /// again if the rollout reverts. Without a template a missing target fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<serde_json::Value>,
+}
+
+pub(super) fn five() -> usize {
+    5
+}
+
+/// The largest rollout spec read, in bytes: a spec is a few kilobytes; this is far beyond any real fleet.
+pub const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
+/// The most values a spec may hold, for JSON as for YAML (the YAML parser's own node budget).
+pub const MAX_SPEC_NODES: usize = 250_000;
+/// The most targets one rollout may have.
+pub const MAX_TARGETS: usize = 10_000;
+
+/// An upper bound of the values in a JSON text: its `{`, `[` and `,` outside strings, plus one.
+pub(super) fn json_nodes(text: &str) -> usize {
+    let (mut nodes, mut in_string, mut escaped) = (1, false, false);
+    for b in text.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{' | b'[' | b',') => nodes += 1,
+            _ => {}
+        }
+    }
+    nodes
+}
+
+impl RolloutSpec {
+    /// Reads a spec file, or standard input for `-`, refusing what is not a regular file (a device, a FIFO)
+    /// and anything over [`MAX_SPEC_BYTES`] before reading it all. Returns the text and a name for messages.
+    pub fn read(path: &std::path::Path) -> Result<(String, String), Error> {
+        use std::io::Read;
+        let source = if path.as_os_str() == "-" {
+            "<stdin>".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        let refuse = |message: String| Error::InvalidInput {
+            what: format!("rollout spec {source}"),
+            message,
+        };
+        let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            let meta = std::fs::metadata(path).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+            if !meta.is_file() {
+                return Err(refuse(
+                    "it is not a regular file (a device, FIFO or directory); give a spec file, or `-f -` to read standard input".into(),
+                ));
+            }
+            if meta.len() > MAX_SPEC_BYTES {
+                return Err(refuse(format!(
+                    "it is {} bytes, more than the {MAX_SPEC_BYTES} a spec may have; split the fleet into several rollouts",
+                    meta.len()
+                )));
+            }
+            Box::new(std::fs::File::open(path).map_err(|e| refuse(format!("cannot read it: {e}")))?)
+        };
+        let mut bytes = Vec::new();
+        reader
+            .take(MAX_SPEC_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| refuse(format!("cannot read it: {e}")))?;
+        if bytes.len() as u64 > MAX_SPEC_BYTES {
+            return Err(refuse(format!(
+                "it is more than the {MAX_SPEC_BYTES} bytes a spec may have; split the fleet into several rollouts"
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| refuse(format!("it is not UTF-8 text: {e}")))?;
+        Ok((text, source))
+    }
+
+    /// Parses YAML (or JSON, which is YAML) with errors that give the line and column. Texts over
+    /// [`MAX_SPEC_BYTES`], JSON over [`MAX_SPEC_NODES`] values and specs over [`MAX_TARGETS`] targets are
+    /// refused before they are acted on.
+    pub fn parse(text: &str, source: &str) -> Result<RolloutSpec, Error> {
+        let refuse = |message: String| Error::InvalidInput {
+            what: format!("rollout spec {source}"),
+            message,
+        };
+        if text.len() as u64 > MAX_SPEC_BYTES {
+            return Err(refuse(format!(
+                "it is {} bytes, more than the {MAX_SPEC_BYTES} a spec may have; split the fleet into several rollouts",
+                text.len()
+            )));
+        }
+        let json = text.trim_start().starts_with('{');
+        if json && json_nodes(text) > MAX_SPEC_NODES {
+            return Err(refuse(format!(
+                "it has more than {MAX_SPEC_NODES} values (the same limit as for YAML); split the fleet into several rollouts"
+            )));
+        }
+        let spec: RolloutSpec = if json {
+            serde_json::from_str(text).map_err(|e| Error::InvalidInput {
+                what: format!("rollout spec {source}"),
+                message: e.to_string(),
+            })?
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| Error::InvalidInput {
+                what: format!("rollout spec {source}"),
+                message: e.to_string(),
+            })?
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub(super) fn invalid(&self, message: String) -> Error {
+        Error::InvalidInput {
+            what: format!("rollout spec {}", self.name),
+            message,
+        }
+    }
+
+    /// The spec a missing target is created from: the template with the target's name and `image`.
+    pub fn template_for(&self, container: &ContainerName, image: &ImageRef) -> Result<Option<ContainerSpec>, Error> {
+        let Some(template) = &self.template else {
+            return Ok(None);
+        };
+        let mut v = template.clone();
+        let Some(map) = v.as_object_mut() else {
+            return Err(
+                self.invalid("template must be a mapping of container settings (env, labels, restartPolicy, …)".into())
+            );
+        };
+        for field in ["name", "image"] {
+            if map.contains_key(field) {
+                return Err(self.invalid(format!(
+                    "template sets `{field}`; the name comes from each target and the image from the rollout"
+                )));
+            }
+        }
+        map.insert("name".into(), serde_json::Value::String(container.to_string()));
+        map.insert("image".into(), serde_json::Value::String(image.to_string()));
+        let spec: ContainerSpec = serde_json::from_value(v).map_err(|e| self.invalid(format!("template: {e}")))?;
+        // The template is stored with the rollout's state: secret values have no place in it.
+        let policy = agent_core::SecretPolicy::default();
+        if let Some(e) = spec.env.iter().find(|e| e.is_secret() || policy.is_secret(&e.name)) {
+            return Err(self.invalid(format!(
+                "template env `{}` looks secret, and the template is stored with the rollout; pass secrets to the agent through a mounted file or its env file instead",
+                e.name
+            )));
+        }
+        Ok(Some(spec))
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.targets.len() > MAX_TARGETS {
+            return Err(self.invalid(format!(
+                "it has {} targets, more than the {MAX_TARGETS} one rollout may have; split the fleet into several rollouts",
+                self.targets.len()
+            )));
+        }
+        if let Some(t) = self.targets.first() {
+            self.template_for(&t.container, &self.image)?;
+        }
+        if !(0.0..=1.0).contains(&self.rollback.max_failure_ratio) {
+            return Err(self.invalid(format!(
+                "rollback.maxFailureRatio is {}; give a fraction from 0 to 1, like 0.2",
+                self.rollback.max_failure_ratio
+            )));
+        }
+        if self.parallelism == 0 {
+            return Err(self.invalid("parallelism must be at least 1".into()));
+        }
+        if self.health.min_healthy_time >= self.health.deadline {
+            return Err(self.invalid("health.minHealthyTime must be shorter than health.deadline".into()));
+        }
+        for t in &self.targets {
+            if !(t.host.starts_with("unix://") || t.host.starts_with("tcp://") || t.host.starts_with("https://")) {
+                return Err(self.invalid(format!(
+                    "target {} has host {:?}; use unix:///path/docker.sock or tcp://HOST:PORT",
+                    t.container, t.host
+                )));
+            }
+        }
+        for n in &self.notify {
+            if !n.webhook.starts_with("http://") {
+                return Err(self.invalid(format!("notify webhook {:?} must be an http:// URL", n.webhook)));
+            }
+        }
+        for (name, a) in &self.analysis {
+            if a.success_condition.is_none() && a.failure_condition.is_none() {
+                return Err(self.invalid(format!("analysis {name} needs successCondition or failureCondition")));
+            }
+        }
+        self.plan().map(|_| ())
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> Result<RolloutPlan, Error> {
+        let targets: Vec<Target> = self
+            .targets
+            .iter()
+            .map(|t| Target {
+                host: t.host.clone(),
+                container: t.container.clone(),
+            })
+            .collect();
+        let names: Vec<&str> = self.analysis.keys().map(String::as_str).collect();
+        plan(&targets, &self.strategy, &names).map_err(|e| self.invalid(e.to_string()))
+    }
+
+    pub(super) fn verify(&self) -> Result<VerifyConfig, Error> {
+        let mut v = VerifyConfig {
+            timing: Timing {
+                min_healthy_time: self.health.min_healthy_time,
+                deadline: self.health.deadline,
+                period: self.health.period,
+                ..Timing::default()
+            },
+            http: self.health.http.clone(),
+            ..VerifyConfig::default()
+        };
+        if let Some(h) = &self.health.heartbeat {
+            let token = match &h.token_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| self.invalid(format!("health.heartbeat.tokenFile {}: {e}", f.display())))?,
+                None => std::env::var("AGENTCTL_CC_TOKEN")
+                    .map_err(|_| self.invalid("health.heartbeat needs tokenFile or env AGENTCTL_CC_TOKEN".into()))?,
+            };
+            v.heartbeat = Some(HeartbeatCheck {
+                url: h.url.clone(),
+                token: token.trim().to_owned(),
+                max_age: h.timeout,
+            });
+        }
+        for m in &self.health.metrics {
+            let (selector, rest) = split_metric(m)
+                .ok_or_else(|| self.invalid(format!("health.metrics: {m:?} is not `SELECTOR OP NUMBER`")))?;
+            let condition = agent_health::Condition::parse(&format!("result {rest}")).map_err(|e| self.invalid(e))?;
+            v.scrapes.push(ScrapeCheck {
+                port: self.health.metrics_port,
+                path: "/metrics".into(),
+                selector,
+                condition,
+            });
+        }
+        Ok(v)
+    }
+}
+
+pub(super) fn split_metric(text: &str) -> Option<(String, String)> {
+    let t = text.trim();
+    let end = match t.find('{') {
+        Some(_) => t.find('}')? + 1,
+        None => t.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))?,
+    };
+    Some((t[..end].to_owned(), t[end..].trim().to_owned()))
+}

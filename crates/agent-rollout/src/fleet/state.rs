@@ -1,0 +1,106 @@
+//! A rollout's saved state: per target and for the whole rollout.
+
+use agent_core::{ImageRef, Phase, RolloutPlan, StateMachine};
+use agent_health::AnalysisRun;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::*;
+
+/// Where one target stands in a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetStatus {
+    /// Not touched yet.
+    Pending,
+    /// Runs the new revision.
+    Updated,
+    /// Its update failed and it rolled itself back.
+    Failed,
+    /// Updated, then reverted by the rollout's rollback.
+    Reverted,
+    /// Could not be reverted, or its engine was unreachable: needs attention.
+    Broken,
+    /// Blue-green: its verified preview runs beside the old container, waiting for promotion.
+    Staged,
+}
+
+/// One target's record in a rollout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetState {
+    /// Engine.
+    pub host: String,
+    /// Container.
+    pub container: String,
+    /// Status.
+    pub status: TargetStatus,
+    /// The revision it ran before this rollout.
+    pub previous: Option<u64>,
+    /// The revision this rollout made.
+    pub revision: Option<u64>,
+    /// It did not exist: this rollout created it from the template (a rollback removes it).
+    #[serde(default)]
+    pub installed: bool,
+    /// The last message about it.
+    pub message: Option<String>,
+}
+
+/// A rollout's saved state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutState {
+    /// The spec.
+    pub spec: RolloutSpec,
+    /// The image actually deployed (pinned to the digest when the registry gave one).
+    pub pinned: ImageRef,
+    /// The plan.
+    pub plan: RolloutPlan,
+    /// Index of the next step to run.
+    pub next_step: usize,
+    /// The state machine.
+    pub machine: StateMachine,
+    /// Per target.
+    pub targets: Vec<TargetState>,
+    /// Why it paused, failed or rolled back.
+    pub reason: Option<String>,
+    /// Analyses run so far.
+    pub analyses: Vec<(String, AnalysisRun)>,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// When it last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl RolloutState {
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.machine.phase()
+    }
+
+    /// The exit code for where it stands (0, 3, 4, 5).
+    pub fn exit_code(&self) -> i32 {
+        self.phase().exit_code().unwrap_or(1)
+    }
+}
+/// Targets that failed or could not be reverted.
+pub(super) fn failed_targets(state: &RolloutState) -> usize {
+    state
+        .targets
+        .iter()
+        .filter(|t| matches!(t.status, TargetStatus::Failed | TargetStatus::Broken))
+        .count()
+}
+
+/// How many targets may fail before the rollout stops: the largest count whose fraction of the targets is
+/// not above `rollback.maxFailureRatio`.
+pub(super) fn failures_allowed(state: &RolloutState) -> usize {
+    (state.spec.rollback.max_failure_ratio * state.targets.len() as f64).floor() as usize
+}
+
+/// The cause a rollout's updates record in each target's history.
+pub(super) fn rollout_cause(state: &RolloutState) -> String {
+    format!("rollout {} to {}", state.spec.name, state.spec.image.familiar())
+}

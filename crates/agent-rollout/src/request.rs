@@ -1,0 +1,260 @@
+//! What to update and how it is verified: the request of every single-target operation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{ContainerName, ImageRef, RevisionHistory, TagPolicy, UpdateMode};
+use agent_health::{
+    ContainerStateProbe, DockerHealthProbe, HealthGate, HttpProbe, HttpProbeConfig, LogScanProbe, Probe, Timing,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// When to pull the image before an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Pull when the image is not on the engine, or is a tag (so a moved tag is noticed). Digest pins present
+    /// locally are not pulled.
+    #[default]
+    Missing,
+    /// Always pull.
+    Always,
+    /// Never pull; the image must be present.
+    Never,
+}
+
+/// Where heartbeats are checked.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatCheck {
+    /// The control center (`http://IP:PORT`).
+    pub url: String,
+    /// Its bearer token; never serialized.
+    #[serde(skip_serializing, default)]
+    pub token: String,
+    /// A heartbeat older than this fails.
+    #[serde(with = "agent_core::duration_text")]
+    pub max_age: Duration,
+}
+
+impl std::fmt::Debug for HeartbeatCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatCheck")
+            .field("url", &self.url)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PromQL query that must meet a condition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryCheck {
+    /// The Prometheus URL.
+    pub prometheus: String,
+    /// The query.
+    pub query: String,
+    /// The condition over its first value.
+    pub condition: agent_health::Condition,
+}
+
+/// A sample of the agent's own `/metrics` that must meet a condition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrapeCheck {
+    /// The container port serving metrics.
+    pub port: u16,
+    /// The path (`/metrics`).
+    pub path: String,
+    /// The sample (`agent_up` or `agent_requests_total{code="500"}`).
+    pub selector: String,
+    /// The condition over its value.
+    pub condition: agent_health::Condition,
+}
+
+/// How a new container is verified.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VerifyConfig {
+    /// Probe timing.
+    pub timing: Timing,
+    /// Regular expressions for fatal log lines.
+    pub fatal_patterns: Vec<String>,
+    /// An HTTP probe, when the agent serves one.
+    pub http: Option<HttpProbeConfig>,
+    /// A heartbeat probe, when the agent reports to a control center.
+    pub heartbeat: Option<HeartbeatCheck>,
+    /// Prometheus query probes.
+    pub queries: Vec<QueryCheck>,
+    /// Probes of the agent's own metrics.
+    pub scrapes: Vec<ScrapeCheck>,
+    /// CPU and memory limits (from the engine's stats).
+    pub resources: Option<agent_health::ResourceProbe>,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            timing: Timing::default(),
+            fatal_patterns: agent_health::DEFAULT_FATAL_PATTERNS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            http: None,
+            heartbeat: None,
+            queries: Vec::new(),
+            scrapes: Vec::new(),
+            resources: None,
+        }
+    }
+}
+
+impl VerifyConfig {
+    /// The probes this configuration asks for: container state, Docker HEALTHCHECK, log scan, and HTTP,
+    /// heartbeat, Prometheus queries and metric scrapes when configured.
+    pub fn probes(&self) -> Result<Vec<Box<dyn Probe>>, Error> {
+        let logs = LogScanProbe::new(self.fatal_patterns.clone()).map_err(|e| Error::InvalidInput {
+            what: "fatal log pattern".into(),
+            message: e.to_string(),
+        })?;
+        let mut probes: Vec<Box<dyn Probe>> = vec![
+            Box::new(ContainerStateProbe),
+            Box::new(DockerHealthProbe),
+            Box::new(logs),
+        ];
+        if let Some(h) = &self.http {
+            probes.push(Box::new(HttpProbe::new(h.clone())));
+        }
+        if let Some(hb) = &self.heartbeat {
+            let source = Arc::new(agent_health::RemoteControlCenter::new(&hb.url, &hb.token));
+            probes.push(Box::new(agent_health::HeartbeatProbe::new(source, hb.max_age)));
+        }
+        for (i, q) in self.queries.iter().enumerate() {
+            let source = Arc::new(agent_health::Prometheus::new(&q.prometheus));
+            let name = if self.queries.len() == 1 {
+                "prometheus".to_owned()
+            } else {
+                format!("prometheus-{}", i + 1)
+            };
+            probes.push(Box::new(agent_health::PromQueryProbe::new(
+                &name,
+                source,
+                &q.query,
+                q.condition.clone(),
+            )));
+        }
+        for s in &self.scrapes {
+            let probe = agent_health::ScrapeProbe::new(s.port, &s.path, &s.selector, s.condition.clone()).map_err(
+                |message| Error::InvalidInput {
+                    what: "metric check".into(),
+                    message,
+                },
+            )?;
+            probes.push(Box::new(probe));
+        }
+        if let Some(r) = &self.resources {
+            probes.push(Box::new(r.clone()));
+        }
+        Ok(probes)
+    }
+
+    /// The gate over [`probes`](VerifyConfig::probes).
+    pub fn gate(&self) -> Result<HealthGate, Error> {
+        let mut gate = HealthGate::new(self.timing.clone());
+        for p in self.probes()? {
+            gate.push(p);
+        }
+        Ok(gate)
+    }
+}
+
+/// Builds extra probes for a container under verification (heartbeat, metrics, user-defined).
+pub type ProbeFactory = Arc<dyn Fn() -> Vec<Box<dyn Probe>> + Send + Sync>;
+
+/// What to update and how.
+#[derive(Clone)]
+pub struct UpdateRequest {
+    /// The container.
+    pub container: ContainerName,
+    /// The new image.
+    pub image: ImageRef,
+    /// Which references are allowed.
+    pub policy: TagPolicy,
+    /// When to pull.
+    pub pull: PullPolicy,
+    /// Why (recorded in the history); defaults to `update to IMAGE`.
+    pub cause: Option<String>,
+    /// Copy config-carrying mounts here before changing anything.
+    pub backup_dir: Option<PathBuf>,
+    /// Revisions kept.
+    pub history_limit: usize,
+    /// How to verify.
+    pub verify: VerifyConfig,
+    /// Extra probes.
+    pub extra_probes: Option<ProbeFactory>,
+    /// Keep watching after success, and roll back when an alert rule fires.
+    pub watch: Option<WatchConfig>,
+    /// Stop-first (the default: never two instances) or start-first (no gap: the new container starts
+    /// beside the old one as `NAME.preview`, is verified, then takes the name). `BlueGreen` behaves as
+    /// start-first here; [`Updater::stage`](crate::Updater::stage) and [`Updater::promote`](crate::Updater::promote) split it in two.
+    pub mode: UpdateMode,
+    /// Notified once the new container runs under the name and its verification begins (a stop-first
+    /// update, the switch of a start-first one, an install): the engine work is over. A fleet uses it to hand the engine slot to the next target
+    /// while this one is being proven (`maxUnverified`).
+    pub started: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// The probation watch after a successful update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchConfig {
+    /// How long to watch.
+    #[serde(with = "agent_core::duration_text")]
+    pub window: Duration,
+    /// How long a probe must fail before its rule fires (a crash or fatal log line fires at once).
+    #[serde(with = "agent_core::duration_text")]
+    pub alert_for: Duration,
+    /// Time between evaluations.
+    #[serde(with = "agent_core::duration_text")]
+    pub period: Duration,
+}
+
+impl std::fmt::Debug for UpdateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateRequest")
+            .field("container", &self.container)
+            .field("image", &self.image)
+            .field("pull", &self.pull)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpdateRequest {
+    /// A request with the defaults: default tag policy, pull when missing, history limit 5.
+    pub fn new(container: ContainerName, image: ImageRef) -> UpdateRequest {
+        UpdateRequest {
+            container,
+            image,
+            policy: TagPolicy::default(),
+            pull: PullPolicy::default(),
+            cause: None,
+            backup_dir: None,
+            history_limit: RevisionHistory::DEFAULT_LIMIT,
+            verify: VerifyConfig::default(),
+            extra_probes: None,
+            watch: None,
+            mode: UpdateMode::StopFirst,
+            started: None,
+        }
+    }
+
+    pub(crate) fn notify_started(&self) {
+        if let Some(n) = &self.started {
+            n.notify_one();
+        }
+    }
+}

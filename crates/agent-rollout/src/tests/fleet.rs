@@ -1,0 +1,366 @@
+//! Fleet rollouts against in-memory engines.
+
+use super::*;
+use std::collections::HashMap;
+
+fn host_with(name: &str, broken: bool, containers: &[&str]) -> Arc<FakeRuntime> {
+    let rt = Arc::new(FakeRuntime::new(name));
+    rt.add_local_image(
+        &img("acme/agent:1.0"),
+        ImageDefaults::default(),
+        ImageBehaviour::default(),
+    );
+    let behaviour = ImageBehaviour {
+        exit_on_start: broken.then_some(1),
+        ..Default::default()
+    };
+    rt.publish_image(&img("acme/agent:2.0"), ImageDefaults::default(), behaviour);
+    for c in containers {
+        rt.run(ContainerSpec::new(c.parse().unwrap(), img("acme/agent:1.0")))
+            .unwrap();
+    }
+    rt
+}
+
+fn fleet(hosts: Vec<Arc<FakeRuntime>>, events: Arc<std::sync::Mutex<Vec<String>>>) -> (Fleet, Arc<MemoryStore>) {
+    let map: HashMap<String, Arc<dyn ContainerRuntime>> = hosts
+        .into_iter()
+        .map(|h| (h.endpoint().to_owned(), h as Arc<dyn ContainerRuntime>))
+        .collect();
+    let connect: Connector = Arc::new(move |host: String| {
+        let r = map.get(&host).cloned().ok_or_else(|| format!("no engine at {host}"));
+        Box::pin(async move { r })
+    });
+    let store = Arc::new(MemoryStore::default());
+    let sink: FleetReporter = Arc::new(move |e: &FleetEvent| {
+        let v = serde_json::to_value(e).unwrap();
+        events.lock().unwrap().push(v["event"].as_str().unwrap().to_owned());
+    });
+    (Fleet::new(store.clone(), connect, sink, Arc::new(Silent)), store)
+}
+
+fn spec(yaml: &str) -> RolloutSpec {
+    RolloutSpec::parse(yaml, "test").unwrap()
+}
+
+const TARGETS: &str = "targets:\n  - {host: 'tcp://127.0.0.1:1', container: a1}\n  - {host: 'tcp://127.0.0.1:1', container: a2}\n  - {host: 'tcp://127.0.0.1:2', container: b1}\n  - {host: 'tcp://127.0.0.1:2', container: b2}\n";
+
+fn hosts(b_broken: bool) -> Vec<Arc<FakeRuntime>> {
+    vec![
+        host_with("tcp://127.0.0.1:1", false, &["a1", "a2"]),
+        host_with("tcp://127.0.0.1:2", b_broken, &["b1", "b2"]),
+    ]
+}
+
+const HEALTH: &str = "health: {minHealthyTime: 200ms, deadline: 5s, period: 100ms}\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_pauses_until_promoted_then_completes() {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hs = hosts(false);
+    let (f, _store) = fleet(hs.clone(), events.clone());
+    let s = spec(&format!("name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy:\n  canary:\n    steps: [{{setWeight: 25}}, {{pause: {{}}}}, {{setWeight: 100}}]\n{HEALTH}"));
+    let st = f.apply(s.clone()).await.unwrap();
+    assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Paused, 4));
+    let updated: Vec<&str> = st
+        .targets
+        .iter()
+        .filter(|t| t.status == TargetStatus::Updated)
+        .map(|t| t.container.as_str())
+        .collect();
+    assert_eq!(updated, ["a1"], "25 % of 4 is one target");
+    let err = f.apply(s).await.unwrap_err();
+    assert!(err.to_string().contains("rollout promote"), "{err}");
+    let st = f.promote("fleet").await.unwrap();
+    assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Succeeded, 0));
+    assert!(st.pinned.digest().is_some() && st.pinned.tag().unwrap().as_str() == "2.0");
+    assert!(st.targets.iter().all(|t| t.status == TargetStatus::Updated));
+    for h in &hs {
+        for c in h.container_names().iter().filter(|c| !c.contains(".rev")) {
+            // The tag was resolved to a digest once and that digest runs everywhere.
+            assert_eq!(h.inspect_container(c).await.unwrap().spec.image, st.pinned, "{c}");
+        }
+    }
+    let ev = events.lock().unwrap().clone();
+    assert!(
+        ev.contains(&"paused".to_owned()) && ev.last().unwrap() == "finished",
+        "{ev:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_past_the_ratio_reverts_every_touched_target() {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hs = hosts(true);
+    let (f, _store) = fleet(hs.clone(), events.clone());
+    let s = spec(&format!("name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy:\n  rolling: {{maxUnavailable: 2}}\nrollback: {{maxFailureRatio: 0.2}}\n{HEALTH}"));
+    let st = f.apply(s).await.unwrap();
+    assert_eq!(
+        (st.phase(), st.exit_code()),
+        (agent_core::Phase::RolledBack, 3),
+        "{:?}",
+        st.reason
+    );
+    let by: Vec<(&str, TargetStatus)> = st.targets.iter().map(|t| (t.container.as_str(), t.status)).collect();
+    assert_eq!(
+        by,
+        [
+            ("a1", TargetStatus::Reverted),
+            ("a2", TargetStatus::Reverted),
+            ("b1", TargetStatus::Failed),
+            // The fake engine fails b1 before b2's turn comes: b2 is never touched.
+            ("b2", TargetStatus::Pending)
+        ]
+    );
+    assert!(st.reason.unwrap().contains("above maxFailureRatio 20 %"));
+    for (h, names) in hs.iter().zip([["a1", "a2"], ["b1", "b2"]]) {
+        for c in names {
+            let info = h.inspect_container(c).await.unwrap();
+            assert_eq!(info.spec.image, img("acme/agent:1.0"), "{c} is back on 1.0");
+            assert!(info.state.is_running());
+        }
+    }
+    assert!(events.lock().unwrap().contains(&"rolling-back".to_owned()));
+}
+
+const EIGHT: &str = "targets:\n  - {host: 'tcp://127.0.0.1:1', container: a1}\n  - {host: 'tcp://127.0.0.1:1', container: a2}\n  - {host: 'tcp://127.0.0.1:1', container: a3}\n  - {host: 'tcp://127.0.0.1:1', container: a4}\n  - {host: 'tcp://127.0.0.1:2', container: b1}\n  - {host: 'tcp://127.0.0.1:2', container: b2}\n  - {host: 'tcp://127.0.0.1:2', container: b3}\n  - {host: 'tcp://127.0.0.1:2', container: b4}\n";
+
+/// The virtual time a recreate of eight targets takes at parallelism 2 with `maxUnverified`.
+async fn recreate_eight(max_unverified: usize) -> Duration {
+    let hs = vec![
+        host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3", "a4"]),
+        host_with("tcp://127.0.0.1:2", false, &["b1", "b2", "b3", "b4"]),
+    ];
+    let (f, _store) = fleet(hs, Arc::new(std::sync::Mutex::new(Vec::new())));
+    let s = spec(&format!("name: fleet\nimage: acme/agent:2.0\n{EIGHT}strategy: {{recreate: {{}}}}\nparallelism: 2\nmaxUnverified: {max_unverified}\n{HEALTH}"));
+    let start = tokio::time::Instant::now();
+    let st = f.apply(s).await.unwrap();
+    assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Succeeded, 0));
+    start.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_unverified_hands_the_slot_on_once_a_target_has_started() {
+    // The fake engine works instantly, so the time is the verification (at least minHealthyTime):
+    // held slots verify two at a time, handed-on slots let all eight verify at once.
+    let held = recreate_eight(0).await;
+    let handed_on = recreate_eight(6).await;
+    assert!(held >= Duration::from_millis(800), "four rounds of two: {held:?}");
+    assert!(handed_on < held / 2, "{handed_on:?} vs {held:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_new_target_starts_once_the_failures_are_past_the_ratio() {
+    let hs = hosts(true);
+    let (f, _store) = fleet(hs.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy: {{recreate: {{}}}}\nparallelism: 1\n{HEALTH}"
+    ));
+    let st = f.apply(s).await.unwrap();
+    assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::RolledBack, 3));
+    let by: Vec<(&str, TargetStatus)> = st.targets.iter().map(|t| (t.container.as_str(), t.status)).collect();
+    assert_eq!(
+        by,
+        [
+            ("a1", TargetStatus::Reverted),
+            ("a2", TargetStatus::Reverted),
+            ("b1", TargetStatus::Failed),
+            ("b2", TargetStatus::Pending)
+        ]
+    );
+    // b2 was never touched: not stopped, still its first container.
+    assert!(
+        !hs[1].operations().iter().any(|op| op == "stop b2"),
+        "{:?}",
+        hs[1].operations()
+    );
+    assert!(hs[1].inspect_container("b2").await.unwrap().state.is_running());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_walks_back_past_a_previous_revision_that_fails_too() {
+    let hs = hosts(true);
+    let a = hs[0].clone();
+    a.publish_image(
+        &img("acme/agent:1.5"),
+        ImageDefaults::default(),
+        ImageBehaviour::default(),
+    );
+    let map: HashMap<String, Arc<dyn ContainerRuntime>> = hs
+        .iter()
+        .map(|h| (h.endpoint().to_owned(), h.clone() as Arc<dyn ContainerRuntime>))
+        .collect();
+    let connect: Connector = Arc::new(move |host: String| {
+        let r = map.get(&host).cloned().ok_or_else(|| format!("no engine at {host}"));
+        Box::pin(async move { r })
+    });
+    let store = Arc::new(MemoryStore::default());
+    // The moment the rollout starts reverting, the next container start on engine A fails once: the
+    // restore of a1's previous revision.
+    let injector = a.clone();
+    let sink: FleetReporter = Arc::new(move |e: &FleetEvent| {
+        if matches!(e, FleetEvent::RollingBack { .. }) {
+            injector.inject(Fault::FailOperation {
+                operation: "start",
+                times: 1,
+            });
+        }
+    });
+    let f = Fleet::new(store.clone(), connect, sink, Arc::new(Silent));
+    // a1 went from 1.0 (revision 1) to 1.5 (revision 2) before the rollout.
+    let mut r = UpdateRequest::new("a1".parse().unwrap(), img("acme/agent:1.5"));
+    r.verify.timing = Timing {
+        period: Duration::from_millis(100),
+        min_healthy_time: Duration::from_millis(200),
+        deadline: Duration::from_secs(5),
+        ..Timing::default()
+    };
+    let up = Updater::new(a.clone(), store.clone(), Arc::new(Silent));
+    assert_eq!(up.update(&r).await.unwrap().status, UpdateStatus::Updated);
+    let s = spec(&format!("name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy:\n  rolling: {{maxUnavailable: 2}}\nrollback: {{maxFailureRatio: 0.2}}\n{HEALTH}"));
+    let st = f.apply(s).await.unwrap();
+    assert_eq!(
+        (st.phase(), st.exit_code()),
+        (agent_core::Phase::RolledBack, 3),
+        "{:?}",
+        st.targets
+    );
+    let a1 = st.targets.iter().find(|t| t.container == "a1").unwrap();
+    assert_eq!(a1.status, TargetStatus::Reverted);
+    let msg = a1.message.clone().unwrap();
+    assert!(msg.contains("(revision 1, after revision 2 failed"), "{msg}");
+    let info = a.inspect_container("a1").await.unwrap();
+    assert_eq!(info.spec.image, img("acme/agent:1.0"));
+    assert!(info.state.is_running());
+    // a2 had no trouble: back on the revision it ran before.
+    let a2 = st.targets.iter().find(|t| t.container == "a2").unwrap();
+    assert_eq!(
+        (a2.status, a.inspect_container("a2").await.unwrap().spec.image),
+        (TargetStatus::Reverted, img("acme/agent:1.0"))
+    );
+}
+
+#[test]
+fn bad_specs_name_the_line_and_what_is_expected() {
+    let err = RolloutSpec::parse(
+        "name: f\nimage: acme/agent:2.0\ntargets: []\nstrategy: {recreate: {}}\nrollback: {maxFailureRatio: lots}\n",
+        "s.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("line 5") && err.contains("s.yaml"), "{err}");
+    let err = RolloutSpec::parse(
+        "name: f\nimage: acme/Agent:2\ntargets: []\nstrategy: {recreate: {}}\n",
+        "s.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("line 2") && err.contains("position 5"), "{err}");
+    let err = RolloutSpec::parse(
+        &format!("name: f\nimage: a:1\n{TARGETS}strategy: {{recreate: {{}}}}\nextra: 1\n"),
+        "s.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown field `extra`"), "{err}");
+    let err = RolloutSpec::parse("name: f\nimage: a:1\ntargets: []\nstrategy: {recreate: {}}\n", "s.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no targets"), "{err}");
+    let err = RolloutSpec::parse(
+        &format!("name: f\nimage: a:1\n{TARGETS}strategy: {{canary: {{steps: [{{analysis: nope}}]}}}}\n"),
+        "s.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("\"nope\" is not defined"), "{err}");
+    let json = r#"{"name": "f", "image": "a:1", "targets": [], "strategy": {"recreate": {}}, "parallelism": "x"}"#;
+    let err = RolloutSpec::parse(json, "s.json").unwrap_err().to_string();
+    assert!(err.contains("line 1 column"), "{err}");
+}
+
+/// Accepts HTTP requests and records their bodies; or, with `black_hole`, accepts and never answers.
+fn receiver(black_hole: bool) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            if black_hole {
+                held.push(stream);
+                continue;
+            }
+            let mut s = stream;
+            let mut data = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            // Read the headers, then Content-Length bytes of body.
+            let body = loop {
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body.to_owned());
+                    }
+                }
+            };
+            if let Some(body) = body {
+                sink.lock().unwrap().push(body);
+            }
+            let _ = s.write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+#[tokio::test]
+async fn webhooks_get_every_event_and_a_dead_one_does_not_hold_the_rollout() {
+    let (good, got) = receiver(false);
+    let (hole, _) = receiver(true);
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (f, _store) = fleet(hosts(false), events.clone());
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy: {{recreate: {{}}}}\n{HEALTH}notify:\n  - {{webhook: '{good}'}}\n  - {{webhook: '{hole}'}}\n  - {{webhook: 'http://127.0.0.1:1/refused'}}\n"
+    ));
+    let start = std::time::Instant::now();
+    let st = f.apply(s).await.unwrap();
+    assert_eq!(st.phase(), agent_core::Phase::Succeeded);
+    // Deliveries to the black hole time out; the end of the rollout waits for them at most DRAIN_TIMEOUT.
+    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    let bodies = got.lock().unwrap().clone();
+    let kinds: Vec<String> = bodies
+        .iter()
+        .map(|b| {
+            serde_json::from_str::<serde_json::Value>(b).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds.len(),
+        events.lock().unwrap().len(),
+        "every event reached the webhook: {kinds:?}"
+    );
+    assert!(kinds.contains(&"started".to_owned()) && kinds.contains(&"finished".to_owned()));
+    let bad = RolloutSpec::parse(
+        &format!("name: f\nimage: a:1\n{TARGETS}strategy: {{recreate: {{}}}}\nnotify: [{{webhook: 'ftp://x'}}]\n"),
+        "s",
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("http:// URL"), "{bad}");
+}

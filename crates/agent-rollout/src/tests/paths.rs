@@ -1,0 +1,163 @@
+//! Every single-target path through the one executor, and the one verdict rule on each of them.
+
+use agent_core::UpdateMode;
+use agent_health::{Observation, Probe, ProbeContext};
+
+use super::*;
+
+/// A signal source that cannot be asked (a control center or Prometheus down).
+struct Unreachable;
+
+#[async_trait::async_trait]
+impl Probe for Unreachable {
+    fn name(&self) -> &str {
+        "prometheus"
+    }
+
+    async fn check(&self, _: &ProbeContext) -> Observation {
+        Observation::Inconclusive("connection refused".into())
+    }
+}
+
+fn inconclusive(mut r: UpdateRequest) -> UpdateRequest {
+    r.extra_probes = Some(Arc::new(|| vec![Box::new(Unreachable) as Box<dyn Probe>]));
+    r
+}
+
+async fn image_of(rt: &FakeRuntime, name: &str) -> String {
+    rt.inspect_container(name).await.unwrap().spec.image.familiar()
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_first_switches_to_the_verified_preview() {
+    let (rt, _, up) = setup();
+    let mut r = req("acme/agent:2.0");
+    r.mode = UpdateMode::StartFirst;
+    let report = up.update(&r).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::Updated, "{:?}", report.reason);
+    assert_eq!(image_of(&rt, "agent").await, "acme/agent:2.0");
+    let mut names = rt.container_names();
+    names.sort();
+    assert_eq!(names, ["agent", "agent.rev1"]);
+    assert!(up.preview("agent").await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_preview_leaves_the_old_container_untouched() {
+    let (rt, _, up) = setup();
+    let before = rt.inspect_container("agent").await.unwrap().id;
+    let mut r = req("acme/agent:3.0");
+    r.mode = UpdateMode::StartFirst;
+    let report = up.update(&r).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::RolledBack);
+    assert_eq!(rt.inspect_container("agent").await.unwrap().id, before);
+    assert_eq!(rt.container_names(), ["agent"]);
+    // The attempt is in the history, rolled back.
+    let history = up.history(&"agent".parse().unwrap(), 10).await.unwrap();
+    assert!(matches!(
+        history.revisions().last().unwrap().outcome,
+        Outcome::RolledBack { .. }
+    ));
+}
+
+/// The rule of the README's table: an inconclusive verification never reverts. On every path the new
+/// version ends up serving (or staged), marked unverified, exit 4, with the old one retained.
+#[tokio::test(start_paused = true)]
+async fn an_inconclusive_verification_keeps_the_new_version_on_every_path() {
+    for mode in [UpdateMode::StopFirst, UpdateMode::StartFirst] {
+        let (rt, _, up) = setup();
+        let mut r = inconclusive(req("acme/agent:2.0"));
+        r.mode = mode;
+        let report = up.update(&r).await.unwrap();
+        assert_eq!(report.status, UpdateStatus::Unverified, "{mode:?}: {:?}", report.reason);
+        assert_eq!(report.status.exit_code(), 4);
+        assert!(
+            matches!(report.revision.outcome, Outcome::Unverified { .. }),
+            "{mode:?}"
+        );
+        assert_eq!(image_of(&rt, "agent").await, "acme/agent:2.0", "{mode:?}");
+        assert_eq!(
+            image_of(&rt, "agent.rev1").await,
+            "acme/agent:1.0",
+            "{mode:?}: the old one retained"
+        );
+        assert!(up.preview("agent").await.unwrap().is_none(), "{mode:?}");
+    }
+
+    // Blue-green: the preview stays staged, unverified, for a human to promote or discard.
+    let (rt, _, up) = setup();
+    let report = up.stage(&inconclusive(req("acme/agent:2.0"))).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::Staged);
+    assert!(report.reason.unwrap().contains("inconclusive"));
+    assert_eq!(image_of(&rt, "agent.preview").await, "acme/agent:2.0");
+    assert_eq!(image_of(&rt, "agent").await, "acme/agent:1.0");
+    let promoted = up.promote(&req("acme/agent:2.0")).await.unwrap();
+    assert_eq!(promoted.status, UpdateStatus::Unverified, "{:?}", promoted.reason);
+    assert_eq!(image_of(&rt, "agent").await, "acme/agent:2.0");
+
+    // Install from a template: nothing ran before, the new container stays.
+    let (rt, _, up) = setup();
+    let spec = ContainerSpec::new("fresh".parse().unwrap(), img("acme/agent:2.0"));
+    let mut r = inconclusive(req("acme/agent:2.0"));
+    r.container = "fresh".parse().unwrap();
+    let report = up.install(&spec, &r).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::Unverified, "{:?}", report.reason);
+    assert_eq!(image_of(&rt, "fresh").await, "acme/agent:2.0");
+
+    // Undo, from the retained container: the earlier version stays, unverified.
+    let (rt, _, up) = setup();
+    assert_eq!(
+        up.update(&req("acme/agent:2.0")).await.unwrap().status,
+        UpdateStatus::Updated
+    );
+    let back = up
+        .undo(&"agent".parse().unwrap(), None, &inconclusive(req("acme/agent:1.0")))
+        .await
+        .unwrap();
+    assert_eq!(back.status, UpdateStatus::Unverified, "{:?}", back.reason);
+    assert_eq!(image_of(&rt, "agent").await, "acme/agent:1.0");
+    assert_eq!(image_of(&rt, "agent.rev2").await, "acme/agent:2.0");
+}
+
+/// A killed start-first switch is repaired by the inverses of the steps it reached, as a live revert would.
+#[tokio::test(start_paused = true)]
+async fn recovery_runs_the_inverses_of_the_reached_steps() {
+    use crate::plan::{Begin, OpKind, Step};
+    let (rt, store, up) = setup();
+    let old = rt.inspect_container("agent").await.unwrap();
+    // What a process killed right after renaming the old container left behind.
+    rt.stop_container("agent", None).await.unwrap();
+    rt.rename_container("agent", "agent.rev1").await.unwrap();
+    let subject = subject_key(rt.endpoint(), "agent");
+    let begin = Begin {
+        kind: OpKind::Update,
+        container: "agent".into(),
+        old_id: old.id.clone(),
+        old_running: true,
+        old_restart: RestartPolicy::UnlessStopped,
+        old_revision: 1,
+        new_revision: 2,
+        retained_name: "agent.rev1".into(),
+        from_retained: None,
+    };
+    for (seq, step) in [Step::Begin(begin), Step::StopOld, Step::RenameOld].iter().enumerate() {
+        store
+            .append_journal(&JournalEntry {
+                operation: "op".into(),
+                subject: subject.clone(),
+                seq: seq as u32,
+                at: OffsetDateTime::now_utc(),
+                record: serde_json::to_value(step).unwrap(),
+            })
+            .await
+            .unwrap();
+    }
+    let recovered = up.recover(&"agent".parse().unwrap()).await.unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].interrupted_at, "rename-old");
+    assert_eq!(recovered[0].action, "reverted");
+    let now = rt.inspect_container("agent").await.unwrap();
+    assert_eq!(now.id, old.id);
+    assert!(now.state.is_running());
+    assert_eq!(rt.container_names(), ["agent"]);
+}
