@@ -6,9 +6,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use agent_core::ContainerRuntime;
-use agent_docker::DockerRuntime;
-use agent_rollout::{Connector, Fleet, FleetEvent, FleetReporter, Notifier, RolloutSpec, Silent, SqliteStore};
+use agent_rollout::{Fleet, FleetEvent, FleetReporter, Notifier, NotifyError, RolloutSpec, Silent, SqliteStore};
 use async_trait::async_trait;
 
 /// Appends each event as a JSON line.
@@ -22,10 +20,10 @@ impl Notifier for FileNotifier {
         "event log file".into()
     }
 
-    async fn notify(&self, event: &FleetEvent) -> Result<(), String> {
-        let line = serde_json::to_string(event).map_err(|e| e.to_string())?;
-        let mut f = self.file.lock().map_err(|e| e.to_string())?;
-        writeln!(f, "{line}").map_err(|e| e.to_string())
+    async fn notify(&self, event: &FleetEvent) -> Result<(), NotifyError> {
+        let line = serde_json::to_string(event)?;
+        let mut f = self.file.lock().map_err(|e| NotifyError::Other(e.to_string()))?;
+        writeln!(f, "{line}").map_err(|e| NotifyError::Other(e.to_string()))
     }
 }
 
@@ -36,14 +34,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: custom_notifier SPEC.yaml EVENTS.log");
     };
     let spec = RolloutSpec::parse(&std::fs::read_to_string(&spec_path)?, &spec_path)?;
-    let connect: Connector = Arc::new(|host: String| {
-        Box::pin(async move {
-            DockerRuntime::connect(Some(&host))
-                .await
-                .map(|d| Arc::new(d) as Arc<dyn ContainerRuntime>)
-                .map_err(|e| e.to_string())
-        })
-    });
+    let connect = agent_docker::connector(agent_core::SecretPolicy::default());
     let quiet: FleetReporter = Arc::new(|_: &FleetEvent| {});
     let notifier = Arc::new(FileNotifier {
         file: Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?),

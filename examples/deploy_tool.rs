@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use agent_core::ContainerName;
 use agent_docker::DockerRuntime;
-use agent_rollout::{Silent, SqliteStore, UpdateRequest, UpdateStatus, Updater};
+use agent_rollout::{Silent, SqliteStore, UndoRequest, UpdateRequest, UpdateStatus, Updater};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -32,9 +32,7 @@ async fn main() -> anyhow::Result<()> {
                 done.len()
             );
             for d in done.iter().rev() {
-                let undo = updater
-                    .undo(d, None, &UpdateRequest::new((*d).clone(), image.parse()?))
-                    .await?;
+                let undo = updater.undo(&UndoRequest::new((*d).clone())).await?;
                 println!("{d}: back to revision {}", undo.revision.number);
             }
             std::process::exit(3);

@@ -476,7 +476,8 @@ impl VerifyArgs {
             });
         }
         for m in &self.metrics {
-            let (selector, condition) = parse_metric_check(m).map_err(|e| Usage(format!("--metric: {e}")))?;
+            let (selector, condition) =
+                agent_rollout::parse_metric_check(m).map_err(|e| Usage(format!("--metric: {e}")))?;
             v.scrapes.push(ScrapeCheck {
                 port: self.metrics_port,
                 path: self.metrics_path.clone(),
@@ -493,6 +494,14 @@ impl VerifyArgs {
             PullArg::Always => PullPolicy::Always,
             PullArg::Never => PullPolicy::Never,
         }
+    }
+
+    pub(crate) fn undo_request(&self, name: ContainerName) -> Result<agent_rollout::UndoRequest, Usage> {
+        let mut r = agent_rollout::UndoRequest::new(name);
+        r.verify = self.config()?;
+        r.pull = self.pull();
+        r.history_limit = self.history_limit as usize;
+        Ok(r)
     }
 
     pub(crate) fn request(&self, name: ContainerName, image: ImageRef) -> Result<UpdateRequest, Usage> {
@@ -548,109 +557,11 @@ impl UndoArgs {
     }
 }
 
-/// Reads a bearer token from `file`, or from `AGENTCTL_CC_TOKEN`.
+/// Reads the control-center token (see [`agent_rollout::read_token`]); its warning goes to stderr.
 pub(crate) fn read_token(file: Option<&std::path::Path>) -> Result<String, Usage> {
-    let token = match file {
-        Some(f) => {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(f)
-                .map_err(|e| Usage(format!("cannot read the token file {}: {e}", f.display())))?
-                .permissions()
-                .mode();
-            // As ssh does with keys: anyone who can write it can impersonate, anyone who can read it can spoof.
-            if mode & 0o002 != 0 {
-                return Err(Usage(format!(
-                    "the token file {} is writable by every user (mode {:o}); `chmod 600` it",
-                    f.display(),
-                    mode & 0o777
-                )));
-            }
-            if mode & 0o004 != 0 {
-                eprintln!(
-                    "warning: the token file {} is readable by every user (mode {:o}); `chmod 600` it",
-                    f.display(),
-                    mode & 0o777
-                );
-            }
-            std::fs::read_to_string(f)
-                .map_err(|e| Usage(format!("cannot read the token file {}: {e}", f.display())))?
-        }
-        None => std::env::var("AGENTCTL_CC_TOKEN").map_err(|_| {
-            Usage("the control center needs a token: give --token-file FILE (or --heartbeat-token-file), or set AGENTCTL_CC_TOKEN".into())
-        })?,
-    };
-    let token = token.trim().to_owned();
-    if token.len() < 16 {
-        return Err(Usage("the control-center token must be at least 16 characters".into()));
+    let token = agent_rollout::read_token(file).map_err(|e| Usage(e.to_string()))?;
+    if let Some(w) = &token.warning {
+        eprintln!("warning: {w}");
     }
-    Ok(token)
-}
-
-/// Splits `agent_requests_total{code="500"} < 5` into the selector and a condition over its value.
-pub(crate) fn parse_metric_check(text: &str) -> Result<(String, Condition), String> {
-    let t = text.trim();
-    let mut end = t
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .unwrap_or(t.len());
-    if end == 0 {
-        return Err(format!(
-            "{text:?} does not start with a metric name; write e.g. `agent_up == 1`"
-        ));
-    }
-    if t[end..].starts_with('{') {
-        let mut in_quotes = false;
-        let mut escaped = false;
-        let close = t[end..].char_indices().find(|&(_, c)| {
-            let hit = c == '}' && !in_quotes;
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_quotes = !in_quotes;
-            }
-            hit
-        });
-        end += close
-            .map(|(i, _)| i + 1)
-            .ok_or_else(|| format!("{text:?}: unclosed '{{'"))?;
-    }
-    let condition = Condition::parse(&format!("result {}", t[end..].trim()))?;
-    Ok((t[..end].to_owned(), condition))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metric_checks() {
-        let (s, c) = parse_metric_check("agent_up == 1").unwrap();
-        assert_eq!(s, "agent_up");
-        assert!(c.holds(1.0));
-        let (s, c) = parse_metric_check(r#"agent_requests_total{code="500",path="a}b"} < 5"#).unwrap();
-        assert_eq!(s, r#"agent_requests_total{code="500",path="a}b"}"#);
-        assert!(c.holds(4.0) && !c.holds(5.0));
-        assert!(parse_metric_check("== 1").is_err());
-        assert!(parse_metric_check("agent_up").is_err());
-        assert!(parse_metric_check("x{a=\"1\" < 2").is_err());
-    }
-
-    #[test]
-    fn token_files_others_can_write_are_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), "0123456789abcdef-token").unwrap();
-        let set = |mode| std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).unwrap();
-        set(0o600);
-        assert_eq!(read_token(Some(f.path())).unwrap(), "0123456789abcdef-token");
-        set(0o644);
-        assert!(read_token(Some(f.path())).is_ok(), "readable by others: a warning only");
-        set(0o666);
-        let err = read_token(Some(f.path())).unwrap_err().0;
-        assert!(
-            err.contains("writable by every user") && err.contains("chmod 600"),
-            "{err}"
-        );
-    }
+    Ok(token.value)
 }

@@ -73,13 +73,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Undo(args) => {
             let name = cli::container_name(&args.name)?;
             let to = args.revision()?;
-            let placeholder: agent_core::ImageRef = "placeholder:undo".parse()?;
-            let req = args.verify.request(name.clone(), placeholder)?;
+            let mut req = args.verify.undo_request(name.clone())?;
+            req.to = to;
             let progress = Arc::new(Progress::new(g.no_progress, false));
             let runtime = connect(g).await?;
             let store: Arc<dyn StateStore> = open_store(g)?;
             let updater = Updater::new(runtime, store, progress.clone());
-            let report = updater.undo(&name, to, &req).await?;
+            let report = updater.undo(&req).await?;
             match g.output {
                 Output::Table => print_out(g.output, render::update_text(&report)),
                 o => print_out(o, render::structured(o, &report)?),
@@ -259,15 +259,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
     let store: Arc<dyn StateStore> = open_store(g)?;
     let policy = g.secret_policy();
-    let connect: agent_rollout::Connector = Arc::new(move |host: String| {
-        let policy = policy.clone();
-        Box::pin(async move {
-            DockerRuntime::connect(Some(&host))
-                .await
-                .map(|d| Arc::new(d.with_secret_policy(policy)) as Arc<dyn ContainerRuntime>)
-                .map_err(|e| e.to_string())
-        })
-    });
+    let connect = agent_docker::connector(policy);
     let json = g.output == Output::Json;
     let bar = render::FleetBar::new(g.no_progress || g.output != Output::Table);
     let events: agent_rollout::FleetReporter = Arc::new(move |e: &agent_rollout::FleetEvent| {

@@ -56,8 +56,9 @@ pub use fake::{FakeRuntime, Fault, ImageBehaviour, MemoryStore};
 pub use image::{Digest, ImageRef, ImageRefError, RefPart, Tag, DEFAULT_REGISTRY};
 pub use revision::{Outcome, Revision, RevisionHistory, RevisionNumber};
 pub use runtime::{
-    ContainerInfo, ContainerRuntime, ContainerState, ContainerStatus, ContainerSummary, EngineInfo, HealthLogEntry,
-    HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress, ResourceUsage, RuntimeError,
+    Connector, ContainerInfo, ContainerRuntime, ContainerState, ContainerStatus, ContainerSummary, EngineInfo,
+    HealthLogEntry, HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress, ResourceUsage,
+    RuntimeError,
 };
 pub use secret::{has_url_credentials, redact_url_credentials};
 pub use spec::{

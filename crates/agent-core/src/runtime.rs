@@ -370,3 +370,15 @@ pub trait ContainerRuntime: Send + Sync {
     /// CPU and memory use of a running container (one sample; the engine may take about a second).
     async fn stats(&self, container: &str) -> Result<ResourceUsage, RuntimeError>;
 }
+
+/// Connects to an engine endpoint (`unix:///…`, `tcp://…`): how a fleet reaches the engines of its targets.
+/// `agent_docker::connector` builds one from `DOCKER_HOST` and the docker CLI's TLS settings; tests and
+/// SDK users can hand out any [`ContainerRuntime`].
+pub type Connector = std::sync::Arc<
+    dyn Fn(
+            String,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<std::sync::Arc<dyn ContainerRuntime>, RuntimeError>> + Send>,
+        > + Send
+        + Sync,
+>;

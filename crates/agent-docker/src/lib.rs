@@ -101,6 +101,26 @@ fn is_loopback_endpoint(endpoint: &str) -> bool {
     host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }
 
+/// A [`Connector`](agent_core::Connector) for fleets: each endpoint is connected as
+/// [`DockerRuntime::connect`] does (an empty endpoint means `DOCKER_HOST`, else the local socket), with
+/// `policy` deciding which env values are secret. A connection failure is
+/// [`RuntimeError::Unavailable`] naming the endpoint.
+pub fn connector(policy: agent_core::SecretPolicy) -> agent_core::Connector {
+    std::sync::Arc::new(move |endpoint: String| {
+        let policy = policy.clone();
+        Box::pin(async move {
+            let host = (!endpoint.is_empty()).then_some(endpoint.as_str());
+            match DockerRuntime::connect(host).await {
+                Ok(d) => Ok(std::sync::Arc::new(d.with_secret_policy(policy)) as std::sync::Arc<dyn ContainerRuntime>),
+                Err(e) => Err(RuntimeError::Unavailable {
+                    endpoint: endpoint.clone(),
+                    message: e.to_string(),
+                }),
+            }
+        })
+    })
+}
+
 impl DockerRuntime {
     /// Connects to `endpoint`, or to `DOCKER_HOST`, or to the local socket, and negotiates the API version.
     pub async fn connect(endpoint: Option<&str>) -> Result<DockerRuntime, Error> {

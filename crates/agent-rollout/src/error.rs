@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use agent_core::{ImageRefError, PolicyViolation, RevisionNumber, RuntimeError, StoreError};
+use agent_core::{ImageRefError, InvalidTransition, PolicyViolation, RevisionNumber, RuntimeError, StoreError};
 
 /// What went wrong in an update, undo or rollout. Unless the variant says otherwise, nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,14 @@ pub enum Error {
         reason: String,
         /// Why the revert failed.
         error: String,
+    },
+    /// A rollout's state machine refused a move: a bug or a state changed by another tool; nothing was done.
+    #[error("rollout {rollout}: {source}; see `agentctl rollout status {rollout}`")]
+    IllegalTransition {
+        /// The rollout.
+        rollout: String,
+        /// The refused move.
+        source: InvalidTransition,
     },
     /// A bad argument or configuration value.
     #[error("invalid {what}: {message}")]

@@ -32,24 +32,28 @@ mod ops;
 mod plan;
 mod report;
 mod request;
+mod settings;
 mod store;
 mod undo;
 mod update;
 
+pub use agent_core::Connector;
 pub use error::Error;
 pub use events::{Event, FleetEvent, FleetReporter, Reporter, Silent};
 pub use fleet::{
-    metrics_text, Connector, Fleet, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, RolloutState,
-    TargetSpec, TargetState, TargetStatus, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
+    metrics_text, Fleet, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, RolloutState, TargetSpec,
+    TargetState, TargetStatus, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
 };
 pub use journal::{CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV};
 pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
-pub use notify::{Notifier, NotifySpec, Webhook, DRAIN_TIMEOUT};
+pub use notify::{Notifier, NotifyError, NotifySpec, Webhook, DRAIN_TIMEOUT};
 pub use plan::UPDATE_STEPS;
 pub use report::{preview_name, Preview, Recovery, StatusReport, UpdateReport, UpdateStatus};
 pub use request::{
-    HeartbeatCheck, ProbeFactory, PullPolicy, QueryCheck, ScrapeCheck, UpdateRequest, VerifyConfig, WatchConfig,
+    HeartbeatCheck, ProbeFactory, PullPolicy, QueryCheck, ScrapeCheck, UndoRequest, UpdateRequest, VerifyConfig,
+    WatchConfig,
 };
+pub use settings::{parse_metric_check, read_token, Token, TokenError};
 pub use store::SqliteStore;
 pub use update::{reserved_name_owner, subject_key, Updater};
 

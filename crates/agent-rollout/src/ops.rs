@@ -18,7 +18,7 @@ use crate::events::Event;
 use crate::executor::RevisionMeta;
 use crate::lease::LeaseGuard;
 use crate::report::{Preview, UpdateReport, UpdateStatus, PREVIEW_KIND};
-use crate::request::{PullPolicy, UpdateRequest, WatchConfig};
+use crate::request::{PullPolicy, UndoRequest, UpdateRequest, WatchConfig};
 use crate::update::Updater;
 
 impl Updater {
@@ -161,10 +161,10 @@ impl Updater {
             alert.reason
         );
         self.reporter.report(&Event::RollingBack { reason: reason.clone() });
-        let mut back = req.clone();
-        back.watch = None;
+        let mut back = UndoRequest::like(req.container.clone(), req);
+        back.to = report.previous;
         back.cause = Some(format!("rollback after {reason}"));
-        let undo = self.undo_locked(lease, &req.container, report.previous, &back).await?;
+        let undo = self.undo_locked(lease, &back).await?;
         let subject = self.subject(name);
         let mut failed = report.revision.clone();
         failed.outcome = Outcome::RolledBack { reason: reason.clone() };

@@ -258,3 +258,76 @@ impl UpdateRequest {
         }
     }
 }
+
+/// What to go back to and how to verify it. There is no image to give: the revision names it.
+#[derive(Clone)]
+pub struct UndoRequest {
+    /// The container.
+    pub container: ContainerName,
+    /// The revision (`None`: the last known-good one before the current one).
+    pub to: Option<agent_core::RevisionNumber>,
+    /// When to pull the revision's image (only when its retained container is gone).
+    pub pull: PullPolicy,
+    /// Why (recorded in the history); defaults to `undo to revision N`.
+    pub cause: Option<String>,
+    /// Revisions kept.
+    pub history_limit: usize,
+    /// How to verify the revision once it runs again.
+    pub verify: VerifyConfig,
+    /// Extra probes.
+    pub extra_probes: Option<ProbeFactory>,
+}
+
+impl std::fmt::Debug for UndoRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UndoRequest")
+            .field("container", &self.container)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UndoRequest {
+    /// Back to the last known-good revision, with the defaults (pull when missing, history limit 5).
+    pub fn new(container: ContainerName) -> UndoRequest {
+        UndoRequest {
+            container,
+            to: None,
+            pull: PullPolicy::default(),
+            cause: None,
+            history_limit: RevisionHistory::DEFAULT_LIMIT,
+            verify: VerifyConfig::default(),
+            extra_probes: None,
+        }
+    }
+
+    /// Back to revision `n`.
+    pub fn to(mut self, n: agent_core::RevisionNumber) -> UndoRequest {
+        self.to = Some(n);
+        self
+    }
+
+    /// The same verification and bookkeeping settings as `req` (how a rollback follows an update).
+    pub fn like(container: ContainerName, req: &UpdateRequest) -> UndoRequest {
+        UndoRequest {
+            container,
+            to: None,
+            pull: req.pull,
+            cause: req.cause.clone(),
+            history_limit: req.history_limit,
+            verify: req.verify.clone(),
+            extra_probes: req.extra_probes.clone(),
+        }
+    }
+
+    /// The update that brings back `image` with these settings (the executor's request).
+    pub(crate) fn to_update(&self, image: ImageRef) -> UpdateRequest {
+        let mut req = UpdateRequest::new(self.container.clone(), image);
+        req.pull = self.pull;
+        req.cause = self.cause.clone();
+        req.history_limit = self.history_limit;
+        req.verify = self.verify.clone();
+        req.extra_probes = self.extra_probes.clone();
+        req
+    }
+}

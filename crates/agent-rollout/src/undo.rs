@@ -1,7 +1,7 @@
 //! Going back: undo to any revision (from its retained container when it is the one recorded, else from its
 //! snapshot), and `status`, which repairs interrupted operations and reports drift.
 
-use agent_core::{ContainerName, RevisionNumber, RuntimeError};
+use agent_core::{ContainerName, RuntimeError};
 
 use crate::error::Error;
 use crate::events::Event;
@@ -9,31 +9,21 @@ use crate::executor::{Check, RevisionMeta, Source};
 use crate::lease::LeaseGuard;
 use crate::plan::OpKind;
 use crate::report::{Recovery, StatusReport, UpdateReport};
-use crate::request::UpdateRequest;
+use crate::request::UndoRequest;
 use crate::update::{short_id, Updater};
 
 impl Updater {
     /// Goes back to `to` (default: the last known-good revision before the current one), from its retained
     /// container when it still exists, else recreated from its snapshot. Recorded as a new revision.
-    pub async fn undo(
-        &self,
-        container: &ContainerName,
-        to: Option<RevisionNumber>,
-        req: &UpdateRequest,
-    ) -> Result<UpdateReport, Error> {
-        let lease = self.lease(container.as_str(), "undo").await?;
-        let result = self.undo_locked(&lease, container, to, req).await;
+    pub async fn undo(&self, undo: &UndoRequest) -> Result<UpdateReport, Error> {
+        let lease = self.lease(undo.container.as_str(), "undo").await?;
+        let result = self.undo_locked(&lease, undo).await;
         lease.release().await?;
         result
     }
 
-    pub(crate) async fn undo_locked(
-        &self,
-        lease: &LeaseGuard,
-        container: &ContainerName,
-        to: Option<RevisionNumber>,
-        req: &UpdateRequest,
-    ) -> Result<UpdateReport, Error> {
+    pub(crate) async fn undo_locked(&self, lease: &LeaseGuard, undo: &UndoRequest) -> Result<UpdateReport, Error> {
+        let (container, to, req) = (&undo.container, undo.to, undo);
         let name = container.as_str();
         let recovered = self.recover_locked(name).await?;
         let history = self.history(container, req.history_limit).await?;
@@ -114,6 +104,7 @@ impl Updater {
                 faithful_to,
             )
         };
+        let req = undo.to_update(target.image.clone());
         let meta = RevisionMeta {
             image: target.image.clone(),
             image_id,
@@ -135,7 +126,7 @@ impl Updater {
                 Check::Gate,
                 faithful_to,
                 meta,
-                req,
+                &req,
             )
             .await?;
         report.recovered = recovered;

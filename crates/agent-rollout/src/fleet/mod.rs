@@ -25,11 +25,9 @@ use run::Action;
 use state::{failed_targets, failures_allowed, rollout_cause};
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use agent_core::{ContainerRuntime, Input, Phase, StateMachine, StateStore};
+use agent_core::{Connector, ContainerRuntime, Input, Phase, StateMachine, StateStore};
 use time::OffsetDateTime;
 
 use crate::error::Error;
@@ -40,11 +38,6 @@ use crate::notify::{Notifier, Outbox, Webhook};
 const DOC_KIND: &str = "rollout";
 /// Pause requests for running rollouts, by name (checked before each step).
 const PAUSE_KIND: &str = "rollout-pause-request";
-
-/// Connects to an engine endpoint.
-pub type Connector = Arc<
-    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<Arc<dyn ContainerRuntime>, String>> + Send>> + Send + Sync,
->;
 
 /// Runs rollouts.
 pub struct Fleet {
@@ -61,6 +54,18 @@ impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet").finish_non_exhaustive()
     }
+}
+
+/// Moves `state`'s machine by `input`, or says why it may not.
+fn transition(state: &mut RolloutState, input: Input) -> Result<(), Error> {
+    state
+        .machine
+        .apply(input)
+        .map(|_| ())
+        .map_err(|source| Error::IllegalTransition {
+            rollout: state.spec.name.to_string(),
+            source,
+        })
 }
 
 fn key(name: &str) -> String {
@@ -102,7 +107,7 @@ impl Fleet {
         if let Some(r) = map.get(host) {
             return Ok(r.clone());
         }
-        let r = (self.connect)(host.to_owned()).await?;
+        let r = (self.connect)(host.to_owned()).await.map_err(|e| e.to_string())?;
         map.insert(host.to_owned(), r.clone());
         Ok(r)
     }
@@ -205,7 +210,10 @@ impl Fleet {
             None => spec.image.clone(),
         };
         let mut machine = StateMachine::default();
-        let _ = machine.apply(Input::Start);
+        machine.apply(Input::Start).map_err(|source| Error::IllegalTransition {
+            rollout: spec.name.to_string(),
+            source,
+        })?;
         let targets = spec
             .targets
             .iter()
@@ -414,11 +422,13 @@ impl Fleet {
     /// Routes this rollout's events to the spec's webhooks and the extra notifiers.
     fn open_outbox(&self, spec: &RolloutSpec) {
         let mut notifiers = self.extra_notifiers.clone();
-        notifiers.extend(
-            spec.notify
-                .iter()
-                .map(|n| Arc::new(Webhook::new(&n.webhook)) as Arc<dyn Notifier>),
-        );
+        for n in &spec.notify {
+            match n.url() {
+                Ok(url) => notifiers.push(Arc::new(Webhook::new(&url))),
+                // Validated when the rollout started; a webhook file removed since costs only its events.
+                Err(e) => tracing::warn!(error = %e, "a webhook of the rollout is skipped"),
+            }
+        }
         *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Outbox::new(notifiers));
     }
 

@@ -6,7 +6,7 @@ use super::*;
 use crate::error::Error;
 use crate::events::FleetEvent;
 use crate::report::UpdateStatus;
-use crate::request::UpdateRequest;
+use crate::request::UndoRequest;
 use crate::update::Updater;
 
 impl Fleet {
@@ -56,7 +56,10 @@ impl Fleet {
     }
 
     pub(super) async fn rollback(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
-        let _ = state.machine.apply(Input::StartRollback { reason: reason.clone() });
+        // A rollback a stopped process left half done is finished, not started again.
+        if state.phase() != Phase::RollingBack {
+            transition(state, Input::StartRollback { reason: reason.clone() })?;
+        }
         state.reason = Some(reason.clone());
         self.save(state).await?;
         self.settle(state).await?;
@@ -106,7 +109,7 @@ impl Fleet {
             }
             let outcome = async {
                 let (rt, name) = self.target(&t).await?;
-                let mut req = UpdateRequest::new(name.clone(), state.pinned.clone());
+                let mut req = UndoRequest::new(name.clone());
                 req.verify = verify.clone();
                 req.history_limit = state.spec.history.limit;
                 req.cause = Some(format!("rollback of rollout {}: {reason}", state.spec.name));
@@ -126,7 +129,8 @@ impl Fleet {
                 let mut failed = Vec::new();
                 for attempt in attempts {
                     let which = attempt.map_or("the last known-good revision".to_owned(), |n| format!("revision {n}"));
-                    match updater.undo(&name, attempt, &req).await {
+                    req.to = attempt;
+                    match updater.undo(&req).await {
                         Ok(report) if report.status != UpdateStatus::RolledBack => {
                             let walked = if failed.is_empty() {
                                 String::new()
@@ -164,7 +168,7 @@ impl Fleet {
                 reason: format!("{broken} target(s) could not be reverted"),
             }
         };
-        let _ = state.machine.apply(input);
+        transition(state, input)?;
         self.save(state).await?;
         self.finished(state);
         Ok(())

@@ -126,7 +126,7 @@ impl Fleet {
             state.next_step += 1;
             self.save(state).await?;
         }
-        let _ = state.machine.apply(Input::Complete);
+        transition(state, Input::Complete)?;
         self.save(state).await?;
         self.finished(state);
         Ok(())
@@ -144,7 +144,7 @@ impl Fleet {
 
     pub(super) async fn pause_state(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
         if state.phase() == Phase::Progressing {
-            let _ = state.machine.apply(Input::Pause { reason: reason.clone() });
+            transition(state, Input::Pause { reason: reason.clone() })?;
         }
         state.reason = Some(reason.clone());
         self.save(state).await?;
@@ -159,7 +159,7 @@ impl Fleet {
 
     pub(super) async fn fail(&self, state: &mut RolloutState, reason: String) -> Result<(), Error> {
         if !state.spec.rollback.automatic {
-            let _ = state.machine.apply(Input::Fail { reason: reason.clone() });
+            transition(state, Input::Fail { reason: reason.clone() })?;
             state.reason = Some(format!("{reason}; automatic rollback is off"));
             self.save(state).await?;
             self.finished(state);

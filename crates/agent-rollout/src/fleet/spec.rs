@@ -334,9 +334,7 @@ impl RolloutSpec {
             }
         }
         for n in &self.notify {
-            if !n.webhook.starts_with("http://") {
-                return Err(self.invalid(format!("notify webhook {:?} must be an http:// URL", n.webhook)));
-            }
+            n.url().map_err(|e| self.invalid(e))?;
         }
         for (name, a) in &self.analysis {
             if a.success_condition.is_none() && a.failure_condition.is_none() {
@@ -372,22 +370,20 @@ impl RolloutSpec {
             ..VerifyConfig::default()
         };
         if let Some(h) = &self.health.heartbeat {
-            let token = match &h.token_file {
-                Some(f) => std::fs::read_to_string(f)
-                    .map_err(|e| self.invalid(format!("health.heartbeat.tokenFile {}: {e}", f.display())))?,
-                None => std::env::var("AGENTCTL_CC_TOKEN")
-                    .map_err(|_| self.invalid("health.heartbeat needs tokenFile or env AGENTCTL_CC_TOKEN".into()))?,
-            };
+            let token = crate::settings::read_token(h.token_file.as_deref())
+                .map_err(|e| self.invalid(format!("health.heartbeat: {e}")))?;
+            if let Some(w) = &token.warning {
+                tracing::warn!("health.heartbeat: {w}");
+            }
             v.heartbeat = Some(HeartbeatCheck {
                 url: h.url.clone(),
-                token: token.trim().to_owned(),
+                token: token.value,
                 max_age: h.timeout,
             });
         }
         for m in &self.health.metrics {
-            let (selector, rest) = split_metric(m)
-                .ok_or_else(|| self.invalid(format!("health.metrics: {m:?} is not `SELECTOR OP NUMBER`")))?;
-            let condition = agent_health::Condition::parse(&format!("result {rest}")).map_err(|e| self.invalid(e))?;
+            let (selector, condition) =
+                crate::settings::parse_metric_check(m).map_err(|e| self.invalid(format!("health.metrics: {e}")))?;
             v.scrapes.push(ScrapeCheck {
                 port: self.health.metrics_port,
                 path: "/metrics".into(),
@@ -397,13 +393,4 @@ impl RolloutSpec {
         }
         Ok(v)
     }
-}
-
-pub(super) fn split_metric(text: &str) -> Option<(String, String)> {
-    let t = text.trim();
-    let end = match t.find('{') {
-        Some(_) => t.find('}')? + 1,
-        None => t.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))?,
-    };
-    Some((t[..end].to_owned(), t[end..].trim().to_owned()))
 }

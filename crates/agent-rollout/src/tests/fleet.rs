@@ -29,7 +29,12 @@ fn fleet(hosts: Vec<Arc<FakeRuntime>>, events: Arc<std::sync::Mutex<Vec<String>>
         .collect();
     let connect: Connector = Arc::new(move |host: String| {
         let r = map.get(&host).cloned().ok_or_else(|| format!("no engine at {host}"));
-        Box::pin(async move { r })
+        Box::pin(async move {
+            r.map_err(|message| agent_core::RuntimeError::Unavailable {
+                endpoint: String::new(),
+                message,
+            })
+        })
     });
     let store = Arc::new(MemoryStore::default());
     let sink: FleetReporter = Arc::new(move |e: &FleetEvent| {
@@ -192,7 +197,12 @@ async fn a_rollback_walks_back_past_a_previous_revision_that_fails_too() {
         .collect();
     let connect: Connector = Arc::new(move |host: String| {
         let r = map.get(&host).cloned().ok_or_else(|| format!("no engine at {host}"));
-        Box::pin(async move { r })
+        Box::pin(async move {
+            r.map_err(|message| agent_core::RuntimeError::Unavailable {
+                endpoint: String::new(),
+                message,
+            })
+        })
     });
     let store = Arc::new(MemoryStore::default());
     // The moment the rollout starts reverting, the next container start on engine A fails once: the
@@ -333,8 +343,12 @@ async fn webhooks_get_every_event_and_a_dead_one_does_not_hold_the_rollout() {
     let (hole, _) = receiver(true);
     let events = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (f, _store) = fleet(hosts(false), events.clone());
+    // The good receiver's URL comes from a file: only its path is stored with the rollout.
+    let url_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(url_file.path(), format!("{good}\n")).unwrap();
     let s = spec(&format!(
-        "name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy: {{recreate: {{}}}}\n{HEALTH}notify:\n  - {{webhook: '{good}'}}\n  - {{webhook: '{hole}'}}\n  - {{webhook: 'http://127.0.0.1:1/refused'}}\n"
+        "name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy: {{recreate: {{}}}}\n{HEALTH}notify:\n  - {{webhookFile: '{}'}}\n  - {{webhook: '{hole}'}}\n  - {{webhook: 'http://127.0.0.1:1/refused'}}\n",
+        url_file.path().display()
     ));
     let start = std::time::Instant::now();
     let st = f.apply(s).await.unwrap();
@@ -363,4 +377,15 @@ async fn webhooks_get_every_event_and_a_dead_one_does_not_hold_the_rollout() {
     )
     .unwrap_err();
     assert!(bad.to_string().contains("http:// URL"), "{bad}");
+    // A password in a webhook URL would be stored with the rollout's state: refused, with the fix.
+    let secret = RolloutSpec::parse(
+        &format!("name: f\nimage: a:1\n{TARGETS}strategy: {{recreate: {{}}}}\nnotify: [{{webhook: 'http://ops:hunter2@127.0.0.1:9/x'}}]\n"),
+        "s",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        secret.contains("webhookFile") && !secret.contains("hunter2"),
+        "{secret}"
+    );
 }

@@ -62,6 +62,12 @@ fn req(image: &str) -> UpdateRequest {
     r
 }
 
+fn undo_req(to: Option<agent_core::RevisionNumber>) -> UndoRequest {
+    let mut r = UndoRequest::like("agent".parse().unwrap(), &req("acme/agent:1.0"));
+    r.to = to;
+    r
+}
+
 #[tokio::test(start_paused = true)]
 async fn update_retains_the_old_container_and_records_revisions() {
     let (rt, _store, up) = setup();
@@ -168,10 +174,7 @@ async fn undo_uses_the_retained_container_and_records_a_new_revision() {
     let (rt, _store, up) = setup();
     up.update(&req("acme/agent:2.0")).await.unwrap();
     let v1_id = rt.inspect_container("agent.rev1").await.unwrap().id;
-    let report = up
-        .undo(&"agent".parse().unwrap(), None, &req("acme/agent:1.0"))
-        .await
-        .unwrap();
+    let report = up.undo(&undo_req(None)).await.unwrap();
     assert_eq!(report.status, UpdateStatus::Updated, "{:?}", report.reason);
     assert_eq!(report.revision.number.get(), 3);
     assert_eq!(report.revision.cause, "undo to revision 1");
@@ -181,23 +184,13 @@ async fn undo_uses_the_retained_container_and_records_a_new_revision() {
     assert_eq!(rt.container_names(), ["agent", "agent.rev2"]);
     // And forward again to revision 2, from its retained container.
     let n2 = "2".parse().unwrap();
-    let report = up
-        .undo(&"agent".parse().unwrap(), Some(n2), &req("acme/agent:1.0"))
-        .await
-        .unwrap();
+    let report = up.undo(&undo_req(Some(n2))).await.unwrap();
     assert_eq!(report.status, UpdateStatus::Updated);
     assert_eq!(
         rt.inspect_container("agent").await.unwrap().spec.image,
         img("acme/agent:2.0")
     );
-    let err = up
-        .undo(
-            &"agent".parse().unwrap(),
-            Some("9".parse().unwrap()),
-            &req("acme/agent:1.0"),
-        )
-        .await
-        .unwrap_err();
+    let err = up.undo(&undo_req(Some("9".parse().unwrap()))).await.unwrap_err();
     assert!(err.to_string().contains("no revision 9"), "{err}");
 }
 

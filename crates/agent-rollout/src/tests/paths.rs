@@ -24,6 +24,10 @@ fn inconclusive(mut r: UpdateRequest) -> UpdateRequest {
     r
 }
 
+fn inconclusive_undo() -> UndoRequest {
+    UndoRequest::like("agent".parse().unwrap(), &inconclusive(req("acme/agent:1.0")))
+}
+
 async fn image_of(rt: &FakeRuntime, name: &str) -> String {
     rt.inspect_container(name).await.unwrap().spec.image.familiar()
 }
@@ -110,10 +114,7 @@ async fn an_inconclusive_verification_keeps_the_new_version_on_every_path() {
         up.update(&req("acme/agent:2.0")).await.unwrap().status,
         UpdateStatus::Updated
     );
-    let back = up
-        .undo(&"agent".parse().unwrap(), None, &inconclusive(req("acme/agent:1.0")))
-        .await
-        .unwrap();
+    let back = up.undo(&inconclusive_undo()).await.unwrap();
     assert_eq!(back.status, UpdateStatus::Unverified, "{:?}", back.reason);
     assert_eq!(image_of(&rt, "agent").await, "acme/agent:1.0");
     assert_eq!(image_of(&rt, "agent.rev2").await, "acme/agent:2.0");
