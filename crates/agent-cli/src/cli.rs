@@ -91,8 +91,10 @@ pub(crate) enum Command {
     #[command(after_help = "Example:\n  agentctl undo node-agent --to-revision 3")]
     Undo(UndoArgs),
     /// List the revisions of a container.
-    #[command(after_help = "Example:\n  agentctl history node-agent -o json")]
-    History(NameArgs),
+    #[command(
+        after_help = "Examples:\n  agentctl history node-agent -o json\n  agentctl history node-agent --protect 3"
+    )]
+    History(HistoryArgs),
     /// Show a container's current revision and health, repairing an interrupted operation first.
     #[command(after_help = "Example:\n  agentctl status node-agent")]
     Status(NameArgs),
@@ -139,6 +141,33 @@ pub(crate) struct NameArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct HistoryArgs {
+    /// Container name.
+    pub(crate) name: String,
+    /// Revisions shown (and kept: pruning follows the same limit).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub(crate) history_limit: u32,
+    /// Protect revision N: it is never pruned and its retained container is kept.
+    #[arg(long, value_name = "N", conflicts_with = "unprotect")]
+    pub(crate) protect: Option<String>,
+    /// Take the protection of revision N away (pruning may drop it again).
+    #[arg(long, value_name = "N")]
+    pub(crate) unprotect: Option<String>,
+}
+
+impl HistoryArgs {
+    /// The revision to (un)protect and how, when one is asked for.
+    pub(crate) fn protection(&self) -> Result<Option<(RevisionNumber, bool)>, Usage> {
+        let parse = |flag: &str, s: &str| s.parse::<RevisionNumber>().map_err(|e| Usage(format!("{flag}: {e}")));
+        Ok(match (&self.protect, &self.unprotect) {
+            (Some(n), _) => Some((parse("--protect", n)?, true)),
+            (None, Some(n)) => Some((parse("--unprotect", n)?, false)),
+            (None, None) => None,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct ApplyArgs {
     /// The rollout spec (YAML or JSON); `-` reads standard input.
     #[arg(long, short = 'f', value_name = "FILE")]
@@ -151,6 +180,9 @@ pub(crate) struct ApplyArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RolloutCommand {
+    /// List every rollout with its phase, step, targets and age.
+    #[command(after_help = "Example:\n  agentctl rollout list -o json")]
+    List,
     /// Show a rollout's phase, step and every target's state.
     #[command(after_help = "Example:\n  agentctl rollout status node-agent -o json")]
     Status {

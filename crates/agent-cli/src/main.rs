@@ -91,6 +91,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime: Arc<dyn ContainerRuntime> = connect(g).await?;
             let store: Arc<dyn StateStore> = open_store(g)?;
             let updater = Updater::new(runtime, store, Arc::new(Progress::new(true, quiet)));
+            if let Some((n, protected)) = args.protection()? {
+                let r = updater.protect(&name, n, protected).await?;
+                let word = if r.protected {
+                    "protected: never pruned"
+                } else {
+                    "no longer protected"
+                };
+                eprintln!("{name}: revision {} ({}) is {word}", r.number, r.image.familiar());
+            }
             let h = updater.history(&name, args.history_limit as usize).await?;
             match g.output {
                 Output::Table if h.revisions().is_empty() => print_out(
@@ -134,6 +143,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollout(cmd) => {
             let fleet = fleet(g)?;
             let state = match cmd {
+                cli::RolloutCommand::List => {
+                    let mut all = fleet.all().await?;
+                    all.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
+                    match g.output {
+                        Output::Table => print_out(g.output, render::rollout_list(&all)),
+                        o => print_out(o, render::structured(o, &render::rollout_list_rows(&all))?),
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
                 cli::RolloutCommand::Status { name } => {
                     let s = fleet.state(name).await?.ok_or_else(|| {
                         anyhow::anyhow!("no rollout named {name}; start one with `agentctl apply -f SPEC`")

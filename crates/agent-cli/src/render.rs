@@ -237,6 +237,9 @@ pub(crate) fn history_table(h: &RevisionHistory) -> String {
     t.set_header(["REV", "IMAGE", "DIGEST", "STATUS", "CAUSE", "CREATED", "RETAINED"]);
     for r in history_rows(h) {
         let mut status = r.status.to_owned();
+        if r.protected {
+            status.push_str(" [protected]");
+        }
         if r.current {
             status.push_str(" (current)");
         } else if r.last_known_good {
@@ -252,6 +255,70 @@ pub(crate) fn history_table(h: &RevisionHistory) -> String {
             r.cause.to_owned(),
             r.created_at,
             r.retained_container.unwrap_or("-").to_owned(),
+        ]);
+    }
+    t.to_string()
+}
+
+/// One line of `rollout list`.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RolloutRow {
+    name: String,
+    phase: agent_core::Phase,
+    image: String,
+    step: usize,
+    steps: usize,
+    targets: usize,
+    updated: usize,
+    started_at: String,
+    updated_at: String,
+    age_seconds: i64,
+    reason: Option<String>,
+}
+
+pub(crate) fn rollout_list_rows(states: &[agent_rollout::RolloutState]) -> Vec<RolloutRow> {
+    let now = time::OffsetDateTime::now_utc();
+    states
+        .iter()
+        .map(|s| RolloutRow {
+            name: s.spec.name.to_string(),
+            phase: s.phase(),
+            image: s.pinned.familiar(),
+            step: s.next_step,
+            steps: s.plan.steps.len(),
+            targets: s.targets.len(),
+            updated: s
+                .targets
+                .iter()
+                .filter(|t| t.status == agent_rollout::TargetStatus::Updated)
+                .count(),
+            started_at: ts(&s.started_at),
+            updated_at: ts(&s.updated_at),
+            age_seconds: (now - s.started_at).whole_seconds(),
+            reason: s.reason.clone(),
+        })
+        .collect()
+}
+
+/// `rollout list`: every rollout, newest change first.
+pub(crate) fn rollout_list(states: &[agent_rollout::RolloutState]) -> String {
+    if states.is_empty() {
+        return "no rollouts yet: start one with `agentctl apply -f SPEC`".into();
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header(["ROLLOUT", "PHASE", "IMAGE", "STEP", "UPDATED", "AGE", "REASON"]);
+    for r in rollout_list_rows(states) {
+        t.add_row([
+            terminal_safe(&r.name).into_owned(),
+            r.phase.to_string(),
+            terminal_safe(&r.image).into_owned(),
+            format!("{}/{}", r.step, r.steps),
+            format!("{}/{}", r.updated, r.targets),
+            agent_core::format_duration(std::time::Duration::from_secs(r.age_seconds.max(0) as u64)),
+            terminal_safe(r.reason.as_deref().unwrap_or("-")).into_owned(),
         ]);
     }
     t.to_string()

@@ -189,4 +189,32 @@ impl Updater {
         lease.release().await?;
         r
     }
+
+    /// Marks revision `n` of `container` as protected (never pruned, its retained container kept) or takes
+    /// the mark away. Returns the revision as recorded.
+    pub async fn protect(
+        &self,
+        container: &ContainerName,
+        n: agent_core::RevisionNumber,
+        protected: bool,
+    ) -> Result<agent_core::Revision, Error> {
+        let name = container.as_str();
+        let lease = self
+            .lease(name, if protected { "protect" } else { "unprotect" })
+            .await?;
+        let result = async {
+            let history = self.history(container, usize::MAX).await?;
+            let mut r = history.get(n).cloned().ok_or_else(|| Error::NoSuchRevision {
+                container: name.to_owned(),
+                revision: n,
+                available: history.revisions().iter().map(|r| r.number.get()).collect(),
+            })?;
+            r.protected = protected;
+            self.store.put_revision(&self.subject(name), &r).await?;
+            Ok(r)
+        }
+        .await;
+        lease.release().await?;
+        result
+    }
 }

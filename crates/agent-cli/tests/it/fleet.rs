@@ -61,6 +61,19 @@ fn a_canary_pauses_is_promoted_from_another_process_and_pins_the_digest() {
     assert_eq!(updated, 1, "25 % of 4");
     let status = json(&w.agentctl(&["rollout", "status", &rollout, "-o", "json"]));
     assert_eq!(status["machine"]["phase"], "paused");
+    // `rollout list` shows it with its phase, step and how many targets run the new version.
+    let list = json(&w.agentctl(&["rollout", "list", "-o", "json"]));
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == rollout.as_str())
+        .unwrap_or_else(|| panic!("{rollout} not listed: {list}"));
+    assert_eq!(
+        (row["phase"].as_str(), row["updated"].as_u64(), row["targets"].as_u64()),
+        (Some("paused"), Some(1), Some(4)),
+        "{row}"
+    );
     let out = w.agentctl(&["rollout", "promote", &rollout, "-o", "json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let last = events(&out).pop().unwrap();

@@ -441,6 +441,44 @@ fn undo_and_undo_to_revision() {
     let status = json(&w.agentctl(&["status", &name, "-o", "json"]));
     assert_eq!(status["state"], "running");
     assert_eq!(status["revision"]["number"], 5);
+    // A protected revision outlives pruning: three more updates with a history of 2 keep revision 2 (and its
+    // retained container); unprotected, the next pruning drops it.
+    let out = w.agentctl(&["history", &name, "--protect", "2", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let protected = |h: &serde_json::Value, n: u64| {
+        h.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["revision"] == n && r["protected"] == true)
+    };
+    assert!(protected(&json(&out), 2), "{}", stdout(&out));
+    for v in ["v2", "v3", "v2"] {
+        let out = w.agentctl(
+            &[
+                &["update", &name, "--image", &img.refs[v], "--history-limit", "2"],
+                FAST,
+            ]
+            .concat(),
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let hist = json(&w.agentctl(&["history", &name, "--history-limit", "1000", "-o", "json"]));
+    assert!(protected(&hist, 2), "{hist}");
+    let out = w.agentctl(&["history", &name, "--unprotect", "2"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = w.agentctl(
+        &[
+            &["update", &name, "--image", &img.refs["v3"], "--history-limit", "2"],
+            FAST,
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let hist = json(&w.agentctl(&["history", &name, "--history-limit", "1000", "-o", "json"]));
+    assert!(hist.as_array().unwrap().iter().all(|r| r["revision"] != 2), "{hist}");
+    let out = w.agentctl(&["history", &name, "--protect", "99"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("no revision 99"), "{}", stderr(&out));
 }
 
 #[test]
