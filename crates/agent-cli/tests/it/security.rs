@@ -223,3 +223,90 @@ fn oversized_endless_and_huge_specs_are_refused_before_anything_is_read_whole() 
         assert!(stderr(&out).contains(expect), "{}: {}", file.display(), stderr(&out));
     }
 }
+
+/// `--metrics-listen` under file-descriptor exhaustion: with the process limited to 64 descriptors and 80
+/// connections held open against it, `accept` fails with EMFILE; the loop backs off instead of ending (it
+/// ended for good before), and once the connections go, scrapes are answered again and the rollout finishes.
+#[test]
+fn the_metrics_listener_survives_running_out_of_file_descriptors() {
+    let img = images();
+    let w = World::new("emfile");
+    let (names, _) = w.agents("e", 2);
+    let rollout = w.name("ro");
+    let targets: String = names
+        .iter()
+        .map(|n| format!("  - {{host: 'unix:///var/run/docker.sock', container: {n}}}\n"))
+        .collect();
+    let spec = w.state_dir().join("emfile.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: {rollout}\nimage: {}\ntargets:\n{targets}strategy:\n  canary: {{steps: [{{setWeight: 50}}, {{pause: 15s}}]}}\nhealth: {{minHealthyTime: 1s, deadline: 15s, period: 300ms}}\n",
+            img.refs["v2"]
+        ),
+    )
+    .unwrap();
+    let port = agent_docker::testing::free_port().unwrap();
+    let child = std::process::Command::new("prlimit")
+        .arg("--nofile=64:64")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_agentctl"))
+        .arg("--state-dir")
+        .arg(w.state_dir())
+        .args([
+            "--no-progress",
+            "apply",
+            "-f",
+            spec.to_str().unwrap(),
+            "--metrics-listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("NO_COLOR", "1")
+        .env_remove("AGENTCTL_CRASH_AT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    assert!(wait_http(&url, 30), "the metrics endpoint did not answer");
+    let scrape = || {
+        runtime()
+            .block_on(agent_health::http::get(&url, std::time::Duration::from_secs(3)))
+            .map(|r| r.body)
+    };
+    // Wait for the timed pause: the first target is updated, the process only serves metrics.
+    let paused = format!("agentctl_rollout_targets{{rollout=\"{rollout}\",status=\"updated\"}} 1");
+    let mut body = String::new();
+    for _ in 0..150 {
+        body = scrape().unwrap_or_default();
+        if body.contains(&paused) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(body.contains(&paused), "{body}");
+    // Hold more connections than the process has descriptors.
+    let held: Vec<std::net::TcpStream> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    drop(held);
+    // Closed clients free their descriptors; the listener answers again.
+    let mut again = Err(String::new());
+    for _ in 0..50 {
+        again = scrape().map_err(|e| e.to_string());
+        if again.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let again = again.expect("the metrics listener answers after the descriptors are free");
+    assert!(again.contains(&rollout), "{again}");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.contains("accept failed"),
+        "the test must have exhausted the descriptors: {err}"
+    );
+    assert_eq!(code(&out), 0, "{err}");
+}
