@@ -8,8 +8,8 @@ use agent_core::{Phase, PullProgress};
 use agent_health::{AnalysisRun, GateProgress, Verdict};
 use serde::Serialize;
 
-use crate::fleet::{TargetState, TargetStatus};
 use crate::report::Recovery;
+use crate::target::{TargetState, TargetStatus};
 
 /// Something that happened during an update, undo or repair.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use crate::lease::LeaseGuard;
 use crate::plan::{inverses, judge, Act, Begin, Decision, Inverse, OpKind, Step};
 use crate::report::{Recovery, UpdateReport, UpdateStatus};
 use crate::request::UpdateRequest;
-use crate::update::Updater;
+use crate::updater::Updater;
 
 /// What the new revision is: recorded with it.
 #[derive(Clone)]

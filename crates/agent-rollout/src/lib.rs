@@ -34,8 +34,10 @@ mod report;
 mod request;
 mod settings;
 mod store;
+mod target;
 mod undo;
 mod update;
+mod updater;
 
 pub use agent_core::Connector;
 pub use error::Error;
@@ -55,7 +57,7 @@ pub use request::{
 };
 pub use settings::{parse_metric_check, read_token, Token, TokenError};
 pub use store::SqliteStore;
-pub use update::{reserved_name_owner, subject_key, Updater};
+pub use updater::{reserved_name_owner, subject_key, Updater};
 
 #[cfg(test)]
 mod tests;

@@ -19,7 +19,7 @@ use crate::executor::RevisionMeta;
 use crate::lease::LeaseGuard;
 use crate::report::{Preview, UpdateReport, UpdateStatus, PREVIEW_KIND};
 use crate::request::{PullPolicy, UndoRequest, UpdateRequest, WatchConfig};
-use crate::update::Updater;
+use crate::updater::Updater;
 
 impl Updater {
     /// The image, pulled as the policy says, checked to be for the engine's platform.

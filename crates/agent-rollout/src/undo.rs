@@ -10,7 +10,7 @@ use crate::lease::LeaseGuard;
 use crate::plan::OpKind;
 use crate::report::{Recovery, StatusReport, UpdateReport};
 use crate::request::UndoRequest;
-use crate::update::{short_id, Updater};
+use crate::updater::{short_id, Updater};
 
 impl Updater {
     /// Goes back to `to` (default: the last known-good revision before the current one), from its retained

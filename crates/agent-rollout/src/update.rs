@@ -7,21 +7,21 @@
 //! to `no` (so a daemon restart never brings back a second instance), then kept as the fast rollback target.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use agent_core::{
-    ContainerInfo, ContainerName, ContainerRuntime, ContainerSpec, Digest, EngineConfig, ImageDefaults, Outcome,
-    RestartPolicy, Revision, RevisionHistory, RevisionNumber, RuntimeError, SpecDiff, StateStore, UpdateMode, Version,
+    ContainerInfo, ContainerName, ContainerSpec, Digest, EngineConfig, ImageDefaults, Outcome, RestartPolicy, Revision,
+    RevisionNumber, RuntimeError, SpecDiff, UpdateMode, Version,
 };
 use time::OffsetDateTime;
 
 use crate::error::Error;
-use crate::events::{Event, Reporter};
+use crate::events::Event;
 use crate::executor::{container_name, Check, Executed, Operation, RevisionMeta, Source};
-use crate::lease::{holder_for_this_process, LeaseGuard};
+use crate::lease::LeaseGuard;
 use crate::plan::{Begin, Decision, OpKind};
 use crate::report::{preview_name, Preview, UpdateReport, UpdateStatus};
 use crate::request::UpdateRequest;
+use crate::updater::{retained_name, Updater};
 
 /// What preflight found: either nothing to do, or everything the replacement needs.
 enum Prepared {
@@ -38,84 +38,7 @@ struct Ready {
     backup: Option<PathBuf>,
 }
 
-/// Updates, undoes and repairs agent containers on one engine.
-pub struct Updater {
-    pub(crate) runtime: Arc<dyn ContainerRuntime>,
-    pub(crate) store: Arc<dyn StateStore>,
-    pub(crate) reporter: Arc<dyn Reporter>,
-}
-
-impl std::fmt::Debug for Updater {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Updater")
-            .field("endpoint", &self.runtime.endpoint())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The store key of a container on an engine.
-pub fn subject_key(endpoint: &str, container: &str) -> String {
-    format!("container:{endpoint}/{container}")
-}
-
-fn retained_name(container: &str, revision: RevisionNumber) -> String {
-    format!("{container}.rev{revision}")
-}
-
-/// The first 12 digits of an image or container id, without its `sha256:`.
-pub(crate) fn short_id(id: &str) -> &str {
-    let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    &hex[..hex.len().min(12)]
-}
-
-/// When `name` is one agentctl makes for another container (`NAME.revN`, the retained revision N of NAME, or
-/// `NAME.preview`), that container's name and what the name is.
-pub fn reserved_name_owner(name: &str) -> Option<(&str, String)> {
-    if let Some(owner) = name.strip_suffix(".preview").filter(|o| !o.is_empty()) {
-        return Some((owner, "its staged preview".to_owned()));
-    }
-    let (owner, number) = name.rsplit_once(".rev")?;
-    let valid = !owner.is_empty() && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
-    valid.then(|| (owner, format!("its retained revision {number}")))
-}
-
 impl Updater {
-    /// An updater for `runtime`, storing in `store`, reporting to `reporter`.
-    pub fn new(runtime: Arc<dyn ContainerRuntime>, store: Arc<dyn StateStore>, reporter: Arc<dyn Reporter>) -> Updater {
-        Updater {
-            runtime,
-            store,
-            reporter,
-        }
-    }
-
-    pub(crate) fn subject(&self, container: &str) -> String {
-        subject_key(self.runtime.endpoint(), container)
-    }
-
-    pub(crate) async fn lease(&self, container: &str, purpose: &str) -> Result<LeaseGuard, Error> {
-        // Every operation starts here: none may act on a name agentctl keeps for another container (an
-        // update of `NAME.rev1` would start a second instance of NAME beside it).
-        if let Some((owner, what)) = reserved_name_owner(container) {
-            return Err(Error::InvalidInput {
-                what: format!("the container name {container}"),
-                message: format!(
-                    "it is reserved: agentctl keeps {what} of {owner} under it; act on {owner} instead (`agentctl undo {owner} --to-revision N`, `agentctl history {owner}`)"
-                ),
-            });
-        }
-        let holder = holder_for_this_process(&format!("{purpose} {container}"));
-        LeaseGuard::acquire(self.store.clone(), &self.subject(container), &holder)
-            .await
-            .map_err(Error::from)
-    }
-
-    /// The revision history of `container`.
-    pub async fn history(&self, container: &ContainerName, limit: usize) -> Result<RevisionHistory, Error> {
-        let revs = self.store.revisions(&self.subject(container.as_str())).await?;
-        Ok(RevisionHistory::from_revisions(limit, revs))
-    }
-
     /// Updates `req.container` to `req.image`: preflight, backup, stop/rename/create/start, verify, and
     /// commit or roll back. Interrupted operations on the container are repaired first.
     pub async fn update(&self, req: &UpdateRequest) -> Result<UpdateReport, Error> {

@@ -1,15 +1,18 @@
 //! One batch of targets: updated in parallel within the engine slots, and the targets a stopped process left half done.
 
+use super::run::Action;
+use super::state::{failed_targets, failures_allowed, rollout_cause, RolloutState};
+use super::Fleet;
+use crate::target::{TargetState, TargetStatus};
 use std::sync::Arc;
 
 use agent_core::{ContainerName, ContainerRuntime, ContainerSpec, RevisionNumber, StateStore, UpdateMode};
 
-use super::*;
 use crate::error::Error;
 use crate::events::{FleetEvent, Reporter};
 use crate::report::UpdateStatus;
 use crate::request::{PullPolicy, UpdateRequest, VerifyConfig};
-use crate::update::Updater;
+use crate::updater::Updater;
 
 impl Fleet {
     pub(super) async fn update_batch(

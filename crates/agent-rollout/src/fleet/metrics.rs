@@ -1,10 +1,9 @@
 //! The rollouts' Prometheus metrics.
 
+use super::state::RolloutState;
 use std::collections::BTreeMap;
 
 use agent_core::Phase;
-
-use super::*;
 
 /// Prometheus text exposition of rollouts: how many are in each phase, and per rollout its current step,
 /// duration and targets by status. Served by `agentctl … --metrics-listen ADDR`.

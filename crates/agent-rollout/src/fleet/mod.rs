@@ -20,10 +20,6 @@ pub use spec::{
 };
 pub use state::{RolloutState, TargetState, TargetStatus};
 
-use batch::target_event;
-use run::Action;
-use state::{failed_targets, failures_allowed, rollout_cause};
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -400,7 +396,7 @@ impl Fleet {
         for t in state.targets {
             let mut revs = self
                 .store
-                .revisions(&crate::update::subject_key(&t.host, &t.container))
+                .revisions(&crate::updater::subject_key(&t.host, &t.container))
                 .await?;
             revs.sort_by_key(|r| r.number);
             out.push((t, revs));

@@ -1,13 +1,18 @@
 //! Taking a rollout back: previews discarded, every touched target to the revision it ran before.
 
+use agent_core::Phase;
+
+use super::batch::target_event;
+use super::state::RolloutState;
+use super::{transition, Fleet};
+use crate::target::TargetStatus;
 use agent_core::{Input, RevisionNumber};
 
-use super::*;
 use crate::error::Error;
 use crate::events::FleetEvent;
 use crate::report::UpdateStatus;
 use crate::request::UndoRequest;
-use crate::update::Updater;
+use crate::updater::Updater;
 
 impl Fleet {
     /// Removes the staged previews of a blue-green rollout; their live containers were never touched.

@@ -1,10 +1,12 @@
 //! Running a rollout's plan step by step: batches, pauses, analyses, the failure budget.
 
+use super::state::{failed_targets, failures_allowed, RolloutState};
+use super::{transition, Fleet, PAUSE_KIND};
+use crate::target::TargetStatus;
 use agent_core::{Input, Pause, Phase, PlanStep, UpdateMode};
 use agent_health::{AnalysisOutcome, Prometheus};
 use time::OffsetDateTime;
 
-use super::*;
 use crate::error::Error;
 use crate::events::FleetEvent;
 

@@ -5,46 +5,8 @@ use agent_health::AnalysisRun;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::*;
-
-/// Where one target stands in a rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TargetStatus {
-    /// Not touched yet.
-    Pending,
-    /// Runs the new revision.
-    Updated,
-    /// Its update failed and it rolled itself back.
-    Failed,
-    /// Updated, then reverted by the rollout's rollback.
-    Reverted,
-    /// Could not be reverted, or its engine was unreachable: needs attention.
-    Broken,
-    /// Blue-green: its verified preview runs beside the old container, waiting for promotion.
-    Staged,
-}
-
-/// One target's record in a rollout.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TargetState {
-    /// Engine.
-    pub host: String,
-    /// Container.
-    pub container: String,
-    /// Status.
-    pub status: TargetStatus,
-    /// The revision it ran before this rollout.
-    pub previous: Option<u64>,
-    /// The revision this rollout made.
-    pub revision: Option<u64>,
-    /// It did not exist: this rollout created it from the template (a rollback removes it).
-    #[serde(default)]
-    pub installed: bool,
-    /// The last message about it.
-    pub message: Option<String>,
-}
+use super::spec::RolloutSpec;
+pub use crate::target::{TargetState, TargetStatus};
 
 /// A rollout's saved state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
