@@ -20,7 +20,7 @@ use crate::events::Event;
 use crate::journal::Journal;
 use crate::lease::LeaseGuard;
 use crate::plan::{inverses, judge, Act, Begin, Decision, Inverse, OpKind, Step};
-use crate::report::{Recovery, UpdateReport, UpdateStatus};
+use crate::report::{Recovery, RecoveryAction, UpdateReport, UpdateStatus};
 use crate::request::UpdateRequest;
 use crate::updater::Updater;
 
@@ -541,7 +541,7 @@ impl Updater {
             let action = if completes {
                 let unverified = committed.flatten();
                 self.commit_records(&begin, unverified.as_deref(), None).await?;
-                "completed"
+                RecoveryAction::Completed
             } else {
                 self.invert(&begin, &inverses(&begin.plan(), &steps))
                     .await
@@ -555,13 +555,13 @@ impl Updater {
                     _ => format!("interrupted at step {last}; reverted by the next command"),
                 };
                 self.revert_records(&begin, reason).await?;
-                "reverted"
+                RecoveryAction::Reverted
             };
             self.store.close_operation(&op).await?;
             let rec = Recovery {
                 operation: op.clone(),
                 interrupted_at: last,
-                action: action.into(),
+                action,
             };
             self.reporter.report(&Event::Recovered(rec.clone()));
             out.push(rec);
@@ -573,7 +573,7 @@ impl Updater {
                 let rec = Recovery {
                     operation: format!("start-first preview {}", p.container),
                     interrupted_at: "staged".into(),
-                    action: "reverted".into(),
+                    action: RecoveryAction::Reverted,
                 };
                 self.reporter.report(&Event::Recovered(rec.clone()));
                 out.push(rec);

@@ -50,7 +50,7 @@ pub use journal::{CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV};
 pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use notify::{Notifier, NotifyError, NotifySpec, Webhook, DRAIN_TIMEOUT};
 pub use plan::UPDATE_STEPS;
-pub use report::{preview_name, Preview, Recovery, StatusReport, UpdateReport, UpdateStatus};
+pub use report::{preview_name, Preview, Recovery, RecoveryAction, StatusReport, UpdateReport, UpdateStatus};
 pub use request::{
     HeartbeatCheck, ProbeFactory, PullPolicy, QueryCheck, ScrapeCheck, UndoRequest, UpdateRequest, VerifyConfig,
     WatchConfig,

@@ -43,8 +43,27 @@ pub struct Recovery {
     pub operation: String,
     /// The last step it journaled.
     pub interrupted_at: String,
-    /// `reverted` or `completed`.
-    pub action: String,
+    /// What recovery did.
+    pub action: RecoveryAction,
+}
+
+/// What recovery did about an interrupted operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoveryAction {
+    /// It had not committed: the inverses of the steps it reached put the old container back.
+    Reverted,
+    /// It had committed: its records were finished.
+    Completed,
+}
+
+impl std::fmt::Display for RecoveryAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecoveryAction::Reverted => "reverted",
+            RecoveryAction::Completed => "completed",
+        })
+    }
 }
 
 /// The result of an update or undo.

@@ -232,7 +232,7 @@ async fn an_interrupted_update_is_reverted_by_the_next_command() {
     let status = up.status(&"agent".parse().unwrap(), 5).await.unwrap();
     assert_eq!(status.recovered.len(), 1);
     assert_eq!(status.recovered[0].interrupted_at, "create-new");
-    assert_eq!(status.recovered[0].action, "reverted");
+    assert_eq!(status.recovered[0].action, RecoveryAction::Reverted);
     assert_eq!(rt.container_names(), ["agent"]);
     let now = rt.inspect_container("agent").await.unwrap();
     assert_eq!(now.id, old.id);

@@ -156,7 +156,7 @@ async fn recovery_runs_the_inverses_of_the_reached_steps() {
     let recovered = up.recover(&"agent".parse().unwrap()).await.unwrap();
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0].interrupted_at, "rename-old");
-    assert_eq!(recovered[0].action, "reverted");
+    assert_eq!(recovered[0].action, RecoveryAction::Reverted);
     let now = rt.inspect_container("agent").await.unwrap();
     assert_eq!(now.id, old.id);
     assert!(now.state.is_running());
