@@ -687,3 +687,75 @@ fn a_missing_target_is_created_from_the_template_and_removed_by_undo() {
     assert_eq!(h.as_array().unwrap().len(), 1, "{h}");
     assert_eq!(h[0]["status"], "rolled-back", "{h}");
 }
+
+/// The verdict rule in a fleet, on the install and blue-green paths: with the control center down the
+/// verification is inconclusive, so nothing is reverted; the rollout pauses (exit 4) keeping its state: the
+/// updated and the created targets run the new version, a blue-green preview stays staged beside the
+/// untouched old container, until `rollout promote` or `rollout abort`.
+#[test]
+fn an_unreachable_control_center_pauses_the_fleet_and_reverts_nothing() {
+    let img = images();
+    let w = World::new("fleetinc");
+    let token = w.state_dir().join("token");
+    std::fs::write(&token, "0123456789abcdef-fleet").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let spec_text = |rollout: &str, names: &[&str], strategy: &str, extra: &str| {
+        let targets: String = names
+            .iter()
+            .map(|n| format!("  - {{host: '{HOST_A}', container: {n}}}\n"))
+            .collect();
+        let text = format!(
+            "name: {rollout}\nimage: {}\ntargets:\n{targets}strategy:\n  {strategy}\nhealth:\n  minHealthyTime: 1s\n  deadline: 6s\n  period: 300ms\n  heartbeat: {{url: 'http://127.0.0.1:1', tokenFile: '{}', timeout: 5s}}\n{extra}",
+            img.refs["v2"],
+            token.display()
+        );
+        let path = w.state_dir().join(format!("{rollout}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+
+    // Update and install: both stay on the new version, unverified.
+    let (old, created) = (w.name("u1"), w.name("u2"));
+    let old_id = w.docker_run(&old, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    let rollout = w.name("ro-u");
+    let f = spec_text(
+        &rollout,
+        &[&old, &created],
+        "rolling: {maxUnavailable: 2}",
+        "template: {restartPolicy: unless-stopped}\n",
+    );
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&out), 4, "{}\n{}", stderr(&out), stdout(&out));
+    let paused = events(&out)
+        .into_iter()
+        .find(|e| e["event"] == "paused")
+        .unwrap_or_else(|| panic!("no pause: {}", stdout(&out)));
+    assert!(paused["reason"].as_str().unwrap().contains("inconclusive"), "{paused}");
+    for n in [&old, &created] {
+        let (_, running, image) = w.state(n).unwrap();
+        assert!(running && image.contains("@sha256:"), "{n}: {image}");
+    }
+    assert!(w.state(&format!("{old}.rev1")).is_some(), "the old version is retained");
+    // Abort takes both back: the old container returns, the created one goes.
+    let out = w.agentctl(&["rollout", "abort", &rollout]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_eq!(w.state(&old).unwrap(), (old_id, true, img.refs["v1"].clone()));
+    assert!(w.state(&created).is_none());
+
+    // Blue-green: the preview stays staged and the old container untouched until the promotion.
+    let blue = w.name("b1");
+    let blue_id = w.docker_run(&blue, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    let rollout = w.name("ro-b");
+    let f = spec_text(&rollout, &[&blue], "blueGreen: {}", "");
+    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&out), 4, "{}\n{}", stderr(&out), stdout(&out));
+    assert_eq!(w.state(&blue).unwrap(), (blue_id, true, img.refs["v1"].clone()));
+    let (_, running, image) = w.state(&format!("{blue}.preview")).expect("the preview is staged");
+    assert!(running && image.contains("@sha256:"), "{image}");
+    let status = json(&w.agentctl(&["rollout", "status", &rollout, "-o", "json"]));
+    assert_eq!(status["targets"][0]["status"], "staged", "{status}");
+    let out = w.agentctl(&["rollout", "promote", &rollout, "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stderr(&out), stdout(&out));
+    assert!(w.state(&blue).unwrap().2.contains("@sha256:"));
+    assert!(w.state(&format!("{blue}.preview")).is_none());
+}

@@ -449,6 +449,30 @@ fn prometheus_analysis_passes_a_good_version_and_rolls_back_a_bad_one() {
         w.state(&format!("{starting}.rev1")).is_some(),
         "the old version is retained"
     );
+    // And on the undo path: going back with Prometheus down leaves the earlier version running, unverified
+    // (exit 4), the undone one retained.
+    let out = w.agentctl(&[
+        "undo",
+        &starting,
+        "-o",
+        "json",
+        "--prometheus",
+        "http://127.0.0.1:1",
+        "--query",
+        "up",
+        "--success-condition",
+        "result == 1",
+        "--min-healthy-time",
+        "2s",
+        "--deadline",
+        "8s",
+        "--period",
+        "500ms",
+    ]);
+    assert_eq!(code(&out), 4, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(json(&out)["status"], "unverified");
+    assert_eq!(w.state(&starting).unwrap().2, img.refs["v1"]);
+    assert_eq!(w.state(&format!("{starting}.rev2")).unwrap().2, img.refs["v2"]);
 }
 
 #[test]

@@ -122,6 +122,13 @@ impl Fleet {
                         UpdateStatus::Staged => {
                             t.status = TargetStatus::Staged;
                             t.message = Some(format!("preview verified beside {}", t.container));
+                            // Staged, but its verification was inconclusive: the rollout pauses before any
+                            // promotion, the preview kept, for a human to promote or abort.
+                            if let Some(reason) = &report.reason {
+                                t.message =
+                                    Some(format!("preview staged beside {}, unverified: {reason}", t.container));
+                                unverified.push(format!("{}@{}: {reason}", t.container, t.host));
+                            }
                         }
                     }
                 }

@@ -53,8 +53,17 @@ impl Fleet {
                         return self.fail(state, reason).await;
                     }
                     if !unverified.is_empty() {
-                        // A signal source could not be asked: wait for a human, never roll back on it.
+                        // A signal source could not be asked: wait for a human, never roll back on it. The one
+                        // promotion answers this pause and a pause until promotion that comes next (blue-green).
                         state.next_step += 1;
+                        if matches!(
+                            state.plan.steps.get(state.next_step),
+                            Some(PlanStep::Pause {
+                                pause: Pause::UntilPromoted
+                            })
+                        ) {
+                            state.next_step += 1;
+                        }
                         return self
                             .pause_state(
                                 state,
