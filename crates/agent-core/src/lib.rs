@@ -57,8 +57,8 @@ pub use image::{Digest, ImageRef, ImageRefError, RefPart, Tag, DEFAULT_REGISTRY}
 pub use revision::{Outcome, Revision, RevisionHistory, RevisionNumber};
 pub use runtime::{
     Connector, ContainerInfo, ContainerRuntime, ContainerState, ContainerStatus, ContainerSummary, EngineInfo,
-    HealthLogEntry, HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress, ResourceUsage,
-    RuntimeError,
+    ExecOutput, HealthLogEntry, HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress,
+    ResourceUsage, RuntimeError,
 };
 pub use secret::{has_url_credentials, redact_url_credentials};
 pub use spec::{

@@ -369,6 +369,29 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// CPU and memory use of a running container (one sample; the engine may take about a second).
     async fn stats(&self, container: &str) -> Result<ResourceUsage, RuntimeError>;
+
+    /// Runs `cmd` (an argv, no shell) in the running container as its user and waits at most `timeout`.
+    /// The health probe uses it to run the image's HEALTHCHECK command right after a start, before the
+    /// engine's first own run. A runtime that cannot exec says so with [`RuntimeError::Engine`] (the
+    /// default).
+    async fn exec(&self, container: &str, cmd: &[String], timeout: Duration) -> Result<ExecOutput, RuntimeError> {
+        let _ = (cmd, timeout);
+        Err(RuntimeError::Engine {
+            operation: "exec",
+            subject: container.to_owned(),
+            status: None,
+            message: "this runtime cannot run commands in containers".into(),
+        })
+    }
+}
+
+/// What a command run with [`ContainerRuntime::exec`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Its exit code.
+    pub exit_code: i64,
+    /// Its output (stdout and stderr, in order), at most the first 4 KiB.
+    pub output: String,
 }
 
 /// Connects to an engine endpoint (`unix:///…`, `tcp://…`): how a fleet reaches the engines of its targets.

@@ -72,7 +72,7 @@ impl Probe for DockerHealthProbe {
             Ok(i) => i,
             Err(e) => return engine_error(&e),
         };
-        let Some(h) = info.state.health else {
+        let Some(h) = info.state.health.clone() else {
             return Observation::Pass("no HEALTHCHECK defined".into());
         };
         let last = h
@@ -82,12 +82,50 @@ impl Probe for DockerHealthProbe {
             .unwrap_or_else(|| "no run yet".into());
         match h.status {
             HealthStatus::Healthy => Observation::Pass(format!("healthy ({last})")),
+            // No result of the engine's own yet: it runs the command first after a whole interval (engines
+            // before API 1.44 have no start interval). Run the same command now, as the container's user, and
+            // count its result as HEALTHCHECK evidence until the engine's first own run arrives.
+            HealthStatus::Starting if h.log.is_empty() => match early_healthcheck(ctx, &info).await {
+                Some(o) if o.exit_code == 0 => Observation::Pass(format!(
+                    "its HEALTHCHECK command exited 0, run by agentctl at once (the engine's first run is pending): {}",
+                    truncate(o.output.trim(), 200)
+                )),
+                Some(o) => Observation::Pending(format!(
+                    "starting: its HEALTHCHECK command exited {} when run by agentctl: {}",
+                    o.exit_code,
+                    truncate(o.output.trim(), 200)
+                )),
+                None => Observation::Pending(format!("starting ({last})")),
+            },
             HealthStatus::Starting => Observation::Pending(format!("starting ({last})")),
             HealthStatus::Unhealthy => {
                 Observation::Fail(format!("unhealthy, {} failures in a row ({last})", h.failing_streak))
             }
         }
     }
+}
+
+/// Runs the container's HEALTHCHECK command (its own, else its image's) through exec, once; `None` when there
+/// is none to run or the engine could not run it.
+async fn early_healthcheck(ctx: &ProbeContext, info: &agent_core::ContainerInfo) -> Option<agent_core::ExecOutput> {
+    let check = match &info.spec.healthcheck {
+        Some(h) => h.clone(),
+        None => {
+            ctx.runtime
+                .inspect_image(&info.image_id)
+                .await
+                .ok()?
+                .defaults
+                .healthcheck?
+        }
+    };
+    let argv: Vec<String> = match check.test.split_first()? {
+        (kind, rest) if kind == "CMD" && !rest.is_empty() => rest.to_vec(),
+        (kind, [line]) if kind == "CMD-SHELL" => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+        _ => return None,
+    };
+    let timeout = check.timeout.unwrap_or(Duration::from_secs(30));
+    ctx.runtime.exec(&ctx.container, &argv, timeout).await.ok()
 }
 
 /// Scans the container's output since it started for fatal lines. Any match is fatal, with excerpts.

@@ -663,3 +663,47 @@ fn the_http_probe_can_use_the_published_port_and_an_expected_status() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// The engine (API 1.41, no HEALTHCHECK start interval) runs a container's HEALTHCHECK first after a whole
+/// interval. agentctl runs the same command through exec at once and counts its result as HEALTHCHECK
+/// evidence until the engine's own first run: with a 30 s interval the update is verified in about
+/// `minHealthyTime` instead of failing its 15 s deadline while the engine still says `starting`.
+#[test]
+fn the_healthcheck_command_is_run_at_once_instead_of_after_the_first_interval() {
+    let img = images();
+    let w = World::new("hcnow");
+    let name = w.name("agent");
+    w.docker_run(&name, &["--health-interval", "30s"], &img.refs["v1"]);
+    let out = w.agentctl(&[&["update", &name, "--image", &img.refs["v2"], "-o", "json"], FAST].concat());
+    assert_eq!(code(&out), 0, "{}\n{}", stderr(&out), stdout(&out));
+    let report = json(&out);
+    eprintln!(
+        "verified in {} (minHealthyTime 2s, HEALTHCHECK interval 30s)",
+        report["verdict"]["elapsed"]
+    );
+    let hc = report["verdict"]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["probe"] == "healthcheck")
+        .cloned()
+        .unwrap_or_else(|| panic!("no healthcheck evidence: {report}"));
+    assert!(
+        hc["last"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("run by agentctl at once"),
+        "{hc}"
+    );
+    // The engine itself has not run it yet: still `starting`, with no result.
+    let status = stdout(&w.docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Health.Status}} {{len .State.Health.Log}}",
+        &name,
+    ]));
+    assert_eq!(status.trim(), "starting 0", "{report}");
+    // The user's interval was carried to the new container.
+    let interval = stdout(&w.docker(&["inspect", "-f", "{{.Config.Healthcheck.Interval}}", &name]));
+    assert_eq!(interval.trim(), "30s");
+}
