@@ -22,6 +22,19 @@ use crate::request::{PullPolicy, UndoRequest, UpdateRequest, WatchConfig};
 use crate::updater::Updater;
 
 impl Updater {
+    /// What the probes of container `name` (as `info` shows it) are given: its start, its restart count, the
+    /// version it must report and its id.
+    fn probe_context(&self, name: &str, info: &ContainerInfo, expected: Option<Version>) -> ProbeContext {
+        ProbeContext {
+            runtime: self.runtime.clone(),
+            container: name.to_owned(),
+            started_at: info.state.started_at.unwrap_or_else(OffsetDateTime::now_utc) - Duration::from_secs(1),
+            baseline_restarts: info.state.restart_count,
+            expected_version: expected.map(|v| v.to_string()),
+            container_id: Some(info.id.clone()),
+        }
+    }
+
     /// The image, pulled as the policy says, checked to be for the engine's platform.
     pub(crate) async fn resolve_for_engine(&self, image: &ImageRef, req: &UpdateRequest) -> Result<ImageInfo, Error> {
         let engine = self.runtime.engine_info().await?;
@@ -132,15 +145,9 @@ impl Updater {
             window: agent_core::format_duration(watch.window),
             rules: rules.iter().map(|r| r.name.clone()).collect(),
         });
+        let expected = Version::of_image(&report.revision.image, &BTreeMap::new());
         let info = self.runtime.inspect_container(name).await?;
-        let ctx = ProbeContext {
-            runtime: self.runtime.clone(),
-            container: name.to_owned(),
-            started_at: info.state.started_at.unwrap_or_else(OffsetDateTime::now_utc) - Duration::from_secs(1),
-            baseline_restarts: info.state.restart_count,
-            expected_version: Version::of_image(&report.revision.image, &BTreeMap::new()).map(|v| v.to_string()),
-            container_id: Some(info.id.clone()),
-        };
+        let ctx = self.probe_context(name, &info, expected);
         let probation = Probation {
             window: watch.window,
             period: watch.period,
@@ -298,14 +305,9 @@ impl Updater {
             }
         }
         let info = self.runtime.inspect_container(name).await?;
-        let ctx = ProbeContext {
-            runtime: self.runtime.clone(),
-            container: name.to_owned(),
-            started_at: info.state.started_at.unwrap_or_else(OffsetDateTime::now_utc) - Duration::from_secs(1),
-            baseline_restarts: info.state.restart_count,
-            expected_version: Version::of_image(&meta.image, &meta.new_defaults.labels).map(|v| v.to_string()),
-            container_id: Some(new_id.to_owned()),
-        };
+        let expected = Version::of_image(&meta.image, &meta.new_defaults.labels);
+        let mut ctx = self.probe_context(name, &info, expected);
+        ctx.container_id = Some(new_id.to_owned());
         self.reporter.report(&Event::Verifying {
             container: name.to_owned(),
             probes: gate.probe_names().iter().map(|s| s.to_string()).collect(),

@@ -108,6 +108,14 @@ impl Fleet {
         Ok(r)
     }
 
+    /// The saved state of the rollout `name`, or an error saying there is none and how to start one.
+    async fn existing(&self, name: &str) -> Result<RolloutState, Error> {
+        self.state(name).await?.ok_or_else(|| Error::InvalidInput {
+            what: "rollout".into(),
+            message: format!("no rollout named {name}; start one with `agentctl apply -f SPEC`"),
+        })
+    }
+
     /// The saved state of a rollout.
     pub async fn state(&self, name: &str) -> Result<Option<RolloutState>, Error> {
         match self.store.document(DOC_KIND, name).await? {
@@ -243,10 +251,7 @@ impl Fleet {
     pub async fn promote(&self, name: &str) -> Result<RolloutState, Error> {
         let lease = self.lease(name, "promote").await?;
         let result = async {
-            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
-                what: "rollout".into(),
-                message: format!("no rollout named {name}; start one with `agentctl apply -f SPEC`"),
-            })?;
+            let mut state = self.existing(name).await?;
             state.machine.apply(Input::Promote).map_err(|e| Error::InvalidInput {
                 what: format!("rollout {name}"),
                 message: e.to_string(),
@@ -265,10 +270,7 @@ impl Fleet {
     pub async fn abort(&self, name: &str, reason: &str) -> Result<RolloutState, Error> {
         let lease = self.lease(name, "abort").await?;
         let result = async {
-            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
-                what: "rollout".into(),
-                message: format!("no rollout named {name}"),
-            })?;
+            let mut state = self.existing(name).await?;
             if state.phase() == Phase::RollingBack {
                 self.finish_rollback(&mut state).await?;
                 return Ok(state);
@@ -297,10 +299,7 @@ impl Fleet {
     /// that process sees it), or now when none is (a rollout whose process died). Resume with
     /// [`Fleet::promote`].
     pub async fn pause(&self, name: &str, reason: &str) -> Result<RolloutState, Error> {
-        let state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
-            what: "rollout".into(),
-            message: format!("no rollout named {name}"),
-        })?;
+        let state = self.existing(name).await?;
         if state.phase().is_terminal() || state.phase() == Phase::Paused {
             return Err(Error::InvalidInput {
                 what: format!("rollout {name}"),
@@ -333,10 +332,7 @@ impl Fleet {
     pub async fn retry(&self, name: &str) -> Result<RolloutState, Error> {
         let lease = self.lease(name, "retry").await?;
         let result = async {
-            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
-                what: "rollout".into(),
-                message: format!("no rollout named {name}"),
-            })?;
+            let mut state = self.existing(name).await?;
             state.machine.apply(Input::Retry).map_err(|e| Error::InvalidInput {
                 what: format!("rollout {name}"),
                 message: format!("{e}; only an aborted, rolled-back or failed rollout can be retried"),
@@ -362,10 +358,7 @@ impl Fleet {
     pub async fn undo(&self, name: &str) -> Result<RolloutState, Error> {
         let lease = self.lease(name, "undo").await?;
         let result = async {
-            let mut state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
-                what: "rollout".into(),
-                message: format!("no rollout named {name}"),
-            })?;
+            let mut state = self.existing(name).await?;
             if !matches!(state.phase(), Phase::Succeeded | Phase::Paused) {
                 return Err(Error::InvalidInput {
                     what: format!("rollout {name}"),
@@ -388,10 +381,7 @@ impl Fleet {
 
     /// Every target's revision history (newest last), as recorded by its updates.
     pub async fn history(&self, name: &str) -> Result<Vec<(TargetState, Vec<agent_core::Revision>)>, Error> {
-        let state = self.state(name).await?.ok_or_else(|| Error::InvalidInput {
-            what: "rollout".into(),
-            message: format!("no rollout named {name}"),
-        })?;
+        let state = self.existing(name).await?;
         let mut out = Vec::new();
         for t in state.targets {
             let mut revs = self
