@@ -7,6 +7,12 @@
 //! configuration equals the old one beyond the image, then commits or rolls back by itself. Every step is
 //! journaled before it runs; after a crash, the next command on the container reverts or completes it.
 //!
+//! Every single-target change (update, undo, blue-green stage and promote, install) is a plan: the facts it
+//! starts from and an ordered list of engine steps, each with its inverse. One executor runs any plan and
+//! applies one verdict rule: healthy commits; unhealthy, a failed step or a configuration difference
+//! reverts by the inverses of the steps reached; inconclusive commits marked unverified and is never
+//! reverted. Recovery rebuilds the plan from the journal and uses the same inverses.
+//!
 //! ```no_run
 //! # async fn demo(runtime: std::sync::Arc<dyn agent_core::ContainerRuntime>) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
