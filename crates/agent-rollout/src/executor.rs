@@ -128,6 +128,33 @@ impl Executed {
             Decision::Revert { reason } => Some(reason.clone()),
         }
     }
+
+    /// Ends the journal with `outcome` and reports the operation `b` began (on `endpoint`) with `revision`.
+    pub(crate) async fn close(
+        self,
+        endpoint: &str,
+        b: &Begin,
+        outcome: &str,
+        revision: Revision,
+    ) -> Result<UpdateReport, Error> {
+        let (status, reason) = (self.status(), self.reason());
+        self.journal.close(outcome).await?;
+        Ok(UpdateReport {
+            container: b.container.clone(),
+            endpoint: endpoint.to_owned(),
+            status,
+            revision,
+            previous: RevisionNumber::new(b.old_revision),
+            verdict: self.verdict,
+            unexpected_changes: self.diff,
+            reason,
+            last_logs: self.last_logs,
+            backup: None,
+            recovered: Vec::new(),
+            probation: None,
+            restored_by: None,
+        })
+    }
 }
 
 impl Updater {
@@ -474,36 +501,13 @@ impl Updater {
                 self.revert_records(b, reason).await?
             }
         };
-        let status = ex.status();
-        let reason = ex.reason();
-        let outcome = match status {
+        let outcome = match ex.status() {
             UpdateStatus::RolledBack => "rolled-back",
             _ if b.kind == OpKind::Install => "installed",
             _ => "succeeded",
         };
-        let Executed {
-            journal,
-            verdict,
-            diff,
-            last_logs,
-            ..
-        } = ex;
-        journal.close(outcome).await?;
-        Ok(UpdateReport {
-            container: b.container.clone(),
-            endpoint: self.runtime.endpoint().to_owned(),
-            status,
-            revision: recorded.unwrap_or(revision),
-            previous: RevisionNumber::new(b.old_revision),
-            verdict,
-            unexpected_changes: diff,
-            reason,
-            last_logs,
-            backup: None,
-            recovered: Vec::new(),
-            probation: None,
-            restored_by: None,
-        })
+        ex.close(self.runtime.endpoint(), b, outcome, recorded.unwrap_or(revision))
+            .await
     }
 
     /// Repairs the interrupted operations on `name`: each one's plan is rebuilt from its journaled begin

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::error::Error;
 use crate::events::Event;
-use crate::executor::{container_name, Check, Executed, Operation, RevisionMeta, Source};
+use crate::executor::{container_name, Check, Operation, RevisionMeta, Source};
 use crate::lease::LeaseGuard;
 use crate::plan::{Begin, Decision, OpKind};
 use crate::report::{preview_name, Preview, UpdateReport, UpdateStatus};
@@ -438,29 +438,10 @@ impl Updater {
         };
         revision.finished_at = Some(OffsetDateTime::now_utc());
         self.store.put_revision(&self.subject(name), &revision).await?;
-        let Executed {
-            journal,
-            verdict,
-            diff,
-            last_logs,
-            ..
-        } = ex;
-        journal.close("rolled-back").await?;
-        Ok(Err(UpdateReport {
-            container: name.to_owned(),
-            endpoint: self.runtime.endpoint().to_owned(),
-            status: UpdateStatus::RolledBack,
-            revision,
-            previous: Some(ready.current.number),
-            verdict,
-            unexpected_changes: diff,
-            reason: Some(reason),
-            last_logs,
-            backup: None,
-            recovered: Vec::new(),
-            probation: None,
-            restored_by: None,
-        }))
+        let report = ex
+            .close(self.runtime.endpoint(), &op.begin, "rolled-back", revision)
+            .await?;
+        Ok(Err(report))
     }
 
     /// The preview takes the name: the old container is stopped and retained as for any update.

@@ -62,6 +62,22 @@ fn req(image: &str) -> UpdateRequest {
     r
 }
 
+/// Writes `records` as the journal of one open operation on `subject`, as a process that was killed leaves it.
+async fn write_journal(store: &dyn StateStore, subject: &str, records: Vec<serde_json::Value>) {
+    for (seq, record) in records.into_iter().enumerate() {
+        store
+            .append_journal(&JournalEntry {
+                operation: "op".into(),
+                subject: subject.to_owned(),
+                seq: seq as u32,
+                at: OffsetDateTime::now_utc(),
+                record,
+            })
+            .await
+            .unwrap();
+    }
+}
+
 fn undo_req(to: Option<agent_core::RevisionNumber>) -> UndoRequest {
     let mut r = UndoRequest::like("agent".parse().unwrap(), &req("acme/agent:1.0"));
     r.to = to;
@@ -209,18 +225,7 @@ async fn an_interrupted_update_is_reverted_by_the_next_command() {
         serde_json::json!({"step": "disable-restart"}),
         serde_json::json!({"step": "create-new"}),
     ];
-    for (seq, record) in steps.into_iter().enumerate() {
-        store
-            .append_journal(&JournalEntry {
-                operation: "op".into(),
-                subject: subject.clone(),
-                seq: seq as u32,
-                at: OffsetDateTime::now_utc(),
-                record,
-            })
-            .await
-            .unwrap();
-    }
+    write_journal(&*store, &subject, steps.to_vec()).await;
     rt.stop_container("agent", None).await.unwrap();
     rt.rename_container("agent", "agent.rev1").await.unwrap();
     rt.set_restart_policy("agent.rev1", RestartPolicy::No).await.unwrap();

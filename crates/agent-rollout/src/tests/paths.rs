@@ -141,18 +141,11 @@ async fn recovery_runs_the_inverses_of_the_reached_steps() {
         retained_name: "agent.rev1".into(),
         from_retained: None,
     };
-    for (seq, step) in [Step::Begin(begin), Step::StopOld, Step::RenameOld].iter().enumerate() {
-        store
-            .append_journal(&JournalEntry {
-                operation: "op".into(),
-                subject: subject.clone(),
-                seq: seq as u32,
-                at: OffsetDateTime::now_utc(),
-                record: serde_json::to_value(step).unwrap(),
-            })
-            .await
-            .unwrap();
-    }
+    let records = [Step::Begin(begin), Step::StopOld, Step::RenameOld]
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect();
+    write_journal(&*store, &subject, records).await;
     let recovered = up.recover(&"agent".parse().unwrap()).await.unwrap();
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0].interrupted_at, "rename-old");
