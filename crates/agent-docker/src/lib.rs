@@ -19,6 +19,7 @@
 
 mod carried;
 mod convert;
+mod exec;
 mod images;
 mod raw;
 #[cfg(feature = "testing")]
@@ -715,61 +716,7 @@ impl ContainerRuntime for DockerRuntime {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<agent_core::ExecOutput, RuntimeError> {
-        use bollard::exec::{CreateExecOptions, StartExecResults};
-        let run = async {
-            let created = self
-                .docker
-                .create_exec(
-                    container,
-                    CreateExecOptions {
-                        cmd: Some(cmd.to_vec()),
-                        attach_stdout: Some(true),
-                        attach_stderr: Some(true),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| self.err("exec", container, e))?;
-            let mut output = String::new();
-            if let StartExecResults::Attached { output: mut stream, .. } = self
-                .docker
-                .start_exec(&created.id, None)
-                .await
-                .map_err(|e| self.err("exec", container, e))?
-            {
-                while let Some(item) = stream.next().await {
-                    let item = item.map_err(|e| self.err("exec", container, e))?;
-                    if output.len() < 4096 {
-                        output.push_str(&String::from_utf8_lossy(&item.into_bytes()));
-                    }
-                }
-            }
-            let inspected = self
-                .docker
-                .inspect_exec(&created.id)
-                .await
-                .map_err(|e| self.err("exec", container, e))?;
-            let mut end = output.len().min(4096);
-            while !output.is_char_boundary(end) {
-                end -= 1;
-            }
-            output.truncate(end);
-            Ok(agent_core::ExecOutput {
-                exit_code: inspected.exit_code.unwrap_or(-1),
-                output,
-            })
-        };
-        tokio::time::timeout(timeout, run).await.unwrap_or_else(|_| {
-            Err(RuntimeError::Engine {
-                operation: "exec",
-                subject: container.to_owned(),
-                status: None,
-                message: format!(
-                    "the command did not end within {}",
-                    agent_core::format_duration(timeout)
-                ),
-            })
-        })
+        exec::run(self, container, cmd, timeout).await
     }
 
     async fn stats(&self, container: &str) -> Result<agent_core::ResourceUsage, RuntimeError> {
