@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use agent_core::ContainerName;
+use agent_core::{ContainerName, RuntimeError};
 use agent_docker::DockerRuntime;
-use agent_rollout::{Silent, SqliteStore, UndoRequest, UpdateRequest, UpdateStatus, Updater};
+use agent_rollout::{Error, Silent, SqliteStore, UndoRequest, UpdateRequest, UpdateStatus, Updater};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -23,7 +23,22 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut done: Vec<&ContainerName> = Vec::new();
     for c in &containers {
-        let report = updater.update(&UpdateRequest::new(c.clone(), image.parse()?)).await?;
+        let report = match updater.update(&UpdateRequest::new(c.clone(), image.parse()?)).await {
+            Ok(report) => report,
+            // The errors say which operation failed; the engine's own error is their source.
+            Err(Error::Inspect {
+                source: RuntimeError::ContainerNotFound { .. },
+                ..
+            }) => {
+                println!("{c}: not on this engine, skipped");
+                continue;
+            }
+            Err(e @ Error::RevertFailed { .. }) => {
+                eprintln!("{e}");
+                std::process::exit(5);
+            }
+            Err(e) => return Err(e.into()),
+        };
         println!("{c}: {:?}", report.status);
         if report.status == UpdateStatus::RolledBack {
             println!(

@@ -14,9 +14,39 @@ pub enum Error {
     /// The tag policy refused the image.
     #[error(transparent)]
     Policy(#[from] PolicyViolation),
-    /// The engine failed or refused.
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    /// Reading the engine's version and platform failed; nothing was changed.
+    #[error("reading the engine's version and platform failed: {source}")]
+    EngineInfo {
+        /// The engine's error.
+        source: RuntimeError,
+    },
+    /// Reading a container from the engine failed; nothing was changed by this read.
+    #[error("inspecting container {container:?} failed: {source}")]
+    Inspect {
+        /// The container.
+        container: String,
+        /// The engine's error.
+        source: RuntimeError,
+    },
+    /// Pulling or inspecting the new image failed; nothing was changed.
+    #[error("resolving image {image} failed: {source}")]
+    ResolveImage {
+        /// The image.
+        image: String,
+        /// The engine's or registry's error.
+        source: RuntimeError,
+    },
+    /// One engine step of an operation failed (`stop`, `start`, `remove` of a preview or of a pruned
+    /// revision, …). The operation's own report says what was put back.
+    #[error("{step} {container:?} failed: {source}")]
+    Step {
+        /// The step, as the journal names it (`stop-old`, `remove-preview`, …).
+        step: &'static str,
+        /// The container it acted on.
+        container: String,
+        /// The engine's error.
+        source: RuntimeError,
+    },
     /// The state store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -71,14 +101,16 @@ pub enum Error {
         message: String,
     },
     /// An update failed and putting the old container back failed too. The container may need attention.
-    #[error("{container}: the update failed ({reason}) and restoring the previous container failed too: {error}; run `agentctl status {container}` to retry the repair")]
+    #[error("{container}: the update failed ({reason}) and restoring the previous container failed too ({step}: {source}); run `agentctl status {container}` to retry the repair")]
     RevertFailed {
         /// The container.
         container: String,
         /// Why the update failed.
         reason: String,
-        /// Why the revert failed.
-        error: String,
+        /// The inverse step that failed (`rename-back`, `restart-old`, …).
+        step: &'static str,
+        /// Why it failed.
+        source: RuntimeError,
     },
     /// A rollout's state machine refused a move: a bug or a state changed by another tool; nothing was done.
     #[error("rollout {rollout}: {source}; see `agentctl rollout status {rollout}`")]
@@ -103,6 +135,78 @@ impl From<StoreError> for Error {
         match e {
             StoreError::LeaseHeld { .. } => Error::Busy { message: e.to_string() },
             other => Error::Store(other),
+        }
+    }
+}
+
+/// One engine step that failed: which step, on which container, and the engine's error. Becomes
+/// [`Error::Step`], or [`Error::RevertFailed`] when the step was part of putting things back.
+#[derive(Debug)]
+pub(crate) struct StepFailed {
+    pub(crate) step: &'static str,
+    pub(crate) container: String,
+    pub(crate) source: RuntimeError,
+}
+
+impl StepFailed {
+    /// A `map_err` for the engine call of `step` on `container`.
+    pub(crate) fn at(step: &'static str, container: &str) -> impl FnOnce(RuntimeError) -> StepFailed {
+        let container = container.to_owned();
+        move |source| StepFailed {
+            step,
+            container,
+            source,
+        }
+    }
+
+    /// The failure of a revert of `container`, begun because of `reason`.
+    pub(crate) fn reverting(self, container: &str, reason: &str) -> Error {
+        Error::RevertFailed {
+            container: container.to_owned(),
+            reason: reason.to_owned(),
+            step: self.step,
+            source: self.source,
+        }
+    }
+}
+
+impl From<StepFailed> for Error {
+    fn from(f: StepFailed) -> Self {
+        Error::Step {
+            step: f.step,
+            container: f.container,
+            source: f.source,
+        }
+    }
+}
+
+impl Error {
+    /// A `map_err` for reading `container`.
+    pub(crate) fn inspect(container: &str) -> impl FnOnce(RuntimeError) -> Error {
+        let container = container.to_owned();
+        move |source| Error::Inspect { container, source }
+    }
+
+    /// A `map_err` for an engine call of `step` on `container` outside a plan (discarding a preview,
+    /// pruning a revision, …).
+    pub(crate) fn step(step: &'static str, container: &str) -> impl FnOnce(RuntimeError) -> Error {
+        let container = container.to_owned();
+        move |source| Error::Step {
+            step,
+            container,
+            source,
+        }
+    }
+
+    /// The engine's error underneath, when the engine failed.
+    pub fn runtime(&self) -> Option<&RuntimeError> {
+        match self {
+            Error::EngineInfo { source }
+            | Error::Inspect { source, .. }
+            | Error::ResolveImage { source, .. }
+            | Error::Step { source, .. }
+            | Error::RevertFailed { source, .. } => Some(source),
+            _ => None,
         }
     }
 }

@@ -15,7 +15,7 @@ use agent_core::{
 use agent_health::{Verdict, VerdictOutcome};
 use time::OffsetDateTime;
 
-use crate::error::Error;
+use crate::error::{Error, StepFailed};
 use crate::events::Event;
 use crate::journal::Journal;
 use crate::lease::LeaseGuard;
@@ -212,7 +212,11 @@ impl Updater {
                 let verdict = match &op.check {
                     Check::Gate => self.verify(&target, id, req, &op.meta).await?,
                     Check::Survived(verdict) => {
-                        let info = self.runtime.inspect_container(&target).await?;
+                        let info = self
+                            .runtime
+                            .inspect_container(&target)
+                            .await
+                            .map_err(Error::inspect(&target))?;
                         let mut verdict = (**verdict).clone();
                         if !info.state.is_running() {
                             verdict.outcome = VerdictOutcome::Unhealthy;
@@ -263,11 +267,7 @@ impl Updater {
                 reached.push(step);
                 self.invert(begin, &inverses(&plan, &reached))
                     .await
-                    .map_err(|e| Error::RevertFailed {
-                        container: target.clone(),
-                        reason: reason.clone(),
-                        error: e.to_string(),
-                    })?;
+                    .map_err(|e| e.reverting(&target, reason))?;
             }
         }
         Ok(Executed {
@@ -289,13 +289,23 @@ impl Updater {
         match act {
             Act::StopOld => {
                 report(format!("stopping {name}"));
-                self.runtime.stop_container(name, op.stop_timeout).await?;
+                self.runtime
+                    .stop_container(name, op.stop_timeout)
+                    .await
+                    .map_err(StepFailed::at(step, name))?;
             }
             Act::RenameOld => {
                 report(format!("{name} -> {retained}"));
-                self.runtime.rename_container(name, retained).await?;
+                self.runtime
+                    .rename_container(name, retained)
+                    .await
+                    .map_err(StepFailed::at(step, name))?;
             }
-            Act::DisableRestart => self.runtime.set_restart_policy(retained, RestartPolicy::No).await?,
+            Act::DisableRestart => self
+                .runtime
+                .set_restart_policy(retained, RestartPolicy::No)
+                .await
+                .map_err(StepFailed::at(step, retained))?,
             Act::CreateNew { target, .. } => match &op.source {
                 Source::Create(spec) => {
                     let spec = named(spec, target)?;
@@ -305,7 +315,10 @@ impl Updater {
                         _ => String::new(),
                     };
                     report(format!("creating {target} from {}{suffix}", spec.image));
-                    self.runtime.create_container(&spec).await?;
+                    self.runtime
+                        .create_container(&spec)
+                        .await
+                        .map_err(StepFailed::at(step, target))?;
                 }
                 Source::Existing { name: from, restart } => {
                     let verified = if restart.is_none() {
@@ -314,43 +327,54 @@ impl Updater {
                         ""
                     };
                     report(format!("{from} -> {target}{verified}"));
-                    self.runtime.rename_container(from, target).await?;
+                    self.runtime
+                        .rename_container(from, target)
+                        .await
+                        .map_err(StepFailed::at(step, from))?;
                     if let Some(policy) = restart {
-                        self.runtime.set_restart_policy(target, *policy).await?;
+                        self.runtime
+                            .set_restart_policy(target, *policy)
+                            .await
+                            .map_err(StepFailed::at(step, target))?;
                     }
                 }
             },
             Act::StartNew { target } => {
                 report(format!("starting {target}"));
-                self.runtime.start_container(target).await?;
+                self.runtime
+                    .start_container(target)
+                    .await
+                    .map_err(StepFailed::at(step, target))?;
             }
         }
         Ok(())
     }
 
     /// Runs `inverses` for the operation `b` began, from whatever state the engine is in. Idempotent.
-    pub(crate) async fn invert(&self, b: &Begin, inverses: &[Inverse]) -> Result<(), RuntimeError> {
+    pub(crate) async fn invert(&self, b: &Begin, inverses: &[Inverse]) -> Result<(), StepFailed> {
         let name = b.container.as_str();
-        let id_of = |c: String| async move {
+        let id_of = |c: String, step: &'static str| async move {
             match self.runtime.inspect_container(&c).await {
                 Ok(info) => Ok(Some(info)),
                 Err(RuntimeError::ContainerNotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
+                Err(e) => Err(StepFailed::at(step, &c)(e)),
             }
         };
         for inverse in inverses {
+            let step = inverse.name();
             match inverse {
                 Inverse::StopNew { target } => {
-                    if let Some(info) = id_of(target.clone()).await? {
+                    if let Some(info) = id_of(target.clone(), step).await? {
                         if info.id != b.old_id && info.state.is_running() {
                             self.runtime
                                 .stop_container(target, Some(Duration::from_secs(10)))
-                                .await?;
+                                .await
+                                .map_err(StepFailed::at(step, target))?;
                         }
                     }
                 }
                 Inverse::TakeAway { target, back_to } => {
-                    let Some(info) = id_of(target.clone()).await? else {
+                    let Some(info) = id_of(target.clone(), step).await? else {
                         continue;
                     };
                     if info.id == b.old_id {
@@ -358,37 +382,60 @@ impl Updater {
                     }
                     self.runtime
                         .stop_container(target, Some(Duration::from_secs(10)))
-                        .await?;
+                        .await
+                        .map_err(StepFailed::at(step, target))?;
                     match back_to {
-                        None => self.runtime.remove_container(target).await?,
+                        None => self
+                            .runtime
+                            .remove_container(target)
+                            .await
+                            .map_err(StepFailed::at(step, target))?,
                         Some(from) => {
-                            self.runtime.rename_container(target, from).await?;
+                            self.runtime
+                                .rename_container(target, from)
+                                .await
+                                .map_err(StepFailed::at(step, target))?;
                             // A retained revision goes back to being retained: never restarted by the daemon.
                             // A preview keeps its policy for its promotion.
                             if b.kind != OpKind::Promote {
-                                self.runtime.set_restart_policy(from, RestartPolicy::No).await?;
+                                self.runtime
+                                    .set_restart_policy(from, RestartPolicy::No)
+                                    .await
+                                    .map_err(StepFailed::at(step, from))?;
                             }
                         }
                     }
                 }
                 Inverse::RestoreRestart => {
                     for c in [&b.retained_name, &b.container] {
-                        if id_of(c.clone()).await?.is_some_and(|i| i.id == b.old_id) {
-                            self.runtime.set_restart_policy(c, b.old_restart).await?;
+                        if id_of(c.clone(), step).await?.is_some_and(|i| i.id == b.old_id) {
+                            self.runtime
+                                .set_restart_policy(c, b.old_restart)
+                                .await
+                                .map_err(StepFailed::at(step, c))?;
                             break;
                         }
                     }
                 }
                 Inverse::RenameBack => {
-                    if id_of(b.retained_name.clone()).await?.is_some_and(|i| i.id == b.old_id) {
-                        self.runtime.rename_container(&b.retained_name, name).await?;
+                    if id_of(b.retained_name.clone(), step)
+                        .await?
+                        .is_some_and(|i| i.id == b.old_id)
+                    {
+                        self.runtime
+                            .rename_container(&b.retained_name, name)
+                            .await
+                            .map_err(StepFailed::at(step, &b.retained_name))?;
                     }
                 }
                 Inverse::RestartOld => {
-                    let old = id_of(name.to_owned()).await?.filter(|i| i.id == b.old_id);
+                    let old = id_of(name.to_owned(), step).await?.filter(|i| i.id == b.old_id);
                     if let Some(info) = old {
                         if b.old_running && !info.state.is_running() {
-                            self.runtime.start_container(name).await?;
+                            self.runtime
+                                .start_container(name)
+                                .await
+                                .map_err(StepFailed::at(step, name))?;
                         }
                     }
                 }
@@ -549,10 +596,8 @@ impl Updater {
             } else {
                 self.invert(&begin, &inverses(&begin.plan(), &steps))
                     .await
-                    .map_err(|e| Error::RevertFailed {
-                        container: begin.target().to_owned(),
-                        reason: format!("repairing an operation interrupted at {last}"),
-                        error: e.to_string(),
+                    .map_err(|e| {
+                        e.reverting(begin.target(), &format!("repairing an operation interrupted at {last}"))
                     })?;
                 let reason = match begin.kind {
                     OpKind::Install => format!("install interrupted at step {last}; removed by the next command"),

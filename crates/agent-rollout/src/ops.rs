@@ -37,7 +37,11 @@ impl Updater {
 
     /// The image, pulled as the policy says, checked to be for the engine's platform.
     pub(crate) async fn resolve_for_engine(&self, image: &ImageRef, req: &UpdateRequest) -> Result<ImageInfo, Error> {
-        let engine = self.runtime.engine_info().await?;
+        let engine = self
+            .runtime
+            .engine_info()
+            .await
+            .map_err(|source| Error::EngineInfo { source })?;
         let info = self.resolve_image(image, req.pull).await?;
         if info.os != engine.os || info.arch != engine.arch {
             return Err(Error::PlatformMismatch {
@@ -68,7 +72,7 @@ impl Updater {
                 ),
             }),
             Err(RuntimeError::ContainerNotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(Error::inspect(retained)(e)),
         }
     }
     /// The staged preview of `container`, if one is waiting.
@@ -106,16 +110,20 @@ impl Updater {
     }
 
     /// Stops and removes `container` when it exists and `ours` accepts its id.
-    pub(crate) async fn remove_if(&self, container: &str, ours: impl Fn(&str) -> bool) -> Result<(), RuntimeError> {
+    pub(crate) async fn remove_if(&self, container: &str, ours: impl Fn(&str) -> bool) -> Result<(), Error> {
         match self.runtime.inspect_container(container).await {
             Ok(info) if ours(&info.id) => {
                 self.runtime
                     .stop_container(container, Some(Duration::from_secs(10)))
-                    .await?;
-                self.runtime.remove_container(container).await
+                    .await
+                    .map_err(Error::step("stop", container))?;
+                self.runtime
+                    .remove_container(container)
+                    .await
+                    .map_err(Error::step("remove", container))
             }
             Ok(_) | Err(RuntimeError::ContainerNotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err(Error::inspect(container)(e)),
         }
     }
 
@@ -146,7 +154,11 @@ impl Updater {
             rules: rules.iter().map(|r| r.name.clone()).collect(),
         });
         let expected = Version::of_image(&report.revision.image, &BTreeMap::new());
-        let info = self.runtime.inspect_container(name).await?;
+        let info = self
+            .runtime
+            .inspect_container(name)
+            .await
+            .map_err(Error::inspect(name))?;
         let ctx = self.probe_context(name, &info, expected);
         let probation = Probation {
             window: watch.window,
@@ -187,7 +199,12 @@ impl Updater {
         let local = match self.runtime.inspect_image(&image.pull_ref()).await {
             Ok(i) => Some(i),
             Err(RuntimeError::ImageNotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
+            Err(source) => {
+                return Err(Error::ResolveImage {
+                    image: image.to_string(),
+                    source,
+                })
+            }
         };
         let must_pull = match pull {
             PullPolicy::Always => true,
@@ -195,11 +212,12 @@ impl Updater {
             PullPolicy::Missing => local.is_none(),
         };
         if !must_pull {
-            return local.ok_or_else(|| {
-                Error::Runtime(RuntimeError::ImageNotFound {
+            return local.ok_or_else(|| Error::ResolveImage {
+                image: image.to_string(),
+                source: RuntimeError::ImageNotFound {
                     image: image.to_string(),
                     message: "it is not on the engine and the pull policy is `never`".into(),
-                })
+                },
             });
         }
         // A registry hiccup is retried with backoff; a missing image or a refused pull is not.
@@ -218,7 +236,11 @@ impl Updater {
             .sleep(tokio::time::sleep)
             .when(|e| matches!(e, RuntimeError::PullFailed { .. } | RuntimeError::Unavailable { .. }))
             .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "pull failed; retrying"))
-            .await?;
+            .await
+            .map_err(|source| Error::ResolveImage {
+                image: image.to_string(),
+                source,
+            })?;
         self.reporter.report(&Event::Pulled {
             image: image.to_string(),
             digest: info.digest_for(image).map(|d| d.to_string()),
@@ -278,7 +300,14 @@ impl Updater {
         crate::files::write_private(&target.join("spec.json"), &spec).map_err(err)?;
         let mut files = 0;
         for m in old.spec.mounts.iter().filter(|m| m.carries_data()) {
-            let tar = self.runtime.export_path(name, &m.target).await?;
+            let tar = self
+                .runtime
+                .export_path(name, &m.target)
+                .await
+                .map_err(|e| Error::Backup {
+                    path: target.clone(),
+                    message: format!("copying {}:{} out failed: {e}", name, m.target),
+                })?;
             let file = target.join(format!("{}.tar", m.target.trim_matches('/').replace('/', "_")));
             crate::files::write_private(&file, &tar).map_err(err)?;
             files += 1;
@@ -304,7 +333,11 @@ impl Updater {
                 gate.push(p);
             }
         }
-        let info = self.runtime.inspect_container(name).await?;
+        let info = self
+            .runtime
+            .inspect_container(name)
+            .await
+            .map_err(Error::inspect(name))?;
         let expected = Version::of_image(&meta.image, &meta.new_defaults.labels);
         let mut ctx = self.probe_context(name, &info, expected);
         ctx.container_id = Some(new_id.to_owned());
@@ -328,7 +361,12 @@ impl Updater {
         old_defaults: &ImageDefaults,
         new_defaults: &ImageDefaults,
     ) -> Result<SpecDiff, Error> {
-        let mut actual = self.runtime.inspect_container(name).await?.spec;
+        let mut actual = self
+            .runtime
+            .inspect_container(name)
+            .await
+            .map_err(Error::inspect(name))?
+            .spec;
         let mut expected = intended.clone();
         expected.strip_image_defaults(old_defaults);
         expected.strip_image_defaults(new_defaults);

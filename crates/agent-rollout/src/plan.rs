@@ -152,6 +152,19 @@ pub(crate) enum Inverse {
     },
 }
 
+impl Inverse {
+    /// Its name in errors.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Inverse::RestartOld => "restart-old",
+            Inverse::RenameBack => "rename-back",
+            Inverse::RestoreRestart => "restore-restart",
+            Inverse::TakeAway { .. } => "take-away-new",
+            Inverse::StopNew { .. } => "stop-new",
+        }
+    }
+}
+
 impl Act {
     /// The journal step name.
     pub(crate) fn step(&self) -> Step {

@@ -27,7 +27,11 @@ impl Updater {
         let name = container.as_str();
         let recovered = self.recover_locked(name).await?;
         let history = self.history(container, req.history_limit).await?;
-        let old = self.runtime.inspect_container(name).await?;
+        let old = self
+            .runtime
+            .inspect_container(name)
+            .await
+            .map_err(Error::inspect(name))?;
         let current = self.adopt(name, &old, history.clone()).await?;
         let history = self.history(container, req.history_limit).await?;
         let target = match to {
@@ -79,7 +83,7 @@ impl Updater {
         spec.name = container.clone();
         let (source, image_id, new_defaults, faithful_to) = if retained_ok {
             let r = target.retained_container.clone().unwrap_or_default();
-            let info = self.runtime.inspect_container(&r).await?;
+            let info = self.runtime.inspect_container(&r).await.map_err(Error::inspect(&r))?;
             let defaults = self.defaults_of(&info.image_id).await;
             let source = Source::Existing {
                 name: r,
@@ -149,7 +153,7 @@ impl Updater {
         let info = match self.runtime.inspect_container(name).await {
             Ok(i) => Some(i),
             Err(RuntimeError::ContainerNotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::inspect(name)(e)),
         };
         let revision = history.current().cloned();
         let drift = match (&info, &revision) {

@@ -94,7 +94,11 @@ impl Updater {
     /// Preflight: nothing is changed until every check passed. Then the backup, when asked for.
     async fn prepare(&self, req: &UpdateRequest) -> Result<Prepared, Error> {
         let name = req.container.as_str();
-        let old = self.runtime.inspect_container(name).await?;
+        let old = self
+            .runtime
+            .inspect_container(name)
+            .await
+            .map_err(Error::inspect(name))?;
         if old.spec.engine.as_ref().is_some_and(EngineConfig::removed_when_stopped) {
             return Err(Error::InvalidInput {
                 what: format!("the update of {name}"),
@@ -211,7 +215,7 @@ impl Updater {
                 })
             }
             Err(RuntimeError::ContainerNotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::inspect(name)(e)),
         }
         let tag_version = spec.image.tag().and_then(|t| Version::parse(t.as_str()));
         req.policy.check(&spec.image, tag_version.as_ref(), None)?;
@@ -462,12 +466,16 @@ impl Updater {
         let staged = match self.runtime.inspect_container(&preview.container).await {
             Ok(info) if info.id == preview.container_id => info,
             Ok(_) | Err(RuntimeError::ContainerNotFound { .. }) => return Err(gone()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::inspect(&preview.container)(e)),
         };
         // The stored preview has its secrets redacted; the running preview has their values.
         let mut spec = preview.spec.clone();
         spec.restore_secrets(&staged.spec);
-        let old = self.runtime.inspect_container(name).await?;
+        let old = self
+            .runtime
+            .inspect_container(name)
+            .await
+            .map_err(Error::inspect(name))?;
         let old_defaults = self.defaults_of(&old.image_id).await;
         let history = self.history(&container_name(name)?, req.history_limit).await?;
         let current = self.adopt(name, &old, history).await?;

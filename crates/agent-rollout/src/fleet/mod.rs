@@ -206,7 +206,11 @@ impl Fleet {
             _ => {
                 let progress = self.progress.clone();
                 rt.pull_image(&spec.image, &move |p| progress.report(&Event::Pull(p)))
-                    .await?
+                    .await
+                    .map_err(|source| Error::ResolveImage {
+                        image: spec.image.to_string(),
+                        source,
+                    })?
             }
         };
         let pinned = match info.digest_for(&spec.image) {

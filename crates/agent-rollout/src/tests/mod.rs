@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use agent_core::{
     ContainerRuntime, ContainerSpec, EnvVar, FakeRuntime, Fault, ImageBehaviour, ImageDefaults, ImageRef, JournalEntry,
-    MemoryStore, OffsetDateTime, Outcome, RestartPolicy, StateStore,
+    MemoryStore, OffsetDateTime, Outcome, RestartPolicy, RuntimeError, StateStore,
 };
 use agent_health::Timing;
 
@@ -161,6 +161,10 @@ async fn bad_inputs_change_nothing() {
     r.container = "ghost".parse().unwrap();
     let err = up.update(&r).await.unwrap_err();
     assert!(err.to_string().contains("ghost"), "{err}");
+    assert!(
+        matches!(&err, Error::Inspect { container, source: RuntimeError::ContainerNotFound { .. } } if container == "ghost"),
+        "{err:?}"
+    );
     let mutating: Vec<String> = rt.operations()[ops_before..]
         .iter()
         .filter(|o| !o.starts_with("inspect") && !o.starts_with("info") && !o.starts_with("pull"))
@@ -183,6 +187,43 @@ async fn an_engine_error_mid_update_reverts() {
     assert!(report.reason.unwrap().contains("injected fault"));
     assert_eq!(rt.container_names(), ["agent"]);
     assert!(rt.inspect_container("agent").await.unwrap().state.is_running());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_revert_names_its_step_and_the_next_command_repairs() {
+    let (rt, store, up) = setup();
+    let old_id = rt.inspect_container("agent").await.unwrap().id;
+    rt.inject(Fault::FailOperation {
+        operation: "create",
+        times: 1,
+    });
+    rt.inject(Fault::FailOperation {
+        operation: "start",
+        times: 1,
+    });
+    let err = up.update(&req("acme/agent:2.0")).await.unwrap_err();
+    match &err {
+        Error::RevertFailed {
+            container,
+            step,
+            source,
+            ..
+        } => {
+            assert_eq!((container.as_str(), *step), ("agent", "restart-old"), "{err}");
+            assert!(source.to_string().contains("injected fault"), "{err}");
+        }
+        other => panic!("expected RevertFailed, got {other:?}"),
+    }
+    assert!(err.runtime().is_some());
+    // The journal stays open; the next command finishes putting the old container back.
+    assert!(!store.subjects_with_open_operations().await.unwrap().is_empty());
+    let status = up.status(&"agent".parse().unwrap(), 5).await.unwrap();
+    assert_eq!(status.recovered.len(), 1);
+    assert_eq!(status.recovered[0].action, RecoveryAction::Reverted);
+    let now = rt.inspect_container("agent").await.unwrap();
+    assert_eq!(now.id, old_id);
+    assert!(now.state.is_running());
+    assert_eq!(rt.container_names(), ["agent"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -298,6 +339,16 @@ async fn a_registry_hiccup_is_retried_but_a_missing_image_is_not() {
     );
     let err = up.update(&req("acme/agent:8.8")).await.unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
+    assert!(
+        matches!(
+            &err,
+            Error::ResolveImage {
+                source: RuntimeError::ImageNotFound { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let tries = rt
         .operations()
         .iter()
