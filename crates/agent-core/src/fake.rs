@@ -518,8 +518,12 @@ impl ContainerRuntime for FakeRuntime {
 #[derive(Debug, Default)]
 struct MemoryState {
     revisions: BTreeMap<(String, u64), Revision>,
-    journal: Vec<JournalEntry>,
-    open: BTreeMap<String, String>,
+    /// Every operation's entries, in the order they were appended.
+    journal: BTreeMap<String, Vec<JournalEntry>>,
+    /// Open operations by subject, in the order they were opened (lookups stay cheap with many subjects).
+    open: BTreeMap<String, Vec<String>>,
+    /// The subject of each open operation.
+    open_subject: BTreeMap<String, String>,
     leases: BTreeMap<String, Lease>,
     documents: BTreeMap<(String, String), serde_json::Value>,
 }
@@ -551,8 +555,7 @@ impl StateStore for MemoryStore {
         Ok(self
             .lock()
             .revisions
-            .iter()
-            .filter(|((s, _), _)| s == subject)
+            .range((subject.to_owned(), 0)..=(subject.to_owned(), u64::MAX))
             .map(|(_, r)| r.clone())
             .collect())
     }
@@ -571,43 +574,48 @@ impl StateStore for MemoryStore {
 
     async fn append_journal(&self, entry: &JournalEntry) -> Result<(), StoreError> {
         let mut s = self.lock();
-        if entry.seq == 0 {
-            s.open.insert(entry.operation.clone(), entry.subject.clone());
+        if entry.seq == 0
+            && s.open_subject
+                .insert(entry.operation.clone(), entry.subject.clone())
+                .is_none()
+        {
+            s.open
+                .entry(entry.subject.clone())
+                .or_default()
+                .push(entry.operation.clone());
         }
-        s.journal.push(entry.clone());
+        s.journal
+            .entry(entry.operation.clone())
+            .or_default()
+            .push(entry.clone());
         Ok(())
     }
 
     async fn journal(&self, operation: &str) -> Result<Vec<JournalEntry>, StoreError> {
-        Ok(self
-            .lock()
-            .journal
-            .iter()
-            .filter(|e| e.operation == operation)
-            .cloned()
-            .collect())
+        Ok(self.lock().journal.get(operation).cloned().unwrap_or_default())
     }
 
     async fn open_operations(&self, subject: &str) -> Result<Vec<String>, StoreError> {
-        let s = self.lock();
-        let mut ops: Vec<String> = Vec::new();
-        for e in &s.journal {
-            if e.subject == subject && s.open.contains_key(&e.operation) && !ops.contains(&e.operation) {
-                ops.push(e.operation.clone());
-            }
-        }
-        Ok(ops)
+        Ok(self.lock().open.get(subject).cloned().unwrap_or_default())
     }
 
     async fn subjects_with_open_operations(&self) -> Result<Vec<String>, StoreError> {
-        let mut v: Vec<String> = self.lock().open.values().cloned().collect();
-        v.sort();
-        v.dedup();
-        Ok(v)
+        Ok(self
+            .lock()
+            .open
+            .iter()
+            .filter(|(_, ops)| !ops.is_empty())
+            .map(|(subject, _)| subject.clone())
+            .collect())
     }
 
     async fn close_operation(&self, operation: &str) -> Result<(), StoreError> {
-        self.lock().open.remove(operation);
+        let mut s = self.lock();
+        if let Some(subject) = s.open_subject.remove(operation) {
+            if let Some(ops) = s.open.get_mut(&subject) {
+                ops.retain(|o| o != operation);
+            }
+        }
         Ok(())
     }
 
