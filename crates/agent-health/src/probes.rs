@@ -157,7 +157,18 @@ impl Default for LogScanProbe {
 impl LogScanProbe {
     /// A probe for these regular expressions.
     pub fn new(patterns: Vec<String>) -> Result<LogScanProbe, regex::Error> {
+        // A fleet builds one gate per target with the same patterns; compiling them is most of a gate's
+        // cost, so the last set compiled is kept (a `RegexSet` clone shares its compiled program).
+        static LAST: std::sync::Mutex<Option<(Vec<String>, RegexSet)>> = std::sync::Mutex::new(None);
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((p, set)) = last.as_ref().filter(|(p, _)| *p == patterns) {
+            return Ok(LogScanProbe {
+                patterns: p.clone(),
+                set: set.clone(),
+            });
+        }
         let set = RegexSet::new(&patterns)?;
+        *last = Some((patterns.clone(), set.clone()));
         Ok(LogScanProbe { patterns, set })
     }
 
