@@ -6,6 +6,8 @@ use super::Fleet;
 use crate::target::{TargetState, TargetStatus};
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+
 use agent_core::{ContainerName, ContainerRuntime, ContainerSpec, RevisionNumber, StateStore, UpdateMode};
 
 use crate::error::Error;
@@ -23,11 +25,10 @@ impl Fleet {
         action: Action,
     ) -> Result<Vec<String>, Error> {
         // Engine slots bound the targets being stopped, created and started; `in_flight` bounds those plus
-        // the started ones still being verified.
+        // the started ones still being verified. A target's work is made only when it may run, so memory
+        // grows with `in_flight`, not with the batch.
         let engine = Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism));
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(
-            state.spec.parallelism + state.spec.max_unverified,
-        ));
+        let in_flight = state.spec.parallelism + state.spec.max_unverified;
         // No new target starts once more have failed than the rollout may lose.
         let failures = Arc::new(std::sync::atomic::AtomicUsize::new(failed_targets(state)));
         let budget = failures_allowed(state);
@@ -57,15 +58,16 @@ impl Fleet {
                 req.mode = mode;
             }
             req.cause = Some(rollout_cause(state));
-            let (engine, in_flight, failures) = (engine.clone(), in_flight.clone(), failures.clone());
             let started = Arc::new(tokio::sync::Notify::new());
             req.started = Some(started.clone());
             let template = state.spec.template_for(&req.container, &state.pinned)?;
             let rt = self.runtime(&t.host).await;
-            let store = self.store.clone();
-            let progress = self.progress.clone();
-            tasks.push(async move {
-                let _in_flight = in_flight.acquire().await;
+            tasks.push((i, t, req, template, rt, started));
+        }
+        let work = tasks.into_iter().map(|(i, t, req, template, rt, started)| {
+            let (engine, failures) = (engine.clone(), failures.clone());
+            let (store, progress) = (self.store.clone(), self.progress.clone());
+            async move {
                 let engine_slot = engine.acquire().await;
                 if failures.load(std::sync::atomic::Ordering::SeqCst) > budget {
                     return (i, None);
@@ -87,11 +89,11 @@ impl Fleet {
                     failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 (i, Some(result))
-            });
-        }
-        let results = futures_util::future::join_all(tasks).await;
+            }
+        });
+        let mut results = futures_util::stream::iter(work).buffer_unordered(in_flight);
         let mut unverified = Vec::new();
-        for (i, r) in results {
+        while let Some((i, r)) = results.next().await {
             // Skipped: the failure budget ran out before this target's turn; it stays pending, untouched.
             let Some(r) = r else { continue };
             let t = &mut state.targets[i];
