@@ -28,12 +28,18 @@ use std::time::{Duration, Instant};
 use agent_core::{ContainerRuntime, ContainerSpec, EnvVar, ImageRef};
 use agent_docker::testing::{demo_agent_binary, run_id, DemoImage, LocalRegistry, RUN_LABEL};
 use agent_docker::DockerRuntime;
+use agentctl_benches::{
+    agent_healthcheck, median, sh, sibling, wait_rusage, write_between_markers, Result, FLEET_HEALTHCHECK_INTERVAL,
+};
 
 const INTERVAL_MS: u64 = 50;
+/// The `minHealthyTime` of the time-to-verdict scenario.
+const VERDICT_MIN_HEALTHY_S: f64 = 1.0;
+/// Parallelism and `minHealthyTime` (s) of the fleet scenario.
+const FLEET_PARALLELISM: usize = 5;
+const FLEET_MIN_HEALTHY_S: f64 = 1.0;
 const BEGIN: &str = "<!-- side-by-side:begin -->";
 const END: &str = "<!-- side-by-side:end -->";
-
-type Result<T> = std::result::Result<T, String>;
 
 /// One heartbeat as received: when, from which agent id, which version.
 #[derive(Clone)]
@@ -133,34 +139,6 @@ fn serve(stream: TcpStream, beats: &Mutex<Vec<Beat>>) -> std::io::Result<()> {
     }
     let mut s = stream;
     s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-}
-
-fn sh(cmd: &str) -> Result<String> {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{cmd}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 struct Harness {
@@ -278,6 +256,33 @@ fn downtime(h: &Harness, contender: &str, k: usize) -> Result<(f64, f64)> {
     Ok((gap.as_secs_f64() * 1000.0, (first_v2 - t0).as_secs_f64() * 1000.0))
 }
 
+/// Scenario 1b: from the new container's start to the verdict, for an agent whose HEALTHCHECK passes at once
+/// but whose interval is 30 s (on this engine the first result of its own would come after 30 s). The verdict's
+/// `elapsed` (the gate starts right after the start) from `agentctl update -o json`, in seconds.
+fn verdict_time(h: &Harness, strategy: &str, k: usize) -> Result<f64> {
+    let agent = format!("{}-vt-{strategy}-{k}", h.run);
+    let (v1, v2) = (&h.images["v1"], &h.images["v2"]);
+    let t = Instant::now();
+    sh(&format!(
+        "docker run -d --name {agent} --label {} --restart unless-stopped --health-interval 30s {} {v1}",
+        h.label,
+        h.env_args(&agent)
+    ))?;
+    h.sink.wait_for(&agent, "1.0.0", t, Duration::from_secs(60))?;
+    let out = h.agentctl(&format!(
+        "update {agent} --image {v2} --strategy {strategy} --min-healthy-time {VERDICT_MIN_HEALTHY_S}s --deadline 30s -o json"
+    ));
+    h.cleanup();
+    let report: serde_json::Value = serde_json::from_str(&out?).map_err(|e| format!("agentctl's JSON: {e}"))?;
+    if report["status"] != "updated" {
+        return Err(format!("the update ended {}: {}", report["status"], report["reason"]));
+    }
+    let elapsed = report["verdict"]["elapsed"]
+        .as_str()
+        .ok_or("the report has no verdict.elapsed")?;
+    Ok(agent_core::parse_duration(elapsed)?.as_secs_f64())
+}
+
 /// Scenario 2: a bad 3.0.0 (it runs, but logs fatal lines) is deployed; from the decision to roll back until
 /// 1.0.0 heartbeats again.
 fn rollback(h: &Harness, contender: &str, k: usize) -> Result<f64> {
@@ -355,7 +360,8 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
     let (v1, v2) = (&h.images["v1"], &h.images["v2"]);
     if contender == "swarm" {
         sh(&format!(
-            "docker service create -q --name {prefix} --replicas {n} --update-parallelism 5 --update-delay 0s --update-monitor 1s {v1}"
+            "docker service create -q --name {prefix} --replicas {n} --health-interval {}s --update-parallelism 5 --update-delay 0s --update-monitor 1s {v1}",
+            FLEET_HEALTHCHECK_INTERVAL.as_secs()
         ))?;
     } else {
         // Set up in parallel through the API (not timed).
@@ -369,6 +375,7 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
                 );
                 spec.labels.insert(RUN_LABEL.into(), h.run.clone());
                 spec.restart_policy = agent_core::RestartPolicy::UnlessStopped;
+                spec.healthcheck = Some(agent_healthcheck(FLEET_HEALTHCHECK_INTERVAL));
                 let name = name.clone();
                 tasks.push(async move {
                     docker.create_container(&spec).await?;
@@ -386,17 +393,21 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
     match contender {
         "agentctl" | "agentctl-pipelined" | "agentctl-handoff" | "agentctl-min0" => {
             let (strategy, min, unverified) = match contender {
-                "agentctl" => ("rolling: {maxUnavailable: 5}", "1s", 0),
-                "agentctl-pipelined" => ("recreate: {}", "1s", 0),
-                "agentctl-handoff" => ("recreate: {}", "1s", 10),
-                _ => ("recreate: {}", "0s", 0),
+                "agentctl" => (
+                    format!("rolling: {{maxUnavailable: {FLEET_PARALLELISM}}}"),
+                    FLEET_MIN_HEALTHY_S,
+                    0,
+                ),
+                "agentctl-pipelined" => ("recreate: {}".to_owned(), FLEET_MIN_HEALTHY_S, 0),
+                "agentctl-handoff" => ("recreate: {}".to_owned(), FLEET_MIN_HEALTHY_S, 10),
+                _ => ("recreate: {}".to_owned(), 0.0, 0),
             };
             let targets: String = names
                 .iter()
                 .map(|c| format!("  - {{host: 'unix:///var/run/docker.sock', container: {c}}}\n"))
                 .collect();
             let spec = format!(
-                "name: {prefix}\nimage: {v2}\ntargets:\n{targets}strategy:\n  {strategy}\nparallelism: 5\nmaxUnverified: {unverified}\nhealth: {{minHealthyTime: {min}, deadline: 30s, period: 100ms}}\n"
+                "name: {prefix}\nimage: {v2}\ntargets:\n{targets}strategy:\n  {strategy}\nparallelism: {FLEET_PARALLELISM}\nmaxUnverified: {unverified}\nhealth: {{minHealthyTime: {min}s, deadline: 30s, period: 100ms}}\n"
             );
             let file = h.state.path().join(format!("{prefix}.yaml"));
             std::fs::write(&file, spec).map_err(|e| e.to_string())?;
@@ -416,8 +427,9 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
         "shell-loop" => {
             let list = names.join(" ");
             sh(&format!(
-                "printf '%s\\n' {list} | xargs -P 5 -I{{}} sh -c 'docker stop {{}} >/dev/null && docker rm {{}} >/dev/null && docker run -d --name {{}} --label {} --restart unless-stopped {v2} >/dev/null'",
-                h.label
+                "printf '%s\\n' {list} | xargs -P 5 -I{{}} sh -c 'docker stop {{}} >/dev/null && docker rm {{}} >/dev/null && docker run -d --name {{}} --label {} --restart unless-stopped --health-interval {}s {v2} >/dev/null'",
+                h.label,
+                FLEET_HEALTHCHECK_INTERVAL.as_secs()
             ))?;
         }
         "swarm" => drop(sh(&format!("docker service update -q --image {v2} {prefix}"))?),
@@ -435,6 +447,7 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
                     );
                     spec.labels.insert(RUN_LABEL.into(), h.run.clone());
                     spec.restart_policy = agent_core::RestartPolicy::UnlessStopped;
+                    spec.healthcheck = Some(agent_healthcheck(FLEET_HEALTHCHECK_INTERVAL));
                     let name = name.clone();
                     tasks.push(async move {
                         let _p = sem.acquire().await;
@@ -466,22 +479,6 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
         ));
     }
     Ok((secs, rss))
-}
-
-/// Waits for `pid` and returns its exit code and peak RSS (KiB) from the kernel's rusage.
-fn wait_rusage(pid: u32) -> Result<(i32, u64)> {
-    let mut status = 0;
-    // SAFETY: wait4 writes into the two out-parameters we own; the pid is our child.
-    #[allow(unsafe_code)]
-    let (r, usage) = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        let r = libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage);
-        (r, usage)
-    };
-    if r < 0 {
-        return Err(format!("wait4: {}", std::io::Error::last_os_error()));
-    }
-    Ok((libc::WEXITSTATUS(status), usage.ru_maxrss as u64))
 }
 
 /// Scenario 4: create+start of a new container and start of a stopped one, through the API.
@@ -554,18 +551,6 @@ fn args() -> Result<Args> {
         return Err("--runs, --fleet-runs and --fleet must be at least 1".into());
     }
     Ok(a)
-}
-
-fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let p = exe.with_file_name(name);
-    if !p.exists() {
-        return Err(format!(
-            "{} is missing; build it first: cargo build --release -p agent-cli -p agentctl-benches",
-            p.display()
-        ));
-    }
-    Ok(p)
 }
 
 fn main() {
@@ -647,7 +632,7 @@ fn run() -> Result<()> {
     let report = result?;
     println!("{report}");
     if let Some(path) = &args.write {
-        write_between_markers(path, &report)?;
+        write_between_markers(path, BEGIN, END, "## Side by side", &report)?;
         eprintln!("== wrote {}", path.display());
     }
     Ok(())
@@ -717,6 +702,41 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
         let lost = ((g / INTERVAL_MS as f64).round() as i64 - 1).max(0);
         let ratio = base.map(|b| format!("{:.1}x", g / b)).unwrap_or_default();
         out.push_str(&format!("| {} | {g:.0} | {lost} | {t:.0} | {ratio} |\n", label_of(c)));
+    }
+
+    eprintln!("== time to verdict");
+    let mut verdicts: HashMap<&str, Vec<f64>> = HashMap::new();
+    for k in 0..args.runs {
+        for strategy in ["stop-first", "start-first"] {
+            match verdict_time(h, strategy, k) {
+                Ok(secs) => {
+                    eprintln!("   {strategy} run {k}: verdict after {secs:.2} s");
+                    verdicts.entry(strategy).or_default().push(secs);
+                }
+                Err(e) => {
+                    eprintln!("   {strategy} run {k}: {e}");
+                    failures.push(format!("verdict {strategy}: {e}"));
+                    h.cleanup();
+                }
+            }
+        }
+    }
+    out.push_str(&format!(
+        "\n### 1b. Time to verdict\n\nAn agent whose HEALTHCHECK passes at once but whose interval is 30 s (`docker run --health-interval 30s`; this engine has no start interval, so its own first result comes after 30 s) is updated with `--min-healthy-time {VERDICT_MIN_HEALTHY_S}s` and the default probe period (500 ms). The verdict's `elapsed` from `agentctl update -o json`: from right after the new container's start to the verdict.\n\n| strategy | verdict after (s) | over minHealthyTime (s) |\n|---|---|---|\n"
+    ));
+    let mut verdict_over = Vec::new();
+    for strategy in ["stop-first", "start-first"] {
+        match verdicts.get(strategy) {
+            Some(v) => {
+                let m = median(&mut v.clone());
+                verdict_over.push((strategy, m - VERDICT_MIN_HEALTHY_S));
+                out.push_str(&format!(
+                    "| {strategy} | {m:.2} | +{:.2} |\n",
+                    m - VERDICT_MIN_HEALTHY_S
+                ));
+            }
+            None => out.push_str(&format!("| {strategy} | failed | |\n")),
+        }
     }
 
     eprintln!("== rollback time");
@@ -793,8 +813,9 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
         }
     }
     out.push_str(&format!(
-        "\n### 3. Fleet rollout wall time, {} agents at parallelism 5\n\nagentctl: `parallelism: 5`, each target verified by the default gate (container state, HEALTHCHECK, log scan; `period: 100ms`), in batches (`rolling`) or as a pipeline (`recreate`); agentctl's peak RSS is taken over all its runs; Swarm: `--update-parallelism 5 --update-delay 0s --update-monitor 1s`; the shell loop and the engine limit verify nothing.\n\n| contender | wall time (s) | vs engine limit |\n|---|---|---|\n",
-        args.fleet
+        "\n### 3. Fleet rollout wall time, {} agents at parallelism 5\n\nagentctl: `parallelism: 5`, each target verified by the default gate (container state, HEALTHCHECK, log scan; `period: 100ms`), in batches (`rolling`) or as a pipeline (`recreate`); agentctl's peak RSS is taken over all its runs; Swarm: `--update-parallelism 5 --update-delay 0s --update-monitor 1s`; the shell loop and the engine limit verify nothing. Every contender's agents have their HEALTHCHECK every {}s (`--health-interval`; see `FLEET_HEALTHCHECK_INTERVAL`).\n\n| contender | wall time (s) | vs engine limit |\n|---|---|---|\n",
+        args.fleet,
+        FLEET_HEALTHCHECK_INTERVAL.as_secs()
     ));
     let floor = fl.get("engine-limit").cloned().map(|mut v| median(&mut v));
     for c in &fl_contenders {
@@ -828,9 +849,26 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
     out.push_str(&format!(
         "\n### 5. Resources\n\nagentctl peak RSS during the {}-agent rollout: **{:.1} MiB** (median of {} runs, the kernel's `ru_maxrss`).\n\nThe control center under `heartbeat-load 10000 64 10` (10,000 agents, 64 keep-alive connections, 10 s, a separate process over loopback):\n\n{load_table}\n",
         args.fleet,
-        median(&mut rss_v) / 1024.0,
+        median(&mut rss_v.clone()) / 1024.0,
         rss.len()
     ));
+    let rss_mib = median(&mut rss_v) / 1024.0;
+    let per_second: Option<f64> = load_table
+        .lines()
+        .find(|l| l.contains("heartbeats per second"))
+        .and_then(|l| l.rsplit('|').nth(1))
+        .and_then(|v| v.trim().trim_matches('*').parse().ok());
+    let goals = Goals {
+        fleet: args.fleet,
+        fl: fl.iter().map(|(c, v)| (*c, median(&mut v.clone()))).collect(),
+        verdict_over,
+        rollback: rb.iter().map(|(c, v)| (*c, median(&mut v.clone()))).collect(),
+        start_stopped_ms: start_stopped,
+        start_first_gap_ms: gaps.get("agentctl-start-first").map(|v| median(&mut v.clone())),
+        rss_mib,
+        per_second,
+    };
+    out.push_str(&goals.table());
     if !failures.is_empty() {
         out.push_str("\nRuns that failed (left out of the medians):\n\n");
         for f in &failures {
@@ -854,12 +892,104 @@ fn label_of(c: &str) -> &str {
     }
 }
 
-fn write_between_markers(path: &Path, report: &str) -> Result<()> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{BEGIN}\n{report}\n{END}");
-    let new = match (text.find(BEGIN), text.find(END)) {
-        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
-        _ => format!("{text}\n## Side by side\n\n{block}\n"),
-    };
-    std::fs::write(path, new).map_err(|e| format!("write {}: {e}", path.display()))
+/// The medians of one run, judged against the goals of the issues.
+struct Goals<'a> {
+    fleet: usize,
+    fl: HashMap<&'a str, f64>,
+    verdict_over: Vec<(&'a str, f64)>,
+    rollback: HashMap<&'a str, f64>,
+    start_stopped_ms: f64,
+    start_first_gap_ms: Option<f64>,
+    rss_mib: f64,
+    per_second: Option<f64>,
+}
+
+impl Goals<'_> {
+    fn table(&self) -> String {
+        let met = |ok: bool| if ok { "yes" } else { "**no**" };
+        let mut rows: Vec<(String, String, &str)> = Vec::new();
+        let floor = self.fl.get("engine-limit").copied();
+        // A target holds its slot until proven: every slot proves fleet/parallelism targets in turn, each
+        // for at least minHealthyTime.
+        let waves = self.fleet.div_ceil(FLEET_PARALLELISM);
+        let required = waves as f64 * FLEET_MIN_HEALTHY_S;
+        for (c, what) in [
+            ("agentctl", "rolling (default)"),
+            ("agentctl-pipelined", "recreate, slot held until proven (default)"),
+        ] {
+            if let (Some(&wall), Some(floor)) = (self.fl.get(c), floor) {
+                let bound = floor + required;
+                rows.push((
+                    format!("{what}: within 1.15x of the engine limit + {waves} waves x minHealthyTime"),
+                    format!(
+                        "{wall:.1} s = engine limit {floor:.1} s + verification {required:.1} s + rest {:.1} s: **{:.2}x** of {bound:.1} s",
+                        wall - bound,
+                        wall / bound
+                    ),
+                    met(wall / bound <= 1.15),
+                ));
+            }
+        }
+        if let (Some(&wall), Some(floor)) = (self.fl.get("agentctl-handoff"), floor) {
+            rows.push((
+                "pipelined (`maxUnverified: 10`): within 1.2x of the engine limit".into(),
+                format!("{wall:.1} s vs {floor:.1} s: **{:.2}x**", wall / floor),
+                met(wall / floor <= 1.2),
+            ));
+            if let Some(&shell) = self.fl.get("shell-loop") {
+                rows.push((
+                    "pipelined: no slower than the unverified shell loop".into(),
+                    format!("{wall:.1} s vs {shell:.1} s: **{:.2}x**", wall / shell),
+                    met(wall <= shell),
+                ));
+            }
+        }
+        for (strategy, over) in &self.verdict_over {
+            rows.push((
+                format!("single update ({strategy}): verdict within 0.3 s of minHealthyTime"),
+                format!("+{over:.2} s"),
+                met(*over <= 0.3),
+            ));
+        }
+        if let (Some(&ours), Some(&swarm)) = (self.rollback.get("agentctl"), self.rollback.get("swarm")) {
+            rows.push((
+                "rollback at most half of Swarm's".into(),
+                format!("{ours:.0} ms vs {swarm:.0} ms ({:.2}x)", ours / swarm),
+                met(ours <= swarm / 2.0),
+            ));
+        }
+        if let Some(&ours) = self.rollback.get("agentctl") {
+            rows.push((
+                "rollback within 1.5 s of the engine's start of a stopped container".into(),
+                format!("+{:.0} ms", ours - self.start_stopped_ms),
+                met(ours - self.start_stopped_ms <= 1500.0),
+            ));
+        }
+        if let Some(gap) = self.start_first_gap_ms {
+            rows.push((
+                "start-first: zero heartbeats lost".into(),
+                format!("max gap {gap:.0} ms at a {INTERVAL_MS} ms interval"),
+                met(gap < 2.0 * INTERVAL_MS as f64),
+            ));
+        }
+        rows.push((
+            format!("agentctl under 64 MB RSS for {} agents", self.fleet),
+            format!("{:.1} MiB", self.rss_mib),
+            met(self.rss_mib < 64.0),
+        ));
+        if let Some(p) = self.per_second {
+            rows.push((
+                "control center at least 20,000 heartbeats/s".into(),
+                format!("{p:.0}/s"),
+                met(p >= 20_000.0),
+            ));
+        }
+        let mut t = String::from(
+            "\n### Against the goals (computed from the tables above)\n\n| goal | measured | met |\n|---|---|---|\n",
+        );
+        for (goal, measured, ok) in rows {
+            t.push_str(&format!("| {goal} | {measured} | {ok} |\n"));
+        }
+        t
+    }
 }
