@@ -23,19 +23,24 @@ use agent_core::{
 };
 use agent_rollout::{Connector, Fleet, FleetEvent, FleetReporter, RolloutSpec, Silent};
 
-type Result<T> = std::result::Result<T, String>;
+use agentctl_benches::Result;
 
 struct Args {
     targets: usize,
     hosts: usize,
     parallelism: usize,
+    write: Option<std::path::PathBuf>,
 }
+
+const BEGIN: &str = "<!-- plan-scale:begin -->";
+const END: &str = "<!-- plan-scale:end -->";
 
 fn args() -> Result<Args> {
     let mut a = Args {
         targets: 10_000,
         hosts: 20,
         parallelism: 50,
+        write: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,8 +54,9 @@ fn args() -> Result<Args> {
             "--targets" => a.targets = number("--targets")?,
             "--hosts" => a.hosts = number("--hosts")?,
             "--parallelism" => a.parallelism = number("--parallelism")?,
+            "--write" => a.write = Some(it.next().ok_or("--write needs a file, like BENCHMARKS.md")?.into()),
             "-h" | "--help" => {
-                println!("usage: plan-scale [--targets 10000] [--hosts 20] [--parallelism 50]");
+                println!("usage: plan-scale [--targets 10000] [--hosts 20] [--parallelism 50] [--write BENCHMARKS.md]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}; see --help")),
@@ -86,10 +92,24 @@ fn run() -> Result<()> {
         .start_paused(true)
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(rollout(&a))
+    let table = rt.block_on(rollout(&a))?;
+    println!("{table}");
+    if let Some(path) = &a.write {
+        let report = format!(
+            "Measured {} on {} cores. Reproduce: `cargo build --release -p agentctl-benches && target/release/plan-scale --targets {} --hosts {} --parallelism {} --write BENCHMARKS.md`.\n\n{table}",
+            agentctl_benches::sh("date -u +%Y-%m-%d")?,
+            agentctl_benches::sh("nproc")?,
+            a.targets,
+            a.hosts,
+            a.parallelism
+        );
+        agentctl_benches::write_between_markers(path, BEGIN, END, "## Planning at scale", &report)?;
+        eprintln!("== wrote {}", path.display());
+    }
+    Ok(())
 }
 
-async fn rollout(a: &Args) -> Result<()> {
+async fn rollout(a: &Args) -> Result<String> {
     let v1: ImageRef = "registry.local/acme/agent:1.0.0".parse().map_err(|e| format!("{e}"))?;
     let v2: ImageRef = "registry.local/acme/agent:2.0.0".parse().map_err(|e| format!("{e}"))?;
     let mut engines: HashMap<String, Arc<dyn ContainerRuntime>> = HashMap::new();
@@ -146,7 +166,7 @@ async fn rollout(a: &Args) -> Result<()> {
     let state_bytes = serde_json::to_vec(&read).map_err(|e| e.to_string())?.len();
     let n = a.targets as f64;
     let cpu = cpu1 - cpu0;
-    println!(
+    Ok(format!(
         "| targets | hosts | parallelism | CPU (s) | CPU per target (ms) | wall (s) | virtual time of the rollout | peak RSS before (MiB) | peak RSS after (MiB) | per target (KiB) | rollout state (KiB) | status read (ms) | events |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n\
          | {} | {} | {} | {cpu:.2} | {:.3} | {:.2} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {status_ms:.1} | {} |",
@@ -161,6 +181,5 @@ async fn rollout(a: &Args) -> Result<()> {
         rss1.saturating_sub(rss0) as f64 / n,
         state_bytes as f64 / 1024.0,
         events.load(std::sync::atomic::Ordering::Relaxed),
-    );
-    Ok(())
+    ))
 }

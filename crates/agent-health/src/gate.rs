@@ -174,6 +174,37 @@ pub struct ProbeEvidence {
     pub last_at: OffsetDateTime,
 }
 
+/// The gap after the first round while not every probe has passed yet; it doubles each round up to the period.
+const FIRST_ROUND_GAP: Duration = Duration::from_millis(50);
+
+/// When the gate's next round starts. Until every probe has passed once, the gap starts at
+/// [`FIRST_ROUND_GAP`] and doubles up to the period: a just-started agent is seen healthy within tens of
+/// milliseconds of becoming so, not a whole period later, with a handful of extra checks. Once every probe
+/// passes, rounds come every period, and one comes exactly when `minHealthyTime` is reached, so the verdict
+/// does not wait for the rest of a period.
+fn next_round(
+    t: &Timing,
+    round_start: tokio::time::Instant,
+    first_rounds: &mut Option<Duration>,
+    healthy_since: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    if let Some(since) = healthy_since {
+        *first_rounds = None;
+        return (round_start + t.period).min(since + t.min_healthy_time);
+    }
+    match first_rounds {
+        Some(gap) if *gap < t.period => {
+            let next = round_start + *gap;
+            *gap *= 2;
+            next
+        }
+        _ => {
+            *first_rounds = None;
+            round_start + t.period
+        }
+    }
+}
+
 /// A verdict with the evidence of each probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -247,7 +278,21 @@ impl fmt::Debug for HealthGate {
 struct Track {
     consecutive_pass: u32,
     consecutive_fail: u32,
+    /// When the last pass or failure counted toward a threshold: the early rounds come faster than the
+    /// period, and only results a period apart count, so thresholds keep their meaning in time.
+    last_counted: Option<tokio::time::Instant>,
     evidence: Option<ProbeEvidence>,
+}
+
+impl Track {
+    /// Whether a result at `now` counts toward the consecutive passes or failures.
+    fn counts(&mut self, now: tokio::time::Instant, period: Duration) -> bool {
+        let counts = self.last_counted.is_none_or(|t| now.duration_since(t) >= period);
+        if counts {
+            self.last_counted = Some(now);
+        }
+        counts
+    }
 }
 
 impl HealthGate {
@@ -292,10 +337,12 @@ impl HealthGate {
             .map(|_| Track {
                 consecutive_pass: 0,
                 consecutive_fail: 0,
+                last_counted: None,
                 evidence: None,
             })
             .collect();
         let mut healthy_since: Option<tokio::time::Instant> = None;
+        let mut first_rounds = Some(FIRST_ROUND_GAP);
         tokio::time::sleep(t.initial_delay).await;
         loop {
             let round_start = tokio::time::Instant::now();
@@ -325,7 +372,12 @@ impl HealthGate {
                 match &obs {
                     Observation::Pass(_) => {
                         ev.passes += 1;
-                        track.consecutive_pass += 1;
+                        if track.consecutive_fail > 0 || track.consecutive_pass == 0 {
+                            track.last_counted = None;
+                        }
+                        if track.counts(round_start, t.period) {
+                            track.consecutive_pass += 1;
+                        }
                         track.consecutive_fail = 0;
                     }
                     Observation::Pending(_) => {
@@ -333,8 +385,13 @@ impl HealthGate {
                     }
                     Observation::Fail(d) => {
                         ev.failures += 1;
+                        if track.consecutive_pass > 0 {
+                            track.last_counted = None;
+                        }
                         track.consecutive_pass = 0;
-                        track.consecutive_fail += 1;
+                        if track.counts(round_start, t.period) {
+                            track.consecutive_fail += 1;
+                        }
                         if track.consecutive_fail >= t.failure_threshold.max(1) && fatal.is_none() {
                             fatal = Some(format!(
                                 "{} failed {} times in a row: {d}",
@@ -435,7 +492,7 @@ impl HealthGate {
                 };
             }
             progress(GateProgress { elapsed, waiting_on });
-            tokio::time::sleep_until(round_start + t.period).await;
+            tokio::time::sleep_until(next_round(t, round_start, &mut first_rounds, healthy_since)).await;
         }
     }
 }

@@ -137,6 +137,48 @@ async fn failures_need_the_threshold_and_a_flap_resets_the_healthy_clock() {
     assert!(v.reason.contains("2 times in a row"), "{}", v.reason);
 }
 
+/// A just-started agent passes between two periods: the first rounds come faster than the period (50 ms, then
+/// doubling), so the pass is seen at 350 ms rather than at the next whole period, and the verdict comes exactly
+/// `minHealthyTime` after it instead of at the first period boundary past it.
+#[tokio::test(start_paused = true)]
+async fn a_first_pass_between_periods_is_seen_at_once_and_the_verdict_waits_exactly_min_healthy_time() {
+    use Observation::*;
+    let probe = Scripted {
+        calls: AtomicU32::new(0),
+        script: vec![
+            Pending("starting".into()),
+            Pending("starting".into()),
+            Pending("starting".into()),
+            Pass("".into()),
+        ],
+    };
+    let v = HealthGate::new(timing())
+        .with_probe(probe)
+        .run(&ctx(running(ImageBehaviour::default()), "a"), &|_| {})
+        .await;
+    assert_eq!(v.outcome, VerdictOutcome::Healthy, "{v}");
+    // Rounds at 0, 50, 150 ms (pending), 350 ms (pass), then 1.35 s, 2.35 s and 3.35 s = 350 ms + 3 s.
+    assert_eq!(v.elapsed, Duration::from_millis(3350));
+}
+
+/// The fast first rounds do not make the failure threshold shorter in time: failures count a period apart.
+#[tokio::test(start_paused = true)]
+async fn failures_in_the_fast_first_rounds_count_a_period_apart() {
+    let probe = Scripted {
+        calls: AtomicU32::new(0),
+        script: vec![Observation::Fail("connection refused".into())],
+    };
+    let v = HealthGate::new(timing())
+        .with_probe(probe)
+        .run(&ctx(running(ImageBehaviour::default()), "a"), &|_| {})
+        .await;
+    assert_eq!(v.outcome, VerdictOutcome::Unhealthy);
+    assert!(v.reason.contains("2 times in a row"), "{}", v.reason);
+    // Threshold 2 at a 1 s period: not before 1 s, although rounds came at 0, 50, 150, 350 and 750 ms.
+    assert!(v.elapsed >= Duration::from_secs(1), "{:?}", v.elapsed);
+    assert!(v.evidence[0].checks >= 5, "{:?}", v.evidence);
+}
+
 #[tokio::test(start_paused = true)]
 async fn inconclusive_until_deadline_is_inconclusive_not_unhealthy() {
     let probe = Scripted {
