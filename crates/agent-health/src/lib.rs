@@ -11,7 +11,7 @@
 //! use agent_health::*;
 //! let gate = HealthGate::new(Timing::default())
 //!     .with_probe(ContainerStateProbe)
-//!     .with_probe(DockerHealthProbe)
+//!     .with_probe(DockerHealthProbe::new())
 //!     .with_probe(LogScanProbe::default());
 //! let ctx = ProbeContext {
 //!     runtime,

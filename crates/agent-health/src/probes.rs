@@ -58,8 +58,46 @@ impl Probe for ContainerStateProbe {
 
 /// Docker's own HEALTHCHECK: passes on `healthy`, pending while `starting`, fails on `unhealthy` with the
 /// check's last output. Passes with a note when the container has no HEALTHCHECK.
-#[derive(Debug, Clone, Default)]
-pub struct DockerHealthProbe;
+///
+/// Until the engine has a result of its own (engines before API 1.44 run the command first after a whole
+/// interval), the probe runs the same command through exec and counts its result as HEALTHCHECK evidence. A
+/// passing run stands for the container's HEALTHCHECK interval, as the engine's own result would: the command
+/// is run again at each check only until it has passed, never more often than the user configured after.
+#[derive(Debug, Default)]
+pub struct DockerHealthProbe {
+    early_pass: std::sync::Mutex<Option<EarlyPass>>,
+}
+
+/// A passing run of the HEALTHCHECK command by the probe.
+#[derive(Debug, Clone)]
+struct EarlyPass {
+    container_id: String,
+    at: tokio::time::Instant,
+    stands_for: Duration,
+    output: String,
+}
+
+impl DockerHealthProbe {
+    /// A probe with no result of its own yet.
+    pub fn new() -> DockerHealthProbe {
+        DockerHealthProbe::default()
+    }
+
+    fn early_pass(&self) -> std::sync::MutexGuard<'_, Option<EarlyPass>> {
+        self.early_pass.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Clone for DockerHealthProbe {
+    fn clone(&self) -> Self {
+        DockerHealthProbe {
+            early_pass: std::sync::Mutex::new(self.early_pass().clone()),
+        }
+    }
+}
+
+/// Docker's default HEALTHCHECK interval, when neither the container nor its image sets one.
+const DEFAULT_HEALTHCHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 #[async_trait]
 impl Probe for DockerHealthProbe {
@@ -85,18 +123,42 @@ impl Probe for DockerHealthProbe {
             // No result of the engine's own yet: it runs the command first after a whole interval (engines
             // before API 1.44 have no start interval). Run the same command now, as the container's user, and
             // count its result as HEALTHCHECK evidence until the engine's first own run arrives.
-            HealthStatus::Starting if h.log.is_empty() => match early_healthcheck(ctx, &info).await {
-                Some(o) if o.exit_code == 0 => Observation::Pass(format!(
-                    "its HEALTHCHECK command exited 0, run by agentctl at once (the engine's first run is pending): {}",
-                    truncate(o.output.trim(), 200)
-                )),
-                Some(o) => Observation::Pending(format!(
-                    "starting: its HEALTHCHECK command exited {} when run by agentctl: {}",
-                    o.exit_code,
-                    truncate(o.output.trim(), 200)
-                )),
-                None => Observation::Pending(format!("starting ({last})")),
-            },
+            HealthStatus::Starting if h.log.is_empty() => {
+                let now = tokio::time::Instant::now();
+                let standing = self
+                    .early_pass()
+                    .clone()
+                    .filter(|p| p.container_id == info.id && now.duration_since(p.at) < p.stands_for);
+                if let Some(p) = standing {
+                    return Observation::Pass(format!(
+                        "its HEALTHCHECK command exited 0 {} ago, run by agentctl at once; the result stands for \
+                         its interval of {} (the engine's first run is pending): {}",
+                        agent_core::format_duration(now.duration_since(p.at)),
+                        agent_core::format_duration(p.stands_for),
+                        p.output
+                    ));
+                }
+                match early_healthcheck(ctx, &info).await {
+                    Some((o, interval)) if o.exit_code == 0 => {
+                        let output = truncate(o.output.trim(), 200);
+                        *self.early_pass() = Some(EarlyPass {
+                            container_id: info.id.clone(),
+                            at: now,
+                            stands_for: interval,
+                            output: output.to_owned(),
+                        });
+                        Observation::Pass(format!(
+                            "its HEALTHCHECK command exited 0, run by agentctl at once (the engine's first run is pending): {output}"
+                        ))
+                    }
+                    Some((o, _)) => Observation::Pending(format!(
+                        "starting: its HEALTHCHECK command exited {} when run by agentctl: {}",
+                        o.exit_code,
+                        truncate(o.output.trim(), 200)
+                    )),
+                    None => Observation::Pending(format!("starting ({last})")),
+                }
+            }
             HealthStatus::Starting => Observation::Pending(format!("starting ({last})")),
             HealthStatus::Unhealthy => {
                 Observation::Fail(format!("unhealthy, {} failures in a row ({last})", h.failing_streak))
@@ -105,9 +167,12 @@ impl Probe for DockerHealthProbe {
     }
 }
 
-/// Runs the container's HEALTHCHECK command (its own, else its image's) through exec, once; `None` when there
-/// is none to run or the engine could not run it.
-async fn early_healthcheck(ctx: &ProbeContext, info: &agent_core::ContainerInfo) -> Option<agent_core::ExecOutput> {
+/// Runs the container's HEALTHCHECK command (its own, else its image's) through exec, once, with the check's
+/// interval; `None` when there is none to run or the engine could not run it.
+async fn early_healthcheck(
+    ctx: &ProbeContext,
+    info: &agent_core::ContainerInfo,
+) -> Option<(agent_core::ExecOutput, Duration)> {
     let check = match &info.spec.healthcheck {
         Some(h) => h.clone(),
         None => {
@@ -125,7 +190,9 @@ async fn early_healthcheck(ctx: &ProbeContext, info: &agent_core::ContainerInfo)
         _ => return None,
     };
     let timeout = check.timeout.unwrap_or(Duration::from_secs(30));
-    ctx.runtime.exec(&ctx.container, &argv, timeout).await.ok()
+    let interval = check.interval.unwrap_or(DEFAULT_HEALTHCHECK_INTERVAL);
+    let output = ctx.runtime.exec(&ctx.container, &argv, timeout).await.ok()?;
+    Some((output, interval))
 }
 
 /// Scans the container's output since it started for fatal lines. Any match is fatal, with excerpts.

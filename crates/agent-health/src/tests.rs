@@ -62,7 +62,7 @@ async fn healthy_after_min_healthy_time() {
     });
     let gate = HealthGate::new(timing())
         .with_probe(ContainerStateProbe)
-        .with_probe(DockerHealthProbe);
+        .with_probe(DockerHealthProbe::new());
     let v = gate.run(&ctx(rt, "a"), &|_| {}).await;
     assert_eq!(v.outcome, VerdictOutcome::Healthy, "{v}");
     assert!(v.elapsed >= Duration::from_secs(3));

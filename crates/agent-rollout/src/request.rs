@@ -122,7 +122,7 @@ impl VerifyConfig {
         })?;
         let mut probes: Vec<Box<dyn Probe>> = vec![
             Box::new(ContainerStateProbe),
-            Box::new(DockerHealthProbe),
+            Box::new(DockerHealthProbe::new()),
             Box::new(logs),
         ];
         if let Some(h) = &self.http {
