@@ -2,6 +2,8 @@
 //! The programs in `src/bin` (the side-by-side harness, the scaling runs, the planning bench, the heartbeat
 //! load) share the helpers below.
 
+pub mod steps;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;

@@ -236,7 +236,7 @@ impl Scale {
             .collect();
         let name = format!("scale{n}");
         let spec = format!(
-            "name: {name}\nimage: {}\ntargets:\n{targets}strategy:\n  rolling: {{maxUnavailable: {PARALLELISM}}}\nparallelism: {PARALLELISM}\nhealth: {{minHealthyTime: {MIN_HEALTHY}, deadline: 60s, period: 100ms}}\n",
+            "name: {name}\nimage: {}\ntargets:\n{targets}strategy:\n  rolling: {{maxUnavailable: {PARALLELISM}}}\nparallelism: {PARALLELISM}\nhealth: {{minHealthyTime: {MIN_HEALTHY}, deadline: 60s}}\n",
             self.images[1]
         );
         let file = state.path().join("rollout.yaml");
@@ -338,7 +338,7 @@ fn measure(s: &Scale, args: &Args) -> Result<String> {
         });
     }
     let mut out = format!(
-        "Measured {} on {} cores, Docker {}; one run per size. `rolling: {{maxUnavailable: {PARALLELISM}}}`, `parallelism: {PARALLELISM}`, the default gate with `minHealthyTime: {MIN_HEALTHY}`, `period: 100ms`; the agents' HEALTHCHECK every {}s; at most {PER_ENGINE} agents per engine (the extra engines are `dockerd`s started for the run on this machine). The engine limit does stop / remove / create / start through the API at the same parallelism and verifies nothing. Reproduce: `cargo build --release -p agent-cli -p agentctl-benches && target/release/scaling --write BENCHMARKS.md`.\n\n\
+        "Measured {} on {} cores, Docker {}; one run per size. `rolling: {{maxUnavailable: {PARALLELISM}}}`, `parallelism: {PARALLELISM}`, the default gate with `minHealthyTime: {MIN_HEALTHY}` and the default period (500 ms); the agents' HEALTHCHECK every {}s; at most {PER_ENGINE} agents per engine (the extra engines are `dockerd`s started for the run on this machine). The engine limit does stop / remove / create / start through the API at the same parallelism and verifies nothing. Reproduce: `cargo build --release -p agent-cli -p agentctl-benches && target/release/scaling --write BENCHMARKS.md`.\n\n\
          | agents | engines | agentctl wall (s) | engine limit (s) | vs engine limit | agentctl wall per agent (ms) | agentctl peak RSS (MiB) | state dir after (KiB) | `rollout status` (ms) |\n|---|---|---|---|---|---|---|---|---|\n",
         sh("date -u +%Y-%m-%d")?,
         sh("nproc")?,

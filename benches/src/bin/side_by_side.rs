@@ -29,7 +29,8 @@ use agent_core::{ContainerRuntime, ContainerSpec, EnvVar, ImageRef};
 use agent_docker::testing::{demo_agent_binary, run_id, DemoImage, LocalRegistry, RUN_LABEL};
 use agent_docker::DockerRuntime;
 use agentctl_benches::{
-    agent_healthcheck, median, sh, sibling, wait_rusage, write_between_markers, Result, FLEET_HEALTHCHECK_INTERVAL,
+    agent_healthcheck, median, sh, sibling, steps, wait_rusage, write_between_markers, Result,
+    FLEET_HEALTHCHECK_INTERVAL,
 };
 
 const INTERVAL_MS: u64 = 50;
@@ -354,7 +355,7 @@ fn rollback(h: &Harness, contender: &str, k: usize) -> Result<f64> {
 
 /// Scenario 3: N agents (no heartbeats) from 1.0.0 to 2.0.0 at parallelism 5. Returns seconds and, for
 /// agentctl, its peak RSS in KiB.
-fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Option<u64>)> {
+fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Option<u64>, Option<steps::Breakdown>)> {
     let prefix = format!("{}-fl{k}-{}", h.run, contender.replace('-', ""));
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     let (v1, v2) = (&h.images["v1"], &h.images["v2"]);
@@ -390,6 +391,7 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
     }
     let t0 = Instant::now();
     let mut rss = None;
+    let mut profile = None;
     match contender {
         "agentctl" | "agentctl-pipelined" | "agentctl-handoff" | "agentctl-min0" => {
             let (strategy, min, unverified) = match contender {
@@ -407,22 +409,30 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
                 .map(|c| format!("  - {{host: 'unix:///var/run/docker.sock', container: {c}}}\n"))
                 .collect();
             let spec = format!(
-                "name: {prefix}\nimage: {v2}\ntargets:\n{targets}strategy:\n  {strategy}\nparallelism: {FLEET_PARALLELISM}\nmaxUnverified: {unverified}\nhealth: {{minHealthyTime: {min}s, deadline: 30s, period: 100ms}}\n"
+                "name: {prefix}\nimage: {v2}\ntargets:\n{targets}strategy:\n  {strategy}\nparallelism: {FLEET_PARALLELISM}\nmaxUnverified: {unverified}\nhealth: {{minHealthyTime: {min}s, deadline: 30s}}\n"
             );
             let file = h.state.path().join(format!("{prefix}.yaml"));
             std::fs::write(&file, spec).map_err(|e| e.to_string())?;
-            let child = Command::new(&h.agentctl)
+            let mut child = Command::new(&h.agentctl)
                 .args(["--state-dir", &h.state.path().display().to_string(), "--no-progress"])
                 .args(["apply", "-f", &file.display().to_string()])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| e.to_string())?;
+            let lines = steps::follow(child.stderr.take().ok_or("no stderr")?, t0);
             let (code, maxrss) = wait_rusage(child.id())?;
+            let lines = lines.join().map_err(|_| "the line reader panicked")?;
             if code != 0 {
                 return Err(format!("agentctl apply exited {code}"));
             }
             rss = Some(maxrss);
+            profile = Some(steps::breakdown(
+                &lines,
+                &names,
+                FLEET_PARALLELISM,
+                t0.elapsed().as_secs_f64(),
+            ));
         }
         "shell-loop" => {
             let list = names.join(" ");
@@ -478,7 +488,7 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
             "docker ps -aq --filter name={prefix} | xargs -r docker rm -f >/dev/null"
         ));
     }
-    Ok((secs, rss))
+    Ok((secs, rss, profile))
 }
 
 /// Scenario 4: create+start of a new container and start of a stopped one, through the API.
@@ -511,6 +521,9 @@ fn engine_limit(h: &Harness, runs: usize) -> Result<(f64, f64)> {
 }
 
 struct Args {
+    /// The scenarios to run (`downtime`, `verdict`, `rollback`, `fleet`, `load`, and `swarm` for Swarm's rows);
+    /// all when empty.
+    only: Vec<String>,
     runs: usize,
     fleet_runs: usize,
     fleet: usize,
@@ -519,6 +532,7 @@ struct Args {
 
 fn args() -> Result<Args> {
     let mut a = Args {
+        only: Vec::new(),
         runs: 5,
         fleet_runs: 3,
         fleet: 50,
@@ -540,8 +554,11 @@ fn args() -> Result<Args> {
                     .map_err(|_| "--fleet takes a number like 50")?
             }
             "--write" => a.write = Some(PathBuf::from(value("--write")?)),
+            "--only" => a.only = value("--only")?.split(',').map(str::to_owned).collect(),
             "-h" | "--help" => {
-                println!("usage: side-by-side [--runs 5] [--fleet-runs 3] [--fleet 50] [--write BENCHMARKS.md]");
+                println!(
+                    "usage: side-by-side [--runs 5] [--fleet-runs 3] [--fleet 50] [--only downtime,verdict,rollback,fleet,load,swarm] [--write BENCHMARKS.md]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}; see --help")),
@@ -608,7 +625,8 @@ fn run() -> Result<()> {
     }
     let sink = Sink::start()?;
     let swarm_was = sh("docker info --format '{{.Swarm.LocalNodeState}}'")?;
-    let swarm_ok = swarm_was == "active" || sh("docker swarm init --advertise-addr 127.0.0.1").is_ok();
+    let swarm_ok = args.runs_scenario("swarm")
+        && (swarm_was == "active" || sh("docker swarm init --advertise-addr 127.0.0.1").is_ok());
     let h = Harness {
         rt,
         docker,
@@ -657,13 +675,16 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
         args.fleet_runs
     ));
     if !swarm {
-        out.push_str("Swarm could not be initialised on this engine: its rows are missing.\n\n");
+        out.push_str(
+            "Swarm was not run (left out with `--only`, or it could not be initialised): its rows are missing.\n\n",
+        );
     }
 
     // 4 first: the floor the others are compared with.
     eprintln!("== engine limit");
     let (create_start, start_stopped) = engine_limit(h, args.runs.max(10))?;
 
+    let runs_of = |scenario: &str, runs: usize| if args.runs_scenario(scenario) { runs } else { 0 };
     eprintln!("== update downtime");
     let mut contenders = vec!["agentctl", "agentctl-start-first", "manual", "compose"];
     if swarm {
@@ -672,7 +693,7 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
     let mut gaps: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut ttu: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut failures = Vec::new();
-    for k in 0..args.runs {
+    for k in 0..runs_of("downtime", args.runs) {
         for c in &contenders {
             match downtime(h, c, k) {
                 Ok((gap, t)) => {
@@ -706,7 +727,7 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
 
     eprintln!("== time to verdict");
     let mut verdicts: HashMap<&str, Vec<f64>> = HashMap::new();
-    for k in 0..args.runs {
+    for k in 0..runs_of("verdict", args.runs) {
         for strategy in ["stop-first", "start-first"] {
             match verdict_time(h, strategy, k) {
                 Ok(secs) => {
@@ -745,7 +766,7 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
         rb_contenders.push("swarm");
     }
     let mut rb: HashMap<&str, Vec<f64>> = HashMap::new();
-    for k in 0..args.runs {
+    for k in 0..runs_of("rollback", args.runs) {
         for c in &rb_contenders {
             match rollback(h, c, k) {
                 Ok(ms) => {
@@ -795,14 +816,16 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
         fl_contenders.push("swarm");
     }
     let mut fl: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut profiles: HashMap<&str, Vec<steps::Breakdown>> = HashMap::new();
     let mut rss = Vec::new();
-    for k in 0..args.fleet_runs {
+    for k in 0..runs_of("fleet", args.fleet_runs) {
         for c in &fl_contenders {
             match fleet(h, c, args.fleet, k) {
-                Ok((secs, r)) => {
+                Ok((secs, r, p)) => {
                     eprintln!("   {c} run {k}: {secs:.1} s");
                     fl.entry(c).or_default().push(secs);
                     rss.extend(r);
+                    profiles.entry(c).or_default().extend(p);
                 }
                 Err(e) => {
                     eprintln!("   {c} run {k}: {e}");
@@ -813,7 +836,7 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
         }
     }
     out.push_str(&format!(
-        "\n### 3. Fleet rollout wall time, {} agents at parallelism 5\n\nagentctl: `parallelism: 5`, each target verified by the default gate (container state, HEALTHCHECK, log scan; `period: 100ms`), in batches (`rolling`) or as a pipeline (`recreate`); agentctl's peak RSS is taken over all its runs; Swarm: `--update-parallelism 5 --update-delay 0s --update-monitor 1s`; the shell loop and the engine limit verify nothing. Every contender's agents have their HEALTHCHECK every {}s (`--health-interval`; see `FLEET_HEALTHCHECK_INTERVAL`).\n\n| contender | wall time (s) | vs engine limit |\n|---|---|---|\n",
+        "\n### 3. Fleet rollout wall time, {} agents at parallelism 5\n\nagentctl: `parallelism: 5`, each target verified by the default gate (container state, HEALTHCHECK, log scan; the default period, 500 ms), in batches (`rolling`) or as a pipeline (`recreate`); agentctl's peak RSS is taken over all its runs; Swarm: `--update-parallelism 5 --update-delay 0s --update-monitor 1s`; the shell loop and the engine limit verify nothing. Every contender's agents have their HEALTHCHECK every {}s (`--health-interval`; see `FLEET_HEALTHCHECK_INTERVAL`).\n\n| contender | wall time (s) | vs engine limit |\n|---|---|---|\n",
         args.fleet,
         FLEET_HEALTHCHECK_INTERVAL.as_secs()
     ));
@@ -839,13 +862,18 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
         ));
     }
 
+    out.push_str(&profile_table(&fl_contenders, &profiles, floor));
+
     out.push_str(&format!(
         "\n### 4. The engine's own limit (through the API)\n\n| operation | median (ms) |\n|---|---|\n| create + start a container | {create_start:.0} |\n| start a stopped container | {start_stopped:.0} |\n"
     ));
 
     eprintln!("== control center load");
     let mut rss_v: Vec<f64> = rss.iter().map(|&k| k as f64).collect();
-    let load_table = sh(&format!("{} 10000 64 10", load.display()))?;
+    let load_table = match args.runs_scenario("load") {
+        true => sh(&format!("{} 10000 64 10", load.display()))?,
+        false => "(not run)".to_owned(),
+    };
     out.push_str(&format!(
         "\n### 5. Resources\n\nagentctl peak RSS during the {}-agent rollout: **{:.1} MiB** (median of {} runs, the kernel's `ru_maxrss`).\n\nThe control center under `heartbeat-load 10000 64 10` (10,000 agents, 64 keep-alive connections, 10 s, a separate process over loopback):\n\n{load_table}\n",
         args.fleet,
@@ -992,4 +1020,35 @@ impl Goals<'_> {
         }
         t
     }
+}
+
+impl Args {
+    /// Whether `scenario` is to be run.
+    fn runs_scenario(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
+}
+
+/// Where agentctl's fleet time went in this run: per-target phase medians and the slot time of the engine
+/// phases, from its own step lines (medians over the runs).
+fn profile_table(contenders: &[&str], profiles: &HashMap<&str, Vec<steps::Breakdown>>, floor: Option<f64>) -> String {
+    let mut t = String::from(
+        "\nWhere agentctl's time went (its `--no-progress` step lines timestamped as they arrive; per-target medians; the engine phases' slot time is the sum over targets from `preflight ok` to `verifying`, divided by the parallelism; medians over the runs):\n\n| contender | preflight (ms) | stop (ms) | rename + restart policy (ms) | create (ms) | start, inspect, journal (ms) | engine phases' slot time (s) | engine limit (s) | last verification begins (s) | end (s) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for c in contenders {
+        let Some(ps) = profiles.get(c).filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        let med = |f: &dyn Fn(&steps::Breakdown) -> f64| median(&mut ps.iter().map(f).collect::<Vec<_>>());
+        let phases: Vec<String> = (0..5).map(|i| format!("{:.0}", med(&|b| b.phase_ms[i]))).collect();
+        t.push_str(&format!(
+            "| {c} | {} | {:.1} | {} | {:.1} | {:.1} |\n",
+            phases.join(" | "),
+            med(&|b| b.engine_slot_s),
+            floor.map_or("".into(), |f| format!("{f:.1}")),
+            med(&|b| b.last_verifying_s),
+            med(&|b| b.end_s),
+        ));
+    }
+    t
 }
