@@ -79,10 +79,7 @@ fn usage() -> (f64, u64) {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    agentctl_benches::exit_on_error(run());
 }
 
 fn run() -> Result<()> {

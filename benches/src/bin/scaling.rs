@@ -85,19 +85,13 @@ struct Engine {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    agentctl_benches::exit_on_error(run());
 }
 
 fn run() -> Result<()> {
     let args = args()?;
     let agentctl = sibling("agentctl")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = agentctl_benches::runtime()?;
     let registry = LocalRegistry::start().map_err(|e| e.to_string())?;
     let run = run_id("scale");
     let local = Arc::new(

@@ -571,20 +571,14 @@ fn args() -> Result<Args> {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    agentctl_benches::exit_on_error(run());
 }
 
 fn run() -> Result<()> {
     let args = args()?;
     let agentctl = sibling("agentctl")?;
     let load = sibling("heartbeat-load")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = agentctl_benches::runtime()?;
     let docker = Arc::new(
         rt.block_on(DockerRuntime::connect(None))
             .map_err(|e| format!("connect to the engine: {e}"))?,
