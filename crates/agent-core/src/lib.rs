@@ -35,6 +35,7 @@
 //! ```
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+mod diff;
 mod duration;
 mod engine_config;
 #[cfg(feature = "fake")]
@@ -49,6 +50,7 @@ mod store;
 mod strategy;
 mod version;
 
+pub use diff::{FieldDiff, SpecDiff};
 pub use duration::{format_duration, parse_duration, serde_text as duration_text, serde_text_opt as duration_text_opt};
 pub use engine_config::EngineConfig;
 #[cfg(feature = "fake")]
@@ -62,9 +64,8 @@ pub use runtime::{
 };
 pub use secret::{has_url_credentials, redact_url_credentials};
 pub use spec::{
-    ContainerName, ContainerNameError, ContainerSpec, EnvValue, EnvVar, FieldDiff, Healthcheck, ImageDefaults,
-    LogConfig, Mount, MountKind, NetworkAttachment, PortBinding, Resources, RestartPolicy, Secret, SecretPolicy,
-    SpecDiff, Ulimit, REDACTED,
+    ContainerName, ContainerNameError, ContainerSpec, EnvValue, EnvVar, Healthcheck, ImageDefaults, LogConfig, Mount,
+    MountKind, NetworkAttachment, PortBinding, Resources, RestartPolicy, Secret, SecretPolicy, Ulimit, REDACTED,
 };
 pub use state::{Input, InvalidTransition, Phase, PhaseChanged, StateMachine};
 pub use store::{JournalEntry, Lease, LeaseHolder, StateStore, StoreError};
