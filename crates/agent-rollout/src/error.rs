@@ -140,7 +140,7 @@ impl From<StoreError> for Error {
 }
 
 /// One engine step that failed: which step, on which container, and the engine's error. Becomes
-/// [`Error::Step`], or [`Error::RevertFailed`] when the step was part of putting things back.
+/// [`Error::Step`] (through `?`), or [`Error::RevertFailed`] when the step was part of putting things back.
 #[derive(Debug)]
 pub(crate) struct StepFailed {
     pub(crate) step: &'static str,
@@ -185,17 +185,6 @@ impl Error {
     pub(crate) fn inspect(container: &str) -> impl FnOnce(RuntimeError) -> Error {
         let container = container.to_owned();
         move |source| Error::Inspect { container, source }
-    }
-
-    /// A `map_err` for an engine call of `step` on `container` outside a plan (discarding a preview,
-    /// pruning a revision, …).
-    pub(crate) fn step(step: &'static str, container: &str) -> impl FnOnce(RuntimeError) -> Error {
-        let container = container.to_owned();
-        move |source| Error::Step {
-            step,
-            container,
-            source,
-        }
     }
 
     /// The engine's error underneath, when the engine failed.

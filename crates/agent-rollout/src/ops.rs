@@ -13,7 +13,7 @@ use agent_health::{AlertRule, Probation, ProbationOutcome, ProbeContext, Verdict
 use backon::{ExponentialBuilder, Retryable};
 use time::OffsetDateTime;
 
-use crate::error::Error;
+use crate::error::{Error, StepFailed};
 use crate::events::Event;
 use crate::executor::RevisionMeta;
 use crate::lease::LeaseGuard;
@@ -116,11 +116,12 @@ impl Updater {
                 self.runtime
                     .stop_container(container, Some(Duration::from_secs(10)))
                     .await
-                    .map_err(Error::step("stop", container))?;
+                    .map_err(StepFailed::at("stop", container))?;
                 self.runtime
                     .remove_container(container)
                     .await
-                    .map_err(Error::step("remove", container))
+                    .map_err(StepFailed::at("remove", container))?;
+                Ok(())
             }
             Ok(_) | Err(RuntimeError::ContainerNotFound { .. }) => Ok(()),
             Err(e) => Err(Error::inspect(container)(e)),
