@@ -82,6 +82,11 @@ pub(crate) enum Output {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Lint a Dockerfile, build it, check the image, tag it `REPO:SEMVER` (and `REPO:SEMVER-COMMIT`), push it.
+    #[command(
+        after_help = "Example:\n  agentctl build . --image 127.0.0.1:5000/acme/node-agent --version 1.4.2 --push\n\nExit codes: 0 built (and pushed), 1 a lint finding or the build failed (no tag is left), 2 usage."
+    )]
+    Build(BuildArgs),
     /// Update one agent container to a new image, verify it, and roll back by itself if it fails.
     #[command(
         after_help = "Example:\n  agentctl update node-agent --image 127.0.0.1:5000/acme/node-agent:1.4.2 --http-port 8080\n\nExit codes: 0 updated and verified, 1 error (nothing changed), 2 usage, 3 the new version failed and was rolled back."
@@ -129,6 +134,50 @@ pub(crate) enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BuildArgs {
+    /// The build context directory.
+    pub(crate) context: PathBuf,
+    /// The repository to tag, without a tag: `REGISTRY/NAME`.
+    #[arg(long, value_name = "REPO")]
+    pub(crate) image: String,
+    /// The semantic version (`1.4.2`, `v1.4.2`); `latest` and non-semver versions are refused.
+    #[arg(long, value_name = "SEMVER")]
+    pub(crate) version: String,
+    /// The Dockerfile, relative to the context (default `Dockerfile`).
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+    /// Push both tags to the repository's registry and print the digest.
+    #[arg(long)]
+    pub(crate) push: bool,
+    /// Let findings of this lint rule through (repeatable): non-root-user, healthcheck, pinned-base,
+    /// no-secrets, exec-form, copy-not-add.
+    #[arg(long = "allow", value_name = "RULE")]
+    pub(crate) allow: Vec<agent_docker::lint::Rule>,
+    /// `org.opencontainers.image.source` (default: the git remote `origin`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) source: Option<String>,
+    /// `org.opencontainers.image.title` (default: the repository's last path component).
+    #[arg(long)]
+    pub(crate) title: Option<String>,
+}
+
+impl BuildArgs {
+    /// The library request.
+    pub(crate) fn request(&self) -> agent_docker::build::BuildRequest {
+        agent_docker::build::BuildRequest {
+            context: self.context.clone(),
+            dockerfile: self.file.clone(),
+            repository: self.image.clone(),
+            version: self.version.clone(),
+            allow: self.allow.clone(),
+            push: self.push,
+            source: self.source.clone(),
+            title: self.title.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! `agentctl`: a thin CLI over the agentctl crates. Raw arguments are validated into a library request, one
 //! library call does the work, and the result is rendered.
 
+mod build;
 mod cli;
 mod demo;
 mod render;
@@ -48,7 +49,7 @@ pub(crate) async fn connect(global: &Global) -> anyhow::Result<Arc<DockerRuntime
     Ok(Arc::new(rt))
 }
 
-fn print_out(out: Output, text: String) {
+pub(crate) fn print_out(out: Output, text: String) {
     let _ = out;
     println!("{}", render::terminal_safe(&text));
 }
@@ -57,6 +58,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     let quiet = g.output != Output::Table;
     match &cli.command {
+        Command::Build(args) => build::run(g, args).await,
         Command::Update(args) => {
             let req = args.request()?;
             let progress = Arc::new(Progress::new(g.no_progress, false));

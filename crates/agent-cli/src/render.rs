@@ -69,6 +69,40 @@ impl Progress {
         }
     }
 
+    /// Progress of one image layer in a pull or push: a bar per layer on a terminal, else a line when it is done.
+    pub(crate) fn layer(&self, verb: &str, p: &agent_core::PullProgress) {
+        let done = p.status.contains("complete") || p.status.contains("exists") || p.status == "Pushed";
+        let Some(m) = &self.bars else {
+            if done || p.status.starts_with("Status") || p.status.starts_with("Digest") {
+                self.line(&format!("  {verb} {} {}", p.layer, p.status));
+            }
+            return;
+        };
+        if p.layer.is_empty() {
+            return;
+        }
+        let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        let bar = layers.entry(p.layer.clone()).or_insert_with(|| {
+            let b = m.add(ProgressBar::new(p.total.unwrap_or(0)));
+            b.set_style(
+                ProgressStyle::with_template("  {prefix:12} {bar:30} {bytes}/{total_bytes} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b.set_prefix(p.layer.clone());
+            b
+        });
+        if let Some(t) = p.total {
+            bar.set_length(t);
+        }
+        if let Some(c) = p.current {
+            bar.set_position(c);
+        }
+        bar.set_message(p.status.clone());
+        if done {
+            bar.finish();
+        }
+    }
+
     fn finish_spinner(&self) {
         if let Some(s) = self.spinner.lock().unwrap_or_else(|p| p.into_inner()).take() {
             s.finish_and_clear();
@@ -94,38 +128,7 @@ impl Reporter for Progress {
                     self.line(&format!("  digest {d}"));
                 }
             }
-            Event::Pull(p) => {
-                let Some(m) = &self.bars else {
-                    if p.status.contains("complete") || p.status.starts_with("Status") || p.status.starts_with("Digest")
-                    {
-                        self.line(&format!("  pull {} {}", p.layer, p.status));
-                    }
-                    return;
-                };
-                if p.layer.is_empty() {
-                    return;
-                }
-                let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
-                let bar = layers.entry(p.layer.clone()).or_insert_with(|| {
-                    let b = m.add(ProgressBar::new(p.total.unwrap_or(0)));
-                    b.set_style(
-                        ProgressStyle::with_template("  {prefix:12} {bar:30} {bytes}/{total_bytes} {msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                    );
-                    b.set_prefix(p.layer.clone());
-                    b
-                });
-                if let Some(t) = p.total {
-                    bar.set_length(t);
-                }
-                if let Some(c) = p.current {
-                    bar.set_position(c);
-                }
-                bar.set_message(p.status.clone());
-                if p.status.contains("complete") || p.status.contains("exists") {
-                    bar.finish();
-                }
-            }
+            Event::Pull(p) => self.layer("pull", p),
             Event::Pulled { image, digest } => self.line(&format!(
                 "pulled {image}{}",
                 digest.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use agent_core::{ContainerRuntime, RuntimeError};
+use agent_core::{ContainerRuntime, PullProgress, RuntimeError};
 use bollard::query_parameters as qp;
 use futures_util::StreamExt;
 
@@ -78,11 +78,29 @@ impl DockerRuntime {
             status: None,
             message: e.to_string(),
         })?;
+        self.build_tar(tar, tag, "Dockerfile", labels, &HashMap::new(), &|_| {})
+            .await
+    }
+
+    /// Builds a context archive (`dockerfile` is its path inside the archive) into an image tagged `tag`, with
+    /// `labels` and build arguments `args`, passing each line of the builder's output to `output`. Base images
+    /// are pulled when missing. On failure the error carries the builder's output.
+    pub async fn build_tar(
+        &self,
+        tar: Vec<u8>,
+        tag: &str,
+        dockerfile: &str,
+        labels: &HashMap<String, String>,
+        args: &HashMap<String, String>,
+        output: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<String, RuntimeError> {
         let opts = qp::BuildImageOptionsBuilder::new()
             .t(tag)
+            .dockerfile(dockerfile)
             .rm(true)
             .forcerm(true)
             .labels(labels)
+            .buildargs(args)
             .build();
         let mut stream = self
             .client()
@@ -100,6 +118,9 @@ impl DockerRuntime {
                         });
                     }
                     if let Some(s) = info.stream {
+                        for line in s.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+                            output(line.to_owned());
+                        }
                         log.push_str(&s);
                     }
                 }
@@ -124,30 +145,55 @@ impl DockerRuntime {
 
     /// Pushes `image` (`registry/repo:tag`) to its registry; returns the digest the registry reported.
     pub async fn push_image(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        self.push_image_with(image, &|_| {}).await
+    }
+
+    /// [`push_image`](Self::push_image) with per-layer progress.
+    pub async fn push_image_with(
+        &self,
+        image: &str,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> Result<Option<String>, RuntimeError> {
         let (repo, tag) = match image.rsplit_once(':') {
             Some((r, t)) if !t.contains('/') => (r, t),
             _ => (image, "latest"),
         };
-        let opts = qp::PushImageOptionsBuilder::new().tag(tag).build();
-        let mut stream = self.client().push_image(repo, Some(opts), None);
+        // Through the raw client: bollard's typed push answer drops the layer id each line carries.
         let mut digest = None;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
-                        return Err(RuntimeError::PullFailed {
-                            image: image.to_owned(),
-                            message: format!("push: {e}"),
-                        });
-                    }
-                    if let Some(s) = info.status {
-                        if let Some(i) = s.find("digest: ") {
-                            digest = s[i + 8..].split_whitespace().next().map(str::to_owned);
-                        }
-                    }
-                }
-                Err(e) => return Err(self.err("push", image, e)),
+        let mut failed = None;
+        let mut on_line = |line: &str| {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                return;
+            };
+            if let Some(e) = v["errorDetail"]["message"].as_str().or(v["error"].as_str()) {
+                failed = Some(e.to_owned());
+                return;
             }
+            if let Some(d) = v["aux"]["Digest"].as_str() {
+                digest = Some(d.to_owned());
+            }
+            let count = |k: &str| v["progressDetail"][k].as_i64().map(|n| n.max(0) as u64);
+            progress(PullProgress {
+                layer: v["id"].as_str().unwrap_or_default().to_owned(),
+                status: v["status"].as_str().unwrap_or_default().to_owned(),
+                current: count("current"),
+                total: count("total"),
+            });
+        };
+        // `e30=` is `{}`: no credentials (the engine uses none for a registry that asks for none).
+        let path = format!("/images/{repo}/push?tag={tag}");
+        self.raw
+            .post_lines(&path, &[("X-Registry-Auth", "e30=")], &mut on_line)
+            .await
+            .map_err(|message| RuntimeError::PullFailed {
+                image: image.to_owned(),
+                message: format!("push: {message}"),
+            })?;
+        if let Some(message) = failed {
+            return Err(RuntimeError::PullFailed {
+                image: image.to_owned(),
+                message: format!("push: {message}"),
+            });
         }
         Ok(digest)
     }

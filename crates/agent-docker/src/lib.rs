@@ -17,10 +17,12 @@
 //! ```
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod build;
 mod carried;
 mod convert;
 mod exec;
 mod images;
+pub mod lint;
 mod raw;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -93,7 +95,7 @@ pub struct DockerRuntime {
     plain_tcp_remote: bool,
     cpu_samples: std::sync::Arc<std::sync::Mutex<HashMap<String, convert::CpuSample>>>,
     /// The raw exchange for what bollard's types cannot carry, over the same kind of connection.
-    raw: raw::RawClient,
+    pub(crate) raw: raw::RawClient,
 }
 
 fn is_loopback_endpoint(endpoint: &str) -> bool {

@@ -50,26 +50,8 @@ impl RawClient {
         request.push_str("\r\n");
         request.push_str(&payload);
         let exchange = async {
-            if let Some(socket) = self.endpoint.strip_prefix("unix://") {
-                let s = tokio::net::UnixStream::connect(socket).await?;
-                return http_exchange(s, &request).await;
-            }
-            let rest = self
-                .endpoint
-                .split_once("://")
-                .map_or(self.endpoint.as_str(), |(_, r)| r);
-            let addr = rest.split('/').next().unwrap_or(rest);
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            match &self.tls {
-                None => http_exchange(tcp, &request).await,
-                Some(connector) => {
-                    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
-                    let name =
-                        rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
-                    let tls = connector.connect(name, tcp).await?;
-                    http_exchange(tls, &request).await
-                }
-            }
+            let mut s = self.connect().await?;
+            http_exchange(&mut s, &request).await
         };
         let raw = tokio::time::timeout(Duration::from_secs(120), exchange)
             .await
@@ -90,10 +72,87 @@ impl RawClient {
     }
 }
 
+/// A connection to the engine, for one HTTP/1.0 exchange.
+trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
+impl RawClient {
+    async fn connect(&self) -> std::io::Result<Box<dyn Conn>> {
+        if let Some(socket) = self.endpoint.strip_prefix("unix://") {
+            return Ok(Box::new(tokio::net::UnixStream::connect(socket).await?));
+        }
+        let rest = self
+            .endpoint
+            .split_once("://")
+            .map_or(self.endpoint.as_str(), |(_, r)| r);
+        let addr = rest.split('/').next().unwrap_or(rest);
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        match &self.tls {
+            None => Ok(Box::new(tcp)),
+            Some(connector) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
+                let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
+                Ok(Box::new(connector.connect(name, tcp).await?))
+            }
+        }
+    }
+
+    /// `POST path` with `headers` and no body, passing each line of the answer's body to `line` as it
+    /// arrives (the engine streams JSON lines for a push). Returns the status; an answer that is not 2xx is
+    /// returned whole as the error.
+    pub(crate) async fn post_lines(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<u16, String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut request = format!("POST {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut s = self.connect().await.map_err(|e| e.to_string())?;
+        s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut reader = tokio::io::BufReader::new(s);
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).await.map_err(|e| e.to_string())?;
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("a malformed status line in the answer to POST {path}"))?;
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            if reader.read_line(&mut buf).await.map_err(|e| e.to_string())? == 0 || buf.trim().is_empty() {
+                break;
+            }
+        }
+        let mut body = String::new();
+        loop {
+            buf.clear();
+            if reader.read_line(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                break;
+            }
+            if !(200..300).contains(&status) {
+                body.push_str(&buf);
+            } else if !buf.trim().is_empty() {
+                line(buf.trim());
+            }
+        }
+        if (200..300).contains(&status) {
+            Ok(status)
+        } else {
+            Err(format!("the engine answered {status}: {}", body.trim()))
+        }
+    }
+}
+
 /// Writes `request` and reads the whole answer (HTTP/1.0: the engine closes the connection after it).
-async fn http_exchange<S>(mut s: S, request: &str) -> std::io::Result<Vec<u8>>
+async fn http_exchange<S>(s: &mut S, request: &str) -> std::io::Result<Vec<u8>>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(request.as_bytes()).await?;

@@ -2,6 +2,7 @@
 //!
 //! Every test labels what it creates with its run id and removes it by label when it ends, failed or not.
 
+mod build;
 mod cli;
 // The kill and hold switches exist only in a build with the `testing` feature (`--all-features`).
 #[cfg(feature = "testing")]
