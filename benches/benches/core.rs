@@ -167,6 +167,7 @@ fn health_and_store(c: &mut Criterion) {
             version: "2.0.0".into(),
             revision: "7".into(),
             status: "ok".into(),
+            protocol: "1.0".into(),
         })
         .collect();
     let mut g = c.benchmark_group("control_center");

@@ -370,6 +370,33 @@ pub trait ContainerRuntime: Send + Sync {
     /// CPU and memory use of a running container (one sample; the engine may take about a second).
     async fn stats(&self, container: &str) -> Result<ResourceUsage, RuntimeError>;
 
+    /// Creates a bridge network of its own for a throwaway environment (contract tests), labelled `labels`;
+    /// returns its gateway address, where containers on it reach this host. The default says the runtime
+    /// has no networks.
+    async fn create_isolated_network(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, RuntimeError> {
+        let _ = labels;
+        Err(RuntimeError::Engine {
+            operation: "network-create",
+            subject: name.to_owned(),
+            status: None,
+            message: "this runtime has no networks".into(),
+        })
+    }
+
+    /// Removes a network (no container may be attached).
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Engine {
+            operation: "network-remove",
+            subject: name.to_owned(),
+            status: None,
+            message: "this runtime has no networks".into(),
+        })
+    }
+
     /// Runs `cmd` (an argv, no shell) in the running container as its user and waits at most `timeout`.
     /// The health probe uses it to run the image's HEALTHCHECK command right after a start, before the
     /// engine's first own run. A runtime that cannot exec says so with [`RuntimeError::Engine`] (the

@@ -712,6 +712,37 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|e| self.err("remove-image", image, e))
     }
 
+    async fn create_isolated_network(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, RuntimeError> {
+        let labels: HashMap<String, String> = labels.clone().into_iter().collect();
+        self.create_network(name, None, &labels).await?;
+        match self.network_gateway(name).await {
+            Ok(Some(g)) => Ok(g),
+            other => {
+                let _ = self.client().remove_network(name).await;
+                Err(RuntimeError::Engine {
+                    operation: "network-create",
+                    subject: name.to_owned(),
+                    status: None,
+                    message: match other {
+                        Err(e) => e.to_string(),
+                        _ => "the engine gave the network no gateway address".into(),
+                    },
+                })
+            }
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        self.client()
+            .remove_network(name)
+            .await
+            .map_err(|e| self.err("network-remove", name, e))
+    }
+
     async fn exec(
         &self,
         container: &str,

@@ -48,6 +48,10 @@ pub struct Heartbeat {
     /// Its own view of its health (`ok`, `degraded`, …).
     #[serde(default = "ok")]
     pub status: String,
+    /// The version of the protocol it speaks to the control center (`1.0`), if it says; contract tests check
+    /// it against the range the control center accepts.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
 }
 
 fn ok() -> String {
@@ -229,7 +233,8 @@ fn validate(hb: &Heartbeat) -> Result<(), String> {
     field_ok("container", &hb.container, false)?;
     field_ok("host", &hb.host, false)?;
     field_ok("revision", &hb.revision, false)?;
-    field_ok("status", &hb.status, false)
+    field_ok("status", &hb.status, false)?;
+    field_ok("protocol", &hb.protocol, false)
 }
 
 impl ControlCenter {
@@ -600,6 +605,7 @@ mod tests {
             version: v.into(),
             revision: String::new(),
             status: "ok".into(),
+            protocol: "1.0".into(),
         };
         let t0 = OffsetDateTime::now_utc() - Duration::from_secs(120);
         cc.record_at(hb("aaaa", "1.0.0"), t0);

@@ -6,8 +6,9 @@
 //! is for `HEALTHCHECK CMD ["/agent", "healthcheck"]`.
 //!
 //! Failure modes (`AGENT_FAILURE`): `exit-at-start`, `never-healthy`, `unhealthy-after:SECS`, `fatal-logs`,
-//! `slow-start:SECS`, `error-rate:FRACTION`, `no-heartbeat`, `crash-after:SECS`. `AGENT_BROKEN_ON=VERSION` makes
-//! only that version exit at start (a host whose configuration the new version cannot handle).
+//! `slow-start:SECS`, `error-rate:FRACTION`, `no-heartbeat`, `crash-after:SECS`, `ignore-term` (does not stop on
+//! SIGTERM). `AGENT_BROKEN_ON=VERSION` makes only that version exit at start (a host whose configuration the new
+//! version cannot handle). Heartbeats carry `AGENT_PROTOCOL` (default `1.0`) as the protocol version.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -26,6 +27,7 @@ enum Failure {
     ErrorRate(f64),
     NoHeartbeat,
     CrashAfter(u64),
+    IgnoreTerm,
 }
 
 fn parse_failure(s: &str) -> Failure {
@@ -40,6 +42,7 @@ fn parse_failure(s: &str) -> Failure {
         "error-rate" => Failure::ErrorRate(arg.parse().unwrap_or(0.5)),
         "no-heartbeat" => Failure::NoHeartbeat,
         "crash-after" => Failure::CrashAfter(n()),
+        "ignore-term" => Failure::IgnoreTerm,
         _ => Failure::None,
     }
 }
@@ -83,10 +86,6 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("healthcheck") {
         std::process::exit(healthcheck());
     }
-    unsafe {
-        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
-    }
     let version = env("AGENT_VERSION", env!("CARGO_PKG_VERSION"));
     // AGENT_BROKEN_ON=VERSION: this host's configuration breaks that version only (exit at start).
     let failure = if std::env::var("AGENT_BROKEN_ON").is_ok_and(|v| v == version) {
@@ -94,6 +93,13 @@ fn main() {
     } else {
         parse_failure(&env("AGENT_FAILURE", ""))
     };
+    // `ignore-term` leaves SIGTERM at PID 1's default (ignored): the engine kills it at the stop timeout.
+    if failure != Failure::IgnoreTerm {
+        unsafe {
+            libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+        }
+    }
     let agent = Arc::new(Agent {
         version,
         id: env("AGENT_ID", &env("HOSTNAME", "demo-agent")),
@@ -250,6 +256,7 @@ fn heartbeat_loop(agent: Arc<Agent>, url: String) {
     let revision = env("AGENT_REVISION", "");
     let container = env("HOSTNAME", "");
     let host = env("AGENT_HOST", "");
+    let protocol = env("AGENT_PROTOCOL", "1.0");
     loop {
         let status = if agent.healthy() { "ok" } else { "degraded" };
         let ts = SystemTime::now()
@@ -257,8 +264,8 @@ fn heartbeat_loop(agent: Arc<Agent>, url: String) {
             .map(|d| d.as_millis())
             .unwrap_or(0);
         let body = format!(
-            "{{\"agentId\":\"{}\",\"container\":\"{}\",\"host\":\"{}\",\"version\":\"{}\",\"revision\":\"{}\",\"status\":\"{}\",\"sentAtMs\":{}}}",
-            agent.id, container, host, agent.version, revision, status, ts
+            "{{\"agentId\":\"{}\",\"container\":\"{}\",\"host\":\"{}\",\"version\":\"{}\",\"revision\":\"{}\",\"status\":\"{}\",\"protocol\":\"{}\",\"sentAtMs\":{}}}",
+            agent.id, container, host, agent.version, revision, status, protocol, ts
         );
         let req = format!(
             "POST {base}/v1/heartbeats HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
