@@ -87,6 +87,12 @@ pub(crate) enum Command {
         after_help = "Example:\n  agentctl build . --image 127.0.0.1:5000/acme/node-agent --version 1.4.2 --push\n\nExit codes: 0 built (and pushed), 1 a lint finding or the build failed (no tag is left), 2 usage."
     )]
     Build(BuildArgs),
+    /// Contract-test an agent image in a throwaway environment: healthy, heartbeat with its version and
+    /// protocol, metrics, reconnect, graceful stop, non-root, platform. Nothing outside it is touched.
+    #[command(
+        after_help = "Example:\n  agentctl test 127.0.0.1:5000/acme/node-agent:1.4.2 --http-port 8080 --protocol '>=1.0, <2' --require-series agent_up --junit contract.xml\n\nExit codes: 0 every case passed, 1 a case failed or the environment could not be set up (nothing outside it changed), 2 usage, 130 interrupted (the environment is removed)."
+    )]
+    Test(TestArgs),
     /// Update one agent container to a new image, verify it, and roll back by itself if it fails.
     #[command(
         after_help = "Example:\n  agentctl update node-agent --image 127.0.0.1:5000/acme/node-agent:1.4.2 --http-port 8080\n\nExit codes: 0 updated and verified, 1 error (nothing changed), 2 usage, 3 the new version failed and was rolled back."
@@ -177,6 +183,97 @@ impl BuildArgs {
             source: self.source.clone(),
             title: self.title.clone(),
         }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TestArgs {
+    /// The image to test (`registry/repo:tag` or `@sha256:…`).
+    pub(crate) image: String,
+    /// Write the results as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) junit: Option<PathBuf>,
+    /// Environment of the agent (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+    pub(crate) env: Vec<String>,
+    /// The variable that tells the agent the control center's URL.
+    #[arg(long, default_value = "CONTROL_CENTER_URL", value_name = "NAME")]
+    pub(crate) url_env: String,
+    /// The variable that gives the agent the control center's token.
+    #[arg(long, default_value = "CONTROL_CENTER_TOKEN", value_name = "NAME")]
+    pub(crate) token_env: String,
+    /// Protocol versions the control center accepts, as a semver range (`>=1.0, <2`).
+    #[arg(long, value_name = "RANGE")]
+    pub(crate) protocol: Option<String>,
+    /// A metric name the metrics page (--metrics-port, --metrics-path) must have (repeatable).
+    #[arg(long = "require-series", value_name = "NAME")]
+    pub(crate) require_series: Vec<String>,
+    /// Run the agent with a read-only root filesystem.
+    #[arg(long)]
+    pub(crate) read_only: bool,
+    /// A command run in the agent that must exit 0 (repeatable; split on spaces, no shell).
+    #[arg(long = "exec", value_name = "COMMAND")]
+    pub(crate) exec: Vec<String>,
+    /// The stop timeout the agent runs with; it must exit 0 on its stop signal within it (default: the
+    /// engine's 10 s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) stop_timeout: Option<Duration>,
+    /// An engine the image will run on (repeatable): the image must match its OS and architecture.
+    #[arg(long = "target-host", value_name = "ENDPOINT")]
+    pub(crate) target_hosts: Vec<String>,
+    #[command(flatten)]
+    pub(crate) verify: VerifyArgs,
+}
+
+impl TestArgs {
+    /// The contract, without the target engines (the caller connects to them).
+    pub(crate) fn contract(&self) -> Result<agent_rollout::contract::Contract, Usage> {
+        if self.verify.heartbeat.is_some() || self.verify.watch.is_some() {
+            return Err(Usage(
+                "--heartbeat and --watch do not apply to `test`: it runs its own control center, and the agent is removed at the end".into(),
+            ));
+        }
+        let image: ImageRef = self
+            .image
+            .parse()
+            .map_err(|e: agent_core::ImageRefError| Usage(format!("IMAGE {}: {e}", self.image)))?;
+        let mut c = agent_rollout::contract::Contract::new(image);
+        c.verify = self.verify.config()?;
+        for e in &self.env {
+            let (k, v) = e
+                .split_once('=')
+                .ok_or_else(|| Usage(format!("--env {e}: give NAME=VALUE")))?;
+            c.env.push((k.to_owned(), v.to_owned()));
+        }
+        c.url_env = self.url_env.clone();
+        c.token_env = self.token_env.clone();
+        c.protocol = self
+            .protocol
+            .as_deref()
+            .map(|p| {
+                semver::VersionReq::parse(p).map_err(|e| {
+                    Usage(format!(
+                        "--protocol {p}: not a semver range ({e}); give one like `>=1.0, <2`"
+                    ))
+                })
+            })
+            .transpose()?;
+        if !self.require_series.is_empty() {
+            c.metrics = Some(agent_rollout::contract::MetricsContract {
+                port: self.verify.metrics_port,
+                path: self.verify.metrics_path.clone(),
+                series: self.require_series.clone(),
+            });
+        }
+        c.read_only = self.read_only;
+        c.stop_timeout = self.stop_timeout;
+        c.exec = self
+            .exec
+            .iter()
+            .map(|cmd| cmd.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|argv| !argv.is_empty())
+            .collect();
+        Ok(c)
     }
 }
 

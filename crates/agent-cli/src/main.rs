@@ -3,6 +3,7 @@
 
 mod build;
 mod cli;
+mod contract;
 mod demo;
 mod render;
 
@@ -59,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let quiet = g.output != Output::Table;
     match &cli.command {
         Command::Build(args) => build::run(g, args).await,
+        Command::Test(args) => contract::run(g, args).await,
         Command::Update(args) => {
             let req = args.request()?;
             let progress = Arc::new(Progress::new(g.no_progress, false));

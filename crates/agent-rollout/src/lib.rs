@@ -26,6 +26,7 @@
 //! ```
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod contract;
 mod error;
 mod events;
 mod executor;

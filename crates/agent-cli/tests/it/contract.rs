@@ -1,0 +1,188 @@
+//! `agentctl test` against the real engine: the contract cases, their JUnit XML, failures that name both
+//! sides, and an environment that is gone afterwards, on success, on failure and on Ctrl-C.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agent_rollout::contract::CONTRACT_LABEL;
+
+use crate::support::*;
+
+/// The tests of this file look at every contract object on the engine, so they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const QUICK: &[&str] = &["--min-healthy-time", "2s", "--deadline", "20s", "--period", "300ms"];
+
+/// Containers and networks any contract run left behind, from the engine.
+fn leftovers() -> Vec<String> {
+    let mut all = Vec::new();
+    for what in [&["ps", "-a"][..], &["network", "ls"][..]] {
+        let out = Command::new("docker")
+            .args(what)
+            .args(["-q", "--filter", &format!("label={CONTRACT_LABEL}")])
+            .output()
+            .unwrap();
+        all.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned));
+    }
+    all
+}
+
+fn test_image(w: &World, image: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["test", image];
+    args.extend_from_slice(QUICK);
+    args.extend_from_slice(extra);
+    w.agentctl(&args)
+}
+
+#[test]
+fn a_good_image_passes_every_case_and_leaves_nothing() {
+    let _one = serial();
+    let img = images();
+    let w = World::new("contract");
+    let junit = w.state.path().join("contract.xml");
+    let out = test_image(
+        &w,
+        &img.refs["v1"],
+        &[
+            "--http-port",
+            "8080",
+            "--protocol",
+            ">=1.0, <2",
+            "--require-series",
+            "agent_up",
+            "--exec",
+            "/agent healthcheck",
+            "--read-only",
+            "--target-host",
+            "unix:///var/run/docker.sock",
+            "--junit",
+            junit.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    let r = json(&out);
+    let names: Vec<&str> = r["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "platform",
+            "non-root",
+            "healthy",
+            "heartbeat",
+            "metrics",
+            "exec: /agent healthcheck",
+            "reconnect",
+            "graceful-stop"
+        ]
+    );
+    for c in r["cases"].as_array().unwrap() {
+        assert_eq!(c["outcome"], "passed", "{c}");
+    }
+    assert_eq!(r["version"], "1.0.0");
+    let heartbeat = r["cases"][3]["detail"].as_str().unwrap();
+    assert!(heartbeat.contains("version 1.0.0, protocol 1.0"), "{heartbeat}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(r#"tests="8""#) && xml.contains(r#"failures="0""#), "{xml}");
+    assert_eq!(leftovers(), Vec::<String>::new(), "the environment is removed");
+}
+
+#[test]
+fn a_wrong_protocol_or_a_silent_agent_fails_and_names_why() {
+    let _one = serial();
+    let img = images();
+    let w = World::new("contract-bad");
+    // The agent speaks protocol 2.0; the control center accepts 1.x.
+    let out = test_image(
+        &w,
+        &img.refs["v1"],
+        &["--protocol", ">=1.0, <2", "--env", "AGENT_PROTOCOL=2.0"],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("failed heartbeat: it speaks protocol 2.0, the control center accepts >=1.0, <2"),
+        "{}",
+        stdout(&out)
+    );
+
+    // No heartbeat at all: not healthy, and the cases that need a healthy agent are skipped, not passed.
+    let junit = w.state.path().join("silent.xml");
+    let out = test_image(
+        &w,
+        &img.refs["silent"],
+        &["--junit", junit.to_str().unwrap(), "-o", "json"],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let r = json(&out);
+    let healthy = &r["cases"][2];
+    assert_eq!(healthy["outcome"], "failed", "{healthy}");
+    assert!(healthy["detail"].as_str().unwrap().contains("heartbeat"), "{healthy}");
+    assert_eq!(r["cases"][3]["outcome"], "skipped");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains(r#"failures="1""#) && xml.contains(r#"skipped="4""#),
+        "{xml}"
+    );
+
+    // An agent that ignores SIGTERM is killed at its stop timeout: exit 137 named.
+    let out = test_image(
+        &w,
+        &img.refs["v1"],
+        &["--env", "AGENT_FAILURE=ignore-term", "--stop-timeout", "2s"],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("failed graceful-stop: exit 137"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("did not stop on its stop signal"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(leftovers(), Vec::<String>::new(), "removed after failures too");
+}
+
+#[test]
+fn ctrl_c_removes_the_environment() {
+    let _one = serial();
+    let img = images();
+    let w = World::new("contract-int");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .args([
+            "--state-dir",
+            w.state.path().to_str().unwrap(),
+            "--no-progress",
+            "test",
+            &img.refs["slow"],
+        ])
+        .args(QUICK)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leftovers().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        leftovers().len(),
+        2,
+        "the agent and its network exist while the test runs"
+    );
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(leftovers(), Vec::<String>::new(), "Ctrl-C removed the environment");
+}
