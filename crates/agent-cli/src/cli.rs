@@ -93,6 +93,14 @@ pub(crate) enum Command {
         after_help = "Example:\n  agentctl test 127.0.0.1:5000/acme/node-agent:1.4.2 --http-port 8080 --protocol '>=1.0, <2' --require-series agent_up --junit contract.xml\n\nExit codes: 0 every case passed, 1 a case failed or the environment could not be set up (nothing outside it changed), 2 usage, 130 interrupted (the environment is removed)."
     )]
     Test(TestArgs),
+    /// Build, test, roll out and watch from one delivery file; stops at the first stage that fails.
+    #[command(
+        after_help = "Example:\n  agentctl deliver -f delivery.yaml --version 1.4.2\n\nExit codes: 0 delivered, 1 build or test failed (no host changed), 2 usage, 3 rolled back, 4 paused, 5 not fully reverted."
+    )]
+    Deliver(DeliverArgs),
+    /// List the deliveries: who, when, commit, digest, tests and outcome.
+    #[command(after_help = "Example:\n  agentctl deliveries -o json")]
+    Deliveries,
     /// Update one agent container to a new image, verify it, and roll back by itself if it fails.
     #[command(
         after_help = "Example:\n  agentctl update node-agent --image 127.0.0.1:5000/acme/node-agent:1.4.2 --http-port 8080\n\nExit codes: 0 updated and verified, 1 error (nothing changed), 2 usage, 3 the new version failed and was rolled back."
@@ -275,6 +283,16 @@ impl TestArgs {
             .collect();
         Ok(c)
     }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeliverArgs {
+    /// The delivery file (YAML or JSON): `build:`, `test:`, `rollout:` (without `image`), optional `watch:`.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub(crate) file: PathBuf,
+    /// The version to build (overrides `build.version`; CI passes its tag).
+    #[arg(long, value_name = "SEMVER")]
+    pub(crate) version: Option<String>,
 }
 
 #[derive(Debug, Args)]

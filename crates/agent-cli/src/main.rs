@@ -4,6 +4,7 @@
 mod build;
 mod cli;
 mod contract;
+mod deliver;
 mod demo;
 mod render;
 
@@ -61,6 +62,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Build(args) => build::run(g, args).await,
         Command::Test(args) => contract::run(g, args).await,
+        Command::Deliver(args) => deliver::run(g, args).await,
+        Command::Deliveries => deliver::list(g).await,
         Command::Update(args) => {
             let req = args.request()?;
             let progress = Arc::new(Progress::new(g.no_progress, false));
@@ -278,7 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
+pub(crate) fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
     let store: Arc<dyn StateStore> = open_store(g)?;
     let policy = g.secret_policy();
     let connect = agent_docker::connector(policy);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use agent_core::{ContainerName, ContainerRuntime, ContainerSpec, EngineInfo, EnvVar, ImageRef, RuntimeError, Version};
 use agent_health::{ControlCenter, ControlCenterConfig, HeartbeatProbe, VerdictOutcome};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::VerifyConfig;
@@ -87,7 +87,7 @@ impl Contract {
 }
 
 /// How one case ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CaseOutcome {
     /// It held.
@@ -99,7 +99,7 @@ pub enum CaseOutcome {
 }
 
 /// One case of the contract.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Case {
     /// `platform`, `healthy`, `exec: /agent selftest`, …
@@ -114,9 +114,11 @@ pub struct Case {
 }
 
 /// The result of a contract run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContractReport {
+    /// The run id: the value of [`CONTRACT_LABEL`] on what it created.
+    pub run: String,
     /// The image tested.
     pub image: String,
     /// Its version (OCI version label, else the tag).
@@ -358,6 +360,7 @@ pub async fn run(
     cleanup(runtime.as_ref(), run).await;
     outcome?;
     Ok(ContractReport {
+        run: run.to_owned(),
         image: contract.image.to_string(),
         version,
         cases,
@@ -687,6 +690,7 @@ mod tests {
     #[test]
     fn junit_has_one_case_per_check_with_failures_and_skips() {
         let report = ContractReport {
+            run: "r1".into(),
             image: "reg/agent:1.0.0".into(),
             version: Some("1.0.0".into()),
             cases: vec![

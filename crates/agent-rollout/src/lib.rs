@@ -27,6 +27,7 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod contract;
+pub mod delivery;
 mod error;
 mod events;
 mod executor;

@@ -8,22 +8,15 @@ use agent_rollout::contract::CONTRACT_LABEL;
 
 use crate::support::*;
 
-/// The tests of this file look at every contract object on the engine, so they run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 const QUICK: &[&str] = &["--min-healthy-time", "2s", "--deadline", "20s", "--period", "300ms"];
 
-/// Containers and networks any contract run left behind, from the engine.
-fn leftovers() -> Vec<String> {
+/// Containers and networks contract run `run` left behind, from the engine.
+fn leftovers(run: &str) -> Vec<String> {
     let mut all = Vec::new();
     for what in [&["ps", "-a"][..], &["network", "ls"][..]] {
         let out = Command::new("docker")
             .args(what)
-            .args(["-q", "--filter", &format!("label={CONTRACT_LABEL}")])
+            .args(["-q", "--filter", &format!("label={CONTRACT_LABEL}={run}")])
             .output()
             .unwrap();
         all.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned));
@@ -40,7 +33,6 @@ fn test_image(w: &World, image: &str, extra: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_good_image_passes_every_case_and_leaves_nothing() {
-    let _one = serial();
     let img = images();
     let w = World::new("contract");
     let junit = w.state.path().join("contract.xml");
@@ -94,26 +86,32 @@ fn a_good_image_passes_every_case_and_leaves_nothing() {
     assert!(heartbeat.contains("version 1.0.0, protocol 1.0"), "{heartbeat}");
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains(r#"tests="8""#) && xml.contains(r#"failures="0""#), "{xml}");
-    assert_eq!(leftovers(), Vec::<String>::new(), "the environment is removed");
+    assert_eq!(
+        leftovers(r["run"].as_str().unwrap()),
+        Vec::<String>::new(),
+        "the environment is removed"
+    );
 }
 
 #[test]
 fn a_wrong_protocol_or_a_silent_agent_fails_and_names_why() {
-    let _one = serial();
     let img = images();
     let w = World::new("contract-bad");
     // The agent speaks protocol 2.0; the control center accepts 1.x.
     let out = test_image(
         &w,
         &img.refs["v1"],
-        &["--protocol", ">=1.0, <2", "--env", "AGENT_PROTOCOL=2.0"],
+        &["--protocol", ">=1.0, <2", "--env", "AGENT_PROTOCOL=2.0", "-o", "json"],
     );
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("failed heartbeat: it speaks protocol 2.0, the control center accepts >=1.0, <2"),
-        "{}",
-        stdout(&out)
+    let r = json(&out);
+    assert_eq!(r["cases"][3]["name"], "heartbeat");
+    assert_eq!(r["cases"][3]["outcome"], "failed");
+    assert_eq!(
+        r["cases"][3]["detail"],
+        "it speaks protocol 2.0, the control center accepts >=1.0, <2"
     );
+    assert_eq!(leftovers(r["run"].as_str().unwrap()), Vec::<String>::new());
 
     // No heartbeat at all: not healthy, and the cases that need a healthy agent are skipped, not passed.
     let junit = w.state.path().join("silent.xml");
@@ -133,6 +131,11 @@ fn a_wrong_protocol_or_a_silent_agent_fails_and_names_why() {
         xml.contains(r#"failures="1""#) && xml.contains(r#"skipped="4""#),
         "{xml}"
     );
+    assert_eq!(
+        leftovers(r["run"].as_str().unwrap()),
+        Vec::<String>::new(),
+        "removed after a failure too"
+    );
 
     // An agent that ignores SIGTERM is killed at its stop timeout: exit 137 named.
     let out = test_image(
@@ -151,12 +154,10 @@ fn a_wrong_protocol_or_a_silent_agent_fails_and_names_why() {
         "{}",
         stdout(&out)
     );
-    assert_eq!(leftovers(), Vec::<String>::new(), "removed after failures too");
 }
 
 #[test]
 fn ctrl_c_removes_the_environment() {
-    let _one = serial();
     let img = images();
     let w = World::new("contract-int");
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentctl"))
@@ -172,17 +173,26 @@ fn ctrl_c_removes_the_environment() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // The first line names the run.
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stderr.as_mut().unwrap()), &mut first).unwrap();
+    let run = first
+        .split("(run ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no run id in {first:?}"))
+        .to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while leftovers().len() < 2 && Instant::now() < deadline {
+    while leftovers(&run).len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        leftovers().len(),
+        leftovers(&run).len(),
         2,
         "the agent and its network exist while the test runs"
     );
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert_eq!(leftovers(), Vec::<String>::new(), "Ctrl-C removed the environment");
+    assert_eq!(leftovers(&run), Vec::<String>::new(), "Ctrl-C removed the environment");
 }

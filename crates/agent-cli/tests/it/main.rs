@@ -5,6 +5,7 @@
 mod build;
 mod cli;
 mod contract;
+mod deliver;
 // The kill and hold switches exist only in a build with the `testing` feature (`--all-features`).
 #[cfg(feature = "testing")]
 mod crash;

@@ -358,7 +358,7 @@ impl RolloutSpec {
         plan(&targets, &self.strategy, &names).map_err(|e| self.invalid(e.to_string()))
     }
 
-    pub(super) fn verify(&self) -> Result<VerifyConfig, Error> {
+    pub(crate) fn verify(&self) -> Result<VerifyConfig, Error> {
         let mut v = VerifyConfig {
             timing: Timing {
                 min_healthy_time: self.health.min_healthy_time,

@@ -1,0 +1,226 @@
+//! `agentctl deliver` end to end on the real engine and the local registry: build → test → rollout → watch,
+//! a version stopped by its tests that never reaches a host, one stopped by its canary and rolled back, the
+//! delivery record, and a killed delivery repaired by the next one.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::*;
+
+/// A delivery directory in a git work tree: the demo agent, a Dockerfile with `extra_env`, a delivery file
+/// for targets `names` on the local engine.
+fn delivery_dir(w: &World, repo: &str, names: &[String], extra_env: &str, watch: bool) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::copy(agent_docker::testing::demo_agent_binary().unwrap(), p.join("agent")).unwrap();
+    std::fs::write(
+        p.join("Dockerfile"),
+        format!(
+            "FROM scratch\nARG VERSION\nENV AGENT_VERSION=${{VERSION}}{extra_env}\nCOPY agent /agent\nUSER 65534:65534\nHEALTHCHECK --interval=2s CMD [\"/agent\", \"healthcheck\"]\nENTRYPOINT [\"/agent\"]\n"
+        ),
+    )
+    .unwrap();
+    let targets: String = names
+        .iter()
+        .map(|n| format!("    - {{host: \"unix:///var/run/docker.sock\", container: {n}}}\n"))
+        .collect();
+    let watch = if watch {
+        "watch:\n  window: 4s\n  alertFor: 2s\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        p.join("delivery.yaml"),
+        format!(
+            "build:\n  image: {repo}\ntest:\n  protocol: \">=1.0, <2\"\n  requireSeries: [agent_up]\n  stopTimeout: 5s\nrollout:\n  name: {}\n  targets:\n{targets}  strategy: {{canary: {{steps: [{{setWeight: 50}}]}}}}\n  health: {{minHealthyTime: 2s, deadline: 20s, period: 300ms}}\n{watch}",
+            w.name("fleet")
+        ),
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(p)
+            .args(["-c", "user.email=ci@example.invalid", "-c", "user.name=ci"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "agent"]);
+    let commit = git(&["rev-parse", "HEAD"]);
+    (dir, commit)
+}
+
+fn deliver(w: &World, dir: &Path, version: &str, env: &[(&str, &str)]) -> Output {
+    let file = dir.join("delivery.yaml");
+    let mut all = vec![("AGENTCTL_ACTOR", "ci-job-42")];
+    all.extend_from_slice(env);
+    w.agentctl_env(&["deliver", "-f", file.to_str().unwrap(), "--version", version], &all)
+}
+
+fn image_of(name: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", "{{.Config.Image}}", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn records(w: &World) -> serde_json::Value {
+    json(&w.agentctl(&["deliveries", "-o", "json"]))
+}
+
+/// Two agents of the fixture's v1, run with `args`.
+fn fleet(w: &World, args: &[&str]) -> Vec<String> {
+    let img = images();
+    let names: Vec<String> = (1..=2).map(|i| w.name(&format!("a{i}"))).collect();
+    for n in &names {
+        w.docker_run(n, args, &img.refs["v1"]);
+    }
+    names
+}
+
+#[test]
+fn a_good_version_is_built_tested_rolled_out_watched_and_recorded() {
+    let img = images();
+    let w = World::new("deliver");
+    let names = fleet(&w, &[]);
+    let repo = format!("{}/agentctl-it/delivered-{}", img.registry, w.run);
+    let (dir, commit) = delivery_dir(&w, &repo, &names, "", true);
+    let out = deliver(&w, dir.path(), "2.1.0", &[]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    for stage in ["build ", "test ", "rollout ", "watch "] {
+        assert!(err.contains(stage), "{stage} in {err}");
+    }
+    // The engine runs the pushed digest on every target.
+    let r = &records(&w)[0];
+    let pinned = r["image"].as_str().unwrap().to_owned();
+    assert!(pinned.starts_with(&format!("{repo}@sha256:")), "{r}");
+    for n in &names {
+        assert_eq!(image_of(n), pinned, "{n}");
+    }
+    assert_eq!(r["outcome"], "delivered");
+    assert_eq!(r["by"], "ci-job-42");
+    assert_eq!(r["commit"], commit.as_str());
+    assert_eq!(r["version"], "2.1.0");
+    assert_eq!(r["stage"], "done");
+    let cases = r["tests"]["cases"].as_array().unwrap();
+    assert!(
+        cases.len() >= 7 && cases.iter().all(|c| c["outcome"] == "passed"),
+        "{cases:?}"
+    );
+    let _ = w.docker(&[
+        "rmi",
+        "-f",
+        &format!("{repo}:2.1.0"),
+        &format!("{repo}:2.1.0-{}", &commit[..7]),
+    ]);
+}
+
+#[test]
+fn a_version_that_fails_its_tests_never_reaches_a_host() {
+    let img = images();
+    let w = World::new("deliver-bad");
+    let names = fleet(&w, &[]);
+    let before: Vec<String> = names
+        .iter()
+        .map(|n| w.docker(&["inspect", "-f", "{{.Id}}", n]))
+        .map(|o| stdout(&o))
+        .collect();
+    for (i, (env, needle)) in [
+        ("\nENV AGENT_FAILURE=no-heartbeat", "healthy: "),
+        (
+            "\nENV AGENT_PROTOCOL=2.0",
+            "it speaks protocol 2.0, the control center accepts >=1.0, <2",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let repo = format!("{}/agentctl-it/untested-{i}-{}", img.registry, w.run);
+        let (dir, _) = delivery_dir(&w, &repo, &names, env, false);
+        let out = deliver(&w, dir.path(), "3.0.0", &[]);
+        assert_eq!(code(&out), 1, "{env}: {}\n{}", stdout(&out), stderr(&out));
+        assert!(stdout(&out).contains(needle), "{env}: {}", stdout(&out));
+        let after: Vec<String> = names
+            .iter()
+            .map(|n| w.docker(&["inspect", "-f", "{{.Id}}", n]))
+            .map(|o| stdout(&o))
+            .collect();
+        assert_eq!(before, after, "{env}: no target was touched");
+        for n in &names {
+            assert_eq!(image_of(n), img.refs["v1"]);
+        }
+    }
+    let all = records(&w);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "test-failed" && r["stage"] == "test"),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_version_that_passes_its_tests_but_fails_its_canary_is_rolled_back() {
+    let img = images();
+    let w = World::new("deliver-canary");
+    // The hosts' configuration breaks 4.0.0 (it exits at start there), which the clean test environment
+    // cannot see: the canary catches it.
+    let names = fleet(&w, &["-e", "AGENT_BROKEN_ON=4.0.0"]);
+    let repo = format!("{}/agentctl-it/canary-{}", img.registry, w.run);
+    let (dir, _) = delivery_dir(&w, &repo, &names, "", false);
+    let out = deliver(&w, dir.path(), "4.0.0", &[]);
+    assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
+    for n in &names {
+        assert_eq!(image_of(n), img.refs["v1"], "{n} runs the old version again");
+        assert_eq!(w.state(n).map(|s| s.1), Some(true), "{n} runs");
+    }
+    let r = &records(&w)[0];
+    assert_eq!(r["outcome"], "rolled-back", "{r}");
+    assert_eq!(r["stage"], "rollout");
+    assert!(r["tests"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["outcome"] == "passed"));
+}
+
+#[cfg(feature = "testing")]
+#[test]
+fn a_killed_delivery_is_repaired_by_the_next_one() {
+    let img = images();
+    let w = World::new("deliver-kill");
+    let names = fleet(&w, &[]);
+    let repo = format!("{}/agentctl-it/killed-{}", img.registry, w.run);
+    let (dir, _) = delivery_dir(&w, &repo, &names, "", false);
+    // Killed (as by kill -9) while starting the first target's new container.
+    let out = deliver(&w, dir.path(), "5.0.0", &[("AGENTCTL_CRASH_AT", "start-new")]);
+    assert_ne!(code(&out), 0);
+    assert_eq!(
+        records(&w)[0]["outcome"],
+        "running",
+        "the record shows the delivery did not end"
+    );
+    let out = deliver(&w, dir.path(), "5.0.1", &[]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("repairing delivery"), "{}", stderr(&out));
+    let all = records(&w);
+    let first = &all[0];
+    assert_ne!(first["outcome"], "running", "{first}");
+    assert!(
+        first["reason"].as_str().unwrap().contains("interrupted during rollout"),
+        "{first}"
+    );
+    let second = &all[1];
+    assert_eq!(second["outcome"], "delivered");
+    for n in &names {
+        assert_eq!(image_of(n), second["image"].as_str().unwrap(), "{n}");
+        assert_eq!(w.state(n).map(|s| s.1), Some(true), "{n} runs");
+    }
+}
