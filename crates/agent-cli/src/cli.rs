@@ -553,6 +553,22 @@ pub(crate) struct UpdateArgs {
     /// static addresses).
     #[arg(long, value_enum, default_value_t = ModeArg::StopFirst)]
     pub(crate) strategy: ModeArg,
+    /// Run this command in the old container before anything is stopped (split on spaces, no shell): exit
+    /// 75 skips the update, any other non-zero exit refuses it; nothing is changed either way.
+    #[arg(long, value_name = "COMMAND")]
+    pub(crate) pre_update: Option<String>,
+    /// Run this command in the new container after it starts: it must exit 0 for the new version to pass.
+    #[arg(long, value_name = "COMMAND")]
+    pub(crate) post_update: Option<String>,
+    /// How long a hook may run.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub(crate) hook_timeout: Duration,
+    /// A file the agent creates in its container while it must not be updated: wait for it to go away.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) update_lock: Option<String>,
+    /// How long to wait for --update-lock.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, requires = "update_lock")]
+    pub(crate) update_lock_timeout: Duration,
     #[command(flatten)]
     pub(crate) verify: VerifyArgs,
 }
@@ -739,6 +755,18 @@ impl UpdateArgs {
         r.mode = match self.strategy {
             ModeArg::StopFirst => agent_core::UpdateMode::StopFirst,
             ModeArg::StartFirst => agent_core::UpdateMode::StartFirst,
+        };
+        let argv = |c: &Option<String>| {
+            c.as_deref()
+                .map(|c| c.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        r.hooks = agent_rollout::Hooks {
+            pre_update: argv(&self.pre_update),
+            post_update: argv(&self.post_update),
+            timeout: self.hook_timeout,
+            lock_file: self.update_lock.clone(),
+            lock_timeout: self.update_lock_timeout,
         };
         Ok(r)
     }

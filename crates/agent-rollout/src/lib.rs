@@ -33,6 +33,7 @@ mod events;
 mod executor;
 mod files;
 mod fleet;
+mod hooks;
 mod journal;
 mod lease;
 mod notify;
@@ -54,6 +55,7 @@ pub use fleet::{
     metrics_text, Fleet, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, RolloutState, TargetSpec,
     TargetState, TargetStatus, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
 };
+pub use hooks::{Hooks, SKIP_EXIT_CODE};
 pub use journal::{CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV};
 pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use notify::{Notifier, NotifyError, NotifySpec, Webhook, DRAIN_TIMEOUT};

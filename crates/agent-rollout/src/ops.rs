@@ -334,6 +334,9 @@ impl Updater {
                 gate.push(p);
             }
         }
+        if !req.hooks.post_update.is_empty() {
+            gate.push(Box::new(crate::hooks::PostUpdateProbe::new(&req.hooks)));
+        }
         let info = self
             .runtime
             .inspect_container(name)

@@ -205,6 +205,8 @@ pub struct UpdateRequest {
     /// update, the switch of a start-first one, an install): the engine work is over. A fleet uses it to hand the engine slot to the next target
     /// while this one is being proven (`maxUnverified`).
     pub started: Option<Arc<tokio::sync::Notify>>,
+    /// Pre- and post-update hooks and the agent's update lock.
+    pub hooks: crate::Hooks,
 }
 
 /// The probation watch after a successful update.
@@ -249,6 +251,7 @@ impl UpdateRequest {
             watch: None,
             mode: UpdateMode::StopFirst,
             started: None,
+            hooks: crate::Hooks::default(),
         }
     }
 

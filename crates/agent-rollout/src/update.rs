@@ -128,23 +128,9 @@ impl Updater {
         let old_defaults = self.defaults_of(&old.image_id).await;
         let mut new_spec = old.spec.with_image(req.image.clone(), &old_defaults);
         if old.image_id == image_info.id && old.spec.image == req.image {
-            let history = self.history(&req.container, req.history_limit).await?;
-            let revision = self.adopt(name, &old, history).await?;
-            return Ok(Prepared::Unchanged(Box::new(UpdateReport {
-                container: name.to_owned(),
-                endpoint: self.runtime.endpoint().to_owned(),
-                status: UpdateStatus::Unchanged,
-                previous: Some(revision.number),
-                revision,
-                verdict: None,
-                unexpected_changes: SpecDiff::default(),
-                reason: Some("the container already runs this image".into()),
-                last_logs: Vec::new(),
-                backup: None,
-                recovered: Vec::new(),
-                probation: None,
-                restored_by: None,
-            })));
+            return self
+                .unchanged(req, &old, "the container already runs this image".into())
+                .await;
         }
         new_spec.image = req.image.clone();
         if req.mode != UpdateMode::StopFirst {
@@ -160,6 +146,18 @@ impl Updater {
             }
         }
 
+        let reporter = self.reporter.clone();
+        let waiting = move |detail: &str| {
+            reporter.report(&Event::Step {
+                step: "update-lock",
+                detail: detail.to_owned(),
+            })
+        };
+        if let crate::hooks::Before::Skip(reason) =
+            crate::hooks::before_update(self.runtime.as_ref(), name, &req.hooks, &waiting).await?
+        {
+            return self.unchanged(req, &old, reason).await;
+        }
         let history = self.history(&req.container, req.history_limit).await?;
         let current = self.adopt(name, &old, history).await?;
         self.ensure_retained_name_free(name, &retained_name(name, current.number))
@@ -185,6 +183,28 @@ impl Updater {
                 new_defaults: image_info.defaults.clone(),
             },
             backup,
+        })))
+    }
+
+    /// The report of an update that changes nothing (`reason` says why), adopting the container's revision.
+    async fn unchanged(&self, req: &UpdateRequest, old: &ContainerInfo, reason: String) -> Result<Prepared, Error> {
+        let name = req.container.as_str();
+        let history = self.history(&req.container, req.history_limit).await?;
+        let revision = self.adopt(name, old, history).await?;
+        Ok(Prepared::Unchanged(Box::new(UpdateReport {
+            container: name.to_owned(),
+            endpoint: self.runtime.endpoint().to_owned(),
+            status: UpdateStatus::Unchanged,
+            previous: Some(revision.number),
+            revision,
+            verdict: None,
+            unexpected_changes: SpecDiff::default(),
+            reason: Some(reason),
+            last_logs: Vec::new(),
+            backup: None,
+            recovered: Vec::new(),
+            probation: None,
+            restored_by: None,
         })))
     }
 

@@ -9,6 +9,8 @@
 //! `slow-start:SECS`, `error-rate:FRACTION`, `no-heartbeat`, `crash-after:SECS`, `ignore-term` (does not stop on
 //! SIGTERM). `AGENT_BROKEN_ON=VERSION` makes only that version exit at start (a host whose configuration the new
 //! version cannot handle). Heartbeats carry `AGENT_PROTOCOL` (default `1.0`) as the protocol version.
+//! `AGENT_UPDATE_LOCK=PATH:SECS` holds an update lock file for SECS after the start; `/agent exit N` exits N
+//! (for update hooks).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -86,6 +88,10 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("healthcheck") {
         std::process::exit(healthcheck());
     }
+    // `/agent exit N`: a hook that exits N (75 asks an update to skip this agent).
+    if args.get(1).map(String::as_str) == Some("exit") {
+        std::process::exit(args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1));
+    }
     let version = env("AGENT_VERSION", env!("CARGO_PKG_VERSION"));
     // AGENT_BROKEN_ON=VERSION: this host's configuration breaks that version only (exit at start).
     let failure = if std::env::var("AGENT_BROKEN_ON").is_ok_and(|v| v == version) {
@@ -93,6 +99,19 @@ fn main() {
     } else {
         parse_failure(&env("AGENT_FAILURE", ""))
     };
+    // AGENT_UPDATE_LOCK=PATH:SECS: hold an update lock (a file) for SECS after the start, as an agent busy
+    // with work it must not lose would.
+    if let Some((path, secs)) = std::env::var("AGENT_UPDATE_LOCK").ok().and_then(|v| {
+        let (p, s) = v.rsplit_once(':')?;
+        Some((p.to_owned(), s.parse::<u64>().ok()?))
+    }) {
+        if std::fs::write(&path, b"busy\n").is_ok() {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(secs));
+                let _ = std::fs::remove_file(&path);
+            });
+        }
+    }
     // `ignore-term` leaves SIGTERM at PID 1's default (ignored): the engine kills it at the stop timeout.
     if failure != Failure::IgnoreTerm {
         unsafe {

@@ -14,6 +14,7 @@ mod faults;
 mod fidelity;
 mod fleet;
 mod health;
+mod hooks;
 mod security;
 mod support;
 mod tls;

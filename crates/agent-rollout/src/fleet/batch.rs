@@ -53,6 +53,7 @@ impl Fleet {
             );
             req.verify = verify.clone();
             req.history_limit = state.spec.history.limit;
+            req.hooks = state.spec.hooks.clone();
             req.pull = PullPolicy::Missing;
             if let Action::Update(mode) = action {
                 req.mode = mode;

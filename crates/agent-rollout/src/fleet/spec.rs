@@ -149,6 +149,10 @@ pub struct RolloutSpec {
     /// Where events are sent.
     #[serde(default)]
     pub notify: Vec<NotifySpec>,
+    /// `preUpdate` (in the old container; exit 75 skips the target), `postUpdate` (in the new one, must
+    /// pass), `timeout`, `lockFile` and `lockTimeout` (the agent's update lock).
+    #[serde(default)]
+    pub hooks: crate::Hooks,
     /// Container settings (the fields of a revision's `spec`, camelCase) for targets that do not exist
     /// yet: such a target is created with them, the rollout's image and its own name, verified, and removed
     /// again if the rollout reverts. Without a template a missing target fails.
