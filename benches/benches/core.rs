@@ -96,6 +96,7 @@ fn benches(c: &mut Criterion) {
             digest: None,
             spec: a.clone(),
             cause: "bench".into(),
+            by: None,
             created_at: agent_core::OffsetDateTime::UNIX_EPOCH,
             finished_at: None,
             outcome: if n % 7 == 0 {

@@ -106,6 +106,8 @@ pub(crate) async fn run(g: &Global, args: &DeliverArgs) -> anyhow::Result<ExitCo
     let record = d.deliver(&spec, args.version.as_deref(), &builder).await?;
     match g.output {
         Output::Table => crate::print_out(g.output, text_of(&record)),
+        // JSON lines: the rollout's events were streamed one per line; the record is the last line.
+        Output::Json => crate::print_out(g.output, serde_json::to_string(&record)?),
         o => crate::print_out(o, render::structured(o, &record)?),
     }
     Ok(ExitCode::from(record.outcome.exit_code() as u8))

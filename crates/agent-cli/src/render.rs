@@ -200,6 +200,7 @@ pub(crate) struct HistoryRow<'a> {
     status: &'static str,
     reason: Option<&'a str>,
     cause: &'a str,
+    by: Option<&'a str>,
     created_at: String,
     finished_at: Option<String>,
     current: bool,
@@ -223,6 +224,7 @@ pub(crate) fn history_rows(h: &RevisionHistory) -> Vec<HistoryRow<'_>> {
                 _ => None,
             },
             cause: &r.cause,
+            by: r.by.as_deref(),
             created_at: ts(&r.created_at),
             finished_at: r.finished_at.as_ref().map(ts),
             current: Some(r.number) == current,
@@ -237,7 +239,7 @@ pub(crate) fn history_table(h: &RevisionHistory) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic);
-    t.set_header(["REV", "IMAGE", "DIGEST", "STATUS", "CAUSE", "CREATED", "RETAINED"]);
+    t.set_header(["REV", "IMAGE", "DIGEST", "STATUS", "CAUSE", "BY", "CREATED", "RETAINED"]);
     for r in history_rows(h) {
         let mut status = r.status.to_owned();
         if r.protected {
@@ -256,6 +258,7 @@ pub(crate) fn history_table(h: &RevisionHistory) -> String {
                 .unwrap_or_else(|| "-".into()),
             status,
             r.cause.to_owned(),
+            r.by.unwrap_or("-").to_owned(),
             r.created_at,
             r.retained_container.unwrap_or("-").to_owned(),
         ]);

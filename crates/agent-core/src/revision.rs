@@ -120,6 +120,10 @@ pub struct Revision {
     pub spec: ContainerSpec,
     /// Why this revision was made (`update to 1.4.2`, `undo to revision 3`).
     pub cause: String,
+    /// Who made it: `AGENTCTL_ACTOR` (a CI job, a token's name) or `user@host`; `None` for a revision
+    /// adopted from a container agentctl did not start, and for revisions recorded before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     /// When it started.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -261,6 +265,7 @@ mod tests {
             digest: None,
             spec: ContainerSpec::new("a".parse().unwrap(), "acme/agent:1.0".parse().unwrap()),
             cause: format!("update {n}"),
+            by: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
             finished_at: None,
             outcome,

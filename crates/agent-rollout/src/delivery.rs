@@ -273,40 +273,6 @@ pub struct DeliveryRecord {
     pub rollout: Option<serde_json::Value>,
 }
 
-/// Who is acting: `AGENTCTL_ACTOR`, else the OS user at this host.
-pub fn actor() -> String {
-    if let Some(a) = std::env::var("AGENTCTL_ACTOR").ok().filter(|a| !a.trim().is_empty()) {
-        return a.trim().to_owned();
-    }
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(user_of_this_process)
-        .unwrap_or_else(|| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{user}@{host}")
-}
-
-/// The name of this process's user from `/etc/passwd` (a CI container often has no `USER`), else `uid N`.
-fn user_of_this_process() -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let uid = std::fs::metadata("/proc/self").ok()?.uid();
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    Some(
-        passwd
-            .lines()
-            .find_map(|l| {
-                let mut f = l.split(':');
-                let name = f.next()?;
-                (f.nth(1)? == uid.to_string()).then(|| name.to_owned())
-            })
-            .unwrap_or_else(|| format!("uid {uid}")),
-    )
-}
-
 /// Progress of a delivery: a stage starting, a test case, a line of detail.
 pub type DeliveryProgress = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -418,7 +384,7 @@ impl Deliverer {
         let mut r = DeliveryRecord {
             id: format!("{name}-{}", started_at.unix_timestamp_nanos() / 1_000_000),
             name: name.clone(),
-            by: actor(),
+            by: crate::actor(),
             started_at,
             finished_at: None,
             version: version.clone(),

@@ -44,6 +44,7 @@ impl RevisionMeta {
             digest: self.digest.clone(),
             spec,
             cause: self.cause.clone(),
+            by: Some(crate::actor()),
             created_at: OffsetDateTime::now_utc(),
             finished_at: None,
             outcome: Outcome::InProgress,

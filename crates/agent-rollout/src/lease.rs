@@ -41,6 +41,38 @@ pub fn holder_for_this_process(purpose: &str) -> LeaseHolder {
     }
 }
 
+/// Who is acting: `AGENTCTL_ACTOR`, else the OS user at this host.
+pub fn actor() -> String {
+    if let Some(a) = std::env::var("AGENTCTL_ACTOR").ok().filter(|a| !a.trim().is_empty()) {
+        return a.trim().to_owned();
+    }
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(user_of_this_process)
+        .unwrap_or_else(|| "unknown".into());
+    let host = hostname();
+    format!("{user}@{host}")
+}
+
+/// The name of this process's user from `/etc/passwd` (a CI container often has no `USER`), else `uid N`.
+fn user_of_this_process() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    Some(
+        passwd
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)? == uid.to_string()).then(|| name.to_owned())
+            })
+            .unwrap_or_else(|| format!("uid {uid}")),
+    )
+}
+
 /// Whether the holder is known to be dead: it ran on this host and its process (pid + start time) is gone.
 pub fn holder_is_dead(holder: &LeaseHolder) -> bool {
     if holder.hostname != hostname() {

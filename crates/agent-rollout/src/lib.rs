@@ -57,7 +57,7 @@ pub use fleet::{
 };
 pub use hooks::{Hooks, SKIP_EXIT_CODE};
 pub use journal::{CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV};
-pub use lease::{holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
+pub use lease::{actor, holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use notify::{Notifier, NotifyError, NotifySpec, Webhook, DRAIN_TIMEOUT};
 pub use plan::UPDATE_STEPS;
 pub use report::{preview_name, Preview, Recovery, RecoveryAction, StatusReport, UpdateReport, UpdateStatus};

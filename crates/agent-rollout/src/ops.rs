@@ -268,6 +268,7 @@ impl Updater {
             digest: image_info.as_ref().and_then(|i| i.digest_for(&old.spec.image)),
             spec: old.spec.clone(),
             cause: "adopted: running before agentctl managed it".into(),
+            by: None,
             created_at: OffsetDateTime::now_utc(),
             finished_at: Some(OffsetDateTime::now_utc()),
             outcome: Outcome::Succeeded,

@@ -107,6 +107,10 @@ fn a_good_version_is_built_tested_rolled_out_watched_and_recorded() {
     assert_eq!(r["commit"], commit.as_str());
     assert_eq!(r["version"], "2.1.0");
     assert_eq!(r["stage"], "done");
+    // The history of each target says who changed it.
+    let hist = json(&w.agentctl(&["history", &names[0], "-o", "json"]));
+    let last = hist.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["by"], "ci-job-42", "{hist}");
     let cases = r["tests"]["cases"].as_array().unwrap();
     assert!(
         cases.len() >= 7 && cases.iter().all(|c| c["outcome"] == "passed"),
@@ -222,5 +226,82 @@ fn a_killed_delivery_is_repaired_by_the_next_one() {
     for n in &names {
         assert_eq!(image_of(n), second["image"].as_str().unwrap(), "{n}");
         assert_eq!(w.state(n).map(|s| s.1), Some(true), "{n} runs");
+    }
+}
+
+/// The `run:` script of the GitHub Actions step named `step`, and the `script:` of the GitLab job `job`.
+fn ci_scripts() -> (String, String) {
+    let read = |f: &str| -> serde_json::Value {
+        serde_saphyr::from_str(&std::fs::read_to_string(workspace_path(&format!("examples/ci/{f}"))).unwrap()).unwrap()
+    };
+    let gh = read("github-actions.yml");
+    let step = gh["jobs"]["deliver"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "Deliver")
+        .expect("a Deliver step")["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gl = read("gitlab-ci.yml");
+    let script = gl["deliver"]["script"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    (step, script)
+}
+
+#[test]
+fn the_ci_examples_run_as_written() {
+    let img = images();
+    let w = World::new("deliver-ci");
+    let names = fleet(&w, &[]);
+    let repo = format!("{}/agentctl-it/ci-{}", img.registry, w.run);
+    let (dir, _) = delivery_dir(&w, &repo, &names, "", false);
+    // As in a repository: the delivery file under deploy/, the build context at the root.
+    let text = std::fs::read_to_string(dir.path().join("delivery.yaml")).unwrap();
+    std::fs::create_dir_all(dir.path().join("deploy")).unwrap();
+    std::fs::write(
+        dir.path().join("deploy/delivery.yaml"),
+        text.replacen("build:\n", "build:\n  context: ..\n", 1),
+    )
+    .unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_agentctl")).parent().unwrap().to_owned();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let (github, gitlab) = ci_scripts();
+    for (ci, script, env) in [
+        (
+            "github",
+            github,
+            [("GITHUB_REF_NAME", "v6.0.0"), ("AGENTCTL_ACTOR", "github:ci/run-1")],
+        ),
+        (
+            "gitlab",
+            gitlab,
+            [("CI_COMMIT_TAG", "v6.0.1"), ("AGENTCTL_ACTOR", "gitlab:ci/job-2")],
+        ),
+    ] {
+        let out = Command::new("bash")
+            .args(["-e", "-c", &script])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env("AGENTCTL_STATE_DIR", w.state.path())
+            .env("NO_COLOR", "1")
+            .envs(env)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{ci}: {}\n{}", stdout(&out), stderr(&out));
+        let lines = std::fs::read_to_string(dir.path().join("delivery.jsonl")).unwrap();
+        let record: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+        assert!(lines.lines().count() > 1, "{ci}: the rollout's events come first: {lines}");
+        assert_eq!(record["outcome"], "delivered", "{ci}: {record}");
+        assert_eq!(record["by"], env[1].1);
+        for n in &names {
+            assert_eq!(image_of(n), record["image"].as_str().unwrap(), "{ci}: {n}");
+        }
     }
 }

@@ -430,6 +430,7 @@ fn undo_and_undo_to_revision() {
         (r"127\.0\.0\.1:\d+", "[REGISTRY]"),
         (r"sha256:[0-9a-f]{64}", "[DIGEST]"),
         (r"undo-\d+-[0-9a-f]+", "[RUN]"),
+        (r#""by": "[^"]+""#, r#""by": "[ACTOR]""#),
     ]}, {
         insta::assert_snapshot!("history_json", history);
     });
