@@ -14,10 +14,10 @@ use crate::cli::{DeliverArgs, Global, Output, Usage};
 use crate::render::{self, Progress};
 
 /// The build stage over the engine: lint, build, check, tag, push; findings become the error text.
-struct EngineBuilder {
-    runtime: Arc<DockerRuntime>,
-    base: PathBuf,
-    progress: Arc<Progress>,
+pub(crate) struct EngineBuilder {
+    pub(crate) runtime: Arc<DockerRuntime>,
+    pub(crate) base: PathBuf,
+    pub(crate) progress: Arc<Progress>,
 }
 
 #[async_trait]
@@ -122,45 +122,48 @@ pub(crate) async fn list(g: &Global) -> anyhow::Result<ExitCode> {
             g.output,
             "no deliveries yet: run `agentctl deliver -f delivery.yaml`".into(),
         ),
-        Output::Table => {
-            let mut t = comfy_table::Table::new();
-            t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-            t.set_header(["ID", "BY", "STARTED", "VERSION", "COMMIT", "IMAGE", "TESTS", "OUTCOME"]);
-            for r in &records {
-                let tests = r.tests.as_ref().map_or("-".to_owned(), |rep| {
-                    let passed = rep
-                        .cases
-                        .iter()
-                        .filter(|c| c.outcome == agent_rollout::contract::CaseOutcome::Passed)
-                        .count();
-                    format!("{passed}/{} passed", rep.cases.len())
-                });
-                t.add_row([
-                    r.id.clone(),
-                    r.by.clone(),
-                    r.started_at
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default(),
-                    r.version.clone(),
-                    r.commit
-                        .as_deref()
-                        .map_or("-".into(), |c| c[..7.min(c.len())].to_owned()),
-                    r.image.clone().unwrap_or_else(|| "-".into()),
-                    tests,
-                    format!("{:?}", r.outcome).to_lowercase(),
-                ]);
-            }
-            crate::print_out(g.output, t.to_string());
-        }
+        Output::Table => crate::print_out(g.output, records_table(&records)),
         o => crate::print_out(o, render::structured(o, &records)?),
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// The deliveries as a table.
+pub(crate) fn records_table(records: &[DeliveryRecord]) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(["ID", "BY", "STARTED", "VERSION", "COMMIT", "IMAGE", "TESTS", "OUTCOME"]);
+    for r in records {
+        let tests = r.tests.as_ref().map_or("-".to_owned(), |rep| {
+            let passed = rep
+                .cases
+                .iter()
+                .filter(|c| c.outcome == agent_rollout::contract::CaseOutcome::Passed)
+                .count();
+            format!("{passed}/{} passed", rep.cases.len())
+        });
+        t.add_row([
+            r.id.clone(),
+            r.by.clone(),
+            r.started_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            r.version.clone(),
+            r.commit
+                .as_deref()
+                .map_or("-".into(), |c| c[..7.min(c.len())].to_owned()),
+            r.image.clone().unwrap_or_else(|| "-".into()),
+            tests,
+            r.outcome.to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
 fn text_of(r: &DeliveryRecord) -> String {
     let word = match r.outcome.exit_code() {
         0 => render::green("delivered"),
-        _ => render::red(&format!("{:?}", r.outcome).to_lowercase()),
+        _ => render::red(&r.outcome.to_string()),
     };
     let mut out = format!("{word}: {} {} (delivery {}, by {})", r.name, r.version, r.id, r.by);
     if let Some(i) = &r.image {

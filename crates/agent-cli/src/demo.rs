@@ -1,7 +1,10 @@
-//! `agentctl demo`: the closed loop on the local engine with embedded defaults. Builds the demo agent images
-//! from the workspace (no registry), deploys a small fleet at 1.0.0, updates it to 2.0.0 one agent at a time
-//! with verification, tries a broken 3.0.0 that rolls back by itself, and prints the history. Everything it
-//! makes carries a run label and is removed at the end (also on Ctrl-C) unless `--keep`.
+//! `agentctl demo`: the closed loop on the local engine with embedded defaults. Builds the demo agent from the
+//! workspace, starts a local registry (Debian's `docker-registry`) and a control center, deploys a small fleet
+//! at 1.0.0, then delivers: 2.0.0 is built (linted, multi-stage, labelled, pushed), contract-tested, rolled out
+//! as a canary and watched; 3.0.0 speaks a protocol the control center does not accept and is stopped by its
+//! tests before any host; 3.0.1 passes its tests but the hosts' configuration breaks it, so its canary fails
+//! and the rollout reverts by itself. It prints the deliveries and a history. Everything it makes carries a
+//! run label and is removed at the end (also on Ctrl-C) unless `--keep`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -12,6 +15,7 @@ use agent_core::{
 };
 use agent_docker::testing::{demo_agent_binary, run_id, DemoImage, RUN_LABEL};
 use agent_docker::DockerRuntime;
+use agent_rollout::delivery::{Deliverer, DeliveryOutcome, DeliverySpec};
 use agent_rollout::SqliteStore;
 
 use crate::cli::{DemoArgs, Global};
@@ -44,6 +48,8 @@ pub(crate) async fn run(g: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode>
         ));
     } else {
         let n = runtime.remove_labelled(&label).await;
+        // The 1.0.0 image is not labelled with the run (see `demo`): remove it by name once no container uses it.
+        let _ = runtime.remove_image(&format!("{REPO}:1.0.0")).await;
         progress.line(&format!("cleaned up {n} object(s) labelled {label}"));
     }
     outcome
@@ -63,20 +69,23 @@ async fn demo(
         engine.endpoint, engine.version, engine.api_version, engine.os, engine.arch
     ));
 
-    progress.line("== 1. build the demo agent (static binary) and its images, FROM scratch, no registry");
+    progress.line("== 1. build the demo agent (static binary), its 1.0.0 image, and start a local registry");
     let binary = tokio::task::spawn_blocking(demo_agent_binary).await??;
     let tag = |v: &str| format!("{REPO}:{v}");
-    for (version, failure) in [("1.0.0", None), ("2.0.0", None), ("3.0.0", Some("fatal-logs"))] {
-        let mut image = DemoImage::new(version);
-        image.failure = failure.map(str::to_owned);
-        let id = image.build(&runtime, &binary, &tag(version), &labels).await?;
-        progress.line(&format!(
-            "  built {} ({}){}",
-            tag(version),
-            &id[..19.min(id.len())],
-            failure.map(|f| format!(", broken on purpose: {f}")).unwrap_or_default()
-        ));
-    }
+    // Not labelled with the run: a label the image carries counts as the image's own, not the container's,
+    // and would not follow the agents to the delivered versions (the run label must, for the clean-up).
+    let id = DemoImage::new("1.0.0")
+        .build(&runtime, &binary, &tag("1.0.0"), &HashMap::new())
+        .await?;
+    progress.line(&format!("  built {} ({})", tag("1.0.0"), &id[..19.min(id.len())]));
+    let registry = tokio::task::spawn_blocking(agent_docker::testing::LocalRegistry::start)
+        .await?
+        .map_err(|e| anyhow::anyhow!("starting the local registry: {e}"))?;
+    let delivered_repo = format!("{}/agentctl-demo/node-agent", registry.address());
+    progress.line(&format!(
+        "  registry on {} (Debian's docker-registry)",
+        registry.address()
+    ));
 
     let network = format!("agentctl-demo-{run}");
     runtime.create_network(&network, None, &labels).await?;
@@ -131,6 +140,9 @@ async fn demo(
             EnvVar::secret("CONTROL_CENTER_TOKEN", &token),
             EnvVar::plain("HEARTBEAT_INTERVAL_MS", "500"),
             EnvVar::secret("COLLECTOR_TOKEN", format!("demo-secret-{i}")),
+            // This host's configuration breaks 3.0.1 (it exits at start here), which no clean test
+            // environment can see: only a canary on the fleet can.
+            EnvVar::plain("AGENT_BROKEN_ON", "3.0.1"),
         ];
         spec.labels = labels.clone().into_iter().collect();
         spec.labels.insert("app".into(), "demo-agent".into());
@@ -156,17 +168,14 @@ async fn demo(
         names.push(name);
     }
 
-    let spec_text = |version: &str, name: &str| {
-        let targets: String = names
-            .iter()
-            .map(|n| format!("  - {{host: '{}', container: {n}}}\n", runtime.endpoint()))
-            .collect();
-        format!(
-            "name: {name}\nimage: {}\ntargets:\n{targets}strategy:\n  canary:\n    steps: [{{setWeight: 25}}, {{pause: 2s}}, {{setWeight: 50}}, {{setWeight: 100}}]\nhealth:\n  minHealthyTime: 2s\n  deadline: 30s\n  period: 500ms\n  http: {{port: 8080, path: /health}}\n  heartbeat: {{url: '{cc_url}', tokenFile: '{}', timeout: 5s}}\n  metrics: ['agent_up == 1']\nrollback: {{automatic: true, maxFailureRatio: 0}}\n",
-            tag(version),
-            token_file.path().display()
-        )
-    };
+    let targets: String = names
+        .iter()
+        .map(|n| format!("    - {{host: '{}', container: {n}}}\n", runtime.endpoint()))
+        .collect();
+    let delivery_text = format!(
+        "build:\n  image: {delivered_repo}\ntest:\n  protocol: '>=1.0, <2'\n  requireSeries: [agent_up]\nrollout:\n  name: demo-{run}\n  targets:\n{targets}  strategy:\n    canary:\n      steps: [{{setWeight: 25}}, {{pause: 2s}}, {{setWeight: 50}}, {{setWeight: 100}}]\n  health:\n    minHealthyTime: 2s\n    deadline: 30s\n    period: 500ms\n    http: {{port: 8080, path: /health}}\n    heartbeat: {{url: '{cc_url}', tokenFile: '{}', timeout: 5s}}\n    metrics: ['agent_up == 1']\nwatch:\n  window: 5s\n  alertFor: 2s\n",
+        token_file.path().display()
+    );
     let events: agent_rollout::FleetReporter = {
         let progress = progress.clone();
         Arc::new(move |e: &agent_rollout::FleetEvent| progress.line(&render::fleet_event(e)))
@@ -178,33 +187,59 @@ async fn demo(
             Box::pin(async move { Ok(rt) })
         })
     };
-    let fleet = agent_rollout::Fleet::new(store.clone(), connect, events, progress.clone());
-
-    progress.line("== 4. canary to 2.0.0: 25 %, pause, 50 %, 100 %; each agent verified by container, HEALTHCHECK, logs, HTTP, heartbeat (new container, new version) and metrics");
-    let spec = agent_rollout::RolloutSpec::parse(&spec_text("2.0.0", &format!("{run}-v2")), "demo")?;
-    let state = fleet.apply(spec).await?;
-    println!("{}", render::rollout_table(&state));
-    if state.phase() != agent_core::Phase::Succeeded {
-        anyhow::bail!(
-            "the demo expected the 2.0.0 canary to succeed, but it is {}",
-            state.phase()
-        );
-    }
-    for a in cc.agents() {
+    let fleet = Arc::new(agent_rollout::Fleet::new(
+        store.clone(),
+        connect.clone(),
+        events,
+        progress.clone(),
+    ));
+    let on_line: agent_rollout::delivery::DeliveryProgress = {
+        let progress = progress.clone();
+        Arc::new(move |l: &str| progress.line(l))
+    };
+    let deliverer = Deliverer::new(store.clone(), fleet, connect, runtime.clone(), on_line);
+    let spec = DeliverySpec::parse(&delivery_text, "demo delivery")?;
+    let context = tempfile::tempdir()?;
+    std::fs::copy(&binary, context.path().join("agent"))?;
+    let builder = crate::deliver::EngineBuilder {
+        runtime: runtime.clone(),
+        base: context.path().to_owned(),
+        progress: progress.clone(),
+    };
+    let mut delivered = Vec::new();
+    for (step, version, extra, expected) in [
+        (
+            "4. deliver 2.0.0: build (lint, multi-stage, OCI labels, push), contract tests, canary 25 % / pause / 50 % / 100 % gated on container, HEALTHCHECK, logs, HTTP, heartbeat and metrics, then a watch",
+            "2.0.0",
+            "",
+            DeliveryOutcome::Delivered,
+        ),
+        (
+            "5. deliver 3.0.0, which speaks protocol 2.0: its contract tests stop it before any host is touched",
+            "3.0.0",
+            "ENV AGENT_PROTOCOL=2.0\n",
+            DeliveryOutcome::TestFailed,
+        ),
+        (
+            "6. deliver 3.0.1, which passes its tests but the hosts' configuration breaks: the first canary fails and the rollout reverts by itself",
+            "3.0.1",
+            "",
+            DeliveryOutcome::RolledBack,
+        ),
+    ] {
+        progress.line(&format!("== {step}"));
+        std::fs::write(context.path().join("Dockerfile"), dockerfile(extra))?;
+        let record = deliverer.deliver(&spec, Some(version), &builder).await?;
         progress.line(&format!(
-            "  control center: {} reports {} ({:?})",
-            a.last.agent_id, a.last.version, a.state
+            "  delivery {}: {}{}",
+            record.id,
+            record.outcome,
+            record.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
         ));
-    }
-
-    progress.line(
-        "== 5. canary to 3.0.0, which logs a FATAL line: the first canary fails and the rollout reverts by itself",
-    );
-    let spec = agent_rollout::RolloutSpec::parse(&spec_text("3.0.0", &format!("{run}-v3")), "demo")?;
-    let state = fleet.apply(spec).await?;
-    println!("{}", render::rollout_table(&state));
-    if state.phase() != agent_core::Phase::RolledBack {
-        anyhow::bail!("the demo expected 3.0.0 to roll back, but it is {}", state.phase());
+        if record.outcome != expected {
+            anyhow::bail!("the demo expected {version} to end {expected}, but it ended {}", record.outcome);
+        }
+        delivered.push(format!("{delivered_repo}:{version}"));
     }
     let running = runtime.inspect_container(&names[0]).await?;
     progress.line(&format!(
@@ -213,15 +248,33 @@ async fn demo(
         running.spec.image.familiar(),
         running.state.status
     ));
+    for a in cc.agents() {
+        progress.line(&format!(
+            "  control center: {} reports {} ({:?})",
+            a.last.agent_id, a.last.version, a.state
+        ));
+    }
     let _ = stop_tx.send(());
     let _ = server.await;
 
-    progress.line(&format!("== 6. the history of {}", names[0]));
+    progress.line("== 7. the deliveries: who, commit, digest, tests, outcome");
+    println!("{}", crate::deliver::records_table(&deliverer.records().await?));
+    progress.line(&format!("== 8. the history of {}", names[0]));
     let h = agent_rollout::Updater::new(runtime.clone(), store.clone(), progress.clone())
         .history(&names[0].parse()?, 5)
         .await?;
     println!("{}", render::history_table(&h));
-    progress
-        .line("demo finished: 2.0.0 rolled out by canary and verified everywhere; the broken 3.0.0 failed its first canary and the rollout reverted by itself, with the evidence");
+    // Images this run made and pushed are its own: remove them locally (the registry goes with the run).
+    for t in &delivered {
+        let _ = runtime.remove_image(t).await;
+    }
+    progress.line("demo finished: 2.0.0 built, tested, rolled out by canary and watched; 3.0.0 stopped by its tests before any host; 3.0.1 failed its first canary and the rollout reverted by itself, with the evidence");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's Dockerfile: multi-stage, non-root, HEALTHCHECK, exec form; `extra` adds lines to the final stage.
+fn dockerfile(extra: &str) -> String {
+    format!(
+        "FROM scratch AS build\nCOPY agent /agent\n\nFROM scratch\nARG VERSION\nENV AGENT_VERSION=${{VERSION}}\n{extra}COPY --from=build /agent /agent\nUSER 65534:65534\nEXPOSE 8080\nHEALTHCHECK --interval=2s --timeout=2s --retries=2 CMD [\"/agent\", \"healthcheck\"]\nENTRYPOINT [\"/agent\"]\n"
+    )
 }

@@ -221,6 +221,20 @@ pub enum DeliveryOutcome {
     Failed,
 }
 
+impl std::fmt::Display for DeliveryOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeliveryOutcome::Running => "running",
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::BuildFailed => "build-failed",
+            DeliveryOutcome::TestFailed => "test-failed",
+            DeliveryOutcome::RolledBack => "rolled-back",
+            DeliveryOutcome::Paused => "paused",
+            DeliveryOutcome::Failed => "failed",
+        })
+    }
+}
+
 impl DeliveryOutcome {
     /// The exit code: 0 delivered, 1 build or test failed, 3 rolled back, 4 paused, 5 not fully reverted.
     pub fn exit_code(self) -> i32 {
@@ -607,6 +621,17 @@ watch:
     #[test]
     fn outcomes_map_to_the_documented_exit_codes() {
         assert_eq!(DeliveryOutcome::Delivered.exit_code(), 0);
+        for o in [
+            DeliveryOutcome::TestFailed,
+            DeliveryOutcome::RolledBack,
+            DeliveryOutcome::BuildFailed,
+        ] {
+            assert_eq!(
+                serde_json::to_value(o).unwrap(),
+                o.to_string(),
+                "Display and JSON agree"
+            );
+        }
         assert_eq!(DeliveryOutcome::TestFailed.exit_code(), 1);
         assert_eq!(rollout_outcome(3).exit_code(), 3);
         assert_eq!(rollout_outcome(4).exit_code(), 4);

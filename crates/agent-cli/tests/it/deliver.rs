@@ -297,11 +297,34 @@ fn the_ci_examples_run_as_written() {
         assert_eq!(code(&out), 0, "{ci}: {}\n{}", stdout(&out), stderr(&out));
         let lines = std::fs::read_to_string(dir.path().join("delivery.jsonl")).unwrap();
         let record: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
-        assert!(lines.lines().count() > 1, "{ci}: the rollout's events come first: {lines}");
+        assert!(
+            lines.lines().count() > 1,
+            "{ci}: the rollout's events come first: {lines}"
+        );
         assert_eq!(record["outcome"], "delivered", "{ci}: {record}");
         assert_eq!(record["by"], env[1].1);
         for n in &names {
             assert_eq!(image_of(n), record["image"].as_str().unwrap(), "{ci}: {n}");
         }
     }
+}
+
+/// The README's main command: the whole loop on the demo agent, as an operator runs it.
+#[test]
+fn the_demo_runs_the_whole_loop() {
+    images();
+    let w = World::new("demo");
+    let out = w.agentctl(&["demo", "--agents", "2"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    let (out_text, err) = (stdout(&out), stderr(&out));
+    for line in ["delivered", "test-failed", "rolled-back"] {
+        assert!(out_text.contains(line), "{line} in the deliveries table: {out_text}");
+    }
+    assert!(
+        err.contains("failed heartbeat: it speaks protocol 2.0, the control center accepts >=1.0, <2"),
+        "{err}"
+    );
+    assert!(err.contains("demo finished"), "{err}");
+    let left = w.docker(&["ps", "-aq", "--filter", "name=demo-agent-"]);
+    assert_eq!(stdout(&left).trim(), "", "the demo removed its fleet");
 }
