@@ -222,6 +222,14 @@ pub(crate) struct TestArgs {
     /// A command run in the agent that must exit 0 (repeatable; split on spaces, no shell).
     #[arg(long = "exec", value_name = "COMMAND")]
     pub(crate) exec: Vec<String>,
+    /// A container started on the test network before the agent, reachable by NAME (repeatable); its address
+    /// is `${IP:NAME}` in --env values and test-container commands.
+    #[arg(long = "dependency", value_name = "NAME=IMAGE")]
+    pub(crate) dependencies: Vec<String>,
+    /// A container run on the test network once the agent is healthy, which must exit 0 (repeatable): its
+    /// name, image and command split on spaces; `${AGENT_IP}` is the agent's address.
+    #[arg(long = "test-container", value_name = "NAME=IMAGE [ARG...]")]
+    pub(crate) test_containers: Vec<String>,
     /// The stop timeout the agent runs with; it must exit 0 on its stop signal within it (default: the
     /// engine's 10 s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -275,6 +283,35 @@ impl TestArgs {
         }
         c.read_only = self.read_only;
         c.stop_timeout = self.stop_timeout;
+        let name_image = |flag: &str, text: &str| -> Result<(String, ImageRef), Usage> {
+            let (name, image) = text
+                .split_once('=')
+                .ok_or_else(|| Usage(format!("{flag} {text}: give NAME=IMAGE")))?;
+            let image = image
+                .parse()
+                .map_err(|e: agent_core::ImageRefError| Usage(format!("{flag} {text}: {e}")))?;
+            Ok((name.to_owned(), image))
+        };
+        for d in &self.dependencies {
+            let (name, image) = name_image("--dependency", d)?;
+            c.dependencies.push(agent_rollout::contract::Dependency {
+                name,
+                image,
+                env: Default::default(),
+                command: None,
+            });
+        }
+        for t in &self.test_containers {
+            let mut words = t.split_whitespace();
+            let (name, image) = name_image("--test-container", words.next().unwrap_or_default())?;
+            c.test_containers.push(agent_rollout::contract::TestContainer {
+                name,
+                image,
+                command: words.map(str::to_owned).collect(),
+                env: Default::default(),
+                timeout: Duration::from_secs(60),
+            });
+        }
         c.exec = self
             .exec
             .iter()

@@ -20,6 +20,18 @@ pub(crate) struct EngineBuilder {
     pub(crate) progress: Arc<Progress>,
 }
 
+impl EngineBuilder {
+    fn on_event(&self) -> impl Fn(BuildEvent) + Send + Sync + 'static {
+        let progress = self.progress.clone();
+        move |e: BuildEvent| match e {
+            BuildEvent::Output(line) if line.starts_with("Step ") => progress.line(&format!("  {line}")),
+            BuildEvent::Push(p) => progress.layer("push", &p),
+            BuildEvent::Allowed(f) => progress.line(&format!("  allowed: {}", f.display_in("Dockerfile"))),
+            _ => {}
+        }
+    }
+}
+
 #[async_trait]
 impl Builder for EngineBuilder {
     async fn build(&self, section: &BuildSection, version: &str) -> Result<Built, String> {
@@ -34,20 +46,14 @@ impl Builder for EngineBuilder {
             repository: section.image.clone(),
             version: version.to_owned(),
             allow,
-            push: true,
+            push: false,
             source: None,
             title: None,
         };
-        let progress = self.progress.clone();
-        let on_event = move |e: BuildEvent| match e {
-            BuildEvent::Output(line) if line.starts_with("Step ") => progress.line(&format!("  {line}")),
-            BuildEvent::Push(p) => progress.layer("push", &p),
-            BuildEvent::Allowed(f) => progress.line(&format!("  allowed: {}", f.display_in("Dockerfile"))),
-            _ => {}
-        };
-        match self.runtime.build(&req, &on_event).await {
+        match self.runtime.build(&req, &self.on_event()).await {
             Ok(report) => Ok(Built {
-                pinned: report.pinned.ok_or("the push reported no digest")?,
+                repository: section.image.clone(),
+                tags: report.tags,
                 version: report.version,
                 commit: report.commit,
             }),
@@ -58,6 +64,15 @@ impl Builder for EngineBuilder {
                 .join("\n")),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    async fn push(&self, built: &Built) -> Result<String, String> {
+        let digest = self
+            .runtime
+            .push_tags(&built.tags, &self.on_event())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!("{}@{digest}", built.repository))
     }
 }
 

@@ -422,32 +422,49 @@ impl DockerRuntime {
         report.labels = labels;
         report.allowed = allowed.iter().map(|f| f.display_in(&shown)).collect();
         if req.push {
-            let mut digest: Option<String> = None;
-            for t in &tags {
-                let pushed = self
-                    .push_image_with(t, &|p| progress(BuildEvent::Push(p)))
-                    .await
-                    .map_err(engine("push"))?;
-                let Some(d) = pushed else {
-                    return Err(BuildError::Digest {
-                        image: t.clone(),
-                        reason: "the registry reported no digest".into(),
-                    });
-                };
-                match &digest {
-                    Some(first) if *first != d => {
-                        return Err(BuildError::Digest {
-                            image: t.clone(),
-                            reason: format!("the registry reported {d}, but {} got {first}", tags[0]),
-                        })
-                    }
-                    _ => digest = Some(d),
-                }
-            }
-            report.pinned = digest.as_ref().map(|d| format!("{repository}@{d}"));
-            report.digest = digest;
+            let digest = self.push_tags(&tags, progress).await?;
+            report.pinned = Some(format!("{repository}@{digest}"));
+            report.digest = Some(digest);
         }
         Ok(report)
+    }
+
+    /// Pushes `tags` (of one image) to their registry with per-layer progress; returns the digest, which
+    /// every tag must have got.
+    pub async fn push_tags(
+        &self,
+        tags: &[String],
+        progress: &(dyn Fn(BuildEvent) + Send + Sync),
+    ) -> Result<String, BuildError> {
+        let mut digest: Option<String> = None;
+        for t in tags {
+            let pushed = self
+                .push_image_with(t, &|p| progress(BuildEvent::Push(p)))
+                .await
+                .map_err(|source| BuildError::Engine {
+                    operation: "push",
+                    source,
+                })?;
+            let Some(d) = pushed else {
+                return Err(BuildError::Digest {
+                    image: t.clone(),
+                    reason: "the registry reported no digest".into(),
+                });
+            };
+            match &digest {
+                Some(first) if *first != d => {
+                    return Err(BuildError::Digest {
+                        image: t.clone(),
+                        reason: format!("the registry reported {d}, but {} got {first}", tags[0]),
+                    })
+                }
+                _ => digest = Some(d),
+            }
+        }
+        digest.ok_or_else(|| BuildError::Digest {
+            image: String::new(),
+            reason: "no tag to push".into(),
+        })
     }
 
     /// Checks what the engine reports about the built image: a non-root user and a HEALTHCHECK, whatever the

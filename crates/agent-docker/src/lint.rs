@@ -146,29 +146,24 @@ pub fn lint(text: &str) -> Result<Lint, LintError> {
             Instruction::Arg(a) => {
                 out.args.push(a.name.content.clone());
                 let value = a.value.as_ref().map(|v| v.content.as_str()).unwrap_or_default();
-                if let Some(why) = secret_reason(&secrets, &a.name.content, value) {
-                    out.findings.push(Finding {
-                        line: line_of(&a.span),
-                        rule: Rule::NoSecrets,
-                        message: format!(
-                            "ARG {} {why}; build arguments are kept in the image history: pass secrets at run time (an env file or a mounted file), never at build time",
-                            a.name.content
-                        ),
-                    });
-                }
+                out.findings.extend(secret_finding(
+                    &secrets,
+                    "ARG",
+                    &a.name.content,
+                    value,
+                    line_of(&a.span),
+                ));
             }
             Instruction::Env(e) => {
                 for v in &e.vars {
-                    if let Some(why) = secret_reason(&secrets, &v.key.content, &v.value.to_string()) {
-                        out.findings.push(Finding {
-                            line: line_of(&v.span),
-                            rule: Rule::NoSecrets,
-                            message: format!(
-                                "ENV {} {why}; ENV values are stored in the image for anyone who pulls it: pass it at run time (`agentctl` carries the container's own env over on update)",
-                                v.key.content
-                            ),
-                        });
-                    }
+                    let value = v.value.to_string();
+                    out.findings.extend(secret_finding(
+                        &secrets,
+                        "ENV",
+                        &v.key.content,
+                        &value,
+                        line_of(&v.span),
+                    ));
                 }
             }
             Instruction::Misc(m) if m.instruction.content.eq_ignore_ascii_case("ADD") => {
@@ -346,6 +341,22 @@ fn exact_version(tag: &str) -> bool {
         .split(|c: char| !c.is_ascii_digit())
         .any(|run| run.len() == 8 && run.starts_with("20"));
     three_part || dated
+}
+
+/// A `no-secrets` finding for `ARG` or `ENV` `name=value` at `line`, when it looks secret. The message never
+/// repeats the value.
+fn secret_finding(policy: &SecretPolicy, what: &str, name: &str, value: &str, line: usize) -> Option<Finding> {
+    let why = secret_reason(policy, name, value)?;
+    let fix = if what == "ARG" {
+        "build arguments are kept in the image history: pass secrets at run time (an env file or a mounted file), never at build time"
+    } else {
+        "ENV values are stored in the image for anyone who pulls it: pass it at run time (`agentctl` carries the container's own env over on update)"
+    };
+    Some(Finding {
+        line,
+        rule: Rule::NoSecrets,
+        message: format!("{what} {name} {why}; {fix}"),
+    })
 }
 
 /// Why `NAME=value` looks secret, or `None`.

@@ -52,6 +52,97 @@ pub struct Contract {
     pub reconnect_within: Duration,
     /// The stop timeout the agent runs with (the engine's 10 s when `None`); it must stop within it.
     pub stop_timeout: Option<Duration>,
+    /// Containers started on the test network before the agent (a collector, a database).
+    pub dependencies: Vec<Dependency>,
+    /// Containers run on the test network once the agent is healthy; each must exit 0.
+    pub test_containers: Vec<TestContainer>,
+}
+
+/// A container the agent needs, started on the test network before it, reachable by its name as an alias
+/// and by its address as `${IP:NAME}` in the agent's env and the test containers' command and env.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Dependency {
+    /// Its name (an alias on the network).
+    pub name: String,
+    /// Its image.
+    pub image: ImageRef,
+    /// Its environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Its command, when not the image's.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+/// A container that tests the agent from the outside, on the same network, once it is healthy: it must exit
+/// 0 within `timeout`. `${AGENT_IP}` in its command and env is the agent's address, `${IP:NAME}` a
+/// dependency's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TestContainer {
+    /// Its name (the case is `test-container: NAME`).
+    pub name: String,
+    /// Its image.
+    pub image: ImageRef,
+    /// Its command.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Its environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How long it may run.
+    #[serde(with = "agent_core::duration_text", default = "sixty")]
+    pub timeout: Duration,
+}
+
+fn sixty() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `text` with `${AGENT_IP}` and `${IP:NAME}` put in from `ips` (keys `AGENT` and dependency names).
+fn substitute(text: &str, ips: &BTreeMap<String, String>) -> String {
+    let mut out = text.to_owned();
+    for (name, ip) in ips {
+        let key = if name == "AGENT" {
+            "${AGENT_IP}".to_owned()
+        } else {
+            format!("${{IP:{name}}}")
+        };
+        out = out.replace(&key, ip);
+    }
+    out
+}
+
+/// Creates and starts a container on `network`, pulling its image when the engine does not have it.
+async fn start_on(
+    runtime: &dyn ContainerRuntime,
+    mut spec: ContainerSpec,
+    network: &str,
+    alias: Option<&str>,
+    run: &str,
+) -> Result<String, RuntimeError> {
+    spec.networks = vec![agent_core::NetworkAttachment {
+        name: network.to_owned(),
+        aliases: alias.map(|a| vec![a.to_owned()]).unwrap_or_default(),
+        ..Default::default()
+    }];
+    spec.labels.insert(CONTRACT_LABEL.to_owned(), run.to_owned());
+    if let Err(RuntimeError::ImageNotFound { .. }) = runtime.inspect_image(&spec.image.to_string()).await {
+        runtime.pull_image(&spec.image, &|_| {}).await?;
+    }
+    let id = runtime.create_container(&spec).await?;
+    runtime.start_container(&id).await?;
+    Ok(id)
+}
+
+/// The address of `container` on `network`.
+async fn address_on(runtime: &dyn ContainerRuntime, container: &str, network: &str) -> Option<String> {
+    let info = runtime.inspect_container(container).await.ok()?;
+    info.addresses
+        .get(network)
+        .or_else(|| info.addresses.values().next())
+        .cloned()
 }
 
 /// The agent's metrics page.
@@ -82,6 +173,8 @@ impl Contract {
             targets: Vec::new(),
             reconnect_within: Duration::from_secs(15),
             stop_timeout: None,
+            dependencies: Vec::new(),
+            test_containers: Vec::new(),
         }
     }
 }
@@ -390,6 +483,28 @@ async fn within_network(
         .await
         .map_err(|e| ContractError::ControlCenter(e.to_string()))?;
     let mut center = EmbeddedCenter::start(cc.clone(), &format!("{gateway}:0")).await?;
+    let setup = |step| move |source| ContractError::Setup { step, source };
+    let mut ips = BTreeMap::new();
+    for d in &contract.dependencies {
+        let dep_name = format!("agentctl-test-{run}-{}", d.name);
+        let mut spec = ContainerSpec::new(
+            dep_name.parse::<ContainerName>().map_err(|e| {
+                ContractError::Verify(crate::Error::InvalidInput {
+                    what: format!("dependency {}", d.name),
+                    message: e.to_string(),
+                })
+            })?,
+            d.image.clone(),
+        );
+        spec.env = d.env.iter().map(|(k, v)| EnvVar::plain(k, v)).collect();
+        spec.command = d.command.clone();
+        start_on(runtime.as_ref(), spec, network, Some(&d.name), run)
+            .await
+            .map_err(setup("dependency"))?;
+        if let Some(ip) = address_on(runtime.as_ref(), &dep_name, network).await {
+            ips.insert(d.name.clone(), ip);
+        }
+    }
     let name = format!("agentctl-test-{run}");
     let mut spec = ContainerSpec::new(
         name.parse::<ContainerName>().map_err(|e| {
@@ -408,9 +523,8 @@ async fn within_network(
         .push(EnvVar::plain(&contract.url_env, format!("http://{}", center.address)));
     spec.env.push(EnvVar::secret(&contract.token_env, token.clone()));
     for (k, v) in &contract.env {
-        spec.env.push(EnvVar::plain(k, v));
+        spec.env.push(EnvVar::plain(k, substitute(v, &ips)));
     }
-    let setup = |step| move |source| ContractError::Setup { step, source };
     let id = runtime.create_container(&spec).await.map_err(setup("create"))?;
     let begun = OffsetDateTime::now_utc();
     runtime.start_container(&name).await.map_err(setup("start"))?;
@@ -545,6 +659,17 @@ async fn within_network(
         }
     }
 
+    // test containers, from the outside on the same network
+    if let Some(ip) = address_on(runtime.as_ref(), &name, network).await {
+        ips.insert("AGENT".into(), ip);
+    }
+    for tc in &contract.test_containers {
+        let t = Instant::now();
+        let title = format!("test-container: {}", tc.name);
+        let (outcome, detail) = run_test_container(runtime.as_ref(), tc, network, run, &ips).await;
+        record(&title, outcome, detail, t);
+    }
+
     // reconnect: the control center goes away and comes back on the same address
     let t = Instant::now();
     let address = center.address.to_string();
@@ -611,6 +736,60 @@ async fn within_network(
     };
     record("graceful-stop", outcome, detail, t);
     Ok(())
+}
+
+async fn run_test_container(
+    runtime: &dyn ContainerRuntime,
+    tc: &TestContainer,
+    network: &str,
+    run: &str,
+    ips: &BTreeMap<String, String>,
+) -> (CaseOutcome, String) {
+    let name = format!("agentctl-test-{run}-t-{}", tc.name);
+    let Ok(container) = name.parse::<ContainerName>() else {
+        return (
+            CaseOutcome::Failed,
+            format!("`{}` is not a usable container name", tc.name),
+        );
+    };
+    let mut spec = ContainerSpec::new(container, tc.image.clone());
+    if !tc.command.is_empty() {
+        spec.command = Some(tc.command.iter().map(|a| substitute(a, ips)).collect());
+    }
+    spec.env = tc
+        .env
+        .iter()
+        .map(|(k, v)| EnvVar::plain(k, substitute(v, ips)))
+        .collect();
+    if let Err(e) = start_on(runtime, spec, network, None, run).await {
+        return (CaseOutcome::Failed, format!("could not start: {e}"));
+    }
+    let deadline = Instant::now() + tc.timeout;
+    loop {
+        match runtime.inspect_container(&name).await {
+            Ok(i) if !i.state.is_running() => {
+                let code = i.state.exit_code.unwrap_or(-1);
+                let logs = runtime
+                    .logs(&name, None, Some(5))
+                    .await
+                    .map(|l| l.into_iter().map(|l| l.text).collect::<Vec<_>>().join(" | "))
+                    .unwrap_or_default();
+                return if code == 0 {
+                    (CaseOutcome::Passed, format!("exit 0; {logs}"))
+                } else {
+                    (CaseOutcome::Failed, format!("exit {code}; last output: {logs}"))
+                };
+            }
+            Ok(_) if Instant::now() >= deadline => {
+                return (
+                    CaseOutcome::Failed,
+                    format!("still running after {}", agent_core::format_duration(tc.timeout)),
+                )
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => return (CaseOutcome::Failed, e.to_string()),
+        }
+    }
 }
 
 async fn check_metrics(runtime: &dyn ContainerRuntime, name: &str, m: &MetricsContract) -> (CaseOutcome, String) {

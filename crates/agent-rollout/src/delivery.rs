@@ -1,4 +1,4 @@
-//! `agentctl deliver`: build → test → rollout → watch from one file, stopping at the first stage that fails,
+//! `agentctl deliver`: build → test → push → rollout → watch from one file, stopping at the first stage that fails,
 //! with one record of who delivered what.
 //!
 //! The build is injected ([`Builder`]): it needs the engine's build API, which lives in `agent-docker`; the
@@ -68,6 +68,10 @@ pub struct TestSection {
     /// The stop timeout it must stop within.
     #[serde(with = "agent_core::duration_text_opt")]
     pub stop_timeout: Option<Duration>,
+    /// Containers started beside the agent first (`{name, image, env, command}`).
+    pub dependencies: Vec<contract::Dependency>,
+    /// Containers that test it from the outside (`{name, image, command, env, timeout}`), each must exit 0.
+    pub containers: Vec<contract::TestContainer>,
 }
 
 /// The `watch:` section: probation after 100 %.
@@ -179,15 +183,19 @@ impl DeliverySpec {
         c.exec = self.test.exec.clone();
         c.read_only = self.test.read_only;
         c.stop_timeout = self.test.stop_timeout;
+        c.dependencies = self.test.dependencies.clone();
+        c.test_containers = self.test.containers.clone();
         Ok(c)
     }
 }
 
-/// What a build produced.
+/// What a build produced, on the local engine (not pushed yet).
 #[derive(Debug, Clone)]
 pub struct Built {
-    /// `REPO@sha256:…`, the reference the rollout pins.
-    pub pinned: String,
+    /// The repository.
+    pub repository: String,
+    /// The tags given (`REPO:SEMVER` first): the contract tests run on the first.
+    pub tags: Vec<String>,
     /// The version.
     pub version: String,
     /// The git commit, when known.
@@ -197,8 +205,13 @@ pub struct Built {
 /// Builds and pushes the image of a delivery (implemented over the engine by the CLI with `agent-docker`).
 #[async_trait]
 pub trait Builder: Send + Sync {
-    /// Builds `section` as `version` and pushes it; the error is the whole explanation (findings included).
+    /// Builds `section` as `version` on the engine the tests run on; the error is the whole explanation
+    /// (findings included).
     async fn build(&self, section: &BuildSection, version: &str) -> Result<Built, String>;
+
+    /// Pushes what `build` made, after its tests passed; returns `REPO@sha256:…`, the reference the rollout
+    /// pins.
+    async fn push(&self, built: &Built) -> Result<String, String>;
 }
 
 /// Where a delivery is.
@@ -209,7 +222,7 @@ pub enum DeliveryOutcome {
     Running,
     /// Built, tested, rolled out to 100 % and watched.
     Delivered,
-    /// The build (or its lint) failed; nothing changed on any host.
+    /// The build (or its lint, or the push) failed; nothing changed on any host.
     BuildFailed,
     /// The contract tests failed; nothing changed on any host.
     TestFailed,
@@ -272,7 +285,7 @@ pub struct DeliveryRecord {
     /// The pinned image.
     #[serde(default)]
     pub image: Option<String>,
-    /// The stage reached: `build`, `test`, `rollout`, `watch`, `done`.
+    /// The stage reached: `build`, `test`, `push`, `rollout`, `watch`, `done`.
     pub stage: String,
     /// The outcome.
     pub outcome: DeliveryOutcome,
@@ -419,23 +432,22 @@ impl Deliverer {
             Err(reason) => return self.finish(r, DeliveryOutcome::BuildFailed, Some(reason)).await,
         };
         r.commit = built.commit.clone();
-        r.image = Some(built.pinned.clone());
+        let local = built.tags.first().cloned().unwrap_or_default();
+        r.image = Some(local.clone());
         r.version = built.version.clone();
         r.stage = "test".into();
         self.save(&r).await?;
 
-        p(&format!("test {}", built.pinned));
-        let rollout = spec.rollout_with(&built.pinned)?;
+        p(&format!("test {local}"));
         let image: agent_core::ImageRef =
-            built
-                .pinned
+            local
                 .parse()
                 .map_err(|e: agent_core::ImageRefError| Error::InvalidInput {
                     what: "built image".into(),
                     message: e.to_string(),
                 })?;
-        let mut c = spec.contract(image, &rollout)?;
-        for t in &rollout.targets {
+        let mut c = spec.contract(image, &placeholder)?;
+        for t in &placeholder.targets {
             if c.targets.iter().any(|(h, _)| h == &t.host) {
                 continue;
             }
@@ -451,11 +463,7 @@ impl Deliverer {
             let word = format!("{:?}", case.outcome).to_lowercase();
             progress(&format!("  {word} {}: {}", case.name, case.detail))
         })
-        .await
-        .map_err(|e| Error::InvalidInput {
-            what: "contract test environment".into(),
-            message: e.to_string(),
-        });
+        .await;
         let report = match report {
             Ok(rep) => rep,
             Err(e) => return self.finish(r, DeliveryOutcome::TestFailed, Some(e.to_string())).await,
@@ -473,6 +481,17 @@ impl Deliverer {
                 .finish(r, DeliveryOutcome::TestFailed, Some(failed.join("; ")))
                 .await;
         }
+
+        // Only a tested image is pushed: the registry never holds a version that failed its contract.
+        r.stage = "push".into();
+        self.save(&r).await?;
+        p(&format!("push {}", built.tags.join(", ")));
+        let pinned = match builder.push(&built).await {
+            Ok(pinned) => pinned,
+            Err(reason) => return self.finish(r, DeliveryOutcome::BuildFailed, Some(reason)).await,
+        };
+        r.image = Some(pinned.clone());
+        let rollout = spec.rollout_with(&pinned)?;
 
         r.stage = "rollout".into();
         r.rollout = serde_json::to_value(&rollout).ok();

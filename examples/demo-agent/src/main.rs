@@ -10,7 +10,7 @@
 //! SIGTERM). `AGENT_BROKEN_ON=VERSION` makes only that version exit at start (a host whose configuration the new
 //! version cannot handle). Heartbeats carry `AGENT_PROTOCOL` (default `1.0`) as the protocol version.
 //! `AGENT_UPDATE_LOCK=PATH:SECS` holds an update lock file for SECS after the start; `/agent exit N` exits N
-//! (for update hooks).
+//! (for update hooks); `/agent probe IP:PORT` checks another agent's `/health` (for test containers).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -87,6 +87,20 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("healthcheck") {
         std::process::exit(healthcheck());
+    }
+    // `/agent probe IP:PORT`: GET /health of another agent (a test container's check), exit 0 on 200.
+    if args.get(1).map(String::as_str) == Some("probe") {
+        let ok = args
+            .get(2)
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .and_then(|addr| http(addr, "GET /health HTTP/1.0\r\n\r\n", Duration::from_secs(2)).ok())
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"));
+        println!(
+            "probe {}: {}",
+            args.get(2).map_or("", String::as_str),
+            if ok { "ok" } else { "failed" }
+        );
+        std::process::exit(if ok { 0 } else { 1 });
     }
     // `/agent exit N`: a hook that exits N (75 asks an update to skip this agent).
     if args.get(1).map(String::as_str) == Some("exit") {

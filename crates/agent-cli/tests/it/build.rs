@@ -23,24 +23,7 @@ fn context(dockerfile: &str) -> (tempfile::TempDir, String) {
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
     std::fs::write(dir.path().join("local.env"), "TOKEN=never-sent\n").unwrap();
     std::fs::write(dir.path().join(".dockerignore"), "*.env\n").unwrap();
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .current_dir(dir.path())
-            .args(["-c", "user.email=ci@example.invalid", "-c", "user.name=ci"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    git(&["init", "-q"]);
-    git(&["add", "-A"]);
-    git(&["commit", "-qm", "agent"]);
-    let commit = git(&["rev-parse", "HEAD"]);
+    let commit = git_commit_all(dir.path());
     (dir, commit)
 }
 

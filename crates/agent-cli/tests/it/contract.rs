@@ -196,3 +196,57 @@ fn ctrl_c_removes_the_environment() {
     assert_eq!(status.code(), Some(130));
     assert_eq!(leftovers(&run), Vec::<String>::new(), "Ctrl-C removed the environment");
 }
+
+#[test]
+fn dependencies_and_test_containers_run_on_the_test_network() {
+    let img = images();
+    let w = World::new("contract-deps");
+    let v1 = &img.refs["v1"];
+    let out = test_image(
+        &w,
+        v1,
+        &[
+            "--dependency",
+            &format!("collector={v1}"),
+            // The agent is told where its dependency is.
+            "--env",
+            "COLLECTOR_ADDR=${IP:collector}:8080",
+            "--test-container",
+            &format!("reach-agent={v1} probe ${{AGENT_IP}}:8080"),
+            "--test-container",
+            &format!("reach-collector={v1} probe ${{IP:collector}}:8080"),
+            "--test-container",
+            &format!("fails={v1} exit 4"),
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let r = json(&out);
+    let case = |name: &str| {
+        r["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no case {name}: {r}"))
+            .clone()
+    };
+    assert_eq!(case("healthy")["outcome"], "passed", "{r}");
+    let reach = case("test-container: reach-agent");
+    assert_eq!(reach["outcome"], "passed", "{reach}");
+    let detail = reach["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(":8080: ok") && !detail.contains("${"),
+        "the agent's address was put in: {reach}"
+    );
+    assert_eq!(case("test-container: reach-collector")["outcome"], "passed", "{r}");
+    let fails = case("test-container: fails");
+    assert_eq!(fails["outcome"], "failed");
+    assert!(fails["detail"].as_str().unwrap().starts_with("exit 4"), "{fails}");
+    assert_eq!(
+        leftovers(r["run"].as_str().unwrap()),
+        Vec::<String>::new(),
+        "dependencies and test containers are removed"
+    );
+}

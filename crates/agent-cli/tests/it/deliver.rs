@@ -37,19 +37,7 @@ fn delivery_dir(w: &World, repo: &str, names: &[String], extra_env: &str, watch:
         ),
     )
     .unwrap();
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .current_dir(p)
-            .args(["-c", "user.email=ci@example.invalid", "-c", "user.name=ci"])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    git(&["init", "-q"]);
-    git(&["add", "-A"]);
-    git(&["commit", "-qm", "agent"]);
-    let commit = git(&["rev-parse", "HEAD"]);
+    let commit = git_commit_all(p);
     (dir, commit)
 }
 
@@ -158,6 +146,12 @@ fn a_version_that_fails_its_tests_never_reaches_a_host() {
         for n in &names {
             assert_eq!(image_of(n), img.refs["v1"]);
         }
+        // Only a tested image is pushed: the registry has no such version.
+        let pull = w.docker(&["pull", &format!("{repo}:3.0.0")]);
+        assert!(
+            !pull.status.success(),
+            "{env}: the untested image is not in the registry"
+        );
     }
     let all = records(&w);
     assert_eq!(all.as_array().unwrap().len(), 2);

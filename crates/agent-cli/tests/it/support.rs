@@ -442,3 +442,25 @@ pub fn gateway(w: &World, network: &str) -> String {
     ]);
     stdout(&out).trim().to_owned()
 }
+
+/// Makes `dir` a git work tree with one commit of everything in it; returns the commit.
+pub fn git_commit_all(dir: &Path) -> String {
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.email=ci@example.invalid", "-c", "user.name=ci"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "agent"]);
+    git(&["rev-parse", "HEAD"])
+}
