@@ -8,7 +8,8 @@
 //! Failure modes (`AGENT_FAILURE`): `exit-at-start`, `never-healthy`, `unhealthy-after:SECS`, `fatal-logs`,
 //! `slow-start:SECS`, `error-rate:FRACTION`, `no-heartbeat`, `crash-after:SECS`, `ignore-term` (does not stop on
 //! SIGTERM). `AGENT_BROKEN_ON=VERSION` makes only that version exit at start (a host whose configuration the new
-//! version cannot handle). Heartbeats carry `AGENT_PROTOCOL` (default `1.0`) as the protocol version.
+//! version cannot handle), `AGENT_CRASH_ON=VERSION:SECS` makes only that version crash SECS after its start.
+//! Heartbeats carry `AGENT_PROTOCOL` (default `1.0`) as the protocol version.
 //! `AGENT_UPDATE_LOCK=PATH:SECS` holds an update lock file for SECS after the start; `/agent exit N` exits N
 //! (for update hooks); `/agent probe IP:PORT` checks another agent's `/health` (for test containers).
 
@@ -108,8 +109,15 @@ fn main() {
     }
     let version = env("AGENT_VERSION", env!("CARGO_PKG_VERSION"));
     // AGENT_BROKEN_ON=VERSION: this host's configuration breaks that version only (exit at start).
+    // AGENT_CRASH_ON=VERSION:SECS: this host breaks that version only after a while (it passes its first checks).
+    let crash_on = std::env::var("AGENT_CRASH_ON").ok().and_then(|v| {
+        let (ver, secs) = v.split_once(':')?;
+        (ver == version).then(|| secs.parse::<u64>().ok()).flatten()
+    });
     let failure = if std::env::var("AGENT_BROKEN_ON").is_ok_and(|v| v == version) {
         Failure::ExitAtStart
+    } else if let Some(secs) = crash_on {
+        Failure::CrashAfter(secs)
     } else {
         parse_failure(&env("AGENT_FAILURE", ""))
     };

@@ -322,3 +322,41 @@ fn the_demo_runs_the_whole_loop() {
     let left = w.docker(&["ps", "-aq", "--filter", "name=demo-agent-"]);
     assert_eq!(stdout(&left).trim(), "", "the demo removed its fleet");
 }
+
+#[test]
+fn a_watch_alert_rolls_back_and_a_pause_exits_4() {
+    let img = images();
+    let w = World::new("deliver-watch");
+    // The hosts break 7.0.0 eight seconds after its start: it passes its tests and its canary, and the
+    // watch after 100 % catches it.
+    let names = fleet(&w, &["-e", "AGENT_CRASH_ON=7.0.0:8"]);
+    let repo = format!("{}/agentctl-it/watched-{}", img.registry, w.run);
+    let (dir, _) = delivery_dir(&w, &repo, &names, "", true);
+    let file = dir.path().join("delivery.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("window: 4s", "window: 20s")).unwrap();
+    let out = deliver(&w, dir.path(), "7.0.0", &[]);
+    assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
+    let r = &records(&w)[0];
+    assert_eq!(
+        (r["outcome"].as_str(), r["stage"].as_str()),
+        (Some("rolled-back"), Some("watch")),
+        "{r}"
+    );
+    assert!(r["reason"].as_str().unwrap().contains("rule container fired"), "{r}");
+    for n in &names {
+        assert_eq!(image_of(n), img.refs["v1"], "{n} runs the old version again");
+        assert_eq!(w.state(n).map(|s| s.1), Some(true), "{n} runs");
+    }
+
+    // A canary that pauses until promoted: exit 4, recorded as paused.
+    std::fs::write(
+        &file,
+        text.replace("[{setWeight: 50}]", "[{setWeight: 50}, {pause: {}}]")
+            .replace("watch:\n  window: 4s\n  alertFor: 2s\n", ""),
+    )
+    .unwrap();
+    let out = deliver(&w, dir.path(), "7.1.0", &[]);
+    assert_eq!(code(&out), 4, "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(records(&w)[1]["outcome"], "paused");
+}
