@@ -574,14 +574,27 @@ pub(crate) fn rollout_table(s: &agent_rollout::RolloutState) -> String {
             x.message.clone().unwrap_or_default(),
         ]);
     }
+    let actions: Vec<String> = s
+        .audit
+        .iter()
+        .rev()
+        .take(5)
+        .rev()
+        .map(|a| format!("{} by {} at {}", a.action, a.by, ts(&a.at)))
+        .collect();
     format!(
-        "rollout {}: {}, {}/{} steps done, image {}{}\n{t}",
+        "rollout {}: {}, {}/{} steps done, image {}{}\n{}{t}",
         s.spec.name,
         s.phase(),
         s.next_step.min(s.plan.steps.len()),
         s.plan.steps.len(),
         s.pinned,
-        s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        if actions.is_empty() {
+            String::new()
+        } else {
+            format!("actions: {}\n", actions.join("; "))
+        }
     )
 }
 

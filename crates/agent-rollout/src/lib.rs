@@ -52,8 +52,8 @@ pub use agent_core::Connector;
 pub use error::Error;
 pub use events::{Event, FleetEvent, FleetReporter, Reporter, Silent};
 pub use fleet::{
-    metrics_text, Fleet, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, RolloutState, TargetSpec,
-    TargetState, TargetStatus, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
+    metrics_text, AuditEntry, Fleet, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, RolloutState,
+    TargetSpec, TargetState, TargetStatus, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
 };
 pub use hooks::{Hooks, SKIP_EXIT_CODE};
 pub use journal::{CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV};

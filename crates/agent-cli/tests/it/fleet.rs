@@ -50,7 +50,10 @@ fn a_canary_pauses_is_promoted_from_another_process_and_pins_the_digest() {
         "canary: {steps: [{setWeight: 25}, {pause: {}}, {setWeight: 100}]}",
         "",
     );
-    let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
+    let out = w.agentctl_env(
+        &["apply", "-f", f.to_str().unwrap(), "-o", "json"],
+        &[("AGENTCTL_ACTOR", "alice")],
+    );
     assert_eq!(code(&out), 4, "{}", stderr(&out));
     let ev = events(&out);
     assert!(ev.iter().any(|e| e["event"] == "paused"), "{ev:?}");
@@ -74,8 +77,31 @@ fn a_canary_pauses_is_promoted_from_another_process_and_pins_the_digest() {
         (Some("paused"), Some(1), Some(4)),
         "{row}"
     );
-    let out = w.agentctl(&["rollout", "promote", &rollout, "-o", "json"]);
+    let out = w.agentctl_env(
+        &["rollout", "promote", &rollout, "-o", "json"],
+        &[("AGENTCTL_ACTOR", "bob")],
+    );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The rollout records who acted on it.
+    let status = json(&w.agentctl(&["rollout", "status", &rollout, "-o", "json"]));
+    let audit: Vec<(String, String)> = status["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap().to_owned(),
+                a["by"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            ("apply".to_owned(), "alice".to_owned()),
+            ("promote".to_owned(), "bob".to_owned())
+        ]
+    );
     let last = events(&out).pop().unwrap();
     assert_eq!(
         (

@@ -18,7 +18,7 @@ pub use spec::{
     HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, TargetSpec, MAX_SPEC_BYTES, MAX_SPEC_NODES,
     MAX_TARGETS,
 };
-pub use state::{RolloutState, TargetState, TargetStatus};
+pub use state::{AuditEntry, RolloutState, TargetState, TargetStatus};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -156,6 +156,7 @@ impl Fleet {
                 }
                 Some(mut s) if !s.phase().is_terminal() && s.phase() != Phase::Paused && s.spec.image == spec.image => {
                     // Resuming after a process that stopped: find out what it left half done.
+                    s.record("apply (resumed an interrupted run)");
                     self.settle(&mut s).await?;
                     s
                 }
@@ -246,7 +247,9 @@ impl Fleet {
             started_at: OffsetDateTime::now_utc(),
             updated_at: OffsetDateTime::now_utc(),
             spec,
+            audit: Vec::new(),
         };
+        state.record("apply");
         self.save(&mut state).await?;
         Ok(state)
     }
@@ -261,6 +264,7 @@ impl Fleet {
                 message: e.to_string(),
             })?;
             state.reason = None;
+            state.record("promote");
             self.save(&mut state).await?;
             self.run(&mut state).await?;
             Ok(state)
@@ -288,6 +292,7 @@ impl Fleet {
                     what: format!("rollout {name}"),
                     message: e.to_string(),
                 })?;
+            state.record(format!("abort: {reason}"));
             self.open_outbox(&state.spec);
             let r = self.rollback(&mut state, reason.to_owned()).await;
             self.outbox().drain().await;
@@ -314,6 +319,7 @@ impl Fleet {
             Ok(lease) => {
                 let result = async {
                     let mut state = state;
+                    state.record(format!("pause: {reason}"));
                     self.pause_state(&mut state, reason.to_owned()).await?;
                     Ok(state)
                 }
@@ -348,6 +354,7 @@ impl Fleet {
             state.next_step = 0;
             state.reason = None;
             state.analyses.clear();
+            state.record("retry");
             self.save(&mut state).await?;
             self.run(&mut state).await?;
             Ok(state)
@@ -372,6 +379,7 @@ impl Fleet {
                     ),
                 });
             }
+            state.record("undo");
             self.open_outbox(&state.spec);
             let r = self.rollback(&mut state, "undo requested".into()).await;
             self.outbox().drain().await;

@@ -34,9 +34,34 @@ pub struct RolloutState {
     /// When it last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Who acted on it and how, oldest first: `apply`, `promote`, `pause: …`, `abort: …`, `retry`, `undo`.
+    #[serde(default)]
+    pub audit: Vec<AuditEntry>,
+}
+
+/// One action on a rollout: what, who (`AGENTCTL_ACTOR` or `user@host`) and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Who.
+    pub by: String,
+    /// What.
+    pub action: String,
 }
 
 impl RolloutState {
+    /// Records `action` by this process's actor, now.
+    pub(crate) fn record(&mut self, action: impl Into<String>) {
+        self.audit.push(AuditEntry {
+            at: OffsetDateTime::now_utc(),
+            by: crate::actor(),
+            action: action.into(),
+        });
+    }
+
     /// The phase.
     pub fn phase(&self) -> Phase {
         self.machine.phase()
