@@ -129,9 +129,9 @@ pub(crate) async fn run(g: &Global, args: &DeliverArgs) -> anyhow::Result<ExitCo
 }
 
 pub(crate) async fn list(g: &Global) -> anyhow::Result<ExitCode> {
-    let progress = Arc::new(Progress::new(true, true));
-    let runtime = crate::connect(g).await?;
-    let records = deliverer(g, runtime, progress)?.records().await?;
+    // Reading the records needs the state store only, not an engine.
+    let store = crate::open_store(g)?;
+    let records = agent_rollout::delivery::records(store.as_ref()).await?;
     match g.output {
         Output::Table if records.is_empty() => crate::print_out(
             g.output,

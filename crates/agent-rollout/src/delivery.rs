@@ -303,6 +303,18 @@ pub struct DeliveryRecord {
 /// Progress of a delivery: a stage starting, a test case, a line of detail.
 pub type DeliveryProgress = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Every delivery recorded in `store`, oldest first (no engine needed).
+pub async fn records(store: &dyn StateStore) -> Result<Vec<DeliveryRecord>, Error> {
+    let mut all: Vec<DeliveryRecord> = store
+        .documents(DOC_KIND)
+        .await?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_value(v).ok())
+        .collect();
+    all.sort_by_key(|r| r.started_at);
+    Ok(all)
+}
+
 /// Runs deliveries against a fleet, testing on `local` (the engine this process builds and tests on).
 pub struct Deliverer {
     store: Arc<dyn StateStore>,
@@ -341,15 +353,7 @@ impl Deliverer {
 
     /// Every delivery recorded, oldest first.
     pub async fn records(&self) -> Result<Vec<DeliveryRecord>, Error> {
-        let mut all: Vec<DeliveryRecord> = self
-            .store
-            .documents(DOC_KIND)
-            .await?
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_value(v).ok())
-            .collect();
-        all.sort_by_key(|r| r.started_at);
-        Ok(all)
+        records(self.store.as_ref()).await
     }
 
     /// Finishes the rollout of an earlier delivery of `name` that a killed process left running.
