@@ -70,6 +70,26 @@ struct FakeState {
     faults: Vec<Fault>,
     ops: Vec<String>,
     usage: BTreeMap<String, ResourceUsage>,
+    records: BTreeMap<String, FakeRecord>,
+}
+
+#[derive(Debug, Clone)]
+struct FakeRecord {
+    id: String,
+    labels: BTreeMap<String, String>,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl FakeState {
+    /// The record named or with id `key`.
+    fn record_mut(&mut self, key: &str) -> Option<&mut FakeRecord> {
+        let name = self
+            .records
+            .iter()
+            .find(|(n, r)| *n == key || r.id == key)
+            .map(|(n, _)| n.clone())?;
+        self.records.get_mut(&name)
+    }
 }
 
 /// An in-memory engine with fault injection.
@@ -500,6 +520,65 @@ impl ContainerRuntime for FakeRuntime {
             .get(container)
             .ok_or_else(|| not_found(&self.endpoint, container))?;
         Ok(Vec::new())
+    }
+
+    fn supports_records(&self) -> bool {
+        true
+    }
+
+    async fn create_record(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<String, RuntimeError> {
+        let mut s = self.enter("record-create", name)?;
+        if s.records.contains_key(name) || s.containers.contains_key(name) {
+            return Err(RuntimeError::Conflict {
+                container: name.to_owned(),
+                message: "the name is in use".into(),
+            });
+        }
+        s.next_id += 1;
+        let id = format!("{:064x}", s.next_id);
+        s.records.insert(
+            name.to_owned(),
+            FakeRecord {
+                id: id.clone(),
+                labels: labels.clone(),
+                files: BTreeMap::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn record(&self, name: &str) -> Result<Option<RecordInfo>, RuntimeError> {
+        let s = self.enter("record-inspect", name)?;
+        Ok(s.records.get(name).map(|r| RecordInfo {
+            id: r.id.clone(),
+            name: name.to_owned(),
+            labels: r.labels.clone(),
+        }))
+    }
+
+    async fn read_record(&self, record: &str, file: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        let mut s = self.enter("record-read", record)?;
+        Ok(s.record_mut(record).and_then(|r| r.files.get(file).cloned()))
+    }
+
+    async fn write_record(&self, record: &str, file: &str, data: &[u8]) -> Result<(), RuntimeError> {
+        let endpoint = self.endpoint.clone();
+        let mut s = self.enter("record-write", record)?;
+        let r = s.record_mut(record).ok_or_else(|| not_found(&endpoint, record))?;
+        r.files.insert(file.to_owned(), data.to_vec());
+        Ok(())
+    }
+
+    async fn remove_record(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut s = self.enter("record-remove", id)?;
+        let name = s.records.iter().find(|(_, r)| r.id == id).map(|(n, _)| n.clone());
+        match name {
+            Some(n) => {
+                s.records.remove(&n);
+                Ok(())
+            }
+            None => Err(not_found(&self.endpoint, id)),
+        }
     }
 
     async fn stats(&self, container: &str) -> Result<ResourceUsage, RuntimeError> {

@@ -60,7 +60,7 @@ pub use revision::{Outcome, Revision, RevisionHistory, RevisionNumber};
 pub use runtime::{
     Connector, ContainerInfo, ContainerRuntime, ContainerState, ContainerStatus, ContainerSummary, EngineInfo,
     ExecOutput, HealthLogEntry, HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress,
-    ResourceUsage, RuntimeError,
+    RecordInfo, ResourceUsage, RuntimeError, RECORD_LABEL,
 };
 pub use secret::{has_url_credentials, redact_url_credentials};
 pub use spec::{

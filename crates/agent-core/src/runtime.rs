@@ -397,6 +397,45 @@ pub trait ContainerRuntime: Send + Sync {
         })
     }
 
+    /// Whether this runtime keeps [records](ContainerRuntime::create_record) on the engine. Without them,
+    /// agentctl's locks and history live in its state store only.
+    fn supports_records(&self) -> bool {
+        false
+    }
+
+    /// Creates the record `name`: a small object on the engine that holds `labels` (fixed at creation) and
+    /// files (see [`ContainerRuntime::write_record`]). Names are unique on an engine, so creating one is an
+    /// atomic claim: a name that exists is [`RuntimeError::Conflict`]. On Docker a record is a container
+    /// that never runs, made from an empty image. Returns its id.
+    async fn create_record(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<String, RuntimeError> {
+        let _ = labels;
+        Err(no_records(name))
+    }
+
+    /// The record `name`, or `None` when there is none.
+    async fn record(&self, name: &str) -> Result<Option<RecordInfo>, RuntimeError> {
+        Err(no_records(name))
+    }
+
+    /// The file `file` of record `record` (a name or id), or `None` when the record or the file is missing.
+    async fn read_record(&self, record: &str, file: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        let _ = file;
+        Err(no_records(record))
+    }
+
+    /// Writes (replaces) the file `file` (a plain name, no `/`) of record `record` (a name or id);
+    /// [`RuntimeError::ContainerNotFound`] when the record is gone.
+    async fn write_record(&self, record: &str, file: &str, data: &[u8]) -> Result<(), RuntimeError> {
+        let _ = (file, data);
+        Err(no_records(record))
+    }
+
+    /// Removes the record with id `id` (an id, so a record created since under the same name is never
+    /// removed by mistake); [`RuntimeError::ContainerNotFound`] when it is gone already.
+    async fn remove_record(&self, id: &str) -> Result<(), RuntimeError> {
+        Err(no_records(id))
+    }
+
     /// Runs `cmd` (an argv, no shell) in the running container as its user and waits at most `timeout`.
     /// The health probe uses it to run the image's HEALTHCHECK command right after a start, before the
     /// engine's first own run. A runtime that cannot exec says so with [`RuntimeError::Engine`] (the
@@ -410,6 +449,30 @@ pub trait ContainerRuntime: Send + Sync {
             message: "this runtime cannot run commands in containers".into(),
         })
     }
+}
+
+fn no_records(subject: &str) -> RuntimeError {
+    RuntimeError::Engine {
+        operation: "record",
+        subject: subject.to_owned(),
+        status: None,
+        message: "this runtime keeps no records on the engine".into(),
+    }
+}
+
+/// The label every record carries (its value names the kind: `lock`, `history`), so that a container
+/// agentctl did not make is never taken for one.
+pub const RECORD_LABEL: &str = "io.agentctl.record";
+
+/// A record on an engine (see [`ContainerRuntime::create_record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordInfo {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The labels it was created with.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a command run with [`ContainerRuntime::exec`] returned.

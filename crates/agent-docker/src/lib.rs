@@ -24,6 +24,7 @@ mod exec;
 mod images;
 pub mod lint;
 mod raw;
+mod records;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -771,6 +772,34 @@ impl ContainerRuntime for DockerRuntime {
         let (usage, now) = convert::usage(&s, previous.get(&key).copied());
         previous.insert(key, now);
         Ok(usage)
+    }
+
+    fn supports_records(&self) -> bool {
+        true
+    }
+
+    async fn create_record(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, RuntimeError> {
+        self.create_record_container(name, labels).await
+    }
+
+    async fn record(&self, name: &str) -> Result<Option<agent_core::RecordInfo>, RuntimeError> {
+        self.inspect_record(name).await
+    }
+
+    async fn read_record(&self, record: &str, file: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        self.read_record_file(record, file).await
+    }
+
+    async fn write_record(&self, record: &str, file: &str, data: &[u8]) -> Result<(), RuntimeError> {
+        self.write_record_file(record, file, data).await
+    }
+
+    async fn remove_record(&self, id: &str) -> Result<(), RuntimeError> {
+        self.remove_record_container(id).await
     }
 
     async fn export_path(&self, container: &str, path: &str) -> Result<Vec<u8>, RuntimeError> {

@@ -173,6 +173,7 @@ impl Updater {
             self.store.clone(),
             &self.subject(&begin.container),
             &begin.container,
+            lease.engine_lock().cloned(),
         );
         journal.record(&Step::Begin(begin.clone())).await?;
         let plan = begin.plan();

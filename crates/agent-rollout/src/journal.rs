@@ -5,6 +5,7 @@ use std::sync::Arc;
 use agent_core::{JournalEntry, StateStore};
 use time::OffsetDateTime;
 
+use crate::engine_state::EngineLock;
 use crate::error::Error;
 use crate::plan::{OpKind, Step};
 
@@ -32,11 +33,19 @@ pub(crate) struct Journal {
     pub(crate) operation: String,
     subject: String,
     seq: u32,
+    mirror: Option<EngineLock>,
 }
 
 impl Journal {
-    /// A new operation of `kind` on `subject` (its id names the kind, the container and the time).
-    pub(crate) fn open(kind: OpKind, store: Arc<dyn StateStore>, subject: &str, container: &str) -> Journal {
+    /// A new operation of `kind` on `subject` (its id names the kind, the container and the time), copied
+    /// into the engine lock `mirror` when there is one.
+    pub(crate) fn open(
+        kind: OpKind,
+        store: Arc<dyn StateStore>,
+        subject: &str,
+        container: &str,
+        mirror: Option<EngineLock>,
+    ) -> Journal {
         Journal {
             kind,
             store,
@@ -47,6 +56,7 @@ impl Journal {
             ),
             subject: subject.to_owned(),
             seq: 0,
+            mirror,
         }
     }
 
@@ -56,15 +66,17 @@ impl Journal {
             what: "journal record".into(),
             message: e.to_string(),
         })?;
-        self.store
-            .append_journal(&JournalEntry {
-                operation: self.operation.clone(),
-                subject: self.subject.clone(),
-                seq: self.seq,
-                at: OffsetDateTime::now_utc(),
-                record,
-            })
-            .await?;
+        let entry = JournalEntry {
+            operation: self.operation.clone(),
+            subject: self.subject.clone(),
+            seq: self.seq,
+            at: OffsetDateTime::now_utc(),
+            record,
+        };
+        self.store.append_journal(&entry).await?;
+        if let Some(lock) = &self.mirror {
+            lock.record(&entry).await?;
+        }
         self.seq += 1;
         #[cfg(feature = "testing")]
         self.test_hooks(step).await;

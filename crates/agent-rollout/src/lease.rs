@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{Lease, LeaseHolder, StateStore, StoreError};
+
+use crate::engine_state::EngineLock;
 use time::OffsetDateTime;
 
 /// How long a lease lasts without renewal.
@@ -94,6 +96,7 @@ pub struct LeaseGuard {
     lost: Arc<AtomicBool>,
     renewer: tokio::task::JoinHandle<()>,
     taken_over: Option<Lease>,
+    engine: Option<EngineLock>,
 }
 
 impl std::fmt::Debug for LeaseGuard {
@@ -157,6 +160,7 @@ impl LeaseGuard {
             lost,
             renewer,
             taken_over,
+            engine: None,
         })
     }
 
@@ -170,15 +174,39 @@ impl LeaseGuard {
         self.taken_over.as_ref()
     }
 
-    /// Whether renewal failed (another holder may have it now).
+    /// Whether renewal failed (another holder may have it now), of the store's lease or the engine's lock.
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        self.lost.load(Ordering::SeqCst) || self.engine.as_ref().is_some_and(EngineLock::is_lost)
     }
 
-    /// Stops renewal and releases the lease.
+    /// Adds the engine lock taken with this lease.
+    pub(crate) fn with_engine_lock(mut self, lock: Option<EngineLock>) -> LeaseGuard {
+        self.engine = lock;
+        self
+    }
+
+    /// The engine lock held with this lease, if the runtime keeps one.
+    pub(crate) fn engine_lock(&self) -> Option<&EngineLock> {
+        self.engine.as_ref()
+    }
+
+    /// Stops renewal and releases the lease (and the engine lock, after copying the subject's history to the
+    /// engine).
     pub async fn release(self) -> Result<(), StoreError> {
         self.renewer.abort();
-        self.store.release_lease(&self.lease).await
+        let engine = match &self.engine {
+            Some(lock) => {
+                lock.save_history_and_release(self.store.as_ref(), &self.lease.key)
+                    .await
+            }
+            None => Ok(()),
+        };
+        let store = self.store.release_lease(&self.lease).await;
+        engine.map_err(|e| StoreError::Io {
+            location: "engine".into(),
+            message: e.to_string(),
+        })?;
+        store
     }
 }
 

@@ -28,6 +28,7 @@
 
 pub mod contract;
 pub mod delivery;
+mod engine_state;
 mod error;
 mod events;
 mod executor;
@@ -49,6 +50,7 @@ mod update;
 mod updater;
 
 pub use agent_core::Connector;
+pub use engine_state::{lock_name, read_lock, EngineLockInfo, HISTORY_RECORD, LOCK_SUFFIX};
 pub use error::Error;
 pub use events::{Event, FleetEvent, FleetReporter, Reporter, Silent};
 pub use fleet::{

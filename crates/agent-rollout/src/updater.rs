@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use agent_core::{ContainerName, ContainerRuntime, RevisionHistory, RevisionNumber, StateStore};
 
+use crate::engine_state::{load_history, EngineLock, HISTORY_RECORD, LOCK_SUFFIX};
 use crate::error::Error;
 use crate::events::Reporter;
 use crate::lease::{holder_for_this_process, LeaseGuard};
@@ -40,10 +41,16 @@ pub(crate) fn short_id(id: &str) -> &str {
 }
 
 /// When `name` is one agentctl makes for another container (`NAME.revN`, the retained revision N of NAME, or
-/// `NAME.preview`), that container's name and what the name is.
+/// `NAME.preview`, its engine lock `NAME.agentctl-lock`), that container's name and what the name is.
 pub fn reserved_name_owner(name: &str) -> Option<(&str, String)> {
     if let Some(owner) = name.strip_suffix(".preview").filter(|o| !o.is_empty()) {
         return Some((owner, "its staged preview".to_owned()));
+    }
+    if let Some(owner) = name.strip_suffix(LOCK_SUFFIX).filter(|o| !o.is_empty()) {
+        return Some((owner, "its engine lock".to_owned()));
+    }
+    if name == HISTORY_RECORD {
+        return Some(("every agent on the engine", "the history".to_owned()));
     }
     let (owner, number) = name.rsplit_once(".rev")?;
     let valid = !owner.is_empty() && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
@@ -76,14 +83,28 @@ impl Updater {
             });
         }
         let holder = holder_for_this_process(&format!("{purpose} {container}"));
-        LeaseGuard::acquire(self.store.clone(), &self.subject(container), &holder)
-            .await
-            .map_err(Error::from)
+        let lease = LeaseGuard::acquire(self.store.clone(), &self.subject(container), &holder).await?;
+        // The lock on the engine: every agentctl sees it, whatever its state store.
+        match EngineLock::acquire(self.runtime.clone(), &self.store, container, &holder).await {
+            Ok(lock) => Ok(lease.with_engine_lock(lock)),
+            Err(e) => {
+                let _ = lease.release().await;
+                Err(e)
+            }
+        }
     }
 
-    /// The revision history of `container`.
+    /// The revision history of `container`: the store's, else (a new runner, an empty state directory) the
+    /// copy kept on the engine, which is then stored.
     pub async fn history(&self, container: &ContainerName, limit: usize) -> Result<RevisionHistory, Error> {
-        let revs = self.store.revisions(&self.subject(container.as_str())).await?;
+        let subject = self.subject(container.as_str());
+        let mut revs = self.store.revisions(&subject).await?;
+        if revs.is_empty() {
+            revs = load_history(self.runtime.as_ref(), container.as_str()).await?;
+            for r in &revs {
+                self.store.put_revision(&subject, r).await?;
+            }
+        }
         Ok(RevisionHistory::from_revisions(limit, revs))
     }
 }

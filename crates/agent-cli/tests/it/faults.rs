@@ -9,18 +9,23 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// An agentctl process holding after a journaled step until released.
-struct Held {
-    child: Child,
+pub(crate) struct Held {
+    pub(crate) child: Child,
     release: PathBuf,
 }
 
 impl Held {
     fn start(w: &World, args: &[&str], step: &str) -> Held {
-        let release = w.state_dir().join(format!("release-{}", step.replace(':', "-")));
+        Held::start_in(w.state_dir(), args, step)
+    }
+
+    /// Like [`Held::start`], with the state directory `state`.
+    pub(crate) fn start_in(state: &std::path::Path, args: &[&str], step: &str) -> Held {
+        let release = state.join(format!("release-{}", step.replace(':', "-")));
         let held = PathBuf::from(format!("{}.held", release.display()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_agentctl"))
             .arg("--state-dir")
-            .arg(w.state_dir())
+            .arg(state)
             .arg("--no-progress")
             .args(args)
             .env("NO_COLOR", "1")
@@ -43,7 +48,7 @@ impl Held {
         Held { child, release }
     }
 
-    fn release(self) -> Output {
+    pub(crate) fn release(self) -> Output {
         std::fs::write(&self.release, b"").unwrap();
         self.child.wait_with_output().unwrap()
     }

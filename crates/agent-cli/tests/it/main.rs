@@ -16,6 +16,8 @@ mod fleet;
 mod health;
 mod hooks;
 mod security;
+#[cfg(feature = "testing")]
+mod shared_state;
 mod support;
 mod tls;
 mod update;

@@ -168,10 +168,15 @@ async fn bad_inputs_change_nothing() {
     let mutating: Vec<String> = rt.operations()[ops_before..]
         .iter()
         .filter(|o| !o.starts_with("inspect") && !o.starts_with("info") && !o.starts_with("pull"))
+        // The engine lock each attempt takes and releases is bookkeeping, checked gone below.
+        .filter(|o| !o.starts_with("record-"))
         .cloned()
         .collect();
     assert!(mutating.is_empty(), "{mutating:?}");
     assert_eq!(rt.container_names(), ["agent"]);
+    for lock in ["agent.agentctl-lock", "ghost.agentctl-lock"] {
+        assert!(rt.record(lock).await.unwrap().is_none(), "{lock} left behind");
+    }
     assert!(store.subjects_with_open_operations().await.unwrap().is_empty());
 }
 
@@ -421,3 +426,51 @@ async fn a_quiet_probation_keeps_the_update() {
 
 mod fleet;
 mod paths;
+
+#[tokio::test(start_paused = true)]
+async fn the_engine_lock_excludes_an_agentctl_with_another_store() {
+    let (rt, _store, up) = setup();
+    let other = Updater::new(rt.clone(), Arc::new(MemoryStore::default()), Arc::new(Silent));
+    let held = up.lease("agent", "update").await.unwrap();
+    let err = other.update(&req("acme/agent:2.0")).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Busy { .. }), "{msg}");
+    assert!(
+        msg.contains("locked on the engine") && msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    assert_eq!(
+        rt.inspect_container("agent").await.unwrap().spec.image,
+        img("acme/agent:1.0")
+    );
+    held.release().await.unwrap();
+    assert!(rt.record("agent.agentctl-lock").await.unwrap().is_none());
+    let report = other.update(&req("acme/agent:2.0")).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::Updated);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_store_finds_the_history_on_the_engine_and_undoes() {
+    let (rt, store, up) = setup();
+    up.update(&req("acme/agent:2.0")).await.unwrap();
+    let kept = store.revisions("container:fake://local/agent").await.unwrap();
+    assert_eq!(kept.len(), 2);
+    // A runner with an empty store: the history comes from the engine, the undo uses the retained revision.
+    let fresh = Arc::new(MemoryStore::default());
+    let other = Updater::new(rt.clone(), fresh.clone(), Arc::new(Silent));
+    let history = other.history(&"agent".parse().unwrap(), 10).await.unwrap();
+    // As the store would hold them (secrets are redacted whenever a revision is written out).
+    assert_eq!(
+        serde_json::to_value(history.revisions()).unwrap(),
+        serde_json::to_value(&kept).unwrap()
+    );
+    let mut undo = UndoRequest::new("agent".parse().unwrap());
+    undo.verify = req("acme/agent:1.0").verify;
+    let report = other.undo(&undo).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::Updated, "{report:?}");
+    assert_eq!(
+        rt.inspect_container("agent").await.unwrap().spec.image,
+        img("acme/agent:1.0")
+    );
+    assert_eq!(fresh.revisions("container:fake://local/agent").await.unwrap().len(), 3);
+}
