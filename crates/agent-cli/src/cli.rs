@@ -31,9 +31,14 @@ pub(crate) struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub(crate) struct Global {
-    /// Where agentctl keeps its state (revisions, journal, leases).
+    /// Where agentctl keeps its files (the default state store `DIR/state.db`, backups).
     #[arg(long, global = true, env = "AGENTCTL_STATE_DIR", value_name = "DIR")]
     pub(crate) state_dir: Option<PathBuf>,
+    /// The state store (revisions, journal, leases, rollouts, deliveries): a PostgreSQL URL
+    /// (`postgres://USER@HOST:PORT/DB?sslmode=require`, password from the URL or PGPASSWORD) shared by a team
+    /// and its CI, or a SQLite file for one machine. Default: STATE_DIR/state.db.
+    #[arg(long, global = true, env = "AGENTCTL_STATE", value_name = "URL|FILE")]
+    pub(crate) state: Option<String>,
     /// Docker engine endpoint (unix:///var/run/docker.sock, tcp://HOST:PORT).
     #[arg(
         long = "host",

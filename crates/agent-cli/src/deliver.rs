@@ -76,9 +76,9 @@ impl Builder for EngineBuilder {
     }
 }
 
-fn deliverer(g: &Global, runtime: Arc<DockerRuntime>, progress: Arc<Progress>) -> anyhow::Result<Deliverer> {
-    let store = crate::open_store(g)?;
-    let fleet = Arc::new(crate::fleet(g)?);
+async fn deliverer(g: &Global, runtime: Arc<DockerRuntime>, progress: Arc<Progress>) -> anyhow::Result<Deliverer> {
+    let store = crate::open_store(g).await?;
+    let fleet = Arc::new(crate::fleet(g).await?);
     let on_line = Arc::new(move |line: &str| progress.line(line));
     Ok(Deliverer::new(
         store,
@@ -117,7 +117,7 @@ pub(crate) async fn run(g: &Global, args: &DeliverArgs) -> anyhow::Result<ExitCo
         base,
         progress: progress.clone(),
     };
-    let d = deliverer(g, runtime, progress)?;
+    let d = deliverer(g, runtime, progress).await?;
     let record = d.deliver(&spec, args.version.as_deref(), &builder).await?;
     match g.output {
         Output::Table => crate::print_out(g.output, text_of(&record)),
@@ -130,7 +130,7 @@ pub(crate) async fn run(g: &Global, args: &DeliverArgs) -> anyhow::Result<ExitCo
 
 pub(crate) async fn list(g: &Global) -> anyhow::Result<ExitCode> {
     // Reading the records needs the state store only, not an engine.
-    let store = crate::open_store(g)?;
+    let store = crate::open_store(g).await?;
     let records = agent_rollout::delivery::records(store.as_ref()).await?;
     match g.output {
         Output::Table if records.is_empty() => crate::print_out(

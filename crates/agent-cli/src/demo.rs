@@ -29,7 +29,7 @@ pub(crate) async fn run(g: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode>
     let progress = Arc::new(Progress::new(g.no_progress, false));
     let state_tmp = tempfile::tempdir()?;
     let store: Arc<dyn StateStore> = if args.keep {
-        crate::open_store(g)?
+        crate::open_store(g).await?
     } else {
         Arc::new(SqliteStore::open(&state_tmp.path().join("state.db"))?)
     };

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use agent_core::{ContainerRuntime, StateStore};
 use agent_docker::DockerRuntime;
-use agent_rollout::{SqliteStore, Updater};
+use agent_rollout::Updater;
 use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command, Global, Output, Usage};
@@ -30,9 +30,16 @@ fn default_state_dir() -> PathBuf {
     }
 }
 
-pub(crate) fn open_store(global: &Global) -> anyhow::Result<Arc<SqliteStore>> {
-    let dir = global.state_dir.clone().unwrap_or_else(default_state_dir);
-    Ok(Arc::new(SqliteStore::open(&dir.join("state.db"))?))
+/// The state store: `--state` (a PostgreSQL URL or a SQLite file), else `STATE_DIR/state.db`.
+pub(crate) async fn open_store(global: &Global) -> anyhow::Result<Arc<dyn StateStore>> {
+    let location = match &global.state {
+        Some(l) => l.clone(),
+        None => {
+            let dir = global.state_dir.clone().unwrap_or_else(default_state_dir);
+            dir.join("state.db").to_string_lossy().into_owned()
+        }
+    };
+    Ok(agent_rollout::open_state(&location).await?)
 }
 
 pub(crate) async fn connect(global: &Global) -> anyhow::Result<Arc<DockerRuntime>> {
@@ -68,7 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let req = args.request()?;
             let progress = Arc::new(Progress::new(g.no_progress, false));
             let runtime = connect(g).await?;
-            let store: Arc<dyn StateStore> = open_store(g)?;
+            let store: Arc<dyn StateStore> = open_store(g).await?;
             let updater = Updater::new(runtime, store, progress.clone());
             let report = updater.update(&req).await?;
             match g.output {
@@ -84,7 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             req.to = to;
             let progress = Arc::new(Progress::new(g.no_progress, false));
             let runtime = connect(g).await?;
-            let store: Arc<dyn StateStore> = open_store(g)?;
+            let store: Arc<dyn StateStore> = open_store(g).await?;
             let updater = Updater::new(runtime, store, progress.clone());
             let report = updater.undo(&req).await?;
             match g.output {
@@ -96,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History(args) => {
             let name = cli::container_name(&args.name)?;
             let runtime: Arc<dyn ContainerRuntime> = connect(g).await?;
-            let store: Arc<dyn StateStore> = open_store(g)?;
+            let store: Arc<dyn StateStore> = open_store(g).await?;
             let updater = Updater::new(runtime, store, Arc::new(Progress::new(true, quiet)));
             if let Some((n, protected)) = args.protection()? {
                 let r = updater.protect(&name, n, protected).await?;
@@ -124,7 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => {
             let name = cli::container_name(&args.name)?;
             let runtime: Arc<dyn ContainerRuntime> = connect(g).await?;
-            let store: Arc<dyn StateStore> = open_store(g)?;
+            let store: Arc<dyn StateStore> = open_store(g).await?;
             let updater = Updater::new(runtime, store, Arc::new(Progress::new(g.no_progress, quiet)));
             let s = updater.status(&name, args.history_limit as usize).await?;
             match g.output {
@@ -140,15 +147,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => {
             let (text, source) = agent_rollout::RolloutSpec::read(&args.file).map_err(|e| Usage(e.to_string()))?;
             let spec = agent_rollout::RolloutSpec::parse(&text, &source).map_err(|e| Usage(e.to_string()))?;
-            let fleet = fleet(g)?;
+            let fleet = fleet(g).await?;
             if let Some(addr) = &args.metrics_listen {
-                serve_metrics(addr, Arc::new(self::fleet(g)?)).await?;
+                serve_metrics(addr, Arc::new(self::fleet(g).await?)).await?;
             }
             let state = fleet.apply(spec).await?;
             Ok(fleet_exit(g, &state))
         }
         Command::Rollout(cmd) => {
-            let fleet = fleet(g)?;
+            let fleet = fleet(g).await?;
             let state = match cmd {
                 cli::RolloutCommand::List => {
                     let mut all = fleet.all().await?;
@@ -212,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if args.late_after >= args.down_after {
                 return Err(Usage("--late-after must be shorter than --down-after".into()).into());
             }
-            let store: Arc<dyn StateStore> = open_store(g)?;
+            let store: Arc<dyn StateStore> = open_store(g).await?;
             let config = agent_health::ControlCenterConfig {
                 late_after: args.late_after,
                 down_after: args.down_after,
@@ -281,8 +288,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub(crate) fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
-    let store: Arc<dyn StateStore> = open_store(g)?;
+pub(crate) async fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
+    let store: Arc<dyn StateStore> = open_store(g).await?;
     let policy = g.secret_policy();
     let connect = agent_docker::connector(policy);
     let json = g.output == Output::Json;
@@ -324,8 +331,12 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         Some("start the engine (`dockerd`), or point --host / DOCKER_HOST at it")
     } else if text.contains("is locked by") {
         Some("another agentctl works on this container; wait for it to finish")
+    } else if text.contains("locked on the engine") {
+        Some("another agentctl (with any state store) works on this container; wait for it to finish")
+    } else if text.contains("state store postgres") {
+        Some("check the URL in --state / AGENTCTL_STATE: host, port, user, database, the password (or PGPASSWORD), sslmode")
     } else if text.contains("state store") {
-        Some("use --state-dir to choose another location")
+        Some("use --state-dir (or --state FILE) to choose another location")
     } else {
         None
     }

@@ -40,11 +40,14 @@ mod lease;
 mod notify;
 mod ops;
 mod plan;
+mod postgres;
 mod report;
 mod request;
 mod settings;
 mod store;
 mod target;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod undo;
 mod update;
 mod updater;
@@ -62,13 +65,14 @@ pub use journal::{CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV};
 pub use lease::{actor, holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use notify::{Notifier, NotifyError, NotifySpec, Webhook, DRAIN_TIMEOUT};
 pub use plan::UPDATE_STEPS;
+pub use postgres::{is_postgres_url, PostgresStore};
 pub use report::{preview_name, Preview, Recovery, RecoveryAction, StatusReport, UpdateReport, UpdateStatus};
 pub use request::{
     HeartbeatCheck, ProbeFactory, PullPolicy, QueryCheck, ScrapeCheck, UndoRequest, UpdateRequest, VerifyConfig,
     WatchConfig,
 };
 pub use settings::{parse_metric_check, read_token, Token, TokenError};
-pub use store::SqliteStore;
+pub use store::{open_state, SqliteStore};
 pub use updater::{reserved_name_owner, subject_key, Updater};
 
 #[cfg(test)]

@@ -23,6 +23,16 @@ CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (kind TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, key));
 ";
 
+/// Opens the state store at `location`: a PostgreSQL URL (`postgres://…`, `postgresql://…`), else a SQLite
+/// file (`sqlite://PATH` or a plain path).
+pub async fn open_state(location: &str) -> Result<std::sync::Arc<dyn StateStore>, StoreError> {
+    if crate::postgres::is_postgres_url(location) {
+        return Ok(std::sync::Arc::new(crate::PostgresStore::connect(location).await?));
+    }
+    let path = location.strip_prefix("sqlite://").unwrap_or(location);
+    Ok(std::sync::Arc::new(SqliteStore::open(Path::new(path))?))
+}
+
 /// The SQLite state store. Safe to share between tasks and between processes (SQLite's locking, a busy
 /// timeout, and immediate transactions for read-modify-write of leases).
 #[derive(Debug)]

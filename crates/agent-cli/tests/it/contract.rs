@@ -160,14 +160,8 @@ fn a_wrong_protocol_or_a_silent_agent_fails_and_names_why() {
 fn ctrl_c_removes_the_environment() {
     let img = images();
     let w = World::new("contract-int");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentctl"))
-        .args([
-            "--state-dir",
-            w.state.path().to_str().unwrap(),
-            "--no-progress",
-            "test",
-            &img.refs["slow"],
-        ])
+    let mut child = agentctl_in(w.state.path())
+        .args(["--no-progress", "test", &img.refs["slow"]])
         .args(QUICK)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

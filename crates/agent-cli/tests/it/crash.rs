@@ -87,12 +87,8 @@ fn a_kill_at_every_step_is_repaired_by_the_next_command() {
 
 /// Runs agentctl with its own state dir, optionally killed at `crash` (`KIND:STEP`).
 fn run_in(state: &std::path::Path, args: &[&str], crash: Option<&str>) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"));
-    cmd.arg("--state-dir")
-        .arg(state)
-        .arg("--no-progress")
-        .args(args)
-        .env("NO_COLOR", "1");
+    let mut cmd = agentctl_in(state);
+    cmd.arg("--no-progress").args(args);
     match crash {
         Some(s) => cmd.env("AGENTCTL_CRASH_AT", s),
         None => cmd.env_remove("AGENTCTL_CRASH_AT"),
@@ -207,9 +203,7 @@ fn chaos_settings(what: &str) -> (u64, u64) {
 /// Starts agentctl with its own state dir without waiting for it; its stderr goes to `STATE/chaos.err`.
 fn spawn_in(state: &std::path::Path, args: &[&str]) -> std::process::Child {
     let err = std::fs::File::create(state.join("chaos.err")).unwrap();
-    std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
-        .arg("--state-dir")
-        .arg(state)
+    agentctl_in(state)
         .arg("--no-progress")
         .args(args)
         .env("NO_COLOR", "1")

@@ -23,9 +23,7 @@ impl Held {
     pub(crate) fn start_in(state: &std::path::Path, args: &[&str], step: &str) -> Held {
         let release = state.join(format!("release-{}", step.replace(':', "-")));
         let held = PathBuf::from(format!("{}.held", release.display()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentctl"))
-            .arg("--state-dir")
-            .arg(state)
+        let mut child = agentctl_in(state)
             .arg("--no-progress")
             .args(args)
             .env("NO_COLOR", "1")

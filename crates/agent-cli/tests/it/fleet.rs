@@ -485,9 +485,7 @@ fn ten_agents_roll_with_metrics_then_undo_and_retry_fleet_wide() {
         "parallelism: 3\n",
     );
     let port = agent_docker::testing::free_port().unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
-        .arg("--state-dir")
-        .arg(w.state_dir())
+    let child = agentctl_in(w.state_dir())
         .args(["--no-progress", "apply", "-f", f.to_str().unwrap(), "--metrics-listen"])
         .arg(format!("127.0.0.1:{port}"))
         .env("NO_COLOR", "1")
@@ -569,9 +567,7 @@ fn a_ten_agent_canary_is_paused_by_the_operator_and_resumed() {
         "canary: {steps: [{setWeight: 10}, {pause: 20s}, {setWeight: 50}, {setWeight: 100}]}",
         "",
     );
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
-        .arg("--state-dir")
-        .arg(w.state_dir())
+    let child = agentctl_in(w.state_dir())
         .args(["--no-progress", "apply", "-f", f.to_str().unwrap(), "-o", "json"])
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())

@@ -42,15 +42,8 @@ fn control_center(bind_ip: &str) -> Center {
 
 fn start_center(listen: &str, token: &std::path::Path, state: &std::path::Path) -> Proc {
     Proc(
-        Command::new(env!("CARGO_BIN_EXE_agentctl"))
-            .args([
-                "--state-dir",
-                state.to_str().unwrap(),
-                "control-center",
-                "--listen",
-                listen,
-                "--token-file",
-            ])
+        agentctl_in(state)
+            .args(["control-center", "--listen", listen, "--token-file"])
             .arg(token)
             .args(["--late-after", "2s", "--down-after", "4s"])
             .stdout(Stdio::null())

@@ -2,19 +2,15 @@
 //! and a runner with an empty state directory repairs a killed update and undoes from what the engine keeps.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::faults::Held;
 use crate::support::*;
 
 /// agentctl with its own state directory, optionally killed at `crash` (`KIND:STEP`).
 fn run_in(state: &Path, args: &[&str], crash: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentctl"));
-    cmd.arg("--state-dir")
-        .arg(state)
-        .arg("--no-progress")
-        .args(args)
-        .env("NO_COLOR", "1");
+    let mut cmd = agentctl_in(state);
+    cmd.arg("--no-progress").args(args);
     match crash {
         Some(s) => cmd.env("AGENTCTL_CRASH_AT", s),
         None => cmd.env_remove("AGENTCTL_CRASH_AT"),

@@ -138,6 +138,72 @@ pub fn images() -> &'static Images {
     })
 }
 
+/// The PostgreSQL server the whole suite runs its state against, when `AGENTCTL_TEST_POSTGRES` names one
+/// (`scripts/test` runs the suite a second time that way): every state directory then gets a database of
+/// its own, passed to agentctl as `AGENTCTL_STATE`, so separate state directories stay separate stores.
+pub fn test_postgres() -> Option<String> {
+    std::env::var("AGENTCTL_TEST_POSTGRES").ok().filter(|u| !u.is_empty())
+}
+
+static DATABASES: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+
+/// The environment that points agentctl at the store of `state_dir`: nothing for SQLite (the store is in
+/// the directory), `AGENTCTL_STATE` with the directory's own database in the PostgreSQL run.
+pub fn state_env(state_dir: &Path) -> Vec<(String, String)> {
+    let Some(server) = test_postgres() else {
+        return Vec::new();
+    };
+    let mut dbs = DATABASES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, url)) = dbs.iter().find(|(p, _)| p == state_dir) {
+        return vec![("AGENTCTL_STATE".into(), url.clone())];
+    }
+    let name = format!("it_{}_{}", std::process::id(), dbs.len());
+    #[cfg(feature = "testing")]
+    let url = agent_rollout::testing::create_database(&server, &name).expect("create a test database");
+    #[cfg(not(feature = "testing"))]
+    let url: String = panic!("the PostgreSQL run of {server} needs --features testing ({name})");
+    dbs.push((state_dir.to_owned(), url.clone()));
+    vec![("AGENTCTL_STATE".into(), url)]
+}
+
+/// `agentctl --state-dir STATE` (and its store, see [`state_env`]), colours off.
+pub fn agentctl_in(state_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentctl"));
+    cmd.arg("--state-dir").arg(state_dir).env("NO_COLOR", "1");
+    cmd.envs(state_env(state_dir));
+    cmd
+}
+
+/// Every byte the store of `state_dir` holds: the SQLite file and its WAL, or the PostgreSQL database's
+/// tables as text. Tests look for secrets in it.
+pub fn stored_state(state_dir: &Path) -> Vec<u8> {
+    match state_env(state_dir).pop() {
+        None => {
+            let mut bytes = std::fs::read(state_dir.join("state.db")).unwrap_or_default();
+            bytes.extend(std::fs::read(state_dir.join("state.db-wal")).unwrap_or_default());
+            bytes
+        }
+        Some((_, url)) => {
+            let sql = "SELECT string_agg(t::text, E'\\n') FROM (SELECT body::text FROM agentctl_revisions UNION ALL SELECT record::text FROM agentctl_journal UNION ALL SELECT body::text FROM agentctl_documents UNION ALL SELECT body::text FROM agentctl_leases) t";
+            let out = Command::new("psql")
+                .args([url.as_str(), "-At", "-c", sql])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            out.stdout
+        }
+    }
+}
+
+/// The copy of `container`'s history that agentctl keeps on the local engine, as stored there.
+pub fn engine_history(container: &str) -> Vec<u8> {
+    let out = Command::new("docker")
+        .args(["cp", &format!("agentctl-history:/{container}.json"), "-"])
+        .output()
+        .unwrap();
+    out.stdout
+}
+
 /// One test's world: a run id, a state dir, and cleanup by label on drop.
 pub struct World {
     pub run: String,
@@ -166,12 +232,9 @@ impl World {
     }
 
     pub fn agentctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentctl"));
-        cmd.arg("--state-dir")
-            .arg(self.state.path())
-            .arg("--no-progress")
-            .args(args);
-        cmd.env("NO_COLOR", "1").env_remove("AGENTCTL_CRASH_AT");
+        let mut cmd = agentctl_in(self.state.path());
+        cmd.arg("--no-progress").args(args);
+        cmd.env_remove("AGENTCTL_CRASH_AT");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -349,6 +412,22 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let label = self.label.clone();
+        // Engine locks a killed agentctl left on this world's containers.
+        let locks = Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=io.agentctl.record=lock",
+                "--format",
+                "{{.Names}}",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for lock in locks.lines().filter(|l| l.starts_with(&format!("{}-", self.run))) {
+            let _ = Command::new("docker").args(["rm", lock]).output();
+        }
         let _ = std::thread::spawn(move || {
             runtime().block_on(async {
                 if let Ok(d) = DockerRuntime::connect(None).await {

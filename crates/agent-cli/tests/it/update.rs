@@ -243,10 +243,9 @@ fn a_richly_configured_container_keeps_every_setting_and_its_data() {
     assert_eq!(stdout(&policy).trim(), "no false");
     // The planted secret is in no output and not in the state store.
     assert!(!stdout(&out).contains("planted-secret-value") && !stderr(&out).contains("planted-secret-value"));
-    let db = std::fs::read(w.state_dir().join("state.db")).unwrap_or_default();
-    let wal = std::fs::read(w.state_dir().join("state.db-wal")).unwrap_or_default();
+    let stored = stored_state(w.state_dir());
     let needle = b"planted-secret-value";
-    assert!(!db.windows(needle.len()).any(|x| x == needle) && !wal.windows(needle.len()).any(|x| x == needle));
+    assert!(!stored.is_empty() && !stored.windows(needle.len()).any(|x| x == needle));
 }
 
 #[test]
@@ -279,13 +278,7 @@ fn every_failure_mode_rolls_back_with_exit_3() {
             let state = w.state_dir().to_owned();
             let mode = mode.to_string();
             std::thread::spawn(move || {
-                let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
-                    .arg("--state-dir")
-                    .arg(&state)
-                    .args(&args)
-                    .env("NO_COLOR", "1")
-                    .output()
-                    .unwrap();
+                let out = agentctl_in(&state).args(&args).env("NO_COLOR", "1").output().unwrap();
                 (mode, name, id, out)
             })
         })
@@ -534,15 +527,7 @@ fn two_updates_on_one_container_cannot_both_run() {
             .map(|s| s.to_string())
             .collect();
         let state = w.state_dir().to_owned();
-        std::thread::spawn(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
-                .arg("--state-dir")
-                .arg(&state)
-                .args(&args)
-                .env("NO_COLOR", "1")
-                .output()
-                .unwrap()
-        })
+        std::thread::spawn(move || agentctl_in(&state).args(&args).env("NO_COLOR", "1").output().unwrap())
     };
     let a = spawn(&img.refs["v2"]);
     let b = spawn(&img.refs["v3"]);

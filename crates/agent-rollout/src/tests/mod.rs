@@ -426,6 +426,7 @@ async fn a_quiet_probation_keeps_the_update() {
 
 mod fleet;
 mod paths;
+mod stores;
 
 #[tokio::test(start_paused = true)]
 async fn the_engine_lock_excludes_an_agentctl_with_another_store() {
