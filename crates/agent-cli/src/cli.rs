@@ -110,6 +110,13 @@ pub(crate) enum Command {
     /// List the deliveries: who, when, commit, digest, tests and outcome.
     #[command(after_help = "Example:\n  agentctl deliveries -o json")]
     Deliveries,
+    /// Move the state store's history, journal, rollouts and deliveries to another store (SQLite ⇄
+    /// PostgreSQL): export to JSON, import into the store `--state` names.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  agentctl state export > state.json\n  AGENTCTL_STATE=postgres://agentctl@db.internal/agentctl agentctl state import state.json\n\nExit codes: 0 done, 1 error (an import that conflicts with what the store holds imports nothing), 2 usage."
+    )]
+    State(StateCommand),
     /// Update one agent container to a new image, verify it, and roll back by itself if it fails.
     #[command(
         after_help = "Example:\n  agentctl update node-agent --image 127.0.0.1:5000/acme/node-agent:1.4.2 --http-port 8080\n\nExit codes: 0 updated and verified, 1 error (nothing changed), 2 usage, 3 the new version failed and was rolled back."
@@ -204,6 +211,21 @@ pub(crate) struct ApplyArgs {
     /// on this address while the command runs, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StateCommand {
+    /// Write everything the store holds except leases as JSON (to stdout, or to FILE).
+    Export {
+        /// Write here instead of stdout (created with mode 0600).
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Add an export to the store, all or nothing: identical items are skipped, differing ones refused.
+    Import {
+        /// The export (`-` for stdin).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Test(args) => contract::run(g, args).await,
         Command::Deliver(args) => deliver::run(g, args).await,
         Command::Deliveries => deliver::list(g).await,
+        Command::State(cmd) => state(g, cmd).await,
         Command::Update(args) => {
             let req = args.request()?;
             let progress = Arc::new(Progress::new(g.no_progress, false));
@@ -286,6 +287,65 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `agentctl state export|import`: needs the store only, not an engine.
+async fn state(g: &Global, cmd: &cli::StateCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(g).await?;
+    match cmd {
+        cli::StateCommand::Export { file } => {
+            let dump = store.export().await?;
+            let text = serde_json::to_string_pretty(&dump)?;
+            match file {
+                Some(path) => {
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    // History holds specs (secrets redacted) and who did what: the owner's only.
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(path)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    f.write_all(text.as_bytes())?;
+                    f.sync_all()?;
+                }
+                None => println!("{text}"),
+            }
+            eprintln!(
+                "exported {} revisions, {} operations, {} documents",
+                dump.revisions.len(),
+                dump.operations.len(),
+                dump.documents.len()
+            );
+        }
+        cli::StateCommand::Import { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+            };
+            let dump: agent_core::StateDump = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not an agentctl state export ({e}); make one with `agentctl state export`",
+                    file.display()
+                )
+            })?;
+            let summary = store.import(&dump).await?;
+            match g.output {
+                Output::Table => print_out(
+                    g.output,
+                    format!(
+                        "imported {} revisions, {} operations, {} documents; {} already there, unchanged",
+                        summary.revisions, summary.operations, summary.documents, summary.unchanged
+                    ),
+                ),
+                o => print_out(o, render::structured(o, &summary)?),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {

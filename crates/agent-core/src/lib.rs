@@ -68,7 +68,10 @@ pub use spec::{
     MountKind, NetworkAttachment, PortBinding, Resources, RestartPolicy, Secret, SecretPolicy, Ulimit, REDACTED,
 };
 pub use state::{Input, InvalidTransition, Phase, PhaseChanged, StateMachine};
-pub use store::{JournalEntry, Lease, LeaseHolder, StateStore, StoreError};
+pub use store::{
+    DumpedDocument, DumpedOperation, DumpedRevision, ImportSummary, JournalEntry, Lease, LeaseHolder, StateDump,
+    StateStore, StoreError,
+};
 pub use strategy::{
     canary_count, plan, CanaryStep, Count, Pause, PlanError, PlanStep, RolloutPlan, Strategy, Target, UpdateMode,
 };

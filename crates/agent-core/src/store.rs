@@ -62,6 +62,172 @@ pub struct JournalEntry {
     pub record: serde_json::Value,
 }
 
+/// Everything a store holds except leases (which belong to running processes): what `agentctl state
+/// export` writes and `import` reads, to move history between stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateDump {
+    /// Always [`StateDump::FORMAT`].
+    pub format: String,
+    /// The format's version, [`StateDump::VERSION`].
+    pub version: u32,
+    /// Every revision, by subject.
+    pub revisions: Vec<DumpedRevision>,
+    /// Every operation (open or closed) with its journal.
+    pub operations: Vec<DumpedOperation>,
+    /// Every document.
+    pub documents: Vec<DumpedDocument>,
+}
+
+impl StateDump {
+    /// The format's name.
+    pub const FORMAT: &'static str = "agentctl-state";
+    /// The format's version.
+    pub const VERSION: u32 = 1;
+
+    /// An empty dump.
+    pub fn new() -> StateDump {
+        StateDump {
+            format: StateDump::FORMAT.into(),
+            version: StateDump::VERSION,
+            revisions: Vec::new(),
+            operations: Vec::new(),
+            documents: Vec::new(),
+        }
+    }
+}
+
+impl StateDump {
+    /// What of `self` a store holding `existing` lacks, and how many items it holds identical already; an
+    /// item it holds with other contents is a [`StoreError::ImportConflict`]. Items compare as JSON.
+    pub fn additions(&self, existing: &StateDump) -> Result<(StateDump, usize), StoreError> {
+        fn same<T: Serialize>(a: &T, b: &T) -> bool {
+            serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+        }
+        if self.format != StateDump::FORMAT || self.version > StateDump::VERSION {
+            return Err(StoreError::Io {
+                location: "the import".into(),
+                message: format!(
+                    "it is not an agentctl state export of version {} or older (format {:?}, version {})",
+                    StateDump::VERSION,
+                    self.format,
+                    self.version
+                ),
+            });
+        }
+        let mut add = StateDump::new();
+        let mut unchanged = 0;
+        for r in &self.revisions {
+            let held = existing
+                .revisions
+                .iter()
+                .find(|e| e.subject == r.subject && e.revision.number == r.revision.number);
+            match held {
+                None => add.revisions.push(r.clone()),
+                Some(e) if same(&e.revision, &r.revision) => unchanged += 1,
+                Some(_) => {
+                    return Err(StoreError::ImportConflict {
+                        item: format!("revision {} of {}", r.revision.number, r.subject),
+                    })
+                }
+            }
+        }
+        for o in &self.operations {
+            // Times are left out: a store may keep them at a coarser precision (PostgreSQL: microseconds).
+            let same_op = |e: &DumpedOperation| {
+                e.subject == o.subject
+                    && e.closed_at.is_some() == o.closed_at.is_some()
+                    && e.journal.len() == o.journal.len()
+                    && e.journal
+                        .iter()
+                        .zip(&o.journal)
+                        .all(|(a, b)| a.seq == b.seq && a.record == b.record)
+            };
+            match existing.operations.iter().find(|e| e.operation == o.operation) {
+                None => add.operations.push(o.clone()),
+                Some(e) if same_op(e) => unchanged += 1,
+                Some(_) => {
+                    return Err(StoreError::ImportConflict {
+                        item: format!("operation {}", o.operation),
+                    })
+                }
+            }
+        }
+        for d in &self.documents {
+            match existing.documents.iter().find(|e| e.kind == d.kind && e.key == d.key) {
+                None => add.documents.push(d.clone()),
+                Some(e) if e.value == d.value => unchanged += 1,
+                Some(_) => {
+                    return Err(StoreError::ImportConflict {
+                        item: format!("document {}/{}", d.kind, d.key),
+                    })
+                }
+            }
+        }
+        Ok((add, unchanged))
+    }
+}
+
+impl Default for StateDump {
+    fn default() -> Self {
+        StateDump::new()
+    }
+}
+
+/// A revision and its subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpedRevision {
+    /// The subject (`container:ENDPOINT/NAME`).
+    pub subject: String,
+    /// The revision.
+    pub revision: Revision,
+}
+
+/// An operation and its journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpedOperation {
+    /// Its id.
+    pub operation: String,
+    /// What it changes.
+    pub subject: String,
+    /// When it was opened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+    /// When it was closed; `None` while open (an interrupted operation the next command repairs).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub closed_at: Option<OffsetDateTime>,
+    /// Its journal, in order.
+    pub journal: Vec<JournalEntry>,
+}
+
+/// A document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpedDocument {
+    /// Its kind (`rollout`, `delivery`, …).
+    pub kind: String,
+    /// Its key.
+    pub key: String,
+    /// Its body.
+    pub value: serde_json::Value,
+}
+
+/// What an import added and what it found there already.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportSummary {
+    /// Revisions added.
+    pub revisions: usize,
+    /// Operations added.
+    pub operations: usize,
+    /// Documents added.
+    pub documents: usize,
+    /// Items the store held already, identical, and left as they were.
+    pub unchanged: usize,
+}
+
 /// What went wrong in a store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -93,6 +259,12 @@ pub enum StoreError {
         message: String,
         /// How to recover.
         recovery: String,
+    },
+    /// An import found an item the store holds with other contents: nothing was imported.
+    #[error("{item} is in the state store already with other contents, so nothing was imported; import into an empty store, or remove {item} from it first")]
+    ImportConflict {
+        /// What (`revision 3 of container:…/agent`, `operation update-agent-…`, `document rollout/r1`).
+        item: String,
     },
     /// Any other storage failure.
     #[error("state store {location}: {message}")]
@@ -181,4 +353,22 @@ pub trait StateStore: Send + Sync {
 
     /// Every document of a kind, as `(key, value)`.
     async fn documents(&self, kind: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
+
+    /// Everything the store holds except leases. The default says the store cannot.
+    async fn export(&self) -> Result<StateDump, StoreError> {
+        Err(StoreError::Io {
+            location: "this store".into(),
+            message: "it cannot export its state".into(),
+        })
+    }
+
+    /// Adds everything in `dump`, all or nothing: an item the store holds already is left alone when it is
+    /// identical and is a [`StoreError::ImportConflict`] otherwise. The default says the store cannot.
+    async fn import(&self, dump: &StateDump) -> Result<ImportSummary, StoreError> {
+        let _ = dump;
+        Err(StoreError::Io {
+            location: "this store".into(),
+            message: "it cannot import state".into(),
+        })
+    }
 }

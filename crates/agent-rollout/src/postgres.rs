@@ -12,7 +12,10 @@
 
 use std::time::Duration;
 
-use agent_core::{async_trait, JournalEntry, Lease, LeaseHolder, Revision, RevisionNumber, StateStore, StoreError};
+use agent_core::{
+    async_trait, DumpedDocument, DumpedOperation, DumpedRevision, ImportSummary, JournalEntry, Lease, LeaseHolder,
+    Revision, RevisionNumber, StateDump, StateStore, StoreError,
+};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, Config, GenericClient};
@@ -516,4 +519,151 @@ impl StateStore for PostgresStore {
             .map_err(|e| self.err(e))?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+
+    async fn export(&self) -> Result<StateDump, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| self.err(e))?;
+        let dump = export_in(&tx).await.map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        dump.map_err(|e| StoreError::Corrupt {
+            location: self.location.clone(),
+            message: e,
+            recovery: "a row was changed outside agentctl; fix or delete it with psql".into(),
+        })
+    }
+
+    async fn import(&self, dump: &StateDump) -> Result<ImportSummary, StoreError> {
+        let mut client = self.client().await?;
+        // Serializable: the comparison and the writes see one state, and a concurrent writer makes the
+        // commit fail rather than the import half-apply.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+            .start()
+            .await
+            .map_err(|e| self.err(e))?;
+        let existing = export_in(&tx)
+            .await
+            .map_err(|e| self.err(e))?
+            .map_err(|e| StoreError::Corrupt {
+                location: self.location.clone(),
+                message: e,
+                recovery: "a row was changed outside agentctl; fix or delete it with psql".into(),
+            })?;
+        let (add, unchanged) = dump.additions(&existing)?;
+        let write = async {
+            for r in &add.revisions {
+                let body = serde_json::to_value(&r.revision).unwrap_or_default();
+                tx.execute(
+                    "INSERT INTO agentctl_revisions (subject, number, body) VALUES ($1, $2, $3)",
+                    &[&r.subject, &(r.revision.number.get() as i64), &body],
+                )
+                .await?;
+            }
+            for o in &add.operations {
+                tx.execute(
+                    "INSERT INTO agentctl_operations (operation, subject, opened_at, closed_at) VALUES ($1, $2, $3, $4)",
+                    &[&o.operation, &o.subject, &o.opened_at, &o.closed_at],
+                )
+                .await?;
+                for e in &o.journal {
+                    tx.execute(
+                        "INSERT INTO agentctl_journal (operation, seq, subject, at, record) VALUES ($1, $2, $3, $4, $5)",
+                        &[&e.operation, &(e.seq as i32), &e.subject, &e.at, &e.record],
+                    )
+                    .await?;
+                }
+            }
+            for d in &add.documents {
+                tx.execute(
+                    "INSERT INTO agentctl_documents (kind, key, body) VALUES ($1, $2, $3)",
+                    &[&d.kind, &d.key, &d.value],
+                )
+                .await?;
+            }
+            tx.commit().await
+        };
+        write.await.map_err(|e| self.err(e))?;
+        Ok(ImportSummary {
+            revisions: add.revisions.len(),
+            operations: add.operations.len(),
+            documents: add.documents.len(),
+            unchanged,
+        })
+    }
+}
+
+/// Everything but the leases, read in the transaction `c` (the outer error is the database's, the inner
+/// a row that does not parse).
+async fn export_in(c: &impl GenericClient) -> Result<Result<StateDump, String>, tokio_postgres::Error> {
+    let mut dump = StateDump::new();
+    for r in c
+        .query(
+            "SELECT subject, body FROM agentctl_revisions ORDER BY subject, number",
+            &[],
+        )
+        .await?
+    {
+        let revision = match serde_json::from_value(r.get(1)) {
+            Ok(rev) => rev,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "a revision of {} does not parse: {e}",
+                    r.get::<_, String>(0)
+                )))
+            }
+        };
+        dump.revisions.push(DumpedRevision {
+            subject: r.get(0),
+            revision,
+        });
+    }
+    let ops = c
+        .query(
+            "SELECT operation, subject, opened_at, closed_at FROM agentctl_operations ORDER BY opened_at, position",
+            &[],
+        )
+        .await?;
+    let journal = c
+        .prepare("SELECT operation, seq, subject, at, record FROM agentctl_journal WHERE operation = $1 ORDER BY seq")
+        .await?;
+    for o in ops {
+        let operation: String = o.get(0);
+        let entries = c
+            .query(&journal, &[&operation])
+            .await?
+            .into_iter()
+            .map(|r| JournalEntry {
+                operation: r.get(0),
+                seq: r.get::<_, i32>(1) as u32,
+                subject: r.get(2),
+                at: r.get(3),
+                record: r.get(4),
+            })
+            .collect();
+        dump.operations.push(DumpedOperation {
+            operation,
+            subject: o.get(1),
+            opened_at: o.get(2),
+            closed_at: o.get(3),
+            journal: entries,
+        });
+    }
+    for r in c
+        .query("SELECT kind, key, body FROM agentctl_documents ORDER BY kind, key", &[])
+        .await?
+    {
+        dump.documents.push(DumpedDocument {
+            kind: r.get(0),
+            key: r.get(1),
+            value: r.get(2),
+        });
+    }
+    Ok(Ok(dump))
 }

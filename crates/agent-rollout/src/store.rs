@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use agent_core::{async_trait, JournalEntry, Lease, LeaseHolder, Revision, RevisionNumber, StateStore, StoreError};
+use agent_core::{
+    async_trait, DumpedDocument, DumpedOperation, DumpedRevision, ImportSummary, JournalEntry, Lease, LeaseHolder,
+    Revision, RevisionNumber, StateDump, StateStore, StoreError,
+};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use time::OffsetDateTime;
 
@@ -427,6 +430,123 @@ impl StateStore for SqliteStore {
             rows.map(|r| r.and_then(|(k, b)| Ok((k, parse(&b)?)))).collect()
         })
     }
+
+    async fn export(&self) -> Result<StateDump, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let dump = export_in(&tx)?;
+            tx.commit()?;
+            Ok(dump)
+        })
+    }
+
+    async fn import(&self, dump: &StateDump) -> Result<ImportSummary, StoreError> {
+        let mut outcome = None;
+        self.with(|c| {
+            // One immediate transaction: the comparison and the writes see one state, and a failure leaves
+            // the store as it was.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let existing = export_in(&tx)?;
+            let (add, unchanged) = match dump.additions(&existing) {
+                Ok(a) => a,
+                Err(e) => {
+                    outcome = Some(Err(e));
+                    return Ok(());
+                }
+            };
+            for r in &add.revisions {
+                tx.execute(
+                    "INSERT INTO revisions (subject, number, body) VALUES (?1, ?2, ?3)",
+                    params![r.subject, r.revision.number.get() as i64, json(&r.revision)?],
+                )?;
+            }
+            for o in &add.operations {
+                tx.execute(
+                    "INSERT INTO operations (operation, subject, opened_at, closed_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![o.operation, o.subject, rfc3339(o.opened_at), o.closed_at.map(rfc3339)],
+                )?;
+                for e in &o.journal {
+                    tx.execute(
+                        "INSERT INTO journal (operation, seq, subject, at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![e.operation, e.seq, e.subject, rfc3339(e.at), json(&e.record)?],
+                    )?;
+                }
+            }
+            for d in &add.documents {
+                tx.execute(
+                    "INSERT INTO documents (kind, key, body) VALUES (?1, ?2, ?3)",
+                    params![d.kind, d.key, json(&d.value)?],
+                )?;
+            }
+            tx.commit()?;
+            outcome = Some(Ok(ImportSummary {
+                revisions: add.revisions.len(),
+                operations: add.operations.len(),
+                documents: add.documents.len(),
+                unchanged,
+            }));
+            Ok(())
+        })?;
+        outcome.unwrap_or_else(|| Ok(ImportSummary::default()))
+    }
+}
+
+fn time_of(s: &str) -> OffsetDateTime {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Everything but the leases, read in the transaction `c`.
+fn export_in(c: &Connection) -> rusqlite::Result<StateDump> {
+    let mut dump = StateDump::new();
+    let mut st = c.prepare("SELECT subject, body FROM revisions ORDER BY subject, number")?;
+    for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (subject, body) = row?;
+        dump.revisions.push(DumpedRevision {
+            subject,
+            revision: parse(&body)?,
+        });
+    }
+    let mut st =
+        c.prepare("SELECT operation, subject, opened_at, closed_at FROM operations ORDER BY opened_at, rowid")?;
+    let ops: Vec<(String, String, String, Option<String>)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut st =
+        c.prepare("SELECT operation, seq, subject, at, record FROM journal WHERE operation = ?1 ORDER BY seq")?;
+    for (operation, subject, opened, closed) in ops {
+        let journal = st
+            .query_map([&operation], |r| {
+                let at: String = r.get(3)?;
+                let record: String = r.get(4)?;
+                Ok(JournalEntry {
+                    operation: r.get(0)?,
+                    seq: r.get(1)?,
+                    subject: r.get(2)?,
+                    at: time_of(&at),
+                    record: parse(&record)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        dump.operations.push(DumpedOperation {
+            operation,
+            subject,
+            opened_at: time_of(&opened),
+            closed_at: closed.as_deref().map(time_of),
+            journal,
+        });
+    }
+    let mut st = c.prepare("SELECT kind, key, body FROM documents ORDER BY kind, key")?;
+    for row in st.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+    })? {
+        let (kind, key, body) = row?;
+        dump.documents.push(DumpedDocument {
+            kind,
+            key,
+            value: parse(&body)?,
+        });
+    }
+    Ok(dump)
 }
 
 #[cfg(test)]

@@ -148,3 +148,59 @@ fn a_runner_with_an_empty_state_dir_repairs_a_killed_update_and_undoes() {
         (v1_id.as_str(), true, img.refs["v1"].as_str())
     );
 }
+
+#[test]
+fn history_moves_to_a_postgresql_store_with_state_export_and_import() {
+    let img = images();
+    let w = World::new("export");
+    let name = w.name("agent");
+    let v1_id = w.docker_run(&name, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    let fast = &FAST[..6];
+    let up = w.agentctl(&[&["update", &name, "--image", &img.refs["v2"]], fast].concat());
+    assert_eq!(code(&up), 0, "{}", stderr(&up));
+    let file = w.state_dir().join("export.json");
+    let export = w.agentctl(&["state", "export", "-f", file.to_str().unwrap()]);
+    assert_eq!(code(&export), 0, "{}", stderr(&export));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    // Into a team's PostgreSQL store.
+    let server = agent_rollout::testing::TestPostgres::start().expect("PostgreSQL (apt-get install postgresql)");
+    let url = server.database("team").unwrap();
+    let team = tempfile::tempdir().unwrap();
+    let in_team = |args: &[&str]| {
+        agentctl_in(team.path())
+            .env("AGENTCTL_STATE", &url)
+            .arg("--no-progress")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let import = in_team(&["state", "import", file.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&import), 0, "{}", stderr(&import));
+    let summary = json(&import);
+    assert_eq!(summary["revisions"], 2, "{summary}");
+    assert!(summary["operations"].as_u64().unwrap() >= 1, "{summary}");
+    let again = in_team(&["state", "import", file.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert_eq!(json(&again)["revisions"], 0, "a second import adds nothing");
+    let history = in_team(&["history", &name, "-o", "json"]);
+    let rows = json(&history).as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2, "{}", stdout(&history));
+    assert!(
+        rows[1]["by"].as_str().is_some_and(|b| !b.is_empty()),
+        "who made it travels along"
+    );
+    // Not an export: refused, naming the file.
+    std::fs::write(w.state_dir().join("junk.json"), b"{\"x\": 1}").unwrap();
+    let junk = in_team(&["state", "import", w.state_dir().join("junk.json").to_str().unwrap()]);
+    assert_eq!(code(&junk), 1);
+    assert!(
+        stderr(&junk).contains("junk.json is not an agentctl state export"),
+        "{}",
+        stderr(&junk)
+    );
+    // The team's store undoes from the imported history: the retained original container comes back.
+    let undo = in_team(&[&["undo", &name], fast].concat());
+    assert_eq!(code(&undo), 0, "{}", stderr(&undo));
+    assert_eq!(w.state(&name).unwrap().0, v1_id);
+}

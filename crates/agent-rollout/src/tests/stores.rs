@@ -132,10 +132,76 @@ async fn contract(s: Arc<dyn StateStore>) {
     assert_eq!(keys, ["r1", "r2"]);
 }
 
+/// Exports `from` (after [`contract`] filled it, plus an open operation) into the empty `to`: the same
+/// state arrives; importing again changes nothing; a conflicting item is refused and nothing is imported.
+async fn export_import(from: Arc<dyn StateStore>, to: Arc<dyn StateStore>) {
+    from.append_journal(&JournalEntry {
+        operation: "open-op".into(),
+        subject: "t2".into(),
+        seq: 0,
+        at: OffsetDateTime::now_utc(),
+        record: serde_json::json!({"step": "begin"}),
+    })
+    .await
+    .unwrap();
+    let dump = from.export().await.unwrap();
+    assert_eq!(
+        (dump.revisions.len(), dump.operations.len(), dump.documents.len()),
+        (2, 2, 2)
+    );
+    let summary = to.import(&dump).await.unwrap();
+    assert_eq!(
+        (
+            summary.revisions,
+            summary.operations,
+            summary.documents,
+            summary.unchanged
+        ),
+        (2, 2, 2, 0)
+    );
+    assert_eq!(
+        serde_json::to_value(to.revisions("t").await.unwrap()).unwrap(),
+        serde_json::to_value(from.revisions("t").await.unwrap()).unwrap()
+    );
+    assert_eq!(
+        to.open_operations("t2").await.unwrap(),
+        ["open-op"],
+        "an open operation stays open"
+    );
+    assert!(to.open_operations("t").await.unwrap().is_empty());
+    assert_eq!(to.journal("op1").await.unwrap().len(), 3);
+    assert_eq!(
+        to.documents("rollout").await.unwrap(),
+        from.documents("rollout").await.unwrap()
+    );
+    let again = to.import(&dump).await.unwrap();
+    assert_eq!(
+        (again.revisions, again.operations, again.documents, again.unchanged),
+        (0, 0, 0, 6)
+    );
+    // A dump whose revision 2 differs, with a new document: refused, and the new document is not added.
+    let mut other = dump.clone();
+    other.revisions[1].revision.cause = "something else".into();
+    other.documents.push(agent_core::DumpedDocument {
+        kind: "rollout".into(),
+        key: "r3".into(),
+        value: serde_json::json!({}),
+    });
+    let err = to.import(&other).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::ImportConflict { item } if item == "revision 2 of t"),
+        "{err}"
+    );
+    assert_eq!(to.documents("rollout").await.unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn sqlite_keeps_the_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    contract(Arc::new(SqliteStore::open(&dir.path().join("state.db")).unwrap())).await;
+    let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).unwrap());
+    contract(store.clone()).await;
+    let other = Arc::new(SqliteStore::open(&dir.path().join("other.db")).unwrap());
+    export_import(store, other).await;
 }
 
 #[cfg(feature = "testing")]
@@ -150,6 +216,19 @@ mod postgres {
         let url = server.database("contract").unwrap();
         let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
         contract(store.clone()).await;
+        // SQLite → PostgreSQL and back.
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Arc::new(SqliteStore::open(&dir.path().join("state.db")).unwrap());
+        contract(sqlite.clone()).await;
+        let target = Arc::new(
+            PostgresStore::connect(&server.database("imported").unwrap())
+                .await
+                .unwrap(),
+        );
+        export_import(sqlite, target.clone()).await;
+        let back = Arc::new(SqliteStore::open(&dir.path().join("back.db")).unwrap());
+        let summary = back.import(&target.export().await.unwrap()).await.unwrap();
+        assert_eq!(summary.revisions + summary.operations + summary.documents, 6);
         // Ten stores (ten connections, as ten machines would have) race for one key, twenty rounds: each
         // round exactly one wins.
         let mut stores = Vec::new();
