@@ -6,13 +6,19 @@
 //! Both are engine records (see [`ContainerRuntime::create_record`]): on Docker, containers that never run.
 //! - The lock of container `NAME` is the record `NAME.agentctl-lock`. The engine's name uniqueness makes
 //!   its creation atomic. Its labels name the holder (id, host, pid, purpose, who) and when it was taken;
-//!   its file `lease.json` holds the expiry, renewed by the holder; its file `journal.json` holds the
-//!   journal of the operation under way, written before each step as the store's journal is. A lock whose
-//!   holder died (same host, process gone) is taken over at once, any other once it expired; before it is
-//!   removed its journal is copied into the taker's store, so the taker's recovery repairs the operation.
+//!   its file `lease.json` holds the expiry, renewed by the holder; its file `journal.json` holds the begin
+//!   facts of the operation under way, written before its first step. A lock whose holder died (same host,
+//!   process gone) is taken over at once, any other once it expired; before it is removed its journal is
+//!   copied into the taker's store, so the taker's recovery repairs the operation.
 //! - The history of every agent on the engine is the record `agentctl-history`, one file `NAME.json` per
-//!   container: the revisions as the store holds them (secrets redacted), rewritten whenever they change
-//!   and read back when the store has no history for the container.
+//!   container: the revisions as the store holds them (secrets redacted), rewritten when an operation
+//!   records its outcome (before it closes its journal) and whenever else they changed under the lock, and
+//!   read back when the store has no history for the container.
+//!
+//! Each archive write costs the engine about 90 ms (it mounts the container's filesystem), so the engine
+//! keeps what repair needs and no more: the begin facts, not each step (every act is then taken as reached:
+//! their inverses are safe from any state), and no separate commit mark: the history written at the
+//! decision is it (the operation's new revision recorded as succeeded means the update was committed).
 //!
 //! A runtime without records (an SDK user's own) keeps the store's lease alone.
 
@@ -21,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use agent_core::{
-    ContainerRuntime, JournalEntry, LeaseHolder, Revision, RuntimeError, StateStore, StoreError, RECORD_LABEL,
+    ContainerRuntime, JournalEntry, LeaseHolder, Outcome, Revision, RuntimeError, StateStore, StoreError, RECORD_LABEL,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -158,7 +164,8 @@ struct Inner {
     id: String,
     lost: Arc<AtomicBool>,
     renewer: tokio::task::JoinHandle<()>,
-    journal: tokio::sync::Mutex<Vec<JournalEntry>>,
+    /// The revisions last written to the engine's history record, as written.
+    saved: tokio::sync::Mutex<Option<Vec<u8>>>,
     released: Mutex<bool>,
 }
 
@@ -209,7 +216,7 @@ impl EngineLock {
                 holder = %current.holder,
                 "taking over the engine lock of a holder that is gone or expired"
             );
-            adopt_journal(runtime.as_ref(), store, &current.id).await?;
+            adopt_journal(runtime.as_ref(), store, container, &current.id).await?;
             match runtime.remove_record(&current.id).await {
                 Ok(()) | Err(RuntimeError::ContainerNotFound { .. }) => {}
                 Err(e) => return Err(runtime_err(&name)(e)),
@@ -229,6 +236,8 @@ impl EngineLock {
             let (runtime, id, lost) = (runtime.clone(), id.clone(), lost.clone());
             tokio::spawn(async move {
                 loop {
+                    // The labels give the first expiry; the file extends it.
+                    tokio::time::sleep(LEASE_TTL / 3).await;
                     let lease = LeaseFile {
                         expires_at: OffsetDateTime::now_utc() + LEASE_TTL,
                     };
@@ -240,7 +249,6 @@ impl EngineLock {
                             return;
                         }
                     }
-                    tokio::time::sleep(LEASE_TTL / 3).await;
                 }
             })
         };
@@ -252,7 +260,7 @@ impl EngineLock {
                 id,
                 lost,
                 renewer,
-                journal: tokio::sync::Mutex::new(Vec::new()),
+                saved: tokio::sync::Mutex::new(None),
                 released: Mutex::new(false),
             }),
         }
@@ -263,15 +271,13 @@ impl EngineLock {
         self.inner.lost.load(Ordering::SeqCst)
     }
 
-    /// Writes `entry` to the lock's journal (the whole journal of the operation, rewritten): before the step
-    /// it names is carried out, as in the store.
+    /// Writes the begin facts of an operation to the lock before its first step is carried out (the other
+    /// steps are not written: see the module's documentation).
     pub(crate) async fn record(&self, entry: &JournalEntry) -> Result<(), Error> {
-        let mut journal = self.inner.journal.lock().await;
-        if journal.first().is_some_and(|e| e.operation != entry.operation) {
-            journal.clear();
+        if !matches!(serde_json::from_value::<Step>(entry.record.clone()), Ok(Step::Begin(_))) {
+            return Ok(());
         }
-        journal.push(entry.clone());
-        let body = serde_json::to_vec(&*journal).unwrap_or_default();
+        let body = serde_json::to_vec(&[entry]).unwrap_or_default();
         self.inner
             .runtime
             .write_record(&self.inner.id, JOURNAL_FILE, &body)
@@ -279,16 +285,26 @@ impl EngineLock {
             .map_err(runtime_err(&self.inner.name))
     }
 
-    /// Copies the revisions stored under `subject` to the engine's history record, then releases the lock.
-    pub(crate) async fn save_history_and_release(&self, store: &dyn StateStore, subject: &str) -> Result<(), Error> {
-        let saved = async {
-            let revisions = store.revisions(subject).await?;
-            if revisions.is_empty() {
-                return Ok(());
-            }
-            save_history(self.inner.runtime.as_ref(), &self.inner.container, &revisions).await
+    /// Copies the revisions stored under `subject` to the engine's history record, unless they are what
+    /// this lock wrote last.
+    pub(crate) async fn save_history(&self, store: &dyn StateStore, subject: &str) -> Result<(), Error> {
+        let revisions = store.revisions(subject).await?;
+        if revisions.is_empty() {
+            return Ok(());
         }
-        .await;
+        let body = serde_json::to_vec(&revisions).unwrap_or_default();
+        let mut saved = self.inner.saved.lock().await;
+        if saved.as_deref() == Some(body.as_slice()) {
+            return Ok(());
+        }
+        write_history(self.inner.runtime.as_ref(), &self.inner.container, &body).await?;
+        *saved = Some(body);
+        Ok(())
+    }
+
+    /// Copies the history to the engine if it changed, then releases the lock.
+    pub(crate) async fn save_history_and_release(&self, store: &dyn StateStore, subject: &str) -> Result<(), Error> {
+        let saved = self.save_history(store, subject).await;
         let released = self.release().await;
         saved.and(released)
     }
@@ -320,10 +336,13 @@ impl std::fmt::Debug for EngineLock {
 }
 
 /// Copies the journal of a stale lock into `store` unless the store has that operation already (the same
-/// runner's store, or one shared with it), so that recovery finds the operation there.
+/// runner's store, or one shared with it), so that recovery finds the operation there: its begin facts,
+/// then [`Step::AfterBegin`] (every act taken as reached), and a commit when the engine's history records
+/// the operation's new revision as succeeded (the decision was to keep it).
 async fn adopt_journal(
     runtime: &dyn ContainerRuntime,
     store: &Arc<dyn StateStore>,
+    container: &str,
     lock_id: &str,
 ) -> Result<(), Error> {
     let Some(body) = runtime
@@ -340,43 +359,52 @@ async fn adopt_journal(
             recovery: "remove the lock container after checking the target by hand".into(),
         })
     })?;
-    let Some(first) = entries.first() else {
+    let Some(first) = entries.into_iter().next() else {
+        return Ok(());
+    };
+    let Ok(Step::Begin(begin)) = serde_json::from_value::<Step>(first.record.clone()) else {
         return Ok(());
     };
     if !store.journal(&first.operation).await?.is_empty() {
         return Ok(());
     }
     tracing::warn!(operation = %first.operation, "adopting the journal of an interrupted operation from the engine");
-    for e in &entries {
-        store.append_journal(e).await?;
+    let committed = load_history(runtime, container)
+        .await?
+        .into_iter()
+        .find(|r| r.number.get() == begin.new_revision && begin.new_revision > 0)
+        .and_then(|r| match r.outcome {
+            Outcome::Succeeded => Some(None),
+            Outcome::Unverified { reason } => Some(Some(reason)),
+            _ => None,
+        });
+    let mut steps = vec![Step::AfterBegin];
+    if let Some(unverified) = committed {
+        steps.push(Step::Commit { unverified });
     }
-    let done = entries
-        .last()
-        .and_then(|e| serde_json::from_value::<Step>(e.record.clone()).ok())
-        .is_some_and(|s| matches!(s, Step::Done { .. }));
-    if done {
-        store.close_operation(&first.operation).await?;
+    store.append_journal(&first).await?;
+    for (i, step) in steps.iter().enumerate() {
+        store
+            .append_journal(&JournalEntry {
+                seq: first.seq + 1 + i as u32,
+                at: OffsetDateTime::now_utc(),
+                record: serde_json::to_value(step).unwrap_or_default(),
+                ..first.clone()
+            })
+            .await?;
     }
     Ok(())
 }
 
-/// Writes the revisions of `container` to the engine's history record (creating it on first use).
-pub(crate) async fn save_history(
-    runtime: &dyn ContainerRuntime,
-    container: &str,
-    revisions: &[Revision],
-) -> Result<(), Error> {
-    if !runtime.supports_records() {
-        return Ok(());
-    }
+/// Writes `body` (the revisions of `container`) to the engine's history record, creating it on first use.
+async fn write_history(runtime: &dyn ContainerRuntime, container: &str, body: &[u8]) -> Result<(), Error> {
     let labels = BTreeMap::from([(RECORD_LABEL.to_owned(), "history".to_owned())]);
     match runtime.create_record(HISTORY_RECORD, &labels).await {
         Ok(_) | Err(RuntimeError::Conflict { .. }) => {}
         Err(e) => return Err(runtime_err(HISTORY_RECORD)(e)),
     }
-    let body = serde_json::to_vec(revisions).unwrap_or_default();
     runtime
-        .write_record(HISTORY_RECORD, &format!("{container}.json"), &body)
+        .write_record(HISTORY_RECORD, &format!("{container}.json"), body)
         .await
         .map_err(runtime_err(HISTORY_RECORD))
 }

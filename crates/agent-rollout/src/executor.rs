@@ -535,6 +535,7 @@ impl Updater {
         ex: Executed,
         req: &UpdateRequest,
         revision: Revision,
+        lease: &LeaseGuard,
     ) -> Result<UpdateReport, Error> {
         let b = &op.begin;
         let recorded = match &ex.decision {
@@ -550,6 +551,21 @@ impl Updater {
                 self.revert_records(b, reason).await?
             }
         };
+        // The engine's copy of the history, before the journal closes: a runner with another store reads
+        // the decision from it (the new revision recorded as succeeded) if this process dies now.
+        if let Some(lock) = lease.engine_lock() {
+            if let Err(e) = lock
+                .save_history(self.store.as_ref(), &self.subject(&b.container))
+                .await
+            {
+                self.reporter.report(&Event::Step {
+                    step: "engine-history",
+                    detail: format!(
+                        "the copy of the history on the engine was not updated ({e}); the state store has it"
+                    ),
+                });
+            }
+        }
         let outcome = match ex.status() {
             UpdateStatus::RolledBack => "rolled-back",
             _ if b.kind == OpKind::Install => "installed",

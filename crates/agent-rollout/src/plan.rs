@@ -196,7 +196,10 @@ impl Act {
 /// inverses of every act up to and including that step, last first. An act is journaled before it runs, so
 /// the last one may not have happened; its inverse copes.
 pub(crate) fn inverses(plan: &[Act], reached: &[Step]) -> Vec<Inverse> {
-    let done = if reached.iter().any(|s| matches!(s, Step::Verify | Step::Revert { .. })) {
+    let done = if reached
+        .iter()
+        .any(|s| matches!(s, Step::Verify | Step::Revert { .. } | Step::AfterBegin))
+    {
         plan.len()
     } else {
         plan.iter()
@@ -240,6 +243,10 @@ pub(crate) enum Step {
         /// How.
         outcome: String,
     },
+    /// Somewhere after [`Step::Begin`]: the journal came from an engine lock, which keeps only the begin
+    /// facts (writing every step there would cost a slow archive write each), so every act is taken as
+    /// reached; their inverses are safe from any state.
+    AfterBegin,
 }
 
 impl Step {
@@ -256,6 +263,7 @@ impl Step {
             Step::Commit { .. } => "commit",
             Step::Revert { .. } => "revert",
             Step::Done { .. } => "done",
+            Step::AfterBegin => "after-begin",
         }
     }
 }

@@ -275,7 +275,7 @@ impl Updater {
             notify_started: true,
         };
         let ex = self.execute(&op, req, lease).await?;
-        let mut report = self.settle(&op, ex, req, revision).await?;
+        let mut report = self.settle(&op, ex, req, revision, lease).await?;
         report.previous = None;
         report.recovered = recovered;
         Ok(report)
@@ -579,6 +579,6 @@ impl Updater {
             notify_started: true,
         };
         let ex = self.execute(&op, req, lease).await?;
-        self.settle(&op, ex, req, revision).await
+        self.settle(&op, ex, req, revision, lease).await
     }
 }

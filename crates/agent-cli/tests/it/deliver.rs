@@ -267,6 +267,10 @@ fn the_ci_examples_run_as_written() {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_agentctl")).parent().unwrap().to_owned();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let (github, gitlab) = ci_scripts();
+    // The shared form the examples use: AGENTCTL_STATE names the team's PostgreSQL, and each job runs
+    // with an empty state directory of its own, as on a fresh runner.
+    let server = agent_rollout::testing::TestPostgres::start().expect("PostgreSQL (apt-get install postgresql)");
+    let shared = server.database("team").unwrap();
     for (ci, script, env) in [
         (
             "github",
@@ -279,11 +283,13 @@ fn the_ci_examples_run_as_written() {
             [("CI_COMMIT_TAG", "v6.0.1"), ("AGENTCTL_ACTOR", "gitlab:ci/job-2")],
         ),
     ] {
+        let job_dir = tempfile::tempdir().unwrap();
         let out = Command::new("bash")
             .args(["-e", "-c", &script])
             .current_dir(dir.path())
             .env("PATH", &path)
-            .env("AGENTCTL_STATE_DIR", w.state.path())
+            .env("AGENTCTL_STATE_DIR", job_dir.path())
+            .env("AGENTCTL_STATE", &shared)
             .env("NO_COLOR", "1")
             .envs(env)
             .output()
@@ -301,6 +307,23 @@ fn the_ci_examples_run_as_written() {
             assert_eq!(image_of(n), record["image"].as_str().unwrap(), "{ci}: {n}");
         }
     }
+    // Both jobs' deliveries are in the shared store.
+    let listed = Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .args(["deliveries", "-o", "json"])
+        .env("AGENTCTL_STATE", &shared)
+        .output()
+        .unwrap();
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let by: Vec<String> = json(&listed)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["by"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        by.contains(&"github:ci/run-1".to_owned()) && by.contains(&"gitlab:ci/job-2".to_owned()),
+        "{by:?}"
+    );
 }
 
 /// The README's main command: the whole loop on the demo agent, as an operator runs it.

@@ -88,65 +88,93 @@ fn two_runners_with_separate_state_dirs_never_change_one_target_at_once() {
     assert_eq!(w.state(&name).unwrap().2, img.refs["v3"]);
 }
 
+/// A runner killed during an update, its state directory gone with it (a CI runner), and a new runner with
+/// an empty state directory: it repairs from the engine lock, completing the update when the engine's
+/// history shows it was decided (killed at `done`), reverting it otherwise (the engine keeps the begin facts
+/// and the history, not each step); then it undoes from the history on the engine.
 #[test]
 fn a_runner_with_an_empty_state_dir_repairs_a_killed_update_and_undoes() {
     let img = images();
     let w = World::new("fresh");
-    let name = w.name("agent");
-    let v1_id = w.docker_run(&name, &["--restart", "unless-stopped"], &img.refs["v1"]);
-    let fast = &FAST[..6];
-    let first = tempfile::tempdir().unwrap();
-    let up = run_in(
-        first.path(),
-        &[&["update", &name, "--image", &img.refs["v2"]], fast].concat(),
-        None,
-    );
-    assert_eq!(code(&up), 0, "{}", stderr(&up));
-    let v2_id = w.state(&name).unwrap().0;
-    // The first runner is killed half-way through the next update, and its state directory is gone with
-    // it (a CI runner).
-    let killed = run_in(
-        first.path(),
-        &[&["update", &name, "--image", &img.refs["v3"]], fast].concat(),
-        Some("update:start-new"),
-    );
-    assert!(!killed.status.success(), "the switch must kill the process");
-    assert!(
-        w.state(&format!("{name}.agentctl-lock")).is_some(),
-        "the killed runner's lock stays"
-    );
-    drop(first);
-    // A new runner with an empty state directory repairs from the journal in the engine lock.
-    let fresh = tempfile::tempdir().unwrap();
-    let status = run_in(fresh.path(), &["status", &name, "-o", "json"], None);
-    assert_eq!(code(&status), 0, "{}", stderr(&status));
-    let report = json(&status);
-    let recovered = report["recovered"].as_array().unwrap();
-    assert_eq!(recovered.len(), 1, "{report}");
-    assert_eq!(recovered[0]["action"], "reverted", "{report}");
-    assert_eq!(recovered[0]["interruptedAt"], "start-new", "{report}");
-    let (id, running, image) = w.state(&name).unwrap();
-    assert_eq!(
-        (id.as_str(), running, image.as_str()),
-        (v2_id.as_str(), true, img.refs["v2"].as_str())
-    );
-    assert_eq!(w.running(&name), [name.as_str()], "{:?}", w.containers(&name));
-    assert!(w.state(&format!("{name}.agentctl-lock")).is_none());
-    // Its history came from the engine: revisions 1 and 2, by whoever made them.
-    let history = run_in(fresh.path(), &["history", &name, "-o", "json"], None);
-    assert_eq!(code(&history), 0, "{}", stderr(&history));
-    let rows = json(&history).as_array().cloned().unwrap_or_default();
-    let numbers: Vec<u64> = rows.iter().filter_map(|r| r["revision"].as_u64()).collect();
-    assert_eq!(numbers, [1, 2], "{}", stdout(&history));
-    // Undo goes back to revision 1: the retained original container itself, as the engine's copy of the
-    // history records its id.
-    let undo = run_in(fresh.path(), &[&["undo", &name], fast].concat(), None);
-    assert_eq!(code(&undo), 0, "{}", stderr(&undo));
-    let (id, running, image) = w.state(&name).unwrap();
-    assert_eq!(
-        (id.as_str(), running, image.as_str()),
-        (v1_id.as_str(), true, img.refs["v1"].as_str())
-    );
+    let cases = [("start-new", "reverted"), ("commit", "reverted"), ("done", "completed")];
+    let handles: Vec<_> = cases
+        .into_iter()
+        .map(|(step, action)| {
+            let name = w.name(step);
+            let v1_id = w.docker_run(&name, &["--restart", "unless-stopped"], &img.refs["v1"]);
+            let (v2, v3) = (img.refs["v2"].clone(), img.refs["v3"].clone());
+            let w_state = move |n: &str| {
+                let out = std::process::Command::new("docker")
+                    .args(["inspect", "-f", "{{.Id}} {{.State.Running}} {{.Config.Image}}", n])
+                    .output()
+                    .unwrap();
+                let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                out.status.success().then_some(s)
+            };
+            std::thread::spawn(move || {
+                let fast = &FAST[..6];
+                let first = tempfile::tempdir().unwrap();
+                let up = run_in(first.path(), &[&["update", &name, "--image", &v2], fast].concat(), None);
+                assert_eq!(code(&up), 0, "{step}: {}", stderr(&up));
+                let v2_id = w_state(&name).unwrap().split(' ').next().unwrap().to_owned();
+                let killed = run_in(
+                    first.path(),
+                    &[&["update", &name, "--image", &v3], fast].concat(),
+                    Some(&format!("update:{step}")),
+                );
+                assert!(!killed.status.success(), "{step}: the switch must kill the process");
+                assert!(
+                    w_state(&format!("{name}.agentctl-lock")).is_some(),
+                    "{step}: the lock stays"
+                );
+                drop(first);
+                let fresh = tempfile::tempdir().unwrap();
+                let status = run_in(fresh.path(), &["status", &name, "-o", "json"], None);
+                assert_eq!(code(&status), 0, "{step}: {}", stderr(&status));
+                let report = json(&status);
+                let recovered = report["recovered"].as_array().cloned().unwrap_or_default();
+                assert_eq!(recovered.len(), 1, "{step}: {report}");
+                assert_eq!(recovered[0]["action"], action, "{step}: {report}");
+                // What the engine tells: after the begin facts, or after the decision.
+                let at = if action == "completed" { "commit" } else { "after-begin" };
+                assert_eq!(recovered[0]["interruptedAt"], at, "{step}: {report}");
+                let now = w_state(&name).unwrap();
+                let want = if action == "completed" {
+                    format!("true {v3}")
+                } else {
+                    format!("{v2_id} true {v2}")
+                };
+                assert!(now.ends_with(&want), "{step}: {now}, want {want}");
+                assert!(w_state(&format!("{name}.agentctl-lock")).is_none(), "{step}");
+                let history = run_in(fresh.path(), &["history", &name, "-o", "json"], None);
+                assert_eq!(code(&history), 0, "{step}: {}", stderr(&history));
+                let rows = json(&history).as_array().cloned().unwrap_or_default();
+                let numbers: Vec<u64> = rows.iter().filter_map(|r| r["revision"].as_u64()).collect();
+                // The revision of an update that never decided lives only in the lost store.
+                let want: &[u64] = if action == "completed" { &[1, 2, 3] } else { &[1, 2] };
+                assert_eq!(numbers, want, "{step}: {}", stdout(&history));
+                (step, name, v1_id, fresh)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (step, name, v1_id, fresh) = h.join().unwrap();
+        // Undo to revision 1 from the history on the engine: the retained original container itself, as
+        // the engine's copy records its id.
+        let undo = run_in(
+            fresh.path(),
+            &[&["undo", &name, "--to-revision", "1"], &FAST[..6]].concat(),
+            None,
+        );
+        assert_eq!(code(&undo), 0, "{step}: {}", stderr(&undo));
+        let (id, running, image) = w.state(&name).unwrap();
+        assert_eq!(
+            (id.as_str(), running, image.as_str()),
+            (v1_id.as_str(), true, img.refs["v1"].as_str()),
+            "{step}"
+        );
+        assert_eq!(w.running(&name), [name.as_str()], "{step}: {:?}", w.containers(&name));
+    }
 }
 
 #[test]
@@ -203,4 +231,79 @@ fn history_moves_to_a_postgresql_store_with_state_export_and_import() {
     let undo = in_team(&[&["undo", &name], fast].concat());
     assert_eq!(code(&undo), 0, "{}", stderr(&undo));
     assert_eq!(w.state(&name).unwrap().0, v1_id);
+}
+
+/// A lock on the engine as a runner on another machine leaves it (its labels, no renewal yet).
+fn foreign_lock(w: &World, name: &str, acquired: time::OffsetDateTime) {
+    let at = acquired.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let lock = format!("{name}.agentctl-lock");
+    let out = w.docker(&[
+        "create",
+        "--name",
+        &lock,
+        "--label",
+        "io.agentctl.record=lock",
+        "--label",
+        "io.agentctl.lock.host=ci-runner-7",
+        "--label",
+        "io.agentctl.lock.pid=4242",
+        "--label",
+        "io.agentctl.lock.holder=ci-runner-7:4242:99:beef",
+        "--label",
+        "io.agentctl.lock.purpose=update agent",
+        "--label",
+        "io.agentctl.lock.by=deploy-bot",
+        "--label",
+        &format!("io.agentctl.lock.acquired={at}"),
+        "--label",
+        "io.agentctl.lock.ttl=30",
+        "agentctl-record:1",
+        "agentctl-record",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_lock_from_another_machine_holds_until_it_expires_and_a_stranger_is_never_taken_for_a_lock() {
+    let img = images();
+    let w = World::new("foreign");
+    let name = w.name("agent");
+    w.docker_run(&name, &["--restart", "unless-stopped"], &img.refs["v1"]);
+    let fast = &FAST[..6];
+    // The record image exists once agentctl has taken any lock on this engine.
+    let status = w.agentctl(&["status", &name]);
+    assert_eq!(code(&status), 0, "{}", stderr(&status));
+    let lock = format!("{name}.agentctl-lock");
+    foreign_lock(&w, &name, time::OffsetDateTime::now_utc());
+    let before = w.state(&name).unwrap();
+    let refused = w.agentctl(&[&["update", &name, "--image", &img.refs["v2"]], fast].concat());
+    assert_eq!(code(&refused), 1, "{}", stderr(&refused));
+    let msg = stderr(&refused);
+    assert!(
+        msg.contains("pid 4242 on ci-runner-7") && msg.contains("run by deploy-bot"),
+        "{msg}"
+    );
+    assert_eq!(w.state(&name).unwrap(), before);
+    // The same lock, expired (taken a minute ago, never renewed): taken over, and the update goes ahead.
+    assert!(w.docker(&["rm", &lock]).status.success());
+    foreign_lock(
+        &w,
+        &name,
+        time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(60),
+    );
+    let up = w.agentctl(&[&["update", &name, "--image", &img.refs["v2"]], fast].concat());
+    assert_eq!(code(&up), 0, "{}", stderr(&up));
+    assert_eq!(w.state(&name).unwrap().2, img.refs["v2"]);
+    assert!(w.state(&lock).is_none());
+    // A container agentctl did not make under the lock's name is refused, named, and left alone.
+    let stranger = w.docker_run(&lock, &[], &img.refs["v1"]);
+    let out = w.agentctl(&[&["update", &name, "--image", &img.refs["v3"]], fast].concat());
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("the container {lock}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.state(&lock).unwrap().0, stranger);
+    assert_eq!(w.state(&name).unwrap().2, img.refs["v2"]);
 }
