@@ -31,6 +31,7 @@ pub mod control_center;
 mod gate;
 mod heartbeat;
 pub mod http;
+pub mod judge;
 mod listener;
 mod probation;
 mod probes;
