@@ -323,7 +323,10 @@ mod tests {
     /// The samples of `scripts/judge-reference.py`, and what it printed (scipy 1.17.1, numpy): U and p from
     /// `scipy.stats.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic", use_continuity=True)`;
     /// the shift and its interval from numpy (the median and order statistics of every pairwise difference).
-    const CASES: &[(&str, &[f64], &[f64], [f64; 5])] = &[
+    /// A name, the canary and baseline samples, and U, p, the shift and its interval's ends.
+    type Case = (&'static str, &'static [f64], &'static [f64], [f64; 5]);
+
+    const CASES: &[Case] = &[
         (
             "distinct",
             &[1.1, 2.3, 3.5, 4.2, 5.9, 6.1, 7.7],
