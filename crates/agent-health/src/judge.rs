@@ -440,3 +440,101 @@ mod tests {
         assert_eq!(score(Vec::new(), 95.0, 75.0).judgement, Judgement::Inconclusive);
     }
 }
+
+#[cfg(test)]
+mod spec_tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use crate::{AnalysisOutcome, AnalysisSpec, JudgeSpec, MetricSource, Series};
+
+    /// Range series by query: `version` 1.0.0 and 2.0.0, as a Prometheus would return them.
+    struct Source(Vec<(&'static str, &'static str, Vec<f64>)>);
+
+    #[async_trait::async_trait]
+    impl MetricSource for Source {
+        async fn query(&self, _: &str) -> Result<Option<f64>, String> {
+            Ok(None)
+        }
+
+        async fn query_range(&self, query: &str, _: Duration, _: Duration) -> Result<Vec<Series>, String> {
+            if query == "down" {
+                return Err("prometheus http://127.0.0.1:1: connection refused".into());
+            }
+            Ok(self
+                .0
+                .iter()
+                .filter(|(q, _, _)| *q == query)
+                .map(|(_, version, values)| Series {
+                    labels: BTreeMap::from([("version".to_owned(), (*version).to_owned())]),
+                    values: values.clone(),
+                })
+                .collect())
+        }
+    }
+
+    fn spec(metrics: &str) -> AnalysisSpec {
+        let yaml = format!(
+            "prometheus: http://prometheus:9090\njudge:\n  splitBy: version\n  canary: '2.0.0'\n  baseline: '1.0.0'\n  step: 1s\n  window: 30s\n  minPoints: 5\n  metrics: {metrics}\n"
+        );
+        let spec: AnalysisSpec = serde_saphyr::from_str(&yaml).unwrap();
+        spec.judge.as_ref().unwrap().check().unwrap();
+        spec
+    }
+
+    #[tokio::test]
+    async fn a_judge_passes_a_canary_like_its_baseline_and_fails_a_worse_one_with_evidence() {
+        let same = vec![0.01, 0.012, 0.011, 0.009, 0.01, 0.013, 0.01];
+        let worse = vec![0.2, 0.22, 0.19, 0.21, 0.2, 0.25, 0.18];
+        let source = Source(vec![
+            ("errors", "1.0.0", same.clone()),
+            ("errors-bad", "1.0.0", same.clone()),
+            ("errors-bad", "2.0.0", worse),
+            ("errors", "2.0.0", same.clone()),
+            ("short", "1.0.0", same.clone()),
+            ("short", "2.0.0", vec![0.01, 0.01]),
+        ]);
+        let m = |q: &str| format!("[{{name: {q}, query: {q}, absoluteTolerance: 0.005, critical: true}}]");
+        let run = spec(&m("errors")).run(&source).await;
+        assert_eq!(run.outcome, AnalysisOutcome::Successful, "{:?}", run.measurements);
+        let run = spec(&m("errors-bad")).run(&source).await;
+        assert_eq!(run.outcome, AnalysisOutcome::Failed);
+        let report = run.judge.unwrap();
+        let metric = &report.metrics[0];
+        assert_eq!((metric.canary_points, metric.baseline_points), (7, 7));
+        assert!(
+            metric.canary_median > 0.19 && metric.baseline_median < 0.02,
+            "{metric:?}"
+        );
+        assert!(
+            run.measurements[0].message.contains("critical metric errors-bad"),
+            "{}",
+            run.measurements[0].message
+        );
+        // Too few canary points, or Prometheus down: inconclusive (the rollout pauses), never a pass.
+        assert_eq!(
+            spec(&m("short")).run(&source).await.outcome,
+            AnalysisOutcome::Inconclusive
+        );
+        let run = spec(&m("down")).run(&source).await;
+        assert_eq!(run.outcome, AnalysisOutcome::Inconclusive);
+        assert!(run.measurements[0].message.contains("connection refused"));
+    }
+
+    #[test]
+    fn bad_judges_are_refused_with_the_reason() {
+        let parse = |extra: &str| -> Result<(), String> {
+            let yaml = format!("splitBy: version\ncanary: a\nbaseline: b\nmetrics: [{{name: m, query: q}}]\n{extra}");
+            serde_saphyr::from_str::<JudgeSpec>(&yaml)
+                .map_err(|e| e.to_string())?
+                .check()
+        };
+        assert!(parse("").is_ok());
+        assert!(parse("pass: 50\nmarginal: 80\n").unwrap_err().contains("marginal"));
+        assert!(parse("confidence: 1.5\n").unwrap_err().contains("confidence"));
+        assert!(parse("colour: red\n").unwrap_err().contains("colour"));
+        let same = "splitBy: v\ncanary: a\nbaseline: a\nmetrics: [{name: m, query: q}]\n";
+        let err = serde_saphyr::from_str::<JudgeSpec>(same).unwrap().check().unwrap_err();
+        assert!(err.contains("both \"a\""), "{err}");
+    }
+}

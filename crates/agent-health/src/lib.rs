@@ -48,8 +48,8 @@ pub use probes::{
     DEFAULT_FATAL_PATTERNS,
 };
 pub use prom::{
-    parse_text, AnalysisOutcome, AnalysisRun, AnalysisSpec, Condition, Measurement, MeasurementPhase, MetricSource,
-    ParseError, PromQueryProbe, Prometheus, Sample, ScrapeProbe,
+    parse_text, AnalysisOutcome, AnalysisRun, AnalysisSpec, Condition, JudgeMetric, JudgeSpec, Measurement,
+    MeasurementPhase, MetricSource, ParseError, PromQueryProbe, Prometheus, Sample, ScrapeProbe, Series,
 };
 
 #[cfg(test)]

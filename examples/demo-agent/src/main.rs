@@ -269,7 +269,7 @@ fn metrics(agent: &Agent) -> String {
         "# HELP agent_up Whether the agent runs.\n# TYPE agent_up gauge\nagent_up 1\n\
 # HELP agent_info Agent build information.\n# TYPE agent_info gauge\nagent_info{{version=\"{v}\",id=\"{id}\"}} 1\n\
 # HELP agent_requests_total Requests handled, by outcome.\n# TYPE agent_requests_total counter\n\
-agent_requests_total{{code=\"200\"}} {ok}\nagent_requests_total{{code=\"500\"}} {err}\n\
+agent_requests_total{{code=\"200\",version=\"{v}\"}} {ok}\nagent_requests_total{{code=\"500\",version=\"{v}\"}} {err}\n\
 # HELP agent_heartbeats_sent_total Heartbeats sent to the control center.\n# TYPE agent_heartbeats_sent_total counter\n\
 agent_heartbeats_sent_total {hb}\n\
 # HELP agent_uptime_seconds Seconds since start.\n# TYPE agent_uptime_seconds gauge\nagent_uptime_seconds {up}\n",

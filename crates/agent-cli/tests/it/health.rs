@@ -291,7 +291,7 @@ fn the_control_center_refuses_bad_input_and_remembers_across_restarts() {
     drop(w);
 }
 
-fn prometheus(targets: &[String]) -> (Proc, String, tempfile::TempDir) {
+pub(crate) fn prometheus(targets: &[String]) -> (Proc, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
     let list = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");

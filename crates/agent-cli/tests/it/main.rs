@@ -15,6 +15,7 @@ mod fidelity;
 mod fleet;
 mod health;
 mod hooks;
+mod judge;
 mod security;
 #[cfg(feature = "testing")]
 mod shared_state;

@@ -341,8 +341,17 @@ impl RolloutSpec {
             n.url().map_err(|e| self.invalid(e))?;
         }
         for (name, a) in &self.analysis {
-            if a.success_condition.is_none() && a.failure_condition.is_none() {
-                return Err(self.invalid(format!("analysis {name} needs successCondition or failureCondition")));
+            match &a.judge {
+                Some(judge) => judge
+                    .check()
+                    .map_err(|e| self.invalid(format!("analysis {name}: {e}")))?,
+                None if a.query.trim().is_empty() => {
+                    return Err(self.invalid(format!("analysis {name} needs a query (or a judge)")));
+                }
+                None if a.success_condition.is_none() && a.failure_condition.is_none() => {
+                    return Err(self.invalid(format!("analysis {name} needs successCondition or failureCondition")));
+                }
+                None => {}
             }
         }
         self.plan().map(|_| ())
