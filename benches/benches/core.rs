@@ -169,6 +169,7 @@ fn health_and_store(c: &mut Criterion) {
             revision: "7".into(),
             status: "ok".into(),
             protocol: "1.0".into(),
+            health: None,
         })
         .collect();
     let mut g = c.benchmark_group("control_center");

@@ -1,7 +1,8 @@
 //! Load benchmark of the control center (not a test): starts `agentctl control-center` as its own process,
 //! registers many agents to measure the memory per tracked agent (from the server's RSS), then sends
 //! heartbeats over loopback from this separate process on keep-alive connections and reports heartbeats
-//! per second.
+//! per second; then the same load as OpAMP messages (`POST /v1/opamp`, protobuf, every agent described once
+//! first), in the same run, for heartbeats per second side by side.
 //!
 //! `cargo build --release -p agent-cli && cargo run --release -p agentctl-benches --bin heartbeat-load -- [AGENTS] [CONNECTIONS] [SECONDS]`
 
@@ -38,6 +39,113 @@ fn request(addr: &str, body: &str) -> String {
         "POST /v1/heartbeats HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
+}
+
+fn uid(agent: usize) -> Vec<u8> {
+    let mut u = vec![0u8; 16];
+    u[..8].copy_from_slice(&(agent as u64 + 1).to_be_bytes());
+    u
+}
+
+/// An OpAMP message from `agent`: its description when `describe`, else a bare heartbeat.
+fn opamp_body(agent: usize, describe: bool, seq: u64) -> Vec<u8> {
+    use agent_health::opamp::*;
+    use prost::Message;
+    let kv = |k: &str, v: String| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(Value::String(v)),
+        }),
+    };
+    AgentToServer {
+        instance_uid: uid(agent),
+        sequence_num: seq,
+        agent_description: describe.then(|| AgentDescription {
+            identifying_attributes: vec![
+                kv("service.name", "agent".into()),
+                kv("service.version", "2.0.0".into()),
+                kv("service.instance.id", format!("opamp-{agent:05}")),
+            ],
+            non_identifying_attributes: vec![kv("host.name", format!("{agent:012x}"))],
+        }),
+        capabilities: 1 | 8192,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn opamp_request(addr: &str, body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "POST /v1/opamp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+/// Reads one answer with a `Content-Length` body from a keep-alive connection; whether it was a 200.
+async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<bool> {
+    let mut got = 0;
+    let head_end = loop {
+        if got == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match s.read(&mut buf[got..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got += n,
+        }
+        if let Some(i) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let ok = buf.starts_with(b"HTTP/1.1 200");
+    while got < head_end + len {
+        if got == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match s.read(&mut buf[got..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got += n,
+        }
+    }
+    Some(ok)
+}
+
+/// Like [`drive`], with OpAMP heartbeats; counts 200 answers.
+async fn drive_opamp(
+    addr: String,
+    agents: usize,
+    offset: usize,
+    until: Instant,
+    ok: Arc<AtomicU64>,
+    bad: Arc<AtomicU64>,
+) {
+    let Ok(mut s) = TcpStream::connect(&addr).await else {
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    let mut buf = vec![0u8; 4096];
+    let (mut i, mut seq) = (offset, 1u64);
+    while Instant::now() < until {
+        let req = opamp_request(&addr, &opamp_body(i % agents, false, seq));
+        if s.write_all(&req).await.is_err() {
+            return;
+        }
+        match read_answer(&mut s, &mut buf).await {
+            None => return,
+            Some(true) => ok.fetch_add(1, Ordering::Relaxed),
+            Some(false) => bad.fetch_add(1, Ordering::Relaxed),
+        };
+        i += 7919;
+        seq += 1;
+    }
 }
 
 /// Sends requests on one keep-alive connection until `until`; counts 204 answers.
@@ -169,6 +277,55 @@ async fn main() {
     let elapsed = start.elapsed().as_secs_f64();
     let sent = ok.load(Ordering::Relaxed);
     let rss_after = rss_kib(pid);
+    let bad_json = bad.load(Ordering::Relaxed);
+
+    // The same agents over OpAMP: each describes itself once, then bare heartbeats at full speed.
+    ok.store(0, Ordering::Relaxed);
+    bad.store(0, Ordering::Relaxed);
+    let mut tasks = Vec::new();
+    for chunk in 0..agents.div_ceil(1000) {
+        let (addr, bad) = (addr.clone(), bad.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut s) = TcpStream::connect(&addr).await else {
+                return;
+            };
+            let mut buf = vec![0u8; 4096];
+            for a in chunk * 1000..((chunk + 1) * 1000).min(agents) {
+                if s.write_all(&opamp_request(&addr, &opamp_body(a, true, 0)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if read_answer(&mut s, &mut buf).await != Some(true) {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            tokio::spawn(drive_opamp(
+                addr.clone(),
+                agents,
+                c * 131,
+                until,
+                ok.clone(),
+                bad.clone(),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let opamp_elapsed = start.elapsed().as_secs_f64();
+    let opamp_sent = ok.load(Ordering::Relaxed);
+    let bad_opamp = bad.load(Ordering::Relaxed);
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&state);
@@ -188,7 +345,16 @@ async fn main() {
     );
     println!("| heartbeats accepted | {sent} in {elapsed:.1} s on {connections} keep-alive connections |");
     println!("| **heartbeats per second** | **{:.0}** |", sent as f64 / elapsed);
-    println!("| refused or malformed answers | {} |", bad.load(Ordering::Relaxed));
+    println!("| refused or malformed answers | {bad_json} |");
+    println!(
+        "| OpAMP messages accepted (each a heartbeat) | {opamp_sent} in {opamp_elapsed:.1} s on {connections} keep-alive connections |"
+    );
+    println!(
+        "| **OpAMP heartbeats per second** | **{:.0}** ({:.2}x the JSON rate) |",
+        opamp_sent as f64 / opamp_elapsed,
+        (opamp_sent as f64 / opamp_elapsed) / (sent as f64 / elapsed).max(1.0)
+    );
+    println!("| OpAMP answers refused or malformed | {bad_opamp} |");
     println!(
         "| control-center RSS after the load | {:.1} MiB |",
         rss_after as f64 / 1024.0

@@ -4,13 +4,15 @@
 //! - `POST /v1/heartbeats` (bearer token): `{agentId, container, host, version, revision, status}`.
 //! - `GET /v1/agents` (`?container=ID` filters), `GET /v1/agents/{id}`: every agent with last seen, version and
 //!   state.
+//! - `POST /v1/opamp` (bearer token): OpAMP's plain-HTTP transport, protobuf `AgentToServer` in (gzip
+//!   accepted), `ServerToAgent` out; each message counts as a heartbeat (see [`crate::opamp`]).
 //! - `GET /metrics`: Prometheus text. `GET /healthz`: liveness (no token).
 //!
 //! Bad input never crashes it: a body over the limit is 413, malformed JSON or missing fields are 400 with
 //! the reason, a missing or wrong token is 401 (compared in constant time). State is written to a
 //! [`StateStore`] behind the requests (every `flush_interval`), so a restart forgets nothing that was flushed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -52,6 +54,40 @@ pub struct Heartbeat {
     /// it against the range the control center accepts.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol: String,
+    /// Its own report of its health, when it sends one (OpAMP's `health`); none is unknown, not a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<SelfHealth>,
+}
+
+/// An agent's own report of its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfHealth {
+    /// Whether it says it is healthy.
+    pub healthy: bool,
+    /// Its status in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    /// Its last error.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+    /// Its components (receivers, exporters, …) by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, ComponentStatus>,
+}
+
+/// One component's health in a [`SelfHealth`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// Whether it is healthy.
+    pub healthy: bool,
+    /// Its status in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    /// Its last error.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
 }
 
 fn ok() -> String {
@@ -120,6 +156,21 @@ pub struct ControlCenterConfig {
     /// headers included).
     #[serde(with = "duration_text", default = "default_idle")]
     pub idle_timeout: Duration,
+    /// The heartbeat interval offered to OpAMP agents.
+    #[serde(with = "duration_text", default = "default_heartbeat")]
+    pub heartbeat_interval: Duration,
+    /// The interval offered while a rollout is under way (the store holds one that is neither pending nor
+    /// ended), so gates see the new version's heartbeats sooner.
+    #[serde(with = "duration_text", default = "default_rollout_heartbeat")]
+    pub rollout_heartbeat_interval: Duration,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_rollout_heartbeat() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_max_connections() -> usize {
@@ -145,6 +196,8 @@ impl Default for ControlCenterConfig {
             drain_timeout: default_drain(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle(),
+            heartbeat_interval: default_heartbeat(),
+            rollout_heartbeat_interval: default_rollout_heartbeat(),
         }
     }
 }
@@ -163,7 +216,17 @@ pub struct ControlCenter {
     store: Option<Arc<dyn StateStore>>,
     accepted: AtomicU64,
     rejected: AtomicU64,
+    /// What OpAMP agents said about themselves, by instance uid (later messages omit it).
+    opamp: RwLock<HashMap<Vec<u8>, OpampInstance>>,
+    rollout_active: std::sync::atomic::AtomicBool,
 }
+
+/// What an OpAMP instance said about itself: who it is, and its last health report.
+type OpampInstance = (crate::opamp::Identity, Option<crate::opamp::ComponentHealth>);
+
+/// At most this many OpAMP instances are remembered; beyond, one is forgotten (it is asked for its full
+/// state again on its next message).
+const MAX_OPAMP_INSTANCES: usize = 100_000;
 
 impl std::fmt::Debug for ControlCenter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -263,6 +326,8 @@ impl ControlCenter {
             store,
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            opamp: RwLock::new(HashMap::new()),
+            rollout_active: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -352,6 +417,86 @@ impl ControlCenter {
             .collect()
     }
 
+    /// Whether a rollout is under way, as last read from the store.
+    pub fn rollout_active(&self) -> bool {
+        self.rollout_active.load(Ordering::Relaxed)
+    }
+
+    /// Reads from the store whether a rollout is under way (one in a phase that is neither pending nor
+    /// ended): the OpAMP answer then offers the shorter heartbeat interval.
+    pub async fn refresh_rollout_active(&self) {
+        let Some(store) = &self.store else { return };
+        let Ok(docs) = store.documents("rollout").await else {
+            return;
+        };
+        let active = docs.iter().any(|(_, doc)| {
+            serde_json::from_value::<agent_core::Phase>(doc["machine"]["phase"].clone())
+                .is_ok_and(|p| !p.is_terminal() && p != agent_core::Phase::Pending)
+        });
+        self.rollout_active.store(active, Ordering::Relaxed);
+    }
+
+    /// Handles one OpAMP message: records the heartbeat it amounts to and builds the answer. `Err` is a bad
+    /// request, with the reason.
+    pub fn opamp(&self, msg: crate::opamp::AgentToServer) -> Result<crate::opamp::ServerToAgent, String> {
+        use crate::opamp::*;
+        if msg.instance_uid.len() != 16 {
+            return Err(format!(
+                "instance_uid is {} bytes long; OpAMP's is 16",
+                msg.instance_uid.len()
+            ));
+        }
+        let known = {
+            let mut ids = self.opamp.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(description) = &msg.agent_description {
+                if !ids.contains_key(&msg.instance_uid) && ids.len() >= MAX_OPAMP_INSTANCES {
+                    if let Some(k) = ids.keys().next().cloned() {
+                        ids.remove(&k);
+                    }
+                }
+                let entry = ids
+                    .entry(msg.instance_uid.clone())
+                    .or_insert_with(|| (Identity::default(), None));
+                entry.0 = Identity::of(&msg.instance_uid, description);
+            }
+            if let (Some(h), Some(entry)) = (&msg.health, ids.get_mut(&msg.instance_uid)) {
+                entry.1 = Some(h.clone());
+            }
+            ids.get(&msg.instance_uid).cloned()
+        };
+        let mut flags = 0;
+        match known {
+            Some((who, health)) if msg.agent_disconnect.is_none() => {
+                let hb = heartbeat(&who, health.as_ref().or(msg.health.as_ref()));
+                validate(&hb).map_err(|e| format!("the agent's description: {e}"))?;
+                self.record(hb);
+            }
+            Some(_) => {}
+            // Not described yet (its first message was lost, or this control center restarted): ask for the
+            // full state, which carries the description.
+            None => flags |= REPORT_FULL_STATE,
+        }
+        let interval = if self.rollout_active() {
+            self.config.rollout_heartbeat_interval
+        } else {
+            self.config.heartbeat_interval
+        };
+        let seconds = interval.as_secs().max(1);
+        Ok(ServerToAgent {
+            instance_uid: msg.instance_uid,
+            error_response: None,
+            connection_settings: Some(ConnectionSettingsOffers {
+                hash: seconds.to_be_bytes().to_vec(),
+                opamp: Some(OpAmpConnectionSettings {
+                    destination_endpoint: String::new(),
+                    heartbeat_interval_seconds: seconds,
+                }),
+            }),
+            flags,
+            capabilities: SERVER_ACCEPTS_STATUS | SERVER_OFFERS_CONNECTION_SETTINGS,
+        })
+    }
+
     /// Writes changed agents to the store. Called by the service every `flush_interval` and at shutdown.
     pub async fn flush(&self) -> Result<usize, agent_core::StoreError> {
         let Some(store) = &self.store else { return Ok(0) };
@@ -419,6 +564,7 @@ impl ControlCenter {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/heartbeats", post(post_heartbeat))
+            .route("/v1/opamp", post(post_opamp))
             .route("/v1/agents", get(list_agents))
             .route("/v1/agents/{id}", get(get_agent))
             .route("/metrics", get(metrics))
@@ -444,11 +590,16 @@ impl ControlCenter {
         let flusher = {
             let cc = self.clone();
             tokio::spawn(async move {
+                let mut rounds = 0u64;
                 loop {
                     tokio::time::sleep(cc.config.flush_interval).await;
                     if let Err(e) = cc.flush().await {
                         tracing::error!(error = %e, "control center: flushing state failed");
                     }
+                    if rounds.is_multiple_of(5) {
+                        cc.refresh_rollout_active().await;
+                    }
+                    rounds += 1;
                 }
             })
         };
@@ -520,6 +671,93 @@ async fn post_heartbeat(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap
     };
     cc.record(hb);
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `POST /v1/opamp`: protobuf in and out; errors as HTTP statuses with a `ServerToAgent` carrying
+/// `error_response` where the body could be read.
+async fn post_opamp(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap, body: Bytes) -> Response {
+    use prost::Message;
+    let protobuf = |status: StatusCode, msg: crate::opamp::ServerToAgent| {
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+            msg.encode_to_vec(),
+        )
+            .into_response()
+    };
+    let refuse = |status: StatusCode, uid: Vec<u8>, message: String| {
+        cc.rejected.fetch_add(1, Ordering::Relaxed);
+        protobuf(
+            status,
+            crate::opamp::ServerToAgent {
+                instance_uid: uid,
+                error_response: Some(crate::opamp::ServerErrorResponse {
+                    r#type: crate::opamp::ERROR_BAD_REQUEST,
+                    error_message: message,
+                }),
+                ..Default::default()
+            },
+        )
+    };
+    if !authorized(&cc, &headers) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            Vec::new(),
+            "missing or wrong bearer token".into(),
+        );
+    }
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/x-protobuf") {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Vec::new(),
+            format!("content type {content_type:?}: OpAMP over HTTP sends application/x-protobuf"),
+        );
+    }
+    let gzip = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let raw = if gzip {
+        use std::io::Read;
+        // Bound what it inflates to, as the body itself is bound: a small bomb must not cost memory.
+        let limit = cc.config.body_limit;
+        let mut out = Vec::new();
+        let read = flate2::read::GzDecoder::new(&body[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out);
+        match read {
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, Vec::new(), format!("gzip body: {e}")),
+            Ok(n) if n > limit => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Vec::new(),
+                    format!("the body inflates beyond {limit} bytes"),
+                )
+            }
+            Ok(_) => Bytes::from(out),
+        }
+    } else {
+        body
+    };
+    let msg = match crate::opamp::AgentToServer::decode(raw) {
+        Ok(m) => m,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                Vec::new(),
+                format!("not an OpAMP AgentToServer message: {e}"),
+            )
+        }
+    };
+    let uid = msg.instance_uid.clone();
+    match cc.opamp(msg) {
+        Ok(answer) => protobuf(StatusCode::OK, answer),
+        Err(e) => refuse(StatusCode::BAD_REQUEST, uid, e),
+    }
 }
 
 #[derive(Deserialize)]
@@ -606,6 +844,7 @@ mod tests {
             revision: String::new(),
             status: "ok".into(),
             protocol: "1.0".into(),
+            health: None,
         };
         let t0 = OffsetDateTime::now_utc() - Duration::from_secs(120);
         cc.record_at(hb("aaaa", "1.0.0"), t0);

@@ -132,8 +132,48 @@ impl Probe for HeartbeatProbe {
                 format_duration(self.max_age)
             ));
         }
+        // The agent's own view of its health (OpAMP's `health`), when it gives one: unhealthy fails with its
+        // error; none said is unknown, and the heartbeat alone decides.
+        let own = match &r.last.health {
+            Some(h) if !h.healthy => {
+                let broken: Vec<String> = h
+                    .components
+                    .iter()
+                    .filter(|(_, c)| !c.healthy)
+                    .map(|(name, c)| {
+                        format!(
+                            "{name}: {}",
+                            if c.last_error.is_empty() {
+                                &c.status
+                            } else {
+                                &c.last_error
+                            }
+                        )
+                    })
+                    .collect();
+                return Observation::Fail(format!(
+                    "agent {} in container {short} reports itself unhealthy: {}{}",
+                    r.last.agent_id,
+                    if h.last_error.is_empty() {
+                        &h.status
+                    } else {
+                        &h.last_error
+                    },
+                    if broken.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", broken.join("; "))
+                    }
+                ));
+            }
+            Some(h) => format!(
+                "healthy by its own report ({})",
+                if h.status.is_empty() { "ok" } else { &h.status }
+            ),
+            None => "its own health unknown (not reported)".to_owned(),
+        };
         Observation::Pass(format!(
-            "agent {} in container {short} reports {} (status {}), last seen {} ago",
+            "agent {} in container {short} reports {} (status {}), {own}, last seen {} ago",
             r.last.agent_id,
             r.last.version,
             r.last.status,

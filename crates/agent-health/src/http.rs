@@ -13,6 +13,8 @@ pub struct Response {
     pub status: u16,
     /// Body as text (lossy UTF-8).
     pub body: String,
+    /// Body as received (a protobuf answer).
+    pub bytes: Vec<u8>,
 }
 
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -80,6 +82,7 @@ fn parse(buf: &[u8]) -> std::io::Result<Response> {
     Ok(Response {
         status,
         body: String::from_utf8_lossy(&buf[head_end + 4..]).into_owned(),
+        bytes: buf[head_end + 4..].to_vec(),
     })
 }
 

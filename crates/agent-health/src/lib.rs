@@ -33,11 +33,15 @@ mod heartbeat;
 pub mod http;
 pub mod judge;
 mod listener;
+pub mod opamp;
 mod probation;
 mod probes;
 mod prom;
 
-pub use control_center::{AgentRecord, AgentState, ControlCenter, ControlCenterConfig, ControlCenterError, Heartbeat};
+pub use control_center::{
+    AgentRecord, AgentState, ComponentStatus, ControlCenter, ControlCenterConfig, ControlCenterError, Heartbeat,
+    SelfHealth,
+};
 pub use gate::{
     GateProgress, HealthGate, Observation, Probe, ProbeContext, ProbeEvidence, Timing, Verdict, VerdictOutcome,
 };

@@ -9,7 +9,9 @@
 //! `slow-start:SECS`, `error-rate:FRACTION`, `no-heartbeat`, `crash-after:SECS`, `ignore-term` (does not stop on
 //! SIGTERM). `AGENT_BROKEN_ON=VERSION` makes only that version exit at start (a host whose configuration the new
 //! version cannot handle), `AGENT_CRASH_ON=VERSION:SECS` makes only that version crash SECS after its start.
-//! Heartbeats carry `AGENT_PROTOCOL` (default `1.0`) as the protocol version.
+//! Heartbeats carry `AGENT_PROTOCOL` (default `1.0`) as the protocol version. With `AGENT_OPAMP=1` it speaks
+//! OpAMP instead (`POST /v1/opamp`, protobuf written by hand), reporting its health
+//! (`AGENT_OPAMP_UNHEALTHY=REASON` reports a broken exporter while everything else works).
 //! `AGENT_UPDATE_LOCK=PATH:SECS` holds an update lock file for SECS after the start; `/agent exit N` exits N
 //! (for update hooks); `/agent probe IP:PORT` checks another agent's `/health` (for test containers).
 
@@ -298,6 +300,9 @@ fn heartbeat_loop(agent: Arc<Agent>, url: String) {
     let container = env("HOSTNAME", "");
     let host = env("AGENT_HOST", "");
     let protocol = env("AGENT_PROTOCOL", "1.0");
+    if env("AGENT_OPAMP", "") == "1" {
+        return opamp_loop(&agent, addr, hostport, base, &token, interval, &container);
+    }
     loop {
         let status = if agent.healthy() { "ok" } else { "degraded" };
         let ts = SystemTime::now()
@@ -321,6 +326,174 @@ fn heartbeat_loop(agent: Arc<Agent>, url: String) {
         }
         std::thread::sleep(interval);
     }
+}
+
+/// Protobuf by hand (the agent has no dependencies): a varint, a field key, a length-delimited field.
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn field_varint(out: &mut Vec<u8>, field: u64, n: u64) {
+    varint(out, field << 3);
+    varint(out, n);
+}
+
+fn field_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    varint(out, (field << 3) | 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// An OpAMP `KeyValue` with a string `AnyValue`.
+fn key_value(key: &str, value: &str) -> Vec<u8> {
+    let mut any = Vec::new();
+    field_bytes(&mut any, 1, value.as_bytes());
+    let mut kv = Vec::new();
+    field_bytes(&mut kv, 1, key.as_bytes());
+    field_bytes(&mut kv, 2, &any);
+    kv
+}
+
+/// The top-level varint field `field` of a protobuf message, if present (enough to read `ServerToAgent`'s
+/// flags).
+fn read_varint_field(mut msg: &[u8], field: u64) -> Option<u64> {
+    fn take(msg: &mut &[u8]) -> Option<u64> {
+        let (mut n, mut shift) = (0u64, 0);
+        loop {
+            let (&b, rest) = msg.split_first()?;
+            *msg = rest;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(n);
+            }
+            shift += 7;
+        }
+    }
+    while !msg.is_empty() {
+        let key = take(&mut msg)?;
+        match key & 7 {
+            0 => {
+                let v = take(&mut msg)?;
+                if key >> 3 == field {
+                    return Some(v);
+                }
+            }
+            1 => msg = msg.get(8..)?,
+            2 => {
+                let len = take(&mut msg)? as usize;
+                msg = msg.get(len..)?;
+            }
+            5 => msg = msg.get(4..)?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Heartbeats as OpAMP `AgentToServer` messages to `/v1/opamp` (`AGENT_OPAMP=1`): the description (name,
+/// version, instance id, host name) on the first message and whenever the server asks for the full state,
+/// the agent's health on every one.
+fn opamp_loop(
+    agent: &Agent,
+    addr: SocketAddr,
+    hostport: &str,
+    base: &str,
+    token: &str,
+    interval: Duration,
+    container: &str,
+) {
+    let seed = format!("{}-{}-{:?}", agent.id, std::process::id(), SystemTime::now());
+    let mut uid = [0u8; 16];
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, b) in seed.bytes().cycle().take(seed.len() * 2).enumerate() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        uid[i % 16] ^= (h >> 24) as u8;
+    }
+    let (mut seq, mut describe) = (0u64, true);
+    loop {
+        let mut msg = Vec::new();
+        field_bytes(&mut msg, 1, &uid);
+        field_varint(&mut msg, 2, seq);
+        if describe {
+            let mut d = Vec::new();
+            for (k, v) in [
+                ("service.name", "demo-agent"),
+                ("service.version", agent.version.as_str()),
+                ("service.instance.id", agent.id.as_str()),
+            ] {
+                field_bytes(&mut d, 1, &key_value(k, v));
+            }
+            field_bytes(&mut d, 2, &key_value("host.name", container));
+            field_bytes(&mut msg, 3, &d);
+        }
+        // ReportsStatus | ReportsHealth | ReportsHeartbeat.
+        field_varint(&mut msg, 4, 1 | 2048 | 8192);
+        // `AGENT_OPAMP_UNHEALTHY=REASON`: up and answering its health check, but reporting a broken component
+        // (a collector whose exporter cannot reach its backend).
+        let broken = env("AGENT_OPAMP_UNHEALTHY", "");
+        let healthy = agent.healthy() && broken.is_empty();
+        let mut health = Vec::new();
+        field_varint(&mut health, 1, u64::from(healthy));
+        if !healthy {
+            let reason = if broken.is_empty() {
+                "health check failing"
+            } else {
+                broken.as_str()
+            };
+            field_bytes(&mut health, 3, reason.as_bytes());
+        }
+        field_bytes(&mut health, 4, if healthy { b"running" } else { b"degraded" });
+        if !broken.is_empty() {
+            // component_health_map (6): {"exporter/otlp": {healthy: false, last_error: REASON}}.
+            let mut component = Vec::new();
+            field_varint(&mut component, 1, 0);
+            field_bytes(&mut component, 3, broken.as_bytes());
+            let mut entry = Vec::new();
+            field_bytes(&mut entry, 1, b"exporter/otlp");
+            field_bytes(&mut entry, 2, &component);
+            field_bytes(&mut health, 6, &entry);
+        }
+        field_bytes(&mut msg, 5, &health);
+        let mut req = format!(
+            "POST {base}/v1/opamp HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            msg.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&msg);
+        match http_bytes(addr, &req, Duration::from_secs(2)) {
+            Ok(resp) if resp.starts_with(b"HTTP/1.1 200") => {
+                agent.heartbeats.fetch_add(1, Ordering::Relaxed);
+                let body = resp
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map(|i| &resp[i + 4..])
+                    .unwrap_or_default();
+                // ServerToAgent.flags (6): ReportFullState asks for the description again.
+                describe = read_varint_field(body, 6).is_some_and(|f| f & 1 == 1);
+                seq += 1;
+            }
+            Ok(resp) => eprintln!(
+                "warning: opamp message refused: {}",
+                String::from_utf8_lossy(resp.split(|b| *b == b'\r').next().unwrap_or_default())
+            ),
+            Err(e) => eprintln!("warning: opamp message failed: {e}"),
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+fn http_bytes(addr: SocketAddr, request: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(request)?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    Ok(out)
 }
 
 fn http(addr: SocketAddr, request: &str, timeout: Duration) -> std::io::Result<String> {

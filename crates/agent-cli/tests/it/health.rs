@@ -702,3 +702,85 @@ fn the_healthcheck_command_is_run_at_once_instead_of_after_the_first_interval() 
     let interval = stdout(&w.docker(&["inspect", "-f", "{{.Config.Healthcheck.Interval}}", &name]));
     assert_eq!(interval.trim(), "30s");
 }
+
+/// Agents that speak OpAMP to the control center: the gate takes the version from the description the
+/// agent sent once, counts each message as a heartbeat, and shows the agent's own health; an agent that
+/// reports itself unhealthy (a broken exporter) is rolled back with its error as the evidence.
+#[test]
+fn opamp_agents_pass_the_heartbeat_gate_and_one_reporting_itself_unhealthy_rolls_back() {
+    let img = images();
+    let w = World::new("opamp");
+    let net = w.network("net", "10.235.1.0/24");
+    let cc = control_center(&gateway(&w, &net));
+    let run_agent = |suffix: &str, extra: &[&str]| {
+        let name = w.name(suffix);
+        let env_url = format!("CONTROL_CENTER_URL={}", cc.url);
+        let env_token = format!("CONTROL_CENTER_TOKEN={TOKEN}");
+        let mut args = vec![
+            "--network",
+            &net,
+            "-e",
+            &env_url,
+            "-e",
+            &env_token,
+            "-e",
+            "HEARTBEAT_INTERVAL_MS=300",
+            "-e",
+            "AGENT_OPAMP=1",
+        ];
+        args.extend_from_slice(extra);
+        w.docker_run(&name, &args, &img.refs["v1"]);
+        name
+    };
+    let update = |name: &str| {
+        w.agentctl(&[
+            "update",
+            name,
+            "--image",
+            &img.refs["v2"],
+            "-o",
+            "json",
+            "--heartbeat",
+            &cc.url,
+            "--heartbeat-token-file",
+            cc.token_file.path().to_str().unwrap(),
+            "--heartbeat-max-age",
+            "3s",
+            "--min-healthy-time",
+            "2s",
+            "--deadline",
+            "10s",
+            "--period",
+            "300ms",
+        ])
+    };
+    let good = run_agent("good", &[]);
+    let out = update(&good);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report = json(&out);
+    let evidence = report["verdict"]["evidence"].as_array().unwrap();
+    let hb = evidence.iter().find(|e| e["probe"] == "heartbeat").unwrap();
+    let detail = hb["last"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("reports 2.0.0") && detail.contains("healthy by its own report (running)"),
+        "{hb}"
+    );
+    // The control center lists it from its OpAMP messages.
+    let agents = req("GET", &format!("{}/v1/agents", cc.url), Some(TOKEN), None);
+    assert!(
+        agents.body.contains("\"version\":\"2.0.0\"") && agents.body.contains("\"healthy\":true"),
+        "{}",
+        agents.body
+    );
+
+    let broken = run_agent("broken", &["-e", "AGENT_OPAMP_UNHEALTHY=otlp: connection refused"]);
+    let out = update(&broken);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let report = json(&out);
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("reports itself unhealthy: otlp: connection refused") && reason.contains("exporter/otlp"),
+        "{reason}"
+    );
+    assert_eq!(w.state(&broken).unwrap().2, img.refs["v1"], "rolled back");
+}
