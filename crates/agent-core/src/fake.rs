@@ -619,15 +619,6 @@ impl MemoryStore {
     }
 }
 
-fn held(lease: &Lease) -> StoreError {
-    StoreError::LeaseHeld {
-        key: lease.key.clone(),
-        holder: lease.holder.clone(),
-        since: lease.acquired_at.to_string(),
-        until: lease.expires_at.to_string(),
-    }
-}
-
 #[async_trait]
 impl StateStore for MemoryStore {
     async fn revisions(&self, subject: &str) -> Result<Vec<Revision>, StoreError> {
@@ -706,17 +697,7 @@ impl StateStore for MemoryStore {
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
         let mut s = self.lock();
-        if let Some(l) = s.leases.get(key) {
-            if l.holder.id != holder.id && l.expires_at > now {
-                return Err(held(l));
-            }
-        }
-        let lease = Lease {
-            key: key.to_owned(),
-            holder: holder.clone(),
-            acquired_at: now,
-            expires_at: now + ttl,
-        };
+        let lease = lease_rules::acquire(s.leases.get(key).cloned(), key, holder, now, ttl)?;
         s.leases.insert(key.to_owned(), lease.clone());
         Ok(lease)
     }
@@ -729,30 +710,16 @@ impl StateStore for MemoryStore {
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
         let mut s = self.lock();
-        match s.leases.get(&stale.key) {
-            Some(l) if l != stale => Err(held(l)),
-            _ => {
-                let lease = Lease {
-                    key: stale.key.clone(),
-                    holder: holder.clone(),
-                    acquired_at: now,
-                    expires_at: now + ttl,
-                };
-                s.leases.insert(stale.key.clone(), lease.clone());
-                Ok(lease)
-            }
-        }
+        let lease = lease_rules::take_over(s.leases.get(&stale.key).cloned(), stale, holder, now, ttl)?;
+        s.leases.insert(stale.key.clone(), lease.clone());
+        Ok(lease)
     }
 
     async fn renew_lease(&self, lease: &Lease, now: OffsetDateTime, ttl: Duration) -> Result<Lease, StoreError> {
         let mut s = self.lock();
-        match s.leases.get_mut(&lease.key) {
-            Some(l) if l.holder.id == lease.holder.id => {
-                l.expires_at = now + ttl;
-                Ok(l.clone())
-            }
-            _ => Err(StoreError::LeaseLost { key: lease.key.clone() }),
-        }
+        let renewed = lease_rules::renew(s.leases.get(&lease.key).cloned(), lease, now, ttl)?;
+        s.leases.insert(lease.key.clone(), renewed.clone());
+        Ok(renewed)
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {

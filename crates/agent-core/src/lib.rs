@@ -69,8 +69,8 @@ pub use spec::{
 };
 pub use state::{Input, InvalidTransition, Phase, PhaseChanged, StateMachine};
 pub use store::{
-    DumpedDocument, DumpedOperation, DumpedRevision, ImportSummary, JournalEntry, Lease, LeaseHolder, StateDump,
-    StateStore, StoreError,
+    lease_rules, DumpedDocument, DumpedOperation, DumpedRevision, ImportSummary, JournalEntry, Lease, LeaseHolder,
+    StateDump, StateStore, StoreError,
 };
 pub use strategy::{
     canary_count, plan, CanaryStep, Count, Pause, PlanError, PlanStep, RolloutPlan, Strategy, Target, UpdateMode,

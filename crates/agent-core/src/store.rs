@@ -276,6 +276,85 @@ pub enum StoreError {
     },
 }
 
+/// The rules of leases, the same for every store: each takes the lease held now on the key (read in the
+/// store's transaction) and returns the one to write, or the error that leaves it as it is.
+pub mod lease_rules {
+    use std::time::Duration;
+
+    use time::OffsetDateTime;
+
+    use super::{Lease, LeaseHolder, StoreError};
+
+    fn rfc3339(t: OffsetDateTime) -> String {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    }
+
+    /// The error naming who holds `lease`.
+    pub fn held(lease: &Lease) -> StoreError {
+        StoreError::LeaseHeld {
+            key: lease.key.clone(),
+            holder: lease.holder.clone(),
+            since: rfc3339(lease.acquired_at),
+            until: rfc3339(lease.expires_at),
+        }
+    }
+
+    fn new(key: &str, holder: &LeaseHolder, now: OffsetDateTime, ttl: Duration) -> Lease {
+        Lease {
+            key: key.to_owned(),
+            holder: holder.clone(),
+            acquired_at: now,
+            expires_at: now + ttl,
+        }
+    }
+
+    /// [`StateStore::acquire_lease`](super::StateStore::acquire_lease): free, expired or already `holder`'s.
+    pub fn acquire(
+        current: Option<Lease>,
+        key: &str,
+        holder: &LeaseHolder,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        match current {
+            Some(l) if l.holder.id != holder.id && l.expires_at > now => Err(held(&l)),
+            _ => Ok(new(key, holder, now, ttl)),
+        }
+    }
+
+    /// [`StateStore::take_over_lease`](super::StateStore::take_over_lease): only if `stale` is still the
+    /// lease.
+    pub fn take_over(
+        current: Option<Lease>,
+        stale: &Lease,
+        holder: &LeaseHolder,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        match current {
+            Some(l) if &l != stale => Err(held(&l)),
+            _ => Ok(new(&stale.key, holder, now, ttl)),
+        }
+    }
+
+    /// [`StateStore::renew_lease`](super::StateStore::renew_lease): only while `lease`'s holder has it.
+    pub fn renew(
+        current: Option<Lease>,
+        lease: &Lease,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        match current {
+            Some(mut l) if l.holder.id == lease.holder.id => {
+                l.expires_at = now + ttl;
+                Ok(l)
+            }
+            _ => Err(StoreError::LeaseLost { key: lease.key.clone() }),
+        }
+    }
+}
+
 /// Durable storage for revisions, the journal and leases. Implementations must make each call atomic and
 /// durable before returning (the journal is only useful if a crash right after an append keeps the entry).
 #[async_trait]

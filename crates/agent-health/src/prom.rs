@@ -299,6 +299,27 @@ impl Prometheus {
             url: url.trim_end_matches('/').to_owned(),
         }
     }
+
+    /// GETs an API `url` for `query` and returns its JSON answer when Prometheus says `success`.
+    async fn api(&self, url: &str, query: &str, timeout: Duration) -> Result<serde_json::Value, String> {
+        let resp = http::get(url, timeout)
+            .await
+            .map_err(|e| format!("prometheus {}: {e}", self.url))?;
+        let v: serde_json::Value = serde_json::from_str(&resp.body).map_err(|e| {
+            format!(
+                "prometheus {} answered {} with unreadable JSON: {e}",
+                self.url, resp.status
+            )
+        })?;
+        if v["status"] != "success" {
+            return Err(format!(
+                "prometheus {} rejected {query:?}: {}",
+                self.url,
+                v["error"].as_str().unwrap_or("unknown error")
+            ));
+        }
+        Ok(v)
+    }
 }
 
 fn percent_encode(s: &str) -> String {
@@ -316,22 +337,7 @@ fn percent_encode(s: &str) -> String {
 impl MetricSource for Prometheus {
     async fn query(&self, query: &str) -> Result<Option<f64>, String> {
         let url = format!("{}/api/v1/query?query={}", self.url, percent_encode(query));
-        let resp = http::get(&url, Duration::from_secs(5))
-            .await
-            .map_err(|e| format!("prometheus {}: {e}", self.url))?;
-        let v: serde_json::Value = serde_json::from_str(&resp.body).map_err(|e| {
-            format!(
-                "prometheus {} answered {} with unreadable JSON: {e}",
-                self.url, resp.status
-            )
-        })?;
-        if v["status"] != "success" {
-            return Err(format!(
-                "prometheus {} rejected {query:?}: {}",
-                self.url,
-                v["error"].as_str().unwrap_or("unknown error")
-            ));
-        }
+        let v = self.api(&url, query, Duration::from_secs(5)).await?;
         let value_of = |pair: &serde_json::Value| pair.get(1).and_then(|s| s.as_str()).and_then(parse_value);
         let data = &v["data"];
         match data["resultType"].as_str() {
@@ -355,22 +361,7 @@ impl MetricSource for Prometheus {
             percent_encode(query),
             step.as_secs_f64().max(0.001)
         );
-        let resp = http::get(&url, Duration::from_secs(10))
-            .await
-            .map_err(|e| format!("prometheus {}: {e}", self.url))?;
-        let v: serde_json::Value = serde_json::from_str(&resp.body).map_err(|e| {
-            format!(
-                "prometheus {} answered {} with unreadable JSON: {e}",
-                self.url, resp.status
-            )
-        })?;
-        if v["status"] != "success" {
-            return Err(format!(
-                "prometheus {} rejected {query:?}: {}",
-                self.url,
-                v["error"].as_str().unwrap_or("unknown error")
-            ));
-        }
+        let v = self.api(&url, query, Duration::from_secs(10)).await?;
         if v["data"]["resultType"] != "matrix" {
             return Err(format!("prometheus range query {query:?} did not return a matrix"));
         }

@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use agent_core::{
-    async_trait, DumpedDocument, DumpedOperation, DumpedRevision, ImportSummary, JournalEntry, Lease, LeaseHolder,
-    Revision, RevisionNumber, StateDump, StateStore, StoreError,
+    async_trait, lease_rules, DumpedDocument, DumpedOperation, DumpedRevision, ImportSummary, JournalEntry, Lease,
+    LeaseHolder, Revision, RevisionNumber, StateDump, StateStore, StoreError,
 };
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
@@ -277,28 +277,6 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn new_lease(key: &str, holder: &LeaseHolder, now: OffsetDateTime, ttl: Duration) -> Lease {
-    Lease {
-        key: key.to_owned(),
-        holder: holder.clone(),
-        acquired_at: now,
-        expires_at: now + ttl,
-    }
-}
-
-fn held(l: &Lease) -> StoreError {
-    let fmt = |t: OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-    };
-    StoreError::LeaseHeld {
-        key: l.key.clone(),
-        holder: l.holder.clone(),
-        since: fmt(l.acquired_at),
-        until: fmt(l.expires_at),
-    }
-}
-
 async fn open_operations_of(
     client: &impl GenericClient,
     subject: Option<&str>,
@@ -425,11 +403,8 @@ impl StateStore for PostgresStore {
         now: OffsetDateTime,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        self.swap_lease(key, |current| match current {
-            Some(l) if l.holder.id != holder.id && l.expires_at > now => Err(held(&l)),
-            _ => Ok(new_lease(key, holder, now, ttl)),
-        })
-        .await
+        self.swap_lease(key, |current| lease_rules::acquire(current, key, holder, now, ttl))
+            .await
     }
 
     async fn take_over_lease(
@@ -439,22 +414,15 @@ impl StateStore for PostgresStore {
         now: OffsetDateTime,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        self.swap_lease(&stale.key, |current| match current {
-            Some(l) if &l != stale => Err(held(&l)),
-            _ => Ok(new_lease(&stale.key, holder, now, ttl)),
+        self.swap_lease(&stale.key, |current| {
+            lease_rules::take_over(current, stale, holder, now, ttl)
         })
         .await
     }
 
     async fn renew_lease(&self, lease: &Lease, now: OffsetDateTime, ttl: Duration) -> Result<Lease, StoreError> {
-        self.swap_lease(&lease.key, |current| match current {
-            Some(mut l) if l.holder.id == lease.holder.id => {
-                l.expires_at = now + ttl;
-                Ok(l)
-            }
-            _ => Err(StoreError::LeaseLost { key: lease.key.clone() }),
-        })
-        .await
+        self.swap_lease(&lease.key, |current| lease_rules::renew(current, lease, now, ttl))
+            .await
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {

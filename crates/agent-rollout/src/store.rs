@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use agent_core::{
-    async_trait, DumpedDocument, DumpedOperation, DumpedRevision, ImportSummary, JournalEntry, Lease, LeaseHolder,
-    Revision, RevisionNumber, StateDump, StateStore, StoreError,
+    async_trait, lease_rules, DumpedDocument, DumpedOperation, DumpedRevision, ImportSummary, JournalEntry, Lease,
+    LeaseHolder, Revision, RevisionNumber, StateDump, StateStore, StoreError,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use time::OffsetDateTime;
@@ -204,24 +204,6 @@ fn parse<T: serde::de::DeserializeOwned>(s: &str) -> rusqlite::Result<T> {
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
-fn new_lease(key: &str, holder: &LeaseHolder, now: OffsetDateTime, ttl: Duration) -> Lease {
-    Lease {
-        key: key.to_owned(),
-        holder: holder.clone(),
-        acquired_at: now,
-        expires_at: now + ttl,
-    }
-}
-
-fn held(l: &Lease) -> StoreError {
-    StoreError::LeaseHeld {
-        key: l.key.clone(),
-        holder: l.holder.clone(),
-        since: rfc3339(l.acquired_at),
-        until: rfc3339(l.expires_at),
-    }
-}
-
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn revisions(&self, subject: &str) -> Result<Vec<Revision>, StoreError> {
@@ -332,10 +314,7 @@ impl StateStore for SqliteStore {
         now: OffsetDateTime,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        self.swap_lease(key, |current| match current {
-            Some(l) if l.holder.id != holder.id && l.expires_at > now => Err(held(&l)),
-            _ => Ok(new_lease(key, holder, now, ttl)),
-        })
+        self.swap_lease(key, |current| lease_rules::acquire(current, key, holder, now, ttl))
     }
 
     async fn take_over_lease(
@@ -345,20 +324,13 @@ impl StateStore for SqliteStore {
         now: OffsetDateTime,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        self.swap_lease(&stale.key, |current| match current {
-            Some(l) if &l != stale => Err(held(&l)),
-            _ => Ok(new_lease(&stale.key, holder, now, ttl)),
+        self.swap_lease(&stale.key, |current| {
+            lease_rules::take_over(current, stale, holder, now, ttl)
         })
     }
 
     async fn renew_lease(&self, lease: &Lease, now: OffsetDateTime, ttl: Duration) -> Result<Lease, StoreError> {
-        self.swap_lease(&lease.key, |current| match current {
-            Some(mut l) if l.holder.id == lease.holder.id => {
-                l.expires_at = now + ttl;
-                Ok(l)
-            }
-            _ => Err(StoreError::LeaseLost { key: lease.key.clone() }),
-        })
+        self.swap_lease(&lease.key, |current| lease_rules::renew(current, lease, now, ttl))
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {

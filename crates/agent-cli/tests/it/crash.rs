@@ -85,17 +85,6 @@ fn a_kill_at_every_step_is_repaired_by_the_next_command() {
     }
 }
 
-/// Runs agentctl with its own state dir, optionally killed at `crash` (`KIND:STEP`).
-fn run_in(state: &std::path::Path, args: &[&str], crash: Option<&str>) -> std::process::Output {
-    let mut cmd = agentctl_in(state);
-    cmd.arg("--no-progress").args(args);
-    match crash {
-        Some(s) => cmd.env("AGENTCTL_CRASH_AT", s),
-        None => cmd.env_remove("AGENTCTL_CRASH_AT"),
-    };
-    cmd.output().unwrap()
-}
-
 /// A start-first update killed at every step of its preview (`stage`) and of the switch (`promote`), and an
 /// undo killed at every step: the next command leaves exactly one running instance under the name, the
 /// old version unless the switch had committed, no preview, and the volume's bytes unchanged.

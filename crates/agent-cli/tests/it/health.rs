@@ -291,6 +291,25 @@ fn the_control_center_refuses_bad_input_and_remembers_across_restarts() {
     drop(w);
 }
 
+/// Waits (at most 40 s) until the Prometheus at `url` has scraped `targets` targets up.
+pub(crate) fn wait_scraped(url: &str, targets: usize) {
+    let rt = runtime();
+    let source = agent_health::Prometheus::new(url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while rt
+        .block_on(agent_health::MetricSource::query(&source, "count(up == 1)"))
+        .ok()
+        .flatten()
+        != Some(targets as f64)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prometheus never scraped the agents"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 pub(crate) fn prometheus(targets: &[String]) -> (Proc, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
@@ -333,21 +352,7 @@ fn prometheus_analysis_passes_a_good_version_and_rolls_back_a_bad_one() {
     }
     let (_prom, url, _dir) = prometheus(&agents.iter().map(|(_, ip)| format!("{ip}:8080")).collect::<Vec<_>>());
     // Wait for the first samples (about 6 s after start on this machine).
-    let rt = runtime();
-    let source = agent_health::Prometheus::new(&url);
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while rt
-        .block_on(agent_health::MetricSource::query(&source, "count(up == 1)"))
-        .ok()
-        .flatten()
-        != Some(3.0)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "prometheus never scraped the agents"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_scraped(&url, 3);
     let analysis = |name: &str, image: &str, ip: &str, prometheus: &str| {
         let query = format!(
             "sum(rate(agent_requests_total{{instance=\"{ip}:8080\",code=\"500\"}}[5s])) / sum(rate(agent_requests_total{{instance=\"{ip}:8080\"}}[5s]))"

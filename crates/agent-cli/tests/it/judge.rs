@@ -2,9 +2,7 @@
 //! baseline passes and the rollout completes; a canary that answers errors is judged worse than the
 //! baseline running beside it, and every touched target is reverted.
 
-use std::time::Duration;
-
-use crate::health::prometheus;
+use crate::health::{prometheus, wait_scraped};
 use crate::support::*;
 
 fn rollout(
@@ -94,21 +92,7 @@ fn the_judge_promotes_a_canary_like_its_baseline_and_reverts_one_that_answers_er
         );
     }
     let (_prom, url, _dir) = prometheus(&ips.iter().map(|ip| format!("{ip}:8080")).collect::<Vec<_>>());
-    let rt = runtime();
-    let source = agent_health::Prometheus::new(&url);
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while rt
-        .block_on(agent_health::MetricSource::query(&source, "count(up == 1)"))
-        .ok()
-        .flatten()
-        != Some(4.0)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "prometheus never scraped the agents"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_scraped(&url, 4);
 
     // 2.0.0 serves like 1.0.0: the judge passes and the rollout completes.
     let good = w.name("good");

@@ -1,22 +1,8 @@
 //! State that outlives the runner: the lock on the engine excludes an agentctl with another state directory,
 //! and a runner with an empty state directory repairs a killed update and undoes from what the engine keeps.
 
-use std::path::Path;
-use std::process::Output;
-
 use crate::faults::Held;
 use crate::support::*;
-
-/// agentctl with its own state directory, optionally killed at `crash` (`KIND:STEP`).
-fn run_in(state: &Path, args: &[&str], crash: Option<&str>) -> Output {
-    let mut cmd = agentctl_in(state);
-    cmd.arg("--no-progress").args(args);
-    match crash {
-        Some(s) => cmd.env("AGENTCTL_CRASH_AT", s),
-        None => cmd.env_remove("AGENTCTL_CRASH_AT"),
-    };
-    cmd.output().unwrap()
-}
 
 #[test]
 fn two_runners_with_separate_state_dirs_never_change_one_target_at_once() {

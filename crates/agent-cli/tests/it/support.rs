@@ -174,6 +174,18 @@ pub fn agentctl_in(state_dir: &Path) -> Command {
     cmd
 }
 
+/// agentctl with its own state directory `state` (and its store), optionally killed at `crash` (`KIND:STEP`,
+/// through the `AGENTCTL_CRASH_AT` switch of a `testing` build).
+pub fn run_in(state: &Path, args: &[&str], crash: Option<&str>) -> Output {
+    let mut cmd = agentctl_in(state);
+    cmd.arg("--no-progress").args(args);
+    match crash {
+        Some(s) => cmd.env("AGENTCTL_CRASH_AT", s),
+        None => cmd.env_remove("AGENTCTL_CRASH_AT"),
+    };
+    cmd.output().unwrap()
+}
+
 /// Every byte the store of `state_dir` holds: the SQLite file and its WAL, or the PostgreSQL database's
 /// tables as text. Tests look for secrets in it.
 pub fn stored_state(state_dir: &Path) -> Vec<u8> {
