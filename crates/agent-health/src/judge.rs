@@ -10,8 +10,14 @@
 //! k = ⌊mn/2 − z·√(mn(m+n+1)/12)⌋ + 1 (Hollander and Wolfe's large-sample interval, without a tie
 //! correction).
 
+use std::time::Duration;
+
+use agent_core::duration_text;
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
+use time::OffsetDateTime;
+
+use crate::prom::{AnalysisOutcome, AnalysisRun, Measurement, MeasurementPhase, MetricSource};
 
 /// Which direction of change hurts for a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -313,6 +319,189 @@ pub fn score(metrics: Vec<MetricVerdict>, pass: f64, marginal: f64) -> JudgeRepo
         score,
         reason,
         metrics,
+    }
+}
+
+/// A canary judge (Kayenta-style): each metric's range query is split by a label into the canary's series
+/// and the baseline's over the same window, and compared (see [`crate::judge`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JudgeSpec {
+    /// How far back the series go (the canary should have run at least this long).
+    #[serde(with = "duration_text", default = "two_minutes")]
+    pub window: Duration,
+    /// The resolution of the series.
+    #[serde(with = "duration_text", default = "crate::prom::ten_seconds")]
+    pub step: Duration,
+    /// The label that tells canary from baseline (`version`, HAProxy's `server`).
+    pub split_by: String,
+    /// Its value on the canary's series.
+    pub canary: String,
+    /// Its value on the baseline's series.
+    pub baseline: String,
+    /// The metrics.
+    pub metrics: Vec<JudgeMetric>,
+    /// Fewer points on either side makes a metric "no data" (inconclusive, never a pass).
+    #[serde(default = "ten")]
+    pub min_points: usize,
+    /// Confidence of the shift's interval.
+    #[serde(default = "ninety_five_hundredths")]
+    pub confidence: f64,
+    /// Score (0–100) at or above which the canary passes.
+    #[serde(default = "ninety_five")]
+    pub pass: f64,
+    /// Score at or above which (and below `pass`) the judgement is inconclusive: the rollout pauses.
+    #[serde(default = "seventy_five")]
+    pub marginal: f64,
+}
+
+/// One metric of a judge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JudgeMetric {
+    /// Its name in the evidence.
+    pub name: String,
+    /// A PromQL range query whose series carry the judge's `splitBy` label.
+    pub query: String,
+    /// The direction that hurts: `increase` (default), `decrease` or `either`.
+    #[serde(default)]
+    pub direction: Direction,
+    /// The tolerated shift as a fraction of the baseline's median.
+    #[serde(default = "one_tenth")]
+    pub tolerance: f64,
+    /// The tolerated shift in the metric's units, when larger (for a baseline near 0, such as an error ratio).
+    #[serde(default)]
+    pub absolute_tolerance: f64,
+    /// A failure of this metric fails the judgement alone.
+    #[serde(default)]
+    pub critical: bool,
+    /// Its weight in the score.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn two_minutes() -> Duration {
+    Duration::from_secs(120)
+}
+fn ten() -> usize {
+    10
+}
+fn ninety_five_hundredths() -> f64 {
+    0.95
+}
+fn ninety_five() -> f64 {
+    95.0
+}
+fn seventy_five() -> f64 {
+    75.0
+}
+fn one_tenth() -> f64 {
+    0.1
+}
+fn one() -> f64 {
+    1.0
+}
+
+impl JudgeSpec {
+    /// What is wrong with the spec, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if self.metrics.is_empty() {
+            return Err("judge needs at least one metric".into());
+        }
+        if self.canary == self.baseline {
+            return Err(format!(
+                "judge's canary and baseline are both {:?}: they must select different series",
+                self.canary
+            ));
+        }
+        if !(0.5..1.0).contains(&self.confidence) {
+            return Err(format!("judge's confidence {} must be in [0.5, 1)", self.confidence));
+        }
+        if !(0.0..=100.0).contains(&self.marginal) || !(self.marginal..=100.0).contains(&self.pass) {
+            return Err(format!(
+                "judge's thresholds need 0 ≤ marginal ({}) ≤ pass ({}) ≤ 100",
+                self.marginal, self.pass
+            ));
+        }
+        if self.step.is_zero() || self.window < self.step {
+            return Err("judge's step must be above 0 and no longer than its window".into());
+        }
+        for m in &self.metrics {
+            if m.query.trim().is_empty() || m.tolerance < 0.0 || m.absolute_tolerance < 0.0 || m.weight <= 0.0 {
+                return Err(format!(
+                    "judge metric {:?} needs a query, tolerances ≥ 0 and a weight > 0",
+                    m.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queries every metric and judges the canary.
+    pub async fn run(&self, source: &dyn MetricSource) -> Result<JudgeReport, String> {
+        let mut verdicts = Vec::new();
+        for m in &self.metrics {
+            let series = source
+                .query_range(&m.query, self.window, self.step)
+                .await
+                .map_err(|e| format!("metric {}: {e}", m.name))?;
+            let side = |value: &str| -> Vec<f64> {
+                series
+                    .iter()
+                    .filter(|s| s.labels.get(&self.split_by).map(String::as_str) == Some(value))
+                    .flat_map(|s| s.values.iter().copied())
+                    .collect()
+            };
+            let rule = MetricRule {
+                name: m.name.clone(),
+                direction: m.direction,
+                tolerance: m.tolerance,
+                absolute_tolerance: m.absolute_tolerance,
+                critical: m.critical,
+                weight: m.weight,
+                min_points: self.min_points,
+                confidence: self.confidence,
+            };
+            verdicts.push(rule.classify(&side(&self.canary), &side(&self.baseline)));
+        }
+        Ok(score(verdicts, self.pass, self.marginal))
+    }
+}
+
+pub(crate) async fn run_judge(judge: &JudgeSpec, source: &dyn MetricSource) -> AnalysisRun {
+    let (outcome, phase, value, message, report) = match judge.run(source).await {
+        Ok(r) => {
+            let (outcome, phase) = match r.judgement {
+                Judgement::Pass => (AnalysisOutcome::Successful, MeasurementPhase::Successful),
+                Judgement::Inconclusive => (AnalysisOutcome::Inconclusive, MeasurementPhase::Inconclusive),
+                Judgement::Fail => (AnalysisOutcome::Failed, MeasurementPhase::Failed),
+            };
+            let detail: Vec<String> = r
+                .metrics
+                .iter()
+                .map(|m| format!("{} {:?}: {}", m.name, m.classification, m.reason).to_lowercase())
+                .collect();
+            let message = format!("judge: {}; {}", r.reason, detail.join("; "));
+            (outcome, phase, Some(r.score), message, Some(r))
+        }
+        // Prometheus unreachable or a query refused: nothing is known about the canary.
+        Err(e) => (
+            AnalysisOutcome::Inconclusive,
+            MeasurementPhase::Inconclusive,
+            None,
+            format!("judge: {e}"),
+            None,
+        ),
+    };
+    AnalysisRun {
+        outcome,
+        measurements: vec![Measurement {
+            at: OffsetDateTime::now_utc(),
+            value,
+            phase,
+            message,
+        }],
+        judge: report,
     }
 }
 

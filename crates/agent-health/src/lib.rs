@@ -46,14 +46,15 @@ pub use gate::{
     GateProgress, HealthGate, Observation, Probe, ProbeContext, ProbeEvidence, Timing, Verdict, VerdictOutcome,
 };
 pub use heartbeat::{HeartbeatProbe, HeartbeatSource, RemoteControlCenter};
+pub use judge::{JudgeMetric, JudgeSpec};
 pub use probation::{Alert, AlertRule, Probation, ProbationOutcome};
 pub use probes::{
     plain_text, ContainerStateProbe, DockerHealthProbe, HttpProbe, HttpProbeConfig, LogScanProbe, ResourceProbe,
     DEFAULT_FATAL_PATTERNS,
 };
 pub use prom::{
-    parse_text, AnalysisOutcome, AnalysisRun, AnalysisSpec, Condition, JudgeMetric, JudgeSpec, Measurement,
-    MeasurementPhase, MetricSource, ParseError, PromQueryProbe, Prometheus, Sample, ScrapeProbe, Series,
+    parse_text, AnalysisOutcome, AnalysisRun, AnalysisSpec, Condition, Measurement, MeasurementPhase, MetricSource,
+    ParseError, PromQueryProbe, Prometheus, Sample, ScrapeProbe, Series,
 };
 
 #[cfg(test)]

@@ -8,7 +8,16 @@
 
 use std::collections::BTreeMap;
 
-use crate::control_center::{ComponentStatus, Heartbeat, SelfHealth};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::control_center::{authorized, ComponentStatus, Heartbeat, SelfHealth, MAX_OPAMP_INSTANCES};
+use crate::ControlCenter;
 
 /// `AgentToServer`: what an agent sends.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -251,5 +260,154 @@ pub fn heartbeat(who: &Identity, health: Option<&ComponentHealth>) -> Heartbeat 
         },
         protocol: String::new(),
         health,
+    }
+}
+
+impl ControlCenter {
+    /// Handles one OpAMP message: records the heartbeat it amounts to and builds the answer. `Err` is a bad
+    /// request, with the reason.
+    pub fn opamp(&self, msg: crate::opamp::AgentToServer) -> Result<crate::opamp::ServerToAgent, String> {
+        if msg.instance_uid.len() != 16 {
+            return Err(format!(
+                "instance_uid is {} bytes long; OpAMP's is 16",
+                msg.instance_uid.len()
+            ));
+        }
+        let known = {
+            let mut ids = self.opamp.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(description) = &msg.agent_description {
+                if !ids.contains_key(&msg.instance_uid) && ids.len() >= MAX_OPAMP_INSTANCES {
+                    if let Some(k) = ids.keys().next().cloned() {
+                        ids.remove(&k);
+                    }
+                }
+                let entry = ids
+                    .entry(msg.instance_uid.clone())
+                    .or_insert_with(|| (Identity::default(), None));
+                entry.0 = Identity::of(&msg.instance_uid, description);
+            }
+            if let (Some(h), Some(entry)) = (&msg.health, ids.get_mut(&msg.instance_uid)) {
+                entry.1 = Some(h.clone());
+            }
+            ids.get(&msg.instance_uid).cloned()
+        };
+        let mut flags = 0;
+        match known {
+            Some((who, health)) if msg.agent_disconnect.is_none() => {
+                let hb = heartbeat(&who, health.as_ref().or(msg.health.as_ref()));
+                crate::control_center::validate(&hb).map_err(|e| format!("the agent's description: {e}"))?;
+                self.record(hb);
+            }
+            Some(_) => {}
+            // Not described yet (its first message was lost, or this control center restarted): ask for the
+            // full state, which carries the description.
+            None => flags |= REPORT_FULL_STATE,
+        }
+        let interval = if self.rollout_active() {
+            self.config.rollout_heartbeat_interval
+        } else {
+            self.config.heartbeat_interval
+        };
+        let seconds = interval.as_secs().max(1);
+        Ok(ServerToAgent {
+            instance_uid: msg.instance_uid,
+            error_response: None,
+            connection_settings: Some(ConnectionSettingsOffers {
+                hash: seconds.to_be_bytes().to_vec(),
+                opamp: Some(OpAmpConnectionSettings {
+                    destination_endpoint: String::new(),
+                    heartbeat_interval_seconds: seconds,
+                }),
+            }),
+            flags,
+            capabilities: SERVER_ACCEPTS_STATUS | SERVER_OFFERS_CONNECTION_SETTINGS,
+        })
+    }
+}
+
+/// `POST /v1/opamp`: protobuf in and out; errors as HTTP statuses with a `ServerToAgent` carrying
+/// `error_response` where the body could be read.
+pub(crate) async fn post(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap, body: Bytes) -> Response {
+    use prost::Message;
+    let protobuf = |status: StatusCode, msg: ServerToAgent| {
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+            msg.encode_to_vec(),
+        )
+            .into_response()
+    };
+    let refuse = |status: StatusCode, uid: Vec<u8>, message: String| {
+        cc.rejected.fetch_add(1, Ordering::Relaxed);
+        protobuf(
+            status,
+            ServerToAgent {
+                instance_uid: uid,
+                error_response: Some(ServerErrorResponse {
+                    r#type: ERROR_BAD_REQUEST,
+                    error_message: message,
+                }),
+                ..Default::default()
+            },
+        )
+    };
+    if !authorized(&cc, &headers) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            Vec::new(),
+            "missing or wrong bearer token".into(),
+        );
+    }
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/x-protobuf") {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Vec::new(),
+            format!("content type {content_type:?}: OpAMP over HTTP sends application/x-protobuf"),
+        );
+    }
+    let gzip = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let raw = if gzip {
+        use std::io::Read;
+        // Bound what it inflates to, as the body itself is bound: a small bomb must not cost memory.
+        let limit = cc.config.body_limit;
+        let mut out = Vec::new();
+        let read = flate2::read::GzDecoder::new(&body[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out);
+        match read {
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, Vec::new(), format!("gzip body: {e}")),
+            Ok(n) if n > limit => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Vec::new(),
+                    format!("the body inflates beyond {limit} bytes"),
+                )
+            }
+            Ok(_) => Bytes::from(out),
+        }
+    } else {
+        body
+    };
+    let msg = match AgentToServer::decode(raw) {
+        Ok(m) => m,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                Vec::new(),
+                format!("not an OpAMP AgentToServer message: {e}"),
+            )
+        }
+    };
+    let uid = msg.instance_uid.clone();
+    match cc.opamp(msg) {
+        Ok(answer) => protobuf(StatusCode::OK, answer),
+        Err(e) => refuse(StatusCode::BAD_REQUEST, uid, e),
     }
 }
