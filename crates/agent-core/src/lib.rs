@@ -73,7 +73,8 @@ pub use store::{
     StateDump, StateStore, StoreError,
 };
 pub use strategy::{
-    canary_count, plan, CanaryStep, Count, Pause, PlanError, PlanStep, RolloutPlan, Strategy, Target, UpdateMode,
+    canary_count, plan, plan_traffic, CanaryStep, Count, Pause, PlanError, PlanStep, RolloutPlan, Strategy, Target,
+    UpdateMode,
 };
 pub use version::{PolicyViolation, TagPolicy, Version, VERSION_LABEL};
 

@@ -257,6 +257,12 @@ pub enum PlanStep {
         #[serde(with = "serde_text")]
         scale_down_delay: Duration,
     },
+    /// Traffic through a load balancer: this share (0–100 %) of the requests goes to the staged new
+    /// versions, the rest to the old ones, which keep running.
+    Traffic {
+        /// The new versions' share of the traffic, in percent.
+        weight: u8,
+    },
 }
 
 /// An inspectable plan: the ordered steps a rollout executes.
@@ -299,6 +305,9 @@ pub enum PlanError {
         /// The earlier weight.
         previous: u8,
     },
+    /// A strategy that replaces containers in place cannot shift traffic.
+    #[error("strategy {0} replaces each container in place, so there is no second version to send traffic to; use canary or blueGreen with `traffic`")]
+    TrafficNeedsTwoVersions(&'static str),
     /// An analysis the spec does not define.
     #[error("canary step {step}: analysis {name:?} is not defined under `analysis`")]
     UnknownAnalysis {
@@ -457,6 +466,70 @@ pub fn plan(targets: &[Target], strategy: &Strategy, analyses: &[&str]) -> Resul
     })
 }
 
+/// Plans a rollout whose traffic is shifted by a load balancer instead of by replacing targets: every target
+/// first gets a verified preview beside its running container (no traffic yet); then each canary
+/// `setWeight` becomes a [`PlanStep::Traffic`] step (the share of requests, not of targets), and the
+/// previews take over at the end ([`PlanStep::Promote`]). For blue-green, the switch is a step to 100 %
+/// with the old versions still running through `scaleDownDelay`. Recreate and rolling replace in place and
+/// are refused.
+pub fn plan_traffic(targets: &[Target], strategy: &Strategy, analyses: &[&str]) -> Result<RolloutPlan, PlanError> {
+    // The same checks of targets, weights and analyses as without traffic.
+    plan(targets, strategy, analyses)?;
+    let stage = PlanStep::Update {
+        batch: 1,
+        targets: (0..targets.len()).collect(),
+        mode: UpdateMode::BlueGreen,
+        weight: 0,
+    };
+    let promote = PlanStep::Promote {
+        automatic: true,
+        scale_down_delay: Duration::ZERO,
+    };
+    let mut steps = vec![stage];
+    match strategy {
+        Strategy::Recreate {} | Strategy::Rolling { .. } => {
+            return Err(PlanError::TrafficNeedsTwoVersions(strategy.name()))
+        }
+        Strategy::BlueGreen {
+            auto_promote,
+            scale_down_delay,
+        } => {
+            if !auto_promote {
+                steps.push(PlanStep::Pause {
+                    pause: Pause::UntilPromoted,
+                });
+            }
+            steps.push(PlanStep::Traffic { weight: 100 });
+            if !scale_down_delay.is_zero() {
+                steps.push(PlanStep::Pause {
+                    pause: Pause::For(*scale_down_delay),
+                });
+            }
+        }
+        Strategy::Canary { steps: canary } => {
+            let mut last = 0;
+            for step in canary {
+                steps.push(match step {
+                    CanaryStep::SetWeight(w) => {
+                        last = *w;
+                        PlanStep::Traffic { weight: *w }
+                    }
+                    CanaryStep::Pause(p) => PlanStep::Pause { pause: *p },
+                    CanaryStep::Analysis(name) => PlanStep::Analysis { name: name.clone() },
+                });
+            }
+            if last < 100 {
+                steps.push(PlanStep::Traffic { weight: 100 });
+            }
+        }
+    }
+    steps.push(promote);
+    Ok(RolloutPlan {
+        targets: targets.to_vec(),
+        steps,
+    })
+}
+
 /// How many of `n` targets a canary weight covers: rounded up, at least one for any weight above 0.
 pub fn canary_count(n: usize, weight: u8) -> usize {
     if weight == 0 {
@@ -509,6 +582,52 @@ mod tests {
         ));
         let err = plan(&targets(3), &s, &[]).unwrap_err();
         assert!(err.to_string().contains("error-rate"), "{err}");
+    }
+
+    #[test]
+    fn a_traffic_canary_stages_every_target_then_moves_only_weights() {
+        let s: Strategy = serde_json::from_str(
+            r#"{"canary":{"steps":[{"setWeight":10},{"pause":{}},{"analysis":"judge"},{"setWeight":50}]}}"#,
+        )
+        .unwrap();
+        let p = plan_traffic(&targets(4), &s, &["judge"]).unwrap();
+        assert_eq!(
+            p.steps,
+            [
+                PlanStep::Update {
+                    batch: 1,
+                    targets: vec![0, 1, 2, 3],
+                    mode: UpdateMode::BlueGreen,
+                    weight: 0
+                },
+                PlanStep::Traffic { weight: 10 },
+                PlanStep::Pause {
+                    pause: Pause::UntilPromoted
+                },
+                PlanStep::Analysis { name: "judge".into() },
+                PlanStep::Traffic { weight: 50 },
+                // Completed to 100 % before the previews take over.
+                PlanStep::Traffic { weight: 100 },
+                PlanStep::Promote {
+                    automatic: true,
+                    scale_down_delay: Duration::ZERO
+                },
+            ]
+        );
+        let bg = Strategy::BlueGreen {
+            auto_promote: false,
+            scale_down_delay: Duration::from_secs(30),
+        };
+        let p = plan_traffic(&targets(2), &bg, &[]).unwrap();
+        assert_eq!(p.steps.len(), 5, "{:?}", p.steps);
+        assert_eq!(p.steps[2], PlanStep::Traffic { weight: 100 });
+        assert!(matches!(p.steps[3], PlanStep::Pause { pause: Pause::For(d) } if d == Duration::from_secs(30)));
+        // The same checks as without traffic, and no in-place strategies.
+        assert!(plan_traffic(&targets(2), &s, &[]).is_err());
+        assert_eq!(
+            plan_traffic(&targets(2), &Strategy::Recreate {}, &[]),
+            Err(PlanError::TrafficNeedsTwoVersions("recreate"))
+        );
     }
 
     #[test]
