@@ -335,9 +335,11 @@ pub struct JudgeSpec {
     pub step: Duration,
     /// The label that tells canary from baseline (`version`, HAProxy's `server`).
     pub split_by: String,
-    /// Its value on the canary's series.
+    /// Its value on the canary's series: a regular expression that must match the whole value (as PromQL's
+    /// `=~`), so a plain value such as `2.0.0` selects itself and `.*-2\.0\.0` every server of a version.
     pub canary: String,
-    /// Its value on the baseline's series.
+    /// Its value on the baseline's series, written the same way; a series the canary's expression matches
+    /// is the canary's even when this one matches too.
     pub baseline: String,
     /// The metrics.
     pub metrics: Vec<JudgeMetric>,
@@ -414,6 +416,9 @@ impl JudgeSpec {
                 self.canary
             ));
         }
+        for (side, value) in [("canary", &self.canary), ("baseline", &self.baseline)] {
+            whole(value).map_err(|e| format!("judge's {side} {value:?} is not a regular expression: {e}"))?;
+        }
         if !(0.5..1.0).contains(&self.confidence) {
             return Err(format!("judge's confidence {} must be in [0.5, 1)", self.confidence));
         }
@@ -439,16 +444,26 @@ impl JudgeSpec {
 
     /// Queries every metric and judges the canary.
     pub async fn run(&self, source: &dyn MetricSource) -> Result<JudgeReport, String> {
+        let canary = whole(&self.canary).map_err(|e| format!("judge's canary: {e}"))?;
+        let baseline = whole(&self.baseline).map_err(|e| format!("judge's baseline: {e}"))?;
         let mut verdicts = Vec::new();
         for m in &self.metrics {
             let series = source
                 .query_range(&m.query, self.window, self.step)
                 .await
                 .map_err(|e| format!("metric {}: {e}", m.name))?;
-            let side = |value: &str| -> Vec<f64> {
+            let side = |canary_side: bool| -> Vec<f64> {
                 series
                     .iter()
-                    .filter(|s| s.labels.get(&self.split_by).map(String::as_str) == Some(value))
+                    .filter(|s| {
+                        let Some(v) = s.labels.get(&self.split_by) else {
+                            return false;
+                        };
+                        match canary_side {
+                            true => canary.is_match(v),
+                            false => !canary.is_match(v) && baseline.is_match(v),
+                        }
+                    })
                     .flat_map(|s| s.values.iter().copied())
                     .collect()
             };
@@ -462,10 +477,15 @@ impl JudgeSpec {
                 min_points: self.min_points,
                 confidence: self.confidence,
             };
-            verdicts.push(rule.classify(&side(&self.canary), &side(&self.baseline)));
+            verdicts.push(rule.classify(&side(true), &side(false)));
         }
         Ok(score(verdicts, self.pass, self.marginal))
     }
+}
+
+/// `pattern` as a regular expression that must match a whole label value.
+fn whole(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
 pub(crate) async fn run_judge(judge: &JudgeSpec, source: &dyn MetricSource) -> AnalysisRun {
@@ -725,5 +745,27 @@ mod spec_tests {
         let same = "splitBy: v\ncanary: a\nbaseline: a\nmetrics: [{name: m, query: q}]\n";
         let err = serde_saphyr::from_str::<JudgeSpec>(same).unwrap().check().unwrap_err();
         assert!(err.contains("both \"a\""), "{err}");
+        let bad = "splitBy: v\ncanary: 'a('\nbaseline: b\nmetrics: [{name: m, query: q}]\n";
+        let err = serde_saphyr::from_str::<JudgeSpec>(bad).unwrap().check().unwrap_err();
+        assert!(err.contains("canary \"a(\" is not a regular expression"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn canary_and_baseline_select_whole_values_and_the_canary_wins_an_overlap() {
+        // Servers as a traffic rollout names them: the canary's end in its version; the baseline is the rest.
+        let source = Source(vec![
+            ("e", "a1", vec![0.0; 6]),
+            ("e", "a1-2.0.0", vec![0.5; 6]),
+            ("e", "a2-2.0.0", vec![0.5; 6]),
+            ("e", "a1-2.0.00", vec![9.0; 6]),
+        ]);
+        let yaml =
+            "splitBy: version\ncanary: '.*-2\\.0\\.0'\nbaseline: '.*'\nminPoints: 5\nmetrics: [{name: e, query: e}]\n";
+        let judge: JudgeSpec = serde_saphyr::from_str(yaml).unwrap();
+        judge.check().unwrap();
+        let report = judge.run(&source).await.unwrap();
+        let m = &report.metrics[0];
+        assert_eq!((m.canary_points, m.baseline_points), (12, 12), "{m:?}");
+        assert_eq!((m.canary_median, m.baseline_median), (0.5, 4.5), "{m:?}");
     }
 }
