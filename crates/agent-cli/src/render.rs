@@ -543,6 +543,15 @@ pub(crate) fn fleet_event(e: &agent_rollout::FleetEvent) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
+        E::Traffic {
+            backend,
+            weight,
+            servers,
+            ..
+        } => format!(
+            "traffic: {weight} % to the new version through backend {backend} ({})",
+            servers.join(", ")
+        ),
         E::Paused { reason, until, .. } => yellow(&format!(
             "paused: {reason}{}",
             until.as_ref().map(|u| format!(" (until {u})")).unwrap_or_default()
@@ -583,13 +592,20 @@ pub(crate) fn rollout_table(s: &agent_rollout::RolloutState) -> String {
         .map(|a| format!("{} by {} at {}", a.action, a.by, ts(&a.at)))
         .collect();
     format!(
-        "rollout {}: {}, {}/{} steps done, image {}{}\n{}{t}",
+        "rollout {}: {}, {}/{} steps done, image {}{}{}\n{}{t}",
         s.spec.name,
         s.phase(),
         s.next_step.min(s.plan.steps.len()),
         s.plan.steps.len(),
         s.pinned,
         s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        match (&s.spec.traffic, &s.traffic) {
+            (Some(spec), Some(t)) => format!(
+                "\ntraffic: {} % to the new version through backend {}",
+                t.weight, spec.haproxy.backend
+            ),
+            _ => String::new(),
+        },
         if actions.is_empty() {
             String::new()
         } else {

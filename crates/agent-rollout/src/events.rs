@@ -157,6 +157,17 @@ pub enum FleetEvent {
         /// Its run.
         run: AnalysisRun,
     },
+    /// The rollout set its load balancer's servers (a `traffic` rollout).
+    Traffic {
+        /// Rollout name.
+        rollout: String,
+        /// The backend.
+        backend: String,
+        /// The new versions' share of the requests, in percent.
+        weight: u8,
+        /// Each server the backend now has for the targets: `addr:port weight`.
+        servers: Vec<String>,
+    },
     /// The rollout paused.
     Paused {
         /// Rollout name.

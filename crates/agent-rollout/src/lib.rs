@@ -48,6 +48,7 @@ mod store;
 mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod traffic;
 mod undo;
 mod update;
 mod updater;
@@ -58,7 +59,7 @@ pub use error::Error;
 pub use events::{Event, FleetEvent, FleetReporter, Reporter, Silent};
 pub use fleet::{
     metrics_text, AuditEntry, Fleet, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, RolloutState,
-    TargetSpec, TargetState, TargetStatus, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
+    TargetSpec, TargetState, TargetStatus, TrafficState, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
 };
 pub use hooks::{Hooks, SKIP_EXIT_CODE};
 pub use journal::{CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV};

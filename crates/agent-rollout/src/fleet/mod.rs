@@ -9,11 +9,13 @@
 mod batch;
 mod metrics;
 mod rollback;
+mod route;
 mod run;
 mod spec;
 mod state;
 
 pub use metrics::metrics_text;
+pub use route::TrafficState;
 pub use spec::{
     HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, TargetSpec, MAX_SPEC_BYTES, MAX_SPEC_NODES,
     MAX_TARGETS,
@@ -246,6 +248,7 @@ impl Fleet {
             analyses: Vec::new(),
             started_at: OffsetDateTime::now_utc(),
             updated_at: OffsetDateTime::now_utc(),
+            traffic: spec.traffic.as_ref().map(|_| TrafficState::default()),
             spec,
             audit: Vec::new(),
         };

@@ -3,6 +3,7 @@
 use agent_core::Phase;
 
 use super::batch::target_event;
+use super::route::Routing;
 use super::state::RolloutState;
 use super::{transition, Fleet};
 use crate::target::TargetStatus;
@@ -67,6 +68,9 @@ impl Fleet {
         }
         state.reason = Some(reason.clone());
         self.save(state).await?;
+        // With traffic, every request goes back to the running containers first: before the work of finding
+        // out what a stopped process left (which takes the engine locks), and before a preview is removed.
+        self.route_back(state, Routing::Reverting).await?;
         self.settle(state).await?;
         let mut broken = self.discard_previews(state).await?;
         let touched: Vec<usize> = (0..state.targets.len())
@@ -111,6 +115,10 @@ impl Fleet {
                 self.emit(target_event(&state.spec.name, t));
                 self.save(state).await?;
                 continue;
+            }
+            // With traffic, the container to be replaced leaves the backend first (the others serve).
+            if state.spec.traffic.is_some() {
+                self.route_back(state, Routing::RevertingWithout(i)).await?;
             }
             let outcome = async {
                 let (rt, name) = self.target(&t).await?;
@@ -166,6 +174,8 @@ impl Fleet {
             self.emit(target_event(&state.spec.name, t));
             self.save(state).await?;
         }
+        // Containers brought back are routed to again; the servers of those that went are removed.
+        self.route_back(state, Routing::Reverting).await?;
         let input = if broken == 0 {
             Input::RollbackComplete
         } else {

@@ -1,5 +1,6 @@
 //! Running a rollout's plan step by step: batches, pauses, analyses, the failure budget.
 
+use super::route::Routing;
 use super::state::{failed_targets, failures_allowed, RolloutState};
 use super::{transition, Fleet, PAUSE_KIND};
 use crate::target::TargetStatus;
@@ -28,6 +29,11 @@ impl Fleet {
             from_step: state.next_step,
         });
         let verify = state.spec.verify()?;
+        // The shares saved with the state, applied again: this process may follow one that died, or HAProxy
+        // may have been reloaded and forgotten the servers added at runtime.
+        if let Some(t) = state.traffic.clone().filter(|_| state.next_step > 0) {
+            self.route(state, Routing::Share(t.weight)).await?;
+        }
         while state.next_step < state.plan.steps.len() {
             if let Some(req) = self.store.document(PAUSE_KIND, &name).await? {
                 if !req.is_null() {
@@ -51,6 +57,10 @@ impl Fleet {
                         .await?;
                     if let Some(reason) = self.too_many_failures(state) {
                         return self.fail(state, reason).await;
+                    }
+                    // The previews join the backend with no traffic yet, where the operator sees them.
+                    if mode == UpdateMode::BlueGreen {
+                        self.route(state, Routing::Share(0)).await?;
                     }
                     if !unverified.is_empty() {
                         // A signal source could not be asked: wait for a human, never roll back on it. The one
@@ -79,11 +89,15 @@ impl Fleet {
                     let staged: Vec<usize> = (0..state.targets.len())
                         .filter(|&i| state.targets[i].status == TargetStatus::Staged)
                         .collect();
+                    // With traffic, the containers the previews replace leave the backend (drained) first.
+                    self.route(state, Routing::Promoting).await?;
                     self.update_batch(state, &staged, &verify, Action::Promote).await?;
+                    self.route(state, Routing::Share(100)).await?;
                     if let Some(reason) = self.too_many_failures(state) {
                         return self.fail(state, reason).await;
                     }
                 }
+                PlanStep::Traffic { weight } => self.route(state, Routing::Share(weight)).await?,
                 PlanStep::Pause { pause: Pause::For(d) } => {
                     let until = OffsetDateTime::now_utc() + d;
                     self.emit(FleetEvent::Paused {
@@ -215,5 +229,6 @@ pub(super) fn describe(step: &PlanStep) -> String {
         } => "pause until promoted".into(),
         PlanStep::Analysis { name } => format!("analysis {name}"),
         PlanStep::Promote { .. } => "promote".into(),
+        PlanStep::Traffic { weight } => format!("send {weight} % of the traffic to the new version"),
     }
 }

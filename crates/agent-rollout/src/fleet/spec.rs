@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agent_core::{duration_text, plan, ContainerName, ContainerSpec, ImageRef, RolloutPlan, Strategy, Target};
+use agent_core::{
+    duration_text, plan, plan_traffic, ContainerName, ContainerSpec, ImageRef, RolloutPlan, Strategy, Target,
+};
 use agent_health::{AnalysisSpec, HttpProbeConfig, Timing};
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +160,11 @@ pub struct RolloutSpec {
     /// again if the rollout reverts. Without a template a missing target fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<serde_json::Value>,
+    /// A load balancer in front of the targets (`haproxy: {socket, backend, port}`): canary weights become
+    /// shares of the requests, sent to previews beside the running containers, and blue-green switches by
+    /// weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<crate::traffic::TrafficSpec>,
 }
 
 pub(super) fn five() -> usize {
@@ -340,6 +347,14 @@ impl RolloutSpec {
         for n in &self.notify {
             n.url().map_err(|e| self.invalid(e))?;
         }
+        if let Some(t) = &self.traffic {
+            let h = &t.haproxy;
+            if h.socket.trim().is_empty() || h.backend.trim().is_empty() || h.port == 0 {
+                return Err(self.invalid(
+                    "traffic.haproxy needs `socket` (the runtime API's path or HOST:PORT), `backend` and the agents' `port`".into(),
+                ));
+            }
+        }
         for (name, a) in &self.analysis {
             match &a.judge {
                 Some(judge) => judge
@@ -368,7 +383,11 @@ impl RolloutSpec {
             })
             .collect();
         let names: Vec<&str> = self.analysis.keys().map(String::as_str).collect();
-        plan(&targets, &self.strategy, &names).map_err(|e| self.invalid(e.to_string()))
+        match &self.traffic {
+            Some(_) => plan_traffic(&targets, &self.strategy, &names),
+            None => plan(&targets, &self.strategy, &names),
+        }
+        .map_err(|e| self.invalid(e.to_string()))
     }
 
     pub(crate) fn verify(&self) -> Result<VerifyConfig, Error> {

@@ -34,6 +34,9 @@ pub struct RolloutState {
     /// When it last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// The traffic it set through its load balancer (a spec with `traffic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<super::route::TrafficState>,
     /// Who acted on it and how, oldest first: `apply`, `promote`, `pause: …`, `abort: …`, `retry`, `undo`.
     #[serde(default)]
     pub audit: Vec<AuditEntry>,

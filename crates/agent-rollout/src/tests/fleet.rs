@@ -284,6 +284,23 @@ fn bad_specs_name_the_line_and_what_is_expected() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("\"nope\" is not defined"), "{err}");
+    let traffic = |strategy: &str, haproxy: &str| {
+        RolloutSpec::parse(
+            &format!("name: f\nimage: a:1\n{TARGETS}strategy: {strategy}\ntraffic: {{haproxy: {haproxy}}}\n"),
+            "s.yaml",
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let good = "{socket: /run/haproxy.sock, backend: relays, port: 8080}";
+    assert_eq!(traffic("{canary: {steps: [{setWeight: 10}]}}", good), Ok(()));
+    let err = traffic("{rolling: {}}", good).unwrap_err();
+    assert!(
+        err.contains("strategy rolling replaces each container in place"),
+        "{err}"
+    );
+    let err = traffic("{blueGreen: {}}", "{socket: '', backend: relays, port: 0}").unwrap_err();
+    assert!(err.contains("traffic.haproxy"), "{err}");
     let json = r#"{"name": "f", "image": "a:1", "targets": [], "strategy": {"recreate": {}}, "parallelism": "x"}"#;
     let err = RolloutSpec::parse(json, "s.json").unwrap_err().to_string();
     assert!(err.contains("line 1 column"), "{err}");
