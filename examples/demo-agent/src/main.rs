@@ -233,8 +233,9 @@ fn serve(agent: Arc<Agent>, mut stream: TcpStream) {
         "/work" => {
             let fail = match agent.failure {
                 Failure::ErrorRate(r) => {
+                    // Spread evenly (every other request at 0.5), so any window of requests sees the rate.
                     let total = agent.requests_ok.load(Ordering::Relaxed) + agent.requests_err.load(Ordering::Relaxed);
-                    (total % 100) as f64 / 100.0 < r
+                    ((total + 1) as f64 * r).floor() > (total as f64 * r).floor()
                 }
                 _ => false,
             };

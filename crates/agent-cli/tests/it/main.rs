@@ -21,4 +21,5 @@ mod security;
 mod shared_state;
 mod support;
 mod tls;
+mod traffic;
 mod update;
