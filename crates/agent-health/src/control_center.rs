@@ -213,12 +213,16 @@ pub struct ControlCenter {
     pub(crate) config: ControlCenterConfig,
     token: String,
     agents: RwLock<HashMap<String, Entry>>,
-    store: Option<Arc<dyn StateStore>>,
+    pub(crate) store: Option<Arc<dyn StateStore>>,
     accepted: AtomicU64,
     pub(crate) rejected: AtomicU64,
     /// What OpAMP agents said about themselves, by instance uid (later messages omit it).
     pub(crate) opamp: RwLock<HashMap<Vec<u8>, OpampInstance>>,
     pub(crate) rollout_active: std::sync::atomic::AtomicBool,
+    /// Signed-in browsers of the web view.
+    pub(crate) sessions: crate::web::Sessions,
+    /// What carries out the web view's actions, when the embedder gave it.
+    pub(crate) actions: std::sync::OnceLock<Arc<dyn crate::web::RolloutActions>>,
 }
 
 /// What an OpAMP instance said about itself: who it is, and its last health report.
@@ -259,7 +263,7 @@ pub enum ControlCenterError {
     Store(#[from] agent_core::StoreError),
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Length is not secret; compare every byte regardless of where they differ.
     if a.len() != b.len() {
         return false;
@@ -328,6 +332,8 @@ impl ControlCenter {
             rejected: AtomicU64::new(0),
             opamp: RwLock::new(HashMap::new()),
             rollout_active: std::sync::atomic::AtomicBool::new(false),
+            sessions: Default::default(),
+            actions: std::sync::OnceLock::new(),
         }))
     }
 
@@ -415,6 +421,17 @@ impl ControlCenter {
             .into_iter()
             .filter(|r| matches(&r.last.container))
             .collect()
+    }
+
+    /// Lets the web view's promote, pause, resume and abort act through `actions` (once; later calls are
+    /// ignored). Without it the pages show rollouts but offer no actions that work.
+    pub fn set_actions(&self, actions: Arc<dyn crate::web::RolloutActions>) {
+        let _ = self.actions.set(actions);
+    }
+
+    /// Whether `token` is the control center's token (compared in constant time).
+    pub(crate) fn token_matches(&self, token: &str) -> bool {
+        constant_time_eq(token.as_bytes(), self.token.as_bytes())
     }
 
     /// Whether a rollout is under way, as last read from the store.
@@ -508,6 +525,7 @@ impl ControlCenter {
             .route("/v1/agents/{id}", get(get_agent))
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
+            .merge(crate::web::routes())
             .layer(DefaultBodyLimit::max(self.config.body_limit))
             .with_state(self.clone())
     }

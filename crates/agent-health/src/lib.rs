@@ -37,6 +37,7 @@ pub mod opamp;
 mod probation;
 mod probes;
 mod prom;
+pub mod web;
 
 pub use control_center::{
     AgentRecord, AgentState, ComponentStatus, ControlCenter, ControlCenterConfig, ControlCenterError, Heartbeat,
