@@ -241,7 +241,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ))
                 );
             }
-            let cc = agent_health::ControlCenter::new(token, config, Some(store)).await?;
+            let cc = agent_health::ControlCenter::new(token, config, Some(store.clone())).await?;
+            // The web view's promote, pause, resume and abort run the rollout library on the same store.
+            cc.set_actions(Arc::new(agent_rollout::WebActions::new(
+                store,
+                agent_docker::connector(g.secret_policy()),
+            )));
             // SIGINT or SIGTERM (what `docker stop`, systemd and Kubernetes send): stop, drain, flush.
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let shutdown = async move {

@@ -43,8 +43,21 @@ pub fn holder_for_this_process(purpose: &str) -> LeaseHolder {
     }
 }
 
-/// Who is acting: `AGENTCTL_ACTOR`, else the OS user at this host.
+tokio::task_local! {
+    /// Who acts for the task under way, when it is not this process's user (a signed-in web user).
+    static ACTOR: String;
+}
+
+/// Runs `work` with `actor` as who acts: the audit entries and revisions it records name them.
+pub async fn as_actor<F: std::future::Future>(actor: String, work: F) -> F::Output {
+    ACTOR.scope(actor, work).await
+}
+
+/// Who is acting: the actor of [`as_actor`], else `AGENTCTL_ACTOR`, else the OS user at this host.
 pub fn actor() -> String {
+    if let Ok(a) = ACTOR.try_with(Clone::clone) {
+        return a;
+    }
     if let Some(a) = std::env::var("AGENTCTL_ACTOR").ok().filter(|a| !a.trim().is_empty()) {
         return a.trim().to_owned();
     }

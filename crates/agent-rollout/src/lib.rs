@@ -57,13 +57,14 @@ pub use agent_core::Connector;
 pub use engine_state::{lock_name, read_lock, EngineLockInfo, HISTORY_RECORD, LOCK_SUFFIX};
 pub use error::Error;
 pub use events::{Event, FleetEvent, FleetReporter, Reporter, Silent};
+pub use fleet::WebActions;
 pub use fleet::{
     metrics_text, AuditEntry, Fleet, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, RolloutState,
     TargetSpec, TargetState, TargetStatus, TrafficState, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
 };
 pub use hooks::{Hooks, SKIP_EXIT_CODE};
 pub use journal::{CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV};
-pub use lease::{actor, holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
+pub use lease::{actor, as_actor, holder_for_this_process, holder_is_dead, LeaseGuard, LEASE_TTL};
 pub use notify::{Notifier, NotifyError, NotifySpec, Webhook, DRAIN_TIMEOUT};
 pub use plan::UPDATE_STEPS;
 pub use postgres::{is_postgres_url, PostgresStore};

@@ -39,4 +39,7 @@ pub struct TargetState {
     pub installed: bool,
     /// The last message about it.
     pub message: Option<String>,
+    /// The verdict of its last verification with each probe's evidence, as `agentctl update` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }

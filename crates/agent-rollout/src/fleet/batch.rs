@@ -101,6 +101,7 @@ impl Fleet {
             match r {
                 Ok((report, installed)) => {
                     t.installed = installed;
+                    t.evidence = report.verdict.as_ref().map(ToString::to_string);
                     t.previous = report.previous.map(RevisionNumber::get);
                     t.revision = Some(report.revision.number.get());
                     match report.status {

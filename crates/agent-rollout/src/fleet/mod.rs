@@ -13,6 +13,7 @@ mod route;
 mod run;
 mod spec;
 mod state;
+mod web;
 
 pub use metrics::metrics_text;
 pub use route::TrafficState;
@@ -21,6 +22,7 @@ pub use spec::{
     MAX_TARGETS,
 };
 pub use state::{AuditEntry, RolloutState, TargetState, TargetStatus};
+pub use web::WebActions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -236,6 +238,7 @@ impl Fleet {
                 revision: None,
                 message: None,
                 installed: false,
+                evidence: None,
             })
             .collect();
         let mut state = RolloutState {
