@@ -23,3 +23,4 @@ mod support;
 mod tls;
 mod traffic;
 mod update;
+mod web;
