@@ -289,26 +289,43 @@ fn judge(prom: &str, canary: &str, baseline: &str) -> String {
     )
 }
 
-fn endpoints(w: &World, agents: &[String], network: &str) -> Vec<String> {
-    let mut e: Vec<String> = agents.iter().map(|n| format!("{}:8080", ip(w, n, network))).collect();
-    e.sort();
-    e
+/// The backend's servers, after checking they are exactly the containers now named `agents` (no preview,
+/// no container that went).
+fn routed_only_to(hap: &Haproxy, w: &World, agents: &[String], network: &str) -> Vec<(String, String, u32)> {
+    let mut want: Vec<String> = agents.iter().map(|n| format!("{}:8080", ip(w, n, network))).collect();
+    want.sort();
+    let servers = hap.servers();
+    let mut routed: Vec<String> = servers.iter().map(|s| s.1.clone()).collect();
+    routed.sort();
+    assert_eq!(
+        routed, want,
+        "the servers are the containers under the agents' names: {servers:?}"
+    );
+    servers
+}
+
+/// Two agents of `image` on a network of their own (`subnet`, addresses from the engine), and the servers
+/// HAProxy's configuration lists for them (`a1`, `a2` at their addresses): the network, the containers
+/// and the servers.
+fn two_agents(w: &World, subnet: &str, image: &str) -> (String, Vec<String>, Vec<(String, String)>) {
+    let net = w.network("net", subnet);
+    let agents: Vec<String> = (1..=2).map(|i| w.name(&format!("a{i}"))).collect();
+    for n in &agents {
+        w.docker_run(n, &["--restart", "unless-stopped", "--network", &net], image);
+    }
+    let configured = agents
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("a{}", i + 1), ip(w, n, &net)))
+        .collect();
+    (net, agents, configured)
 }
 
 #[test]
 fn a_canary_gets_its_share_of_requests_is_judged_against_the_baseline_and_promoted_or_reverted() {
     let img = images();
     let w = World::new("traffic");
-    let net = w.network("net", "10.236.1.0/24");
-    let agents: Vec<String> = (1..=2).map(|i| w.name(&format!("a{i}"))).collect();
-    for n in &agents {
-        w.docker_run(n, &["--restart", "unless-stopped", "--network", &net], &img.refs["v1"]);
-    }
-    let configured: Vec<(String, String)> = agents
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (format!("a{}", i + 1), ip(&w, n, &net)))
-        .collect();
+    let (net, agents, configured) = two_agents(&w, "10.236.1.0/24", &img.refs["v1"]);
     let hap = Haproxy::start(&configured);
     let (_prom, url, _dir) = prometheus(&[format!("127.0.0.1:{}", hap.stats)]);
     wait_scraped(&url, 1);
@@ -360,11 +377,7 @@ fn a_canary_gets_its_share_of_requests_is_judged_against_the_baseline_and_promot
     let status = json(&w.agentctl(&["rollout", "status", &good, "-o", "json"]));
     let judged = status.to_string();
     assert!(judged.contains(r#""judgement":"pass""#), "{judged}");
-    let servers = hap.servers();
-    let now = endpoints(&w, &agents, &net);
-    let mut routed: Vec<String> = servers.iter().map(|s| s.1.clone()).collect();
-    routed.sort();
-    assert_eq!(routed, now, "only the promoted containers are servers: {servers:?}");
+    let servers = routed_only_to(&hap, &w, &agents, &net);
     assert!(
         servers.iter().all(|s| s.2 == 100 && s.0.ends_with("-2.0.0")),
         "{servers:?}"
@@ -391,10 +404,7 @@ fn a_canary_gets_its_share_of_requests_is_judged_against_the_baseline_and_promot
     assert!(stderr(&out).contains("critical metric error-ratio"), "{}", stderr(&out));
     let status = json(&w.agentctl(&["rollout", "status", &bad, "-o", "json"])).to_string();
     assert!(status.contains(r#""judgement":"fail""#), "{status}");
-    let servers = hap.servers();
-    let mut routed: Vec<String> = servers.iter().map(|s| s.1.clone()).collect();
-    routed.sort();
-    assert_eq!(routed, endpoints(&w, &agents, &net), "{servers:?}");
+    let servers = routed_only_to(&hap, &w, &agents, &net);
     assert!(
         servers.iter().all(|s| s.2 == 100 && s.0.ends_with("-2.0.0")),
         "{servers:?}"
@@ -411,16 +421,7 @@ fn a_canary_gets_its_share_of_requests_is_judged_against_the_baseline_and_promot
 fn a_killed_traffic_rollout_is_repaired_after_an_haproxy_reload_and_blue_green_switches_and_undoes() {
     let img = images();
     let w = World::new("traffic-kill");
-    let net = w.network("net", "10.236.2.0/24");
-    let agents: Vec<String> = (1..=2).map(|i| w.name(&format!("a{i}"))).collect();
-    for n in &agents {
-        w.docker_run(n, &["--restart", "unless-stopped", "--network", &net], &img.refs["v1"]);
-    }
-    let configured: Vec<(String, String)> = agents
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (format!("a{}", i + 1), ip(&w, n, &net)))
-        .collect();
+    let (net, agents, configured) = two_agents(&w, "10.236.2.0/24", &img.refs["v1"]);
     let mut hap = Haproxy::start(&configured);
     let load = Load::start(hap.front);
 
@@ -498,10 +499,7 @@ fn a_killed_traffic_rollout_is_repaired_after_an_haproxy_reload_and_blue_green_s
         last_new.as_secs_f64(),
         aborted.as_secs_f64()
     );
-    let servers = hap.servers();
-    let mut routed: Vec<String> = servers.iter().map(|s| s.1.clone()).collect();
-    routed.sort();
-    assert_eq!(routed, endpoints(&w, &agents, &net), "{servers:?}");
+    let servers = routed_only_to(&hap, &w, &agents, &net);
     assert!(servers.iter().all(|s| s.2 == 100), "{servers:?}");
     assert_eq!(share(&load.versions(100), "1.0.0"), 1.0);
     for n in &agents {
@@ -534,10 +532,7 @@ fn a_killed_traffic_rollout_is_repaired_after_an_haproxy_reload_and_blue_green_s
     let out = w.agentctl(&["rollout", "undo", &bg]);
     assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
     assert_eq!(share(&load.versions(100), "1.0.0"), 1.0);
-    let servers = hap.servers();
-    let mut routed: Vec<String> = servers.iter().map(|s| s.1.clone()).collect();
-    routed.sort();
-    assert_eq!(routed, endpoints(&w, &agents, &net), "{servers:?}");
+    routed_only_to(&hap, &w, &agents, &net);
     let refused = load.refused();
     assert!(refused.is_empty(), "requests found no server: {refused:?}");
 }
@@ -551,16 +546,7 @@ fn a_killed_traffic_rollout_is_repaired_after_an_haproxy_reload_and_blue_green_s
 fn measure_the_split_and_the_time_to_move_traffic_back() {
     let img = images();
     let w = World::new("traffic-measure");
-    let net = w.network("net", "10.236.3.0/24");
-    let agents: Vec<String> = (1..=2).map(|i| w.name(&format!("a{i}"))).collect();
-    for n in &agents {
-        w.docker_run(n, &["--restart", "unless-stopped", "--network", &net], &img.refs["v1"]);
-    }
-    let configured: Vec<(String, String)> = agents
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (format!("a{}", i + 1), ip(&w, n, &net)))
-        .collect();
+    let (_, agents, configured) = two_agents(&w, "10.236.3.0/24", &img.refs["v1"]);
     let hap = Haproxy::start(&configured);
     let load = Load::start(hap.front);
     let name = w.name("split");
