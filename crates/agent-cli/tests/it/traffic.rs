@@ -475,7 +475,7 @@ fn a_killed_traffic_rollout_is_repaired_after_an_haproxy_reload_and_blue_green_s
         assert!(Instant::now() < deadline, "10 % not restored: {:?}", hap.servers());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let restored = share(&load.versions(200), "2.0.0");
+    let restored = share(&load.versions(300), "2.0.0");
     assert!(
         (0.05..=0.15).contains(&restored),
         "after the repair 2.0.0 served {restored}"
