@@ -322,6 +322,25 @@ fn two_agents(w: &World, subnet: &str, image: &str) -> (String, Vec<String>, Vec
 }
 
 #[test]
+fn the_example_haproxy_configuration_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(workspace_path("examples/traffic/haproxy.cfg")).unwrap();
+    // Its socket lives where Debian's service puts it; here, in a directory of the test's own.
+    let text = text.replace(
+        "/run/haproxy/admin.sock",
+        &dir.path().join("admin.sock").display().to_string(),
+    );
+    std::fs::write(dir.path().join("haproxy.cfg"), text).unwrap();
+    let out = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(dir.path().join("haproxy.cfg"))
+        .output()
+        .expect("run haproxy (apt-get install haproxy)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
 fn a_canary_gets_its_share_of_requests_is_judged_against_the_baseline_and_promoted_or_reverted() {
     let img = images();
     let w = World::new("traffic");

@@ -251,6 +251,14 @@ async fn a_rollback_walks_back_past_a_previous_revision_that_fails_too() {
 }
 
 #[test]
+fn the_traffic_example_is_a_valid_spec() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/traffic/relay.yaml");
+    let spec = RolloutSpec::parse(&std::fs::read_to_string(path).unwrap(), path).unwrap();
+    let steps = spec.plan().unwrap().steps;
+    assert_eq!(steps[1], agent_core::PlanStep::Traffic { weight: 10 }, "{steps:?}");
+}
+
+#[test]
 fn bad_specs_name_the_line_and_what_is_expected() {
     let err = RolloutSpec::parse(
         "name: f\nimage: acme/agent:2.0\ntargets: []\nstrategy: {recreate: {}}\nrollback: {maxFailureRatio: lots}\n",
