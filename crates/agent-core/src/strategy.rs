@@ -265,6 +265,28 @@ pub enum PlanStep {
     },
 }
 
+impl fmt::Display for PlanStep {
+    /// The step as progress lines and the web view show it: `batch 2: update 5 target(s), reaching 50 %`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanStep::Update {
+                batch, targets, weight, ..
+            } => write!(
+                f,
+                "batch {batch}: update {} target(s), reaching {weight} %",
+                targets.len()
+            ),
+            PlanStep::Pause { pause: Pause::For(d) } => write!(f, "pause {}", format_duration(*d)),
+            PlanStep::Pause {
+                pause: Pause::UntilPromoted,
+            } => f.write_str("pause until promoted"),
+            PlanStep::Analysis { name } => write!(f, "analysis {name}"),
+            PlanStep::Promote { .. } => f.write_str("promote"),
+            PlanStep::Traffic { weight } => write!(f, "send {weight} % of the traffic to the new version"),
+        }
+    }
+}
+
 /// An inspectable plan: the ordered steps a rollout executes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutPlan {

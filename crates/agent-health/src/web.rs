@@ -474,23 +474,10 @@ async fn rollouts_page(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap)
 }
 
 fn describe_step(step: &serde_json::Value) -> String {
-    match step["kind"].as_str().unwrap_or_default() {
-        "update" => format!(
-            "batch {}: update {} target(s) ({}), reaching {} %",
-            step["batch"],
-            step["targets"].as_array().map_or(0, Vec::len),
-            text(&step["mode"]),
-            step["weight"]
-        ),
-        "pause" => match &step["pause"] {
-            serde_json::Value::String(d) => format!("pause {d}"),
-            _ => "pause until promoted".into(),
-        },
-        "analysis" => format!("analysis {}", text(&step["name"])),
-        "promote" => "promote".into(),
-        "traffic" => format!("send {} % of the traffic to the new version", step["weight"]),
-        other => other.to_owned(),
-    }
+    // The rollout library's own words for the step; a step of a newer version is shown by its kind.
+    serde_json::from_value::<agent_core::PlanStep>(step.clone())
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| text(&step["kind"]))
 }
 
 #[derive(Deserialize, Default)]

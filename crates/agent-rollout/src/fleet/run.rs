@@ -48,7 +48,7 @@ impl Fleet {
             self.emit(FleetEvent::StepStarted {
                 rollout: name.clone(),
                 step: state.next_step,
-                detail: describe(&step),
+                detail: step.to_string(),
             });
             match step {
                 PlanStep::Update { targets, mode, .. } => {
@@ -214,21 +214,4 @@ pub(super) enum Action {
     Update(UpdateMode),
     /// Let a staged preview take the name.
     Promote,
-}
-
-pub(super) fn describe(step: &PlanStep) -> String {
-    match step {
-        PlanStep::Update {
-            batch, targets, weight, ..
-        } => {
-            format!("batch {batch}: update {} target(s), reaching {weight} %", targets.len())
-        }
-        PlanStep::Pause { pause: Pause::For(d) } => format!("pause {}", agent_core::format_duration(*d)),
-        PlanStep::Pause {
-            pause: Pause::UntilPromoted,
-        } => "pause until promoted".into(),
-        PlanStep::Analysis { name } => format!("analysis {name}"),
-        PlanStep::Promote { .. } => "promote".into(),
-        PlanStep::Traffic { weight } => format!("send {weight} % of the traffic to the new version"),
-    }
 }
