@@ -44,6 +44,7 @@ mod image;
 mod revision;
 mod runtime;
 mod secret;
+mod service;
 mod spec;
 mod state;
 mod store;
@@ -63,6 +64,7 @@ pub use runtime::{
     RecordInfo, ResourceUsage, RuntimeError, RECORD_LABEL,
 };
 pub use secret::{has_url_credentials, redact_url_credentials};
+pub use service::{ServiceChange, ServiceInfo, ServiceMode, TaskInfo};
 pub use spec::{
     ContainerName, ContainerNameError, ContainerSpec, EnvValue, EnvVar, Healthcheck, ImageDefaults, LogConfig, Mount,
     MountKind, NetworkAttachment, PortBinding, Resources, RestartPolicy, Secret, SecretPolicy, Ulimit, REDACTED,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::image::{Digest, ImageRef};
+use crate::service::{ServiceChange, ServiceInfo, TaskInfo};
 use crate::spec::{ContainerSpec, ImageDefaults, RestartPolicy};
 
 /// Facts about an engine.
@@ -448,6 +449,39 @@ pub trait ContainerRuntime: Send + Sync {
             status: None,
             message: "this runtime cannot run commands in containers".into(),
         })
+    }
+
+    /// The service `name` on this engine's cluster manager. A runtime without services (an engine that is
+    /// no manager, the fake) says so with [`RuntimeError::Engine`] (the default).
+    async fn service(&self, name: &str) -> Result<ServiceInfo, RuntimeError> {
+        Err(no_services(name))
+    }
+
+    /// Makes `change` to the service `name` from the spec its manager holds now, naming the current version
+    /// index; returns the service as it stands after.
+    async fn change_service(&self, name: &str, change: ServiceChange<'_>) -> Result<ServiceInfo, RuntimeError> {
+        let _ = change;
+        Err(no_services(name))
+    }
+
+    /// Every task of the service `name` the manager still reports (running and ended), newest first.
+    async fn service_tasks(&self, name: &str) -> Result<Vec<TaskInfo>, RuntimeError> {
+        Err(no_services(name))
+    }
+
+    /// Output lines of the task `task` since `since` (through the manager, wherever the task runs).
+    async fn task_logs(&self, task: &str, since: Option<OffsetDateTime>) -> Result<Vec<LogLine>, RuntimeError> {
+        let _ = since;
+        Err(no_services(task))
+    }
+}
+
+fn no_services(subject: &str) -> RuntimeError {
+    RuntimeError::Engine {
+        operation: "service",
+        subject: subject.to_owned(),
+        status: None,
+        message: "this runtime runs no services (the engine is not a swarm manager)".into(),
     }
 }
 

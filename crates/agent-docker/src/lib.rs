@@ -25,6 +25,7 @@ mod images;
 pub mod lint;
 mod raw;
 mod records;
+mod swarm;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -644,35 +645,8 @@ impl ContainerRuntime for DockerRuntime {
         if let Some(t) = &tail_text {
             b = b.tail(t);
         }
-        let mut stream = self.docker.logs(container, Some(b.build()));
-        let mut lines = Vec::new();
-        let mut partial: [String; 2] = Default::default();
-        while let Some(item) = stream.next().await {
-            let out = item.map_err(|e| self.err("logs", container, e))?;
-            let (idx, stream_kind, bytes) = match out {
-                bollard::container::LogOutput::StdErr { message } => (1, LogStream::Stderr, message),
-                bollard::container::LogOutput::StdOut { message }
-                | bollard::container::LogOutput::Console { message } => (0, LogStream::Stdout, message),
-                bollard::container::LogOutput::StdIn { .. } => continue,
-            };
-            partial[idx].push_str(&String::from_utf8_lossy(&bytes));
-            while let Some(nl) = partial[idx].find('\n') {
-                let line: String = partial[idx].drain(..=nl).collect();
-                lines.push(LogLine {
-                    stream: stream_kind,
-                    text: line.trim_end_matches(['\n', '\r']).to_owned(),
-                });
-            }
-        }
-        for (idx, rest) in partial.into_iter().enumerate() {
-            if !rest.is_empty() {
-                lines.push(LogLine {
-                    stream: if idx == 0 { LogStream::Stdout } else { LogStream::Stderr },
-                    text: rest,
-                });
-            }
-        }
-        Ok(lines)
+        let stream = self.docker.logs(container, Some(b.build()));
+        collect_lines(stream).await.map_err(|e| self.err("logs", container, e))
     }
 
     async fn list_containers(&self, labels: &[String]) -> Result<Vec<ContainerSummary>, RuntimeError> {
@@ -742,6 +716,26 @@ impl ContainerRuntime for DockerRuntime {
             .remove_network(name)
             .await
             .map_err(|e| self.err("network-remove", name, e))
+    }
+
+    async fn service(&self, name: &str) -> Result<agent_core::ServiceInfo, RuntimeError> {
+        self.service_info(name).await
+    }
+
+    async fn change_service(
+        &self,
+        name: &str,
+        change: agent_core::ServiceChange<'_>,
+    ) -> Result<agent_core::ServiceInfo, RuntimeError> {
+        self.change(name, change).await
+    }
+
+    async fn service_tasks(&self, name: &str) -> Result<Vec<agent_core::TaskInfo>, RuntimeError> {
+        self.tasks(name).await
+    }
+
+    async fn task_logs(&self, task: &str, since: Option<OffsetDateTime>) -> Result<Vec<LogLine>, RuntimeError> {
+        self.logs_of_task(task, since).await
     }
 
     async fn exec(
@@ -826,6 +820,41 @@ fn pull_error(image: &str, message: String) -> RuntimeError {
             message,
         }
     }
+}
+
+/// The lines of a log stream (stdout and stderr kept apart until each line ends).
+pub(crate) async fn collect_lines(
+    stream: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>>,
+) -> Result<Vec<LogLine>, bollard::errors::Error> {
+    futures_util::pin_mut!(stream);
+    let mut lines = Vec::new();
+    let mut partial: [String; 2] = Default::default();
+    while let Some(item) = stream.next().await {
+        let (idx, stream_kind, bytes) = match item? {
+            bollard::container::LogOutput::StdErr { message } => (1, LogStream::Stderr, message),
+            bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
+                (0, LogStream::Stdout, message)
+            }
+            bollard::container::LogOutput::StdIn { .. } => continue,
+        };
+        partial[idx].push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(nl) = partial[idx].find('\n') {
+            let line: String = partial[idx].drain(..=nl).collect();
+            lines.push(LogLine {
+                stream: stream_kind,
+                text: line.trim_end_matches(['\n', '\r']).to_owned(),
+            });
+        }
+    }
+    for (idx, rest) in partial.into_iter().enumerate() {
+        if !rest.is_empty() {
+            lines.push(LogLine {
+                stream: if idx == 0 { LogStream::Stdout } else { LogStream::Stderr },
+                text: rest,
+            });
+        }
+    }
+    Ok(lines)
 }
 
 #[cfg(test)]
