@@ -273,10 +273,16 @@ pub(crate) enum RolloutCommand {
         name: String,
     },
     /// Take a succeeded or paused rollout back: every target it updated returns to its previous revision.
-    #[command(after_help = "Example:\n  agentctl rollout undo node-agent")]
+    /// With `--to-revision N`, every service target gets the whole spec of its revision N back.
+    #[command(
+        after_help = "Examples:\n  agentctl rollout undo node-agent\n  agentctl rollout undo node-agent --to-revision 1"
+    )]
     Undo {
         /// Rollout name.
         name: String,
+        /// The revision of its services to put back (`agentctl rollout history NAME` lists them).
+        #[arg(long)]
+        to_revision: Option<u64>,
     },
     /// Every target's revisions (what each update, rollback and undo recorded).
     #[command(after_help = "Example:\n  agentctl rollout history node-agent -o json")]

@@ -190,13 +190,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s
                 }
                 cli::RolloutCommand::Retry { name } => fleet.retry(name).await?,
-                cli::RolloutCommand::Undo { name } => fleet.undo(name).await?,
+                cli::RolloutCommand::Undo {
+                    name,
+                    to_revision: Some(n),
+                } => {
+                    let restored = fleet.undo_services_to(name, *n).await?;
+                    let rows: Vec<serde_json::Value> = restored
+                        .iter()
+                        .map(|(host, service, recorded)| {
+                            serde_json::json!({"host": host, "service": service, "revision": n, "recordedAs": recorded})
+                        })
+                        .collect();
+                    match g.output {
+                        Output::Table => {
+                            for (host, service, recorded) in &restored {
+                                println!("service {service} on {host}: revision {n} put back (recorded as revision {recorded})");
+                            }
+                        }
+                        o => print_out(o, render::structured(o, &rows)?),
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                cli::RolloutCommand::Undo {
+                    name,
+                    to_revision: None,
+                } => fleet.undo(name).await?,
                 cli::RolloutCommand::History { name } => {
                     let h = fleet.history(name).await?;
+                    let services = fleet.service_history(name).await?;
                     match g.output {
-                        Output::Table => print_out(g.output, render::rollout_history_table(&h)),
+                        Output::Table => print_out(g.output, render::rollout_history_table(&h, &services)),
                         o => {
-                            let rows: Vec<serde_json::Value> = h
+                            let mut rows: Vec<serde_json::Value> = h
                                 .iter()
                                 .map(|(t, revs)| {
                                     serde_json::json!({
@@ -207,6 +232,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                     })
                                 })
                                 .collect();
+                            rows.extend(services.iter().map(|(host, service, revs)| {
+                                serde_json::json!({"host": host, "service": service, "revisions": revs})
+                            }));
                             print_out(o, render::structured(o, &rows)?)
                         }
                     }

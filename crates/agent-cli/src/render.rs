@@ -331,7 +331,10 @@ pub(crate) fn rollout_list(states: &[agent_rollout::RolloutState]) -> String {
 }
 
 /// `rollout history`: every target's revisions, one row each.
-pub(crate) fn rollout_history_table(h: &[(agent_rollout::TargetState, Vec<agent_core::Revision>)]) -> String {
+pub(crate) fn rollout_history_table(
+    h: &[(agent_rollout::TargetState, Vec<agent_core::Revision>)],
+    services: &[(String, String, Vec<agent_rollout::ServiceRevision>)],
+) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic);
@@ -346,6 +349,19 @@ pub(crate) fn rollout_history_table(h: &[(agent_rollout::TargetState, Vec<agent_
                 r.cause.clone(),
                 r.created_at
                     .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            ]);
+        }
+    }
+    for (host, service, revs) in services {
+        for r in revs {
+            t.add_row([
+                format!("service {service}@{host}"),
+                r.number.to_string(),
+                r.image.clone(),
+                "recorded".to_owned(),
+                r.cause.clone(),
+                r.at.format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default(),
             ]);
         }

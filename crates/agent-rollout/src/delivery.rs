@@ -548,13 +548,17 @@ impl Deliverer {
         let verify = rollout.verify()?;
         let mut watches = Vec::new();
         for t in &rollout.targets {
+            // The watch after a delivery reads containers; a service's tasks are verified by its rollout.
+            let Some(container) = &t.container else {
+                continue;
+            };
             let runtime = (self.connect)(t.host.clone())
                 .await
                 .map_err(|source| Error::EngineInfo { source })?;
             let info = runtime
-                .inspect_container(t.container.as_str())
+                .inspect_container(container.as_str())
                 .await
-                .map_err(Error::inspect(t.container.as_str()))?;
+                .map_err(Error::inspect(container.as_str()))?;
             let rules: Vec<AlertRule> = verify
                 .probes()?
                 .into_iter()
@@ -566,7 +570,7 @@ impl Deliverer {
                 .collect();
             let ctx = ProbeContext {
                 runtime,
-                container: t.container.to_string(),
+                container: container.to_string(),
                 started_at: info.state.started_at.unwrap_or_else(OffsetDateTime::now_utc),
                 baseline_restarts: info.state.restart_count,
                 expected_version: Version::parse(version).map(|v| v.to_string()),
@@ -577,7 +581,7 @@ impl Deliverer {
                 period: w.period,
                 rules,
             };
-            let target = format!("{}/{}", t.host, t.container);
+            let target = format!("{}/{}", t.host, container);
             watches.push(async move { (target, probation.watch(&ctx, &|_| {}).await) });
         }
         for (target, outcome) in futures_util::future::join_all(watches).await {

@@ -60,7 +60,7 @@ pub use events::{Event, FleetEvent, FleetReporter, Reporter, Silent};
 pub use fleet::WebActions;
 pub use fleet::{
     metrics_text, AuditEntry, Fleet, HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, RolloutState,
-    TargetSpec, TargetState, TargetStatus, TrafficState, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
+    ServiceRevision, TargetSpec, TargetState, TargetStatus, TrafficState, MAX_SPEC_BYTES, MAX_SPEC_NODES, MAX_TARGETS,
 };
 pub use hooks::{Hooks, SKIP_EXIT_CODE};
 pub use journal::{CRASH_AT_ENV, HOLD_AT_ENV, HOLD_FILE_ENV};

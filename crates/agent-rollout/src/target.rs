@@ -26,8 +26,11 @@ pub enum TargetStatus {
 pub struct TargetState {
     /// Engine.
     pub host: String,
-    /// Container.
+    /// Container; for a service's unit, `SERVICE.N` (its N-th task or node).
     pub container: String,
+    /// The service this unit belongs to (a service target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Status.
     pub status: TargetStatus,
     /// The revision it ran before this rollout.

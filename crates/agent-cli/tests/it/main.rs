@@ -20,6 +20,7 @@ mod security;
 #[cfg(feature = "testing")]
 mod shared_state;
 mod support;
+mod swarm;
 mod tls;
 mod traffic;
 mod update;

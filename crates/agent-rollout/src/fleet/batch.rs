@@ -158,7 +158,8 @@ impl Fleet {
         let mut changed = false;
         for i in 0..state.targets.len() {
             let t = state.targets[i].clone();
-            if !matches!(t.status, TargetStatus::Pending | TargetStatus::Staged) {
+            // A service's units need no repair: a step run again asks the manager for the same tasks.
+            if !matches!(t.status, TargetStatus::Pending | TargetStatus::Staged) || t.service.is_some() {
                 continue;
             }
             let Ok((rt, name)) = self.target(&t).await else {

@@ -11,12 +11,14 @@ mod metrics;
 mod rollback;
 mod route;
 mod run;
+mod service;
 mod spec;
 mod state;
 mod web;
 
 pub use metrics::metrics_text;
 pub use route::TrafficState;
+pub use service::ServiceRevision;
 pub use spec::{
     HealthSpec, HeartbeatSpec, HistorySpec, RollbackSpec, RolloutSpec, TargetSpec, MAX_SPEC_BYTES, MAX_SPEC_NODES,
     MAX_TARGETS,
@@ -185,7 +187,17 @@ impl Fleet {
     }
 
     async fn start(&self, spec: RolloutSpec) -> Result<RolloutState, Error> {
-        let plan = spec.plan()?;
+        let targets = self.units(&spec).await?;
+        let plan = spec.plan_for(
+            &targets
+                .iter()
+                .map(|t| agent_core::Target {
+                    host: t.host.clone(),
+                    // Units are named `SERVICE.N`, a valid name when the service's is.
+                    container: t.container.parse().unwrap_or_else(|_| spec.name.clone()),
+                })
+                .collect::<Vec<_>>(),
+        )?;
         // Resolve the tag to a digest once, on the first engine that answers, and pin it everywhere. An
         // unreachable engine fails only its own targets later (counting toward the failure ratio).
         let mut hosts: Vec<&str> = spec.targets.iter().map(|t| t.host.as_str()).collect();
@@ -227,20 +239,6 @@ impl Fleet {
             rollout: spec.name.to_string(),
             source,
         })?;
-        let targets = spec
-            .targets
-            .iter()
-            .map(|t| TargetState {
-                host: t.host.clone(),
-                container: t.container.to_string(),
-                status: TargetStatus::Pending,
-                previous: None,
-                revision: None,
-                message: None,
-                installed: false,
-                evidence: None,
-            })
-            .collect();
         let mut state = RolloutState {
             pinned,
             plan,
@@ -258,6 +256,50 @@ impl Fleet {
         state.record("apply");
         self.save(&mut state).await?;
         Ok(state)
+    }
+
+    /// The rollout's units: each container target, and each service target once per task (replicated) or
+    /// node (global), as its manager reports it now.
+    async fn units(&self, spec: &RolloutSpec) -> Result<Vec<TargetState>, Error> {
+        let mut units = Vec::new();
+        for t in &spec.targets {
+            let unit = |container: String, service: Option<String>| TargetState {
+                host: t.host.clone(),
+                container,
+                service,
+                status: TargetStatus::Pending,
+                previous: None,
+                revision: None,
+                message: None,
+                installed: false,
+                evidence: None,
+            };
+            let Some(service) = &t.service else {
+                units.push(unit(t.name().to_string(), None));
+                continue;
+            };
+            let invalid = |message: String| Error::InvalidInput {
+                what: format!("service {service} on {}", t.host),
+                message,
+            };
+            let rt = self.runtime(&t.host).await.map_err(invalid)?;
+            let info = rt.service(service.as_str()).await.map_err(|e| invalid(e.to_string()))?;
+            let n = service::units(rt.as_ref(), &info).await.map_err(invalid)?;
+            if n == 0 {
+                return Err(invalid(
+                    "it runs no task (0 replicas, or no node for a global service); nothing to roll out".into(),
+                ));
+            }
+            if units.len() as u64 + n > MAX_TARGETS as u64 {
+                return Err(invalid(format!(
+                    "with its {n} tasks the rollout has more than the {MAX_TARGETS} units one rollout may have; split it"
+                )));
+            }
+            for k in 1..=n {
+                units.push(unit(format!("{service}.{k}"), Some(service.to_string())));
+            }
+        }
+        Ok(units)
     }
 
     /// Continues a paused rollout (a pause until promotion, an inconclusive analysis, or a timed pause).
@@ -401,13 +443,30 @@ impl Fleet {
     pub async fn history(&self, name: &str) -> Result<Vec<(TargetState, Vec<agent_core::Revision>)>, Error> {
         let state = self.existing(name).await?;
         let mut out = Vec::new();
-        for t in state.targets {
+        for t in state.targets.into_iter().filter(|t| t.service.is_none()) {
             let mut revs = self
                 .store
                 .revisions(&crate::updater::subject_key(&t.host, &t.container))
                 .await?;
             revs.sort_by_key(|r| r.number);
             out.push((t, revs));
+        }
+        Ok(out)
+    }
+
+    /// Every service target's revisions (oldest first): `(host, service, revisions)`.
+    pub async fn service_history(&self, name: &str) -> Result<Vec<(String, String, Vec<ServiceRevision>)>, Error> {
+        let state = self.existing(name).await?;
+        let mut services: Vec<(String, String)> = state
+            .targets
+            .iter()
+            .filter_map(|t| Some((t.host.clone(), t.service.clone()?)))
+            .collect();
+        services.dedup();
+        let mut out = Vec::new();
+        for (host, service) in services {
+            let revs = self.service_revisions(&host, &service).await?;
+            out.push((host, service, revs));
         }
         Ok(out)
     }

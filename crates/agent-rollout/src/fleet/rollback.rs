@@ -73,8 +73,9 @@ impl Fleet {
         self.route_back(state, Routing::Reverting).await?;
         self.settle(state).await?;
         let mut broken = self.discard_previews(state).await?;
+        broken += self.revert_services(state, &reason).await?;
         let touched: Vec<usize> = (0..state.targets.len())
-            .filter(|&i| state.targets[i].status == TargetStatus::Updated)
+            .filter(|&i| state.targets[i].status == TargetStatus::Updated && state.targets[i].service.is_none())
             .collect();
         self.emit(FleetEvent::RollingBack {
             rollout: state.spec.name.to_string(),

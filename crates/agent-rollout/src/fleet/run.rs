@@ -52,8 +52,13 @@ impl Fleet {
             });
             match step {
                 PlanStep::Update { targets, mode, .. } => {
+                    let (services, containers): (Vec<usize>, Vec<usize>) =
+                        targets.iter().partition(|&&i| state.targets[i].service.is_some());
+                    if !services.is_empty() {
+                        self.update_service_units(state, &services, &verify).await?;
+                    }
                     let unverified = self
-                        .update_batch(state, &targets, &verify, Action::Update(mode))
+                        .update_batch(state, &containers, &verify, Action::Update(mode))
                         .await?;
                     if let Some(reason) = self.too_many_failures(state) {
                         return self.fail(state, reason).await;

@@ -14,14 +14,48 @@ use crate::error::Error;
 use crate::notify::NotifySpec;
 use crate::request::{HeartbeatCheck, ScrapeCheck, VerifyConfig};
 
-/// One target as written in a spec.
+/// One target as written in a spec: a container on an engine, or a service on a Swarm manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
-    /// Engine endpoint.
+    /// Engine endpoint (for a service: a manager's).
     pub host: String,
     /// Container name.
-    pub container: ContainerName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerName>,
+    /// Service name: the service counts as one unit per task (replicated) or per node (global), and
+    /// steps take a share of its tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ContainerName>,
+}
+
+impl TargetSpec {
+    /// A container target.
+    pub fn container(host: &str, container: ContainerName) -> TargetSpec {
+        TargetSpec {
+            host: host.to_owned(),
+            container: Some(container),
+            service: None,
+        }
+    }
+
+    /// A service target.
+    pub fn service(host: &str, service: ContainerName) -> TargetSpec {
+        TargetSpec {
+            host: host.to_owned(),
+            container: None,
+            service: Some(service),
+        }
+    }
+
+    /// The container or service name.
+    pub fn name(&self) -> &ContainerName {
+        match (&self.container, &self.service) {
+            (Some(c), _) => c,
+            (None, Some(s)) => s,
+            (None, None) => unreachable!("validated: a target names a container or a service"),
+        }
+    }
 }
 
 /// Health checks for every target.
@@ -321,8 +355,29 @@ impl RolloutSpec {
                 self.targets.len()
             )));
         }
-        if let Some(t) = self.targets.first() {
-            self.template_for(&t.container, &self.image)?;
+        for (i, t) in self.targets.iter().enumerate() {
+            if t.container.is_some() == t.service.is_some() {
+                return Err(self.invalid(format!(
+                    "target {} (host {}) must name exactly one of `container` and `service`",
+                    i + 1,
+                    t.host
+                )));
+            }
+        }
+        if let Some(c) = self.targets.iter().find_map(|t| t.container.as_ref()) {
+            self.template_for(c, &self.image)?;
+        }
+        if self.targets.iter().any(|t| t.service.is_some()) {
+            let why = if self.traffic.is_some() {
+                Some("`traffic`")
+            } else if matches!(self.strategy, Strategy::BlueGreen { .. }) {
+                Some("blue-green (a service has no preview beside it; use canary or rolling)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(self.invalid(format!("service targets cannot be rolled out with {why}")));
+            }
         }
         if !(0.0..=1.0).contains(&self.rollback.max_failure_ratio) {
             return Err(self.invalid(format!(
@@ -340,7 +395,8 @@ impl RolloutSpec {
             if !(t.host.starts_with("unix://") || t.host.starts_with("tcp://") || t.host.starts_with("https://")) {
                 return Err(self.invalid(format!(
                     "target {} has host {:?}; use unix:///path/docker.sock or tcp://HOST:PORT",
-                    t.container, t.host
+                    t.name(),
+                    t.host
                 )));
             }
         }
@@ -372,20 +428,26 @@ impl RolloutSpec {
         self.plan().map(|_| ())
     }
 
-    /// The plan.
+    /// The plan, each service counted as one unit (the plan of a started rollout counts its tasks:
+    /// [`RolloutSpec::plan_for`]).
     pub fn plan(&self) -> Result<RolloutPlan, Error> {
         let targets: Vec<Target> = self
             .targets
             .iter()
             .map(|t| Target {
                 host: t.host.clone(),
-                container: t.container.clone(),
+                container: t.name().clone(),
             })
             .collect();
+        self.plan_for(&targets)
+    }
+
+    /// The plan over these units (containers, and each service's tasks).
+    pub fn plan_for(&self, targets: &[Target]) -> Result<RolloutPlan, Error> {
         let names: Vec<&str> = self.analysis.keys().map(String::as_str).collect();
         match &self.traffic {
-            Some(_) => plan_traffic(&targets, &self.strategy, &names),
-            None => plan(&targets, &self.strategy, &names),
+            Some(_) => plan_traffic(targets, &self.strategy, &names),
+            None => plan(targets, &self.strategy, &names),
         }
         .map_err(|e| self.invalid(e.to_string()))
     }

@@ -1,0 +1,303 @@
+//! Swarm services as rollout targets, on a real single-node swarm: a second dockerd made a manager, its
+//! images pulled from the local registry. The swarm, the engine, `docker_gwbridge` and the iptables rules
+//! the swarm added are removed when the test ends, failed or not.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use agent_docker::testing::{free_port, SecondEngine};
+use serde_json::Value;
+
+use crate::support::*;
+
+/// One swarm at a time: `docker_gwbridge` is one per machine.
+static ONE_SWARM: Mutex<()> = Mutex::new(());
+
+pub struct Swarm {
+    engine: Option<SecondEngine>,
+    pub endpoint: String,
+}
+
+impl Swarm {
+    /// A second engine, made a single-node swarm manager, with `images` pulled into it.
+    pub fn start(images: &[&str]) -> Swarm {
+        remove_swarm_leftovers();
+        let n = std::process::id() % 200;
+        let engine =
+            SecondEngine::start(&format!("agsw{n}"), &format!("10.252.{n}.1/24")).expect("start a second dockerd");
+        let swarm = Swarm {
+            endpoint: engine.endpoint(),
+            engine: Some(engine),
+        };
+        for image in images {
+            let out = swarm.docker(&["pull", image]);
+            assert!(out.status.success(), "pull {image}: {}", stderr(&out));
+        }
+        let listen = format!("127.0.0.1:{}", free_port().unwrap());
+        let out = swarm.docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "127.0.0.1",
+            "--listen-addr",
+            &listen,
+        ]);
+        assert!(out.status.success(), "swarm init: {}", stderr(&out));
+        swarm
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(["-H", &self.endpoint])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// The service's inspect document.
+    pub fn inspect(&self, service: &str) -> Value {
+        let out = self.docker(&["service", "inspect", service]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
+    }
+
+    /// The images of the tasks the manager wants running, and how many of them run, as the engine says.
+    pub fn task_images(&self, service: &str) -> (Vec<String>, usize) {
+        let out = self.docker(&[
+            "service",
+            "ps",
+            service,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Image}}|{{.CurrentState}}",
+            "--no-trunc",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let rows: Vec<(String, bool)> = stdout(&out)
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(i, s)| (i.to_owned(), s.starts_with("Running")))
+            .collect();
+        let mut images: Vec<String> = rows.iter().map(|(i, _)| i.clone()).collect();
+        images.sort();
+        (images, rows.iter().filter(|(_, r)| *r).count())
+    }
+
+    /// Waits until every desired task of `service` runs, up to `secs`.
+    pub fn converge(&self, service: &str, tasks: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (images, running) = self.task_images(service);
+            if images.len() == tasks && running == tasks {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service} did not converge: {images:?}, {running} running"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        let _ = self.docker(&["swarm", "leave", "--force"]);
+        drop(self.engine.take());
+        remove_swarm_leftovers();
+    }
+}
+
+/// `docker_gwbridge` and the iptables rules a swarm adds outlive its engine: remove them.
+fn remove_swarm_leftovers() {
+    let script = r#"
+        ip link del docker_gwbridge 2>/dev/null
+        for t in filter nat; do
+          iptables -t $t -S 2>/dev/null | grep -E 'docker_gwbridge|DOCKER-INGRESS' | grep '^-A' | sed 's/^-A/-D/' |
+            while read -r rule; do eval iptables -t $t $rule; done
+          iptables -t $t -X DOCKER-INGRESS 2>/dev/null
+        done
+        true"#;
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The spec without what a rollout may change (the image), for comparing before and after.
+fn without_image(spec: &Value) -> Value {
+    let mut s = spec.clone();
+    s["TaskTemplate"]["ContainerSpec"]["Image"] = Value::Null;
+    s
+}
+
+fn service_spec(w: &World, name: &str, endpoint: &str, service: &str, image: &str, steps: &str) -> String {
+    let text = format!(
+        "name: {name}\nimage: {image}\ntargets:\n  - {{host: '{endpoint}', service: {service}}}\nstrategy:\n  canary: {{steps: [{steps}]}}\nhealth: {{minHealthyTime: 2s, deadline: 30s, period: 300ms}}\n"
+    );
+    let path = w.state_dir().join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_service_is_rolled_out_by_a_share_of_its_tasks_and_reverted_by_the_gates() {
+    let _one = ONE_SWARM.lock().unwrap_or_else(|p| p.into_inner());
+    let img = images();
+    let swarm = Swarm::start(&[
+        &img.refs["v1"],
+        &img.refs["v2"],
+        &img.refs["fatal"],
+        &img.refs["never-healthy"],
+    ]);
+    let w = World::new("swarm");
+    let svc = w.name("svc");
+    let out = swarm.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &svc,
+        "--replicas",
+        "3",
+        "--no-resolve-image",
+        "--update-parallelism",
+        "2",
+        "--update-delay",
+        "5s",
+        "--label",
+        "team=obs",
+        "--env",
+        "MODE=edge",
+        "--restart-max-attempts",
+        "5",
+        &img.refs["v1"],
+    ]);
+    assert!(out.status.success(), "service create: {}", stderr(&out));
+    swarm.converge(&svc, 3, 60);
+    let original = swarm.inspect(&svc)["Spec"].clone();
+
+    // A canary of one task in three, held: the manager's updater stops after it.
+    let ro = w.name("ro");
+    let f = service_spec(
+        &w,
+        &ro,
+        &swarm.endpoint,
+        &svc,
+        &img.refs["v2"],
+        "{setWeight: 33}, {pause: {}}, {setWeight: 100}",
+    );
+    let out = w.agentctl(&["apply", "-f", &f, "-o", "json"]);
+    assert_eq!(
+        code(&out),
+        4,
+        "paused after the canary: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (images, running) = swarm.task_images(&svc);
+    let new: Vec<&String> = images.iter().filter(|i| i.contains(":2.0.0")).collect();
+    assert_eq!(
+        (new.len(), images.len(), running),
+        (1, 3, 3),
+        "one task of three runs 2.0.0: {images:?}\n{}\n{}\n{}",
+        swarm.inspect(&svc)["Spec"]["UpdateConfig"],
+        stdout(&swarm.docker(&["service", "ps", &svc, "--no-trunc"])),
+        stdout(&out)
+    );
+    assert!(new[0].contains("@sha256:"), "the digest is pinned: {}", new[0]);
+    let status = json(&w.agentctl(&["rollout", "status", &ro, "-o", "json"]));
+    let evidence = status["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|t| t["evidence"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        evidence.contains("healthy"),
+        "the new task's container was verified: {status}"
+    );
+
+    let out = w.agentctl(&["rollout", "promote", &ro]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    let (images, running) = swarm.task_images(&svc);
+    assert!(
+        images.iter().all(|i| i.contains(":2.0.0@sha256:")) && running == 3,
+        "{images:?}"
+    );
+    let promoted = swarm.inspect(&svc)["Spec"].clone();
+    assert_eq!(
+        without_image(&promoted),
+        without_image(&original),
+        "only the image changed; the service's own update settings are back"
+    );
+    let good = promoted["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A version that logs FATAL and one whose HEALTHCHECK never passes: stopped at the first task, the
+    // whole spec put back, exit 3.
+    for (key, why) in [("fatal", "FATAL"), ("never-healthy", "")] {
+        let ro = w.name(&format!("ro-{key}"));
+        let f = service_spec(
+            &w,
+            &ro,
+            &swarm.endpoint,
+            &svc,
+            &img.refs[key],
+            "{setWeight: 33}, {setWeight: 100}",
+        );
+        let started = Instant::now();
+        let out = w.agentctl(&["apply", "-f", &f]);
+        assert_eq!(code(&out), 3, "{key} is reverted: {}\n{}", stdout(&out), stderr(&out));
+        assert!(
+            stdout(&out).contains(why) || stderr(&out).contains(why),
+            "{}",
+            stdout(&out)
+        );
+        let (images, running) = swarm.task_images(&svc);
+        assert!(
+            images.iter().all(|i| *i == good) && running == 3,
+            "every task runs 2.0.0 again after {key}: {images:?}"
+        );
+        assert_eq!(swarm.inspect(&svc)["Spec"], promoted, "{key}: the whole spec is back");
+        eprintln!(
+            "{key}: detected and restored in {:.1} s\n{}",
+            started.elapsed().as_secs_f64(),
+            stdout(&out)
+        );
+    }
+
+    // Any revision: the manager keeps one previous spec, agentctl keeps them all.
+    let h = json(&w.agentctl(&["rollout", "history", &ro, "-o", "json"]));
+    let revs = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == svc.as_str())
+        .unwrap()["revisions"]
+        .clone();
+    assert_eq!(revs[0]["number"], 1, "{h}");
+    // The manager's own document (the CLI's inspect adds the defaults it did not store).
+    assert_eq!(
+        revs[0]["spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
+        img.refs["v1"].as_str(),
+        "{h}"
+    );
+    assert_eq!(revs[0]["spec"]["Labels"], original["Labels"], "{h}");
+    let out = w.agentctl(&["rollout", "undo", &ro, "--to-revision", "1"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(swarm.inspect(&svc)["Spec"], original, "revision 1's whole spec is back");
+    let (images, running) = swarm.task_images(&svc);
+    assert!(
+        images.iter().all(|i| *i == img.refs["v1"]) && running == 3,
+        "{images:?}"
+    );
+}
