@@ -136,8 +136,21 @@ fn without_image(spec: &Value) -> Value {
 }
 
 fn service_spec(w: &World, name: &str, endpoint: &str, service: &str, image: &str, steps: &str) -> String {
+    service_spec_held(w, name, endpoint, service, image, steps, "2s")
+}
+
+/// A canary spec whose new tasks must stay healthy for `min_healthy`.
+fn service_spec_held(
+    w: &World,
+    name: &str,
+    endpoint: &str,
+    service: &str,
+    image: &str,
+    steps: &str,
+    min_healthy: &str,
+) -> String {
     let text = format!(
-        "name: {name}\nimage: {image}\ntargets:\n  - {{host: '{endpoint}', service: {service}}}\nstrategy:\n  canary: {{steps: [{steps}]}}\nhealth: {{minHealthyTime: 2s, deadline: 30s, period: 300ms}}\n"
+        "name: {name}\nimage: {image}\ntargets:\n  - {{host: '{endpoint}', service: {service}}}\nstrategy:\n  canary: {{steps: [{steps}]}}\nhealth: {{minHealthyTime: {min_healthy}, deadline: 30s, period: 300ms}}\n"
     );
     let path = w.state_dir().join(format!("{name}.yaml"));
     std::fs::write(&path, text).unwrap();
@@ -300,4 +313,209 @@ fn a_service_is_rolled_out_by_a_share_of_its_tasks_and_reverted_by_the_gates() {
         images.iter().all(|i| *i == img.refs["v1"]) && running == 3,
         "{images:?}"
     );
+}
+
+#[test]
+fn a_rollout_of_a_service_killed_mid_step_is_resumed_then_aborted_by_the_next_commands() {
+    let _one = ONE_SWARM.lock().unwrap_or_else(|p| p.into_inner());
+    let img = images();
+    let swarm = Swarm::start(&[&img.refs["v1"], &img.refs["v2"]]);
+    let w = World::new("swarmkill");
+    let svc = w.name("svc");
+    let out = swarm.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &svc,
+        "--replicas",
+        "3",
+        "--no-resolve-image",
+        &img.refs["v1"],
+    ]);
+    assert!(out.status.success(), "service create: {}", stderr(&out));
+    swarm.converge(&svc, 3, 60);
+    let original = swarm.inspect(&svc)["Spec"].clone();
+    let ro = w.name("ro");
+    let f = service_spec_held(
+        &w,
+        &ro,
+        &swarm.endpoint,
+        &svc,
+        &img.refs["v2"],
+        "{setWeight: 33}, {pause: {}}, {setWeight: 100}",
+        "8s",
+    );
+    let mut child = agentctl_in(w.state_dir())
+        .args(["--no-progress", "apply", "-f", &f])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed while it verifies the canary's task: the manager has already started it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while swarm
+        .task_images(&svc)
+        .0
+        .iter()
+        .filter(|i| i.contains(":2.0.0"))
+        .count()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the canary task never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = json(&w.agentctl(&["rollout", "status", &ro, "-o", "json"]));
+    assert_eq!(status["machine"]["phase"], "progressing", "{status}");
+
+    // The next apply finds the step half done, verifies the task it finds instead of trusting it, and
+    // goes on to the pause without replacing another task.
+    let out = w.agentctl(&["apply", "-f", &f, "-o", "json"]);
+    assert_eq!(code(&out), 4, "{}\n{}", stdout(&out), stderr(&out));
+    let status = json(&w.agentctl(&["rollout", "status", &ro, "-o", "json"]));
+    let verified = status["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "updated")
+        .count();
+    assert_eq!(verified, 1, "{status}");
+    assert!(
+        status.to_string().contains("healthy after"),
+        "the resumed step verified the task: {status}"
+    );
+    let (images, _) = swarm.task_images(&svc);
+    assert_eq!(images.iter().filter(|i| i.contains(":2.0.0")).count(), 1, "{images:?}");
+
+    // Killed again in the pause, then aborted: the whole spec is back.
+    let out = w.agentctl(&["rollout", "abort", &ro]);
+    assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
+    let (images, running) = swarm.task_images(&svc);
+    assert!(
+        images.iter().all(|i| *i == img.refs["v1"]) && running == 3,
+        "{images:?}"
+    );
+    assert_eq!(swarm.inspect(&svc)["Spec"], original);
+}
+
+/// BENCHMARKS.md "Swarm services side by side": `docker service update` (with Swarm's own automatic
+/// rollback) and `agentctl apply` on the same service, for a FATAL-logging and a never-healthy version.
+/// `cargo test -p agent-cli --all-features --test it swarm::measure -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement for BENCHMARKS.md, not a check"]
+fn measure() {
+    let _one = ONE_SWARM.lock().unwrap_or_else(|p| p.into_inner());
+    let img = images();
+    let swarm = Swarm::start(&[&img.refs["v2"], &img.refs["fatal"], &img.refs["never-healthy"]]);
+    let w = World::new("swarmbench");
+    let svc = w.name("svc");
+    let out = swarm.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &svc,
+        "--replicas",
+        "3",
+        "--no-resolve-image",
+        "--update-parallelism",
+        "1",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "5s",
+        &img.refs["v2"],
+    ]);
+    assert!(out.status.success(), "service create: {}", stderr(&out));
+    swarm.converge(&svc, 3, 60);
+    let good = img.refs["v2"].clone();
+    let summary = |images: &[String]| {
+        let bad = images
+            .iter()
+            .filter(|i| **i != good && !i.starts_with(&format!("{good}@")))
+            .count();
+        format!("{bad} of {} tasks on the bad version", images.len())
+    };
+    println!("| version | tool | exit | reports | tasks after | time |");
+    println!("|---|---|---|---|---|---|");
+    for key in ["fatal", "never-healthy"] {
+        let started = Instant::now();
+        let out = Command::new("timeout")
+            .args([
+                "300",
+                "docker",
+                "-H",
+                &swarm.endpoint,
+                "service",
+                "update",
+                "--image",
+                &img.refs[key],
+                &svc,
+            ])
+            .output()
+            .unwrap();
+        let took = started.elapsed().as_secs_f64();
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        std::thread::sleep(Duration::from_secs(2));
+        let (images, _) = swarm.task_images(&svc);
+        let update = swarm.inspect(&svc)["UpdateStatus"].clone();
+        println!(
+            "| {key} | docker service update | {} | \"{last}\"; UpdateStatus {} | {} | {took:.1} s |",
+            code(&out),
+            update["State"],
+            summary(&images)
+        );
+        // Back to the good version before agentctl's turn.
+        let out = swarm.docker(&["service", "update", "--image", &good, &svc]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        swarm.converge(&svc, 3, 120);
+        let ro = w.name(&format!("ro-{key}"));
+        let f = service_spec(
+            &w,
+            &ro,
+            &swarm.endpoint,
+            &svc,
+            &img.refs[key],
+            "{setWeight: 33}, {setWeight: 100}",
+        );
+        let started = Instant::now();
+        let out = w.agentctl(&["apply", "-f", &f, "-o", "json"]);
+        let took = started.elapsed().as_secs_f64();
+        let end = stdout(&out)
+            .lines()
+            .last()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .unwrap();
+        // The cause, as the failed unit records it.
+        let reason: String = end["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["status"] == "failed")
+            .and_then(|t| t["message"].as_str())
+            .unwrap_or_default()
+            .split("; the service runs")
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(110)
+            .collect();
+        let (images, _) = swarm.task_images(&svc);
+        println!(
+            "| {key} | agentctl apply (canary 33 %) | {} | {} ({reason}) | {} | {took:.1} s |",
+            code(&out),
+            end["phase"].as_str().unwrap_or_default(),
+            summary(&images)
+        );
+        swarm.converge(&svc, 3, 120);
+    }
 }

@@ -276,10 +276,9 @@ impl Fleet {
         let every: Vec<usize> = (0..state.targets.len()).collect();
         let mut broken = 0;
         for ((host, service), group) in by_service(state, &every) {
-            let touched = group
-                .iter()
-                .any(|&i| matches!(state.targets[i].status, TargetStatus::Updated | TargetStatus::Failed));
-            let Some(previous) = state.targets[group[0]].previous.filter(|_| touched) else {
+            // `previous` is saved before the service's first change: a process killed in the middle of a step
+            // leaves its units pending, but the manager may already run the new version.
+            let Some(previous) = state.targets[group[0]].previous else {
                 continue;
             };
             let cause = format!("rollback of rollout {}: {reason}", state.spec.name);
@@ -428,8 +427,9 @@ impl Fleet {
     }
 }
 
-/// Waits until `expected` tasks of `service` run `image`, then verifies the ones this step started: the
-/// whole gate on a container the manager's engine runs, task state and the manager's logs elsewhere.
+/// Waits until `expected` tasks of `service` run `image`, then verifies every one of them (those this step
+/// started first): the whole gate on a container the manager's engine runs, task state and the manager's
+/// logs elsewhere.
 #[allow(clippy::too_many_arguments)]
 async fn verify_tasks(
     rt: &Arc<dyn ContainerRuntime>,
@@ -475,11 +475,11 @@ async fn verify_tasks(
             .filter(|t| t.desired_state == "running" && t.state == "running")
             .collect();
         if running.len() >= expected {
-            break running
-                .into_iter()
-                .filter(|t| !before.contains(&t.id))
-                .cloned()
-                .collect::<Vec<TaskInfo>>();
+            // Every task on the new version is verified, the step's own first (newest first): a step run
+            // again after a killed process finds its tasks already started and must not take them on trust.
+            let mut all: Vec<TaskInfo> = running.into_iter().cloned().collect();
+            all.sort_by_key(|t| before.contains(&t.id));
+            break all;
         }
         if tokio::time::Instant::now() >= deadline {
             let states: Vec<String> = new
