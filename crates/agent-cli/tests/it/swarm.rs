@@ -104,10 +104,123 @@ impl Swarm {
 
 impl Drop for Swarm {
     fn drop(&mut self) {
-        let _ = self.docker(&["swarm", "leave", "--force"]);
-        drop(self.engine.take());
-        remove_swarm_leftovers();
+        // A view of a `NetSwarm`'s manager owns nothing.
+        if let Some(engine) = self.engine.take() {
+            let _ = self.docker(&["swarm", "leave", "--force"]);
+            drop(engine);
+            remove_swarm_leftovers();
+        }
     }
+}
+
+/// A swarm of three engines, each in its own network namespace (one manager, two workers), joined over
+/// a bridge of the test's own; images are moved in with `docker save | docker load`. Everything it made
+/// (engines, namespaces, the bridge, its forwarding rule) goes when it is dropped.
+pub struct NetSwarm {
+    n: u32,
+    /// The manager's endpoint.
+    pub endpoint: String,
+}
+
+impl NetSwarm {
+    pub fn start(images: &[&str]) -> NetSwarm {
+        let n = 100 + std::process::id() % 150;
+        let swarm = NetSwarm {
+            n,
+            endpoint: format!("unix:///tmp/agns{n}-1/docker.sock"),
+        };
+        swarm.teardown();
+        let driver = if std::fs::read_to_string("/etc/docker/daemon.json")
+            .unwrap_or_default()
+            .contains("fuse-overlayfs")
+        {
+            "fuse-overlayfs"
+        } else {
+            "overlay2"
+        };
+        // The host's FORWARD policy (the engine's) drops bridged traffic: let the nodes talk to each other.
+        let script = format!(
+            r#"set -e
+            N={n}; BR=agnb$N
+            ip link add $BR type bridge; ip addr add 10.253.$N.1/24 dev $BR; ip link set $BR up
+            iptables -I FORWARD -i $BR -o $BR -j ACCEPT
+            for i in 1 2 3; do
+              NS=agns$N-$i; D=/tmp/agns$N-$i; mkdir -p $D
+              ip netns add $NS
+              ip link add agv$N$i type veth peer name eth0 netns $NS
+              ip link set agv$N$i master $BR up
+              ip netns exec $NS ip addr add 10.253.$N.1$i/24 dev eth0
+              ip netns exec $NS ip link set eth0 up
+              ip netns exec $NS ip link set lo up
+              ip netns exec $NS ip route add default via 10.253.$N.1
+              echo '{{"storage-driver": "{driver}"}}' > $D/daemon.json
+              # Only the network namespace: `ip netns exec` would hide the cgroup mounts from dockerd.
+              nsenter --net=/var/run/netns/$NS dockerd --config-file $D/daemon.json --data-root $D/data                 --exec-root $D/exec --pidfile $D/docker.pid -H unix://$D/docker.sock > $D/log 2>&1 &
+            done
+            for i in 1 2 3; do
+              for t in $(seq 1 150); do docker -H unix:///tmp/agns$N-$i/docker.sock info >/dev/null 2>&1 && break; sleep 0.2; done
+            done"#
+        );
+        sh(&script);
+        for image in images {
+            for i in 1..=3 {
+                sh(&format!(
+                    "docker save {image} | docker -H unix:///tmp/agns{n}-{i}/docker.sock load -q"
+                ));
+            }
+        }
+        sh(&format!(
+            r#"set -e
+            N={n}; M=unix:///tmp/agns$N-1/docker.sock
+            docker -H $M swarm init --advertise-addr 10.253.$N.11 --listen-addr 10.253.$N.11:2377 >/dev/null
+            T=$(docker -H $M swarm join-token -q worker)
+            for i in 2 3; do
+              docker -H unix:///tmp/agns$N-$i/docker.sock swarm join --token $T --advertise-addr 10.253.$N.1$i                 --listen-addr 10.253.$N.1$i:2377 10.253.$N.11:2377 >/dev/null
+            done"#
+        ));
+        swarm
+    }
+
+    pub fn swarm(&self) -> Swarm {
+        Swarm {
+            engine: None,
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    fn teardown(&self) {
+        let n = self.n;
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                r#"N={n}
+                for i in 1 2 3; do docker -H unix:///tmp/agns$N-$i/docker.sock swarm leave --force >/dev/null 2>&1; done
+                for i in 1 2 3; do [ -f /tmp/agns$N-$i/docker.pid ] && kill $(cat /tmp/agns$N-$i/docker.pid); done
+                for t in $(seq 1 100); do pgrep -f "data-root /tmp/agns$N-" >/dev/null || break; sleep 0.2; done
+                for i in 1 2 3; do
+                  ip netns del agns$N-$i 2>/dev/null
+                  grep -o " /tmp/agns$N-$i[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l
+                  rm -rf /tmp/agns$N-$i
+                done
+                ip link del agnb$N 2>/dev/null
+                iptables -D FORWARD -i agnb$N -o agnb$N -j ACCEPT 2>/dev/null
+                true"#
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for NetSwarm {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "{script}\n{}", stderr(&out));
 }
 
 /// `docker_gwbridge` and the iptables rules a swarm adds outlive its engine: remove them.
@@ -518,4 +631,81 @@ fn measure() {
         );
         swarm.converge(&svc, 3, 120);
     }
+}
+
+#[test]
+fn a_global_service_on_three_nodes_is_rolled_out_node_by_node_and_reverted() {
+    let _one = ONE_SWARM.lock().unwrap_or_else(|p| p.into_inner());
+    let img = images();
+    let net = NetSwarm::start(&[&img.refs["v1"], &img.refs["v2"], &img.refs["fatal"]]);
+    let swarm = net.swarm();
+    let w = World::new("swarmglobal");
+    let svc = w.name("svc");
+    let out = swarm.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &svc,
+        "--mode",
+        "global",
+        "--no-resolve-image",
+        &img.refs["v1"],
+    ]);
+    assert!(out.status.success(), "service create: {}", stderr(&out));
+    swarm.converge(&svc, 3, 90);
+    let original = swarm.inspect(&svc)["Spec"].clone();
+
+    // One node of three, held; then the rest.
+    let ro = w.name("ro");
+    let f = service_spec(
+        &w,
+        &ro,
+        &swarm.endpoint,
+        &svc,
+        &img.refs["v2"],
+        "{setWeight: 33}, {pause: {}}, {setWeight: 100}",
+    );
+    let out = w.agentctl(&["apply", "-f", &f, "-o", "json"]);
+    assert_eq!(code(&out), 4, "{}\n{}", stdout(&out), stderr(&out));
+    let (images, running) = swarm.task_images(&svc);
+    assert_eq!(
+        (images.iter().filter(|i| i.contains(":2.0.0")).count(), running),
+        (1, 3),
+        "{images:?}"
+    );
+    let out = w.agentctl(&["rollout", "promote", &ro, "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    let (images, running) = swarm.task_images(&svc);
+    assert!(
+        images.iter().all(|i| i.contains(":2.0.0")) && running == 3,
+        "{images:?}"
+    );
+    let promoted = swarm.inspect(&svc)["Spec"].clone();
+    assert_eq!(without_image(&promoted), without_image(&original));
+    // Tasks on the workers were verified through the manager (their engines are not agentctl's targets).
+    let status = json(&w.agentctl(&["rollout", "status", &ro, "-o", "json"]));
+    let evidence: Vec<&str> = status["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["evidence"].as_str())
+        .collect();
+    assert_eq!(evidence.len(), 3, "{status}");
+    assert!(
+        evidence.iter().any(|e| e.contains("through the manager")),
+        "{evidence:?}"
+    );
+
+    // A FATAL-logging version on every node at once: caught on the workers too, the spec put back.
+    let ro = w.name("ro-fatal");
+    let f = service_spec(&w, &ro, &swarm.endpoint, &svc, &img.refs["fatal"], "{setWeight: 100}");
+    let out = w.agentctl(&["apply", "-f", &f]);
+    assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
+    let (images, running) = swarm.task_images(&svc);
+    assert!(
+        images.iter().all(|i| i.contains(":2.0.0")) && running == 3,
+        "{images:?}"
+    );
+    assert_eq!(swarm.inspect(&svc)["Spec"], promoted);
 }
