@@ -656,23 +656,48 @@ fn a_global_service_on_three_nodes_is_rolled_out_node_by_node_and_reverted() {
     swarm.converge(&svc, 3, 90);
     let original = swarm.inspect(&svc)["Spec"].clone();
 
-    // One node of three, held; then the rest.
-    let ro = w.name("ro");
-    let f = service_spec(
-        &w,
-        &ro,
+    // A mixed spec: a plain container first (on the manager's engine: the nodes have their images from
+    // `docker load`, without the registry's digests), then the service's three nodes. 25 % of the four units
+    // is the container; one node more is held at 50 %; then the rest.
+    let agent = w.name("agent");
+    w.docker_run_on(
         &swarm.endpoint,
-        &svc,
-        &img.refs["v2"],
-        "{setWeight: 33}, {pause: {}}, {setWeight: 100}",
+        &agent,
+        &["--restart", "unless-stopped"],
+        &img.refs["v1"],
     );
+    let ro = w.name("ro");
+    let f = w.state_dir().join("mixed.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "name: {ro}\nimage: {}\ntargets:\n  - {{host: '{ep}', container: {agent}}}\n  - {{host: '{ep}', service: {svc}}}\nstrategy:\n  canary: {{steps: [{{setWeight: 25}}, {{pause: {{}}}}, {{setWeight: 50}}, {{pause: {{}}}}, {{setWeight: 100}}]}}\nhealth: {{minHealthyTime: 2s, deadline: 30s, period: 300ms}}\n",
+            img.refs["v2"],
+            ep = swarm.endpoint
+        ),
+    )
+    .unwrap();
+    let f = f.to_string_lossy().into_owned();
     let out = w.agentctl(&["apply", "-f", &f, "-o", "json"]);
+    assert_eq!(code(&out), 4, "{}\n{}", stdout(&out), stderr(&out));
+    let first = w.state_on(&swarm.endpoint, &agent).unwrap().2;
+    assert!(
+        first == img.refs["v2"],
+        "the container went first: {first}\n{}",
+        stdout(&out)
+    );
+    let (images, _) = swarm.task_images(&svc);
+    assert!(
+        images.iter().all(|i| *i == img.refs["v1"]),
+        "the service is untouched at 25 %: {images:?}"
+    );
+    let out = w.agentctl(&["rollout", "promote", &ro, "-o", "json"]);
     assert_eq!(code(&out), 4, "{}\n{}", stdout(&out), stderr(&out));
     let (images, running) = swarm.task_images(&svc);
     assert_eq!(
         (images.iter().filter(|i| i.contains(":2.0.0")).count(), running),
         (1, 3),
-        "{images:?}"
+        "one node of three at 50 %: {images:?}"
     );
     let out = w.agentctl(&["rollout", "promote", &ro, "-o", "json"]);
     assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
@@ -689,9 +714,10 @@ fn a_global_service_on_three_nodes_is_rolled_out_node_by_node_and_reverted() {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|t| t["service"] == svc.as_str())
         .filter_map(|t| t["evidence"].as_str())
         .collect();
-    assert_eq!(evidence.len(), 3, "{status}");
+    assert_eq!(evidence.len(), 3, "each node's task has its evidence: {status}");
     assert!(
         evidence.iter().any(|e| e.contains("through the manager")),
         "{evidence:?}"
