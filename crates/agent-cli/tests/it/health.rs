@@ -9,17 +9,17 @@ use agent_health::http;
 
 use crate::support::*;
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
 
-struct Center {
+pub(crate) struct Center {
     _proc: Proc,
-    url: String,
-    token_file: tempfile::NamedTempFile,
+    pub(crate) url: String,
+    pub(crate) token_file: tempfile::NamedTempFile,
     state: tempfile::TempDir,
     listen: String,
 }
 
-fn control_center(bind_ip: &str) -> Center {
+pub(crate) fn control_center(bind_ip: &str) -> Center {
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), TOKEN).unwrap();
     let state = tempfile::tempdir().unwrap();

@@ -17,6 +17,8 @@ static ONE_SWARM: Mutex<()> = Mutex::new(());
 pub struct Swarm {
     engine: Option<SecondEngine>,
     pub endpoint: String,
+    /// The host's address on the engine's bridge: its tasks reach it.
+    pub gateway: String,
 }
 
 impl Swarm {
@@ -29,6 +31,7 @@ impl Swarm {
         let swarm = Swarm {
             endpoint: engine.endpoint(),
             engine: Some(engine),
+            gateway: format!("10.252.{n}.1"),
         };
         for image in images {
             let out = swarm.docker(&["pull", image]);
@@ -185,6 +188,7 @@ impl NetSwarm {
         Swarm {
             engine: None,
             endpoint: self.endpoint.clone(),
+            gateway: format!("10.253.{}.1", self.n),
         }
     }
 
@@ -262,8 +266,23 @@ fn service_spec_held(
     steps: &str,
     min_healthy: &str,
 ) -> String {
+    service_spec_with(w, name, endpoint, service, image, steps, min_healthy, "")
+}
+
+/// A canary spec with more health checks (`, heartbeat: {…}`).
+#[allow(clippy::too_many_arguments)]
+fn service_spec_with(
+    w: &World,
+    name: &str,
+    endpoint: &str,
+    service: &str,
+    image: &str,
+    steps: &str,
+    min_healthy: &str,
+    health: &str,
+) -> String {
     let text = format!(
-        "name: {name}\nimage: {image}\ntargets:\n  - {{host: '{endpoint}', service: {service}}}\nstrategy:\n  canary: {{steps: [{steps}]}}\nhealth: {{minHealthyTime: {min_healthy}, deadline: 30s, period: 300ms}}\n"
+        "name: {name}\nimage: {image}\ntargets:\n  - {{host: '{endpoint}', service: {service}}}\nstrategy:\n  canary: {{steps: [{steps}]}}\nhealth: {{minHealthyTime: {min_healthy}, deadline: 30s, period: 300ms{health}}}\n"
     );
     let path = w.state_dir().join(format!("{name}.yaml"));
     std::fs::write(&path, text).unwrap();
@@ -279,7 +298,17 @@ fn a_service_is_rolled_out_by_a_share_of_its_tasks_and_reverted_by_the_gates() {
         &img.refs["v2"],
         &img.refs["fatal"],
         &img.refs["never-healthy"],
+        &img.refs["silent"],
     ]);
+    // A control center on the host's address on the engine's bridge, where the tasks send heartbeats.
+    let cc = crate::health::control_center(&swarm.gateway);
+    let hb = format!(
+        ", heartbeat: {{url: '{}', tokenFile: '{}', timeout: 5s}}",
+        cc.url,
+        cc.token_file.path().display()
+    );
+    let cc_url = format!("CONTROL_CENTER_URL={}", cc.url);
+    let cc_token = format!("CONTROL_CENTER_TOKEN={}", crate::health::TOKEN);
     let w = World::new("swarm");
     let svc = w.name("svc");
     let out = swarm.docker(&[
@@ -299,6 +328,12 @@ fn a_service_is_rolled_out_by_a_share_of_its_tasks_and_reverted_by_the_gates() {
         "team=obs",
         "--env",
         "MODE=edge",
+        "--env",
+        &cc_url,
+        "--env",
+        &cc_token,
+        "--env",
+        "HEARTBEAT_INTERVAL_MS=300",
         "--restart-max-attempts",
         "5",
         &img.refs["v1"],
@@ -307,15 +342,18 @@ fn a_service_is_rolled_out_by_a_share_of_its_tasks_and_reverted_by_the_gates() {
     swarm.converge(&svc, 3, 60);
     let original = swarm.inspect(&svc)["Spec"].clone();
 
-    // A canary of one task in three, held: the manager's updater stops after it.
+    // A canary of one task in three, held: the manager's updater stops after it. Every gate, the heartbeat
+    // of the new task's container included.
     let ro = w.name("ro");
-    let f = service_spec(
+    let f = service_spec_with(
         &w,
         &ro,
         &swarm.endpoint,
         &svc,
         &img.refs["v2"],
         "{setWeight: 33}, {pause: {}}, {setWeight: 100}",
+        "2s",
+        &hb,
     );
     let out = w.agentctl(&["apply", "-f", &f, "-o", "json"]);
     assert_eq!(
@@ -346,8 +384,8 @@ fn a_service_is_rolled_out_by_a_share_of_its_tasks_and_reverted_by_the_gates() {
         .unwrap_or_default()
         .to_owned();
     assert!(
-        evidence.contains("healthy"),
-        "the new task's container was verified: {status}"
+        evidence.contains("healthy") && evidence.contains("heartbeat"),
+        "the new task's container was verified, its heartbeat too: {status}"
     );
 
     let out = w.agentctl(&["rollout", "promote", &ro]);
@@ -368,17 +406,23 @@ fn a_service_is_rolled_out_by_a_share_of_its_tasks_and_reverted_by_the_gates() {
         .unwrap()
         .to_owned();
 
-    // A version that logs FATAL and one whose HEALTHCHECK never passes: stopped at the first task, the
-    // whole spec put back, exit 3.
-    for (key, why) in [("fatal", "FATAL"), ("never-healthy", "")] {
+    // A version that logs FATAL, one whose HEALTHCHECK never passes and one that sends no heartbeat:
+    // stopped at the first task, the whole spec put back, exit 3.
+    for (key, why) in [
+        ("fatal", "FATAL"),
+        ("never-healthy", "HEALTHCHECK"),
+        ("silent", "heartbeat"),
+    ] {
         let ro = w.name(&format!("ro-{key}"));
-        let f = service_spec(
+        let f = service_spec_with(
             &w,
             &ro,
             &swarm.endpoint,
             &svc,
             &img.refs[key],
             "{setWeight: 33}, {setWeight: 100}",
+            "2s",
+            &hb,
         );
         let started = Instant::now();
         let out = w.agentctl(&["apply", "-f", &f]);
