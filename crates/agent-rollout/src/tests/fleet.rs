@@ -414,3 +414,46 @@ async fn webhooks_get_every_event_and_a_dead_one_does_not_hold_the_rollout() {
         "{secret}"
     );
 }
+
+#[test]
+fn a_target_is_a_container_or_a_service_and_services_refuse_what_they_cannot_do() {
+    let base = "name: f\nimage: a:1.0.0\nstrategy: {canary: {steps: [{setWeight: 50}]}}\n";
+    let mixed = spec(&format!(
+        "{base}targets:\n  - {{host: 'unix:///a.sock', container: c1}}\n  - {{host: 'tcp://10.0.0.2:2375', service: relay}}\n"
+    ));
+    assert_eq!(mixed.targets[1].service.as_ref().map(|s| s.as_str()), Some("relay"));
+    // One unit per target before the rollout counts a service's tasks.
+    let units: usize = mixed
+        .plan()
+        .unwrap()
+        .steps
+        .iter()
+        .map(|s| match s {
+            agent_core::PlanStep::Update { targets, .. } => targets.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(units, 2);
+    for (targets, says) in [
+        ("[{host: 'unix:///a.sock'}]", "exactly one of `container` and `service`"),
+        (
+            "[{host: 'unix:///a.sock', container: c, service: s}]",
+            "exactly one of `container` and `service`",
+        ),
+    ] {
+        let err = RolloutSpec::parse(&format!("{base}targets: {targets}\n"), "s.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{err}");
+    }
+    let err = RolloutSpec::parse(
+        "name: f\nimage: a:1.0.0\nstrategy: {blueGreen: {}}\ntargets: [{host: 'unix:///a.sock', service: s}]\n",
+        "s.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("service targets cannot be rolled out with blue-green"),
+        "{err}"
+    );
+}
