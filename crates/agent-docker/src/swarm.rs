@@ -185,14 +185,9 @@ fn task_from(t: &Value) -> Option<TaskInfo> {
     })
 }
 
-/// Percent-encodes a query value (everything but unreserved characters).
+/// Percent-encodes a query value (everything but letters and digits).
 fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 #[cfg(test)]

@@ -418,12 +418,7 @@ async fn fleet_page(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap, Qu
 }
 
 fn url_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 async fn rollout_docs(cc: &ControlCenter) -> Vec<(String, serde_json::Value)> {

@@ -58,6 +58,18 @@ impl Swarm {
             .unwrap()
     }
 
+    /// `docker service create --detach --name NAME --no-resolve-image ARGS… IMAGE`, then waits until its
+    /// `tasks` tasks run; the spec it was created with (as `docker service inspect` shows it).
+    pub fn create(&self, name: &str, args: &[&str], image: &str, tasks: usize) -> Value {
+        let mut all = vec!["service", "create", "--detach", "--name", name, "--no-resolve-image"];
+        all.extend_from_slice(args);
+        all.push(image);
+        let out = self.docker(&all);
+        assert!(out.status.success(), "service create: {}", stderr(&out));
+        self.converge(name, tasks, 90);
+        self.inspect(name)["Spec"].clone()
+    }
+
     /// The service's inspect document.
     pub fn inspect(&self, service: &str) -> Value {
         let out = self.docker(&["service", "inspect", service]);
@@ -311,36 +323,31 @@ fn a_service_is_rolled_out_by_a_share_of_its_tasks_and_reverted_by_the_gates() {
     let cc_token = format!("CONTROL_CENTER_TOKEN={}", crate::health::TOKEN);
     let w = World::new("swarm");
     let svc = w.name("svc");
-    let out = swarm.docker(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
+    let original = swarm.create(
         &svc,
-        "--replicas",
-        "3",
-        "--no-resolve-image",
-        "--update-parallelism",
-        "2",
-        "--update-delay",
-        "5s",
-        "--label",
-        "team=obs",
-        "--env",
-        "MODE=edge",
-        "--env",
-        &cc_url,
-        "--env",
-        &cc_token,
-        "--env",
-        "HEARTBEAT_INTERVAL_MS=300",
-        "--restart-max-attempts",
-        "5",
+        &[
+            "--replicas",
+            "3",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "5s",
+            "--label",
+            "team=obs",
+            "--env",
+            "MODE=edge",
+            "--env",
+            &cc_url,
+            "--env",
+            &cc_token,
+            "--env",
+            "HEARTBEAT_INTERVAL_MS=300",
+            "--restart-max-attempts",
+            "5",
+        ],
         &img.refs["v1"],
-    ]);
-    assert!(out.status.success(), "service create: {}", stderr(&out));
-    swarm.converge(&svc, 3, 60);
-    let original = swarm.inspect(&svc)["Spec"].clone();
+        3,
+    );
 
     // A canary of one task in three, held: the manager's updater stops after it. Every gate, the heartbeat
     // of the new task's container included.
@@ -479,20 +486,7 @@ fn a_rollout_of_a_service_killed_mid_step_is_resumed_then_aborted_by_the_next_co
     let swarm = Swarm::start(&[&img.refs["v1"], &img.refs["v2"]]);
     let w = World::new("swarmkill");
     let svc = w.name("svc");
-    let out = swarm.docker(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
-        &svc,
-        "--replicas",
-        "3",
-        "--no-resolve-image",
-        &img.refs["v1"],
-    ]);
-    assert!(out.status.success(), "service create: {}", stderr(&out));
-    swarm.converge(&svc, 3, 60);
-    let original = swarm.inspect(&svc)["Spec"].clone();
+    let original = swarm.create(&svc, &["--replicas", "3"], &img.refs["v1"], 3);
     let ro = w.name("ro");
     let f = service_spec_held(
         &w,
@@ -568,25 +562,21 @@ fn measure() {
     let swarm = Swarm::start(&[&img.refs["v2"], &img.refs["fatal"], &img.refs["never-healthy"]]);
     let w = World::new("swarmbench");
     let svc = w.name("svc");
-    let out = swarm.docker(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
+    swarm.create(
         &svc,
-        "--replicas",
-        "3",
-        "--no-resolve-image",
-        "--update-parallelism",
-        "1",
-        "--update-failure-action",
-        "rollback",
-        "--update-monitor",
-        "5s",
+        &[
+            "--replicas",
+            "3",
+            "--update-parallelism",
+            "1",
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "5s",
+        ],
         &img.refs["v2"],
-    ]);
-    assert!(out.status.success(), "service create: {}", stderr(&out));
-    swarm.converge(&svc, 3, 60);
+        3,
+    );
     let good = img.refs["v2"].clone();
     let summary = |images: &[String]| {
         let bad = images
@@ -685,20 +675,7 @@ fn a_global_service_on_three_nodes_is_rolled_out_node_by_node_and_reverted() {
     let swarm = net.swarm();
     let w = World::new("swarmglobal");
     let svc = w.name("svc");
-    let out = swarm.docker(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
-        &svc,
-        "--mode",
-        "global",
-        "--no-resolve-image",
-        &img.refs["v1"],
-    ]);
-    assert!(out.status.success(), "service create: {}", stderr(&out));
-    swarm.converge(&svc, 3, 90);
-    let original = swarm.inspect(&svc)["Spec"].clone();
+    let original = swarm.create(&svc, &["--mode", "global"], &img.refs["v1"], 3);
 
     // A mixed spec: a plain container first (on the manager's engine: the nodes have their images from
     // `docker load`, without the registry's digests), then the service's three nodes. 25 % of the four units
