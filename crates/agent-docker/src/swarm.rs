@@ -185,9 +185,16 @@ fn task_from(t: &Value) -> Option<TaskInfo> {
     })
 }
 
-/// Percent-encodes a query value (everything but letters and digits).
+/// What percent-encoding leaves as it is: RFC 3986's unreserved characters.
+const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes a query value (everything but the unreserved characters).
 fn percent(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, UNRESERVED_KEPT).to_string()
 }
 
 #[cfg(test)]

@@ -417,8 +417,15 @@ async fn fleet_page(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap, Qu
     page("Fleet", Some(&s), &body).into_response()
 }
 
+/// What percent-encoding leaves as it is: RFC 3986's unreserved characters.
+const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn url_escape(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, UNRESERVED_KEPT).to_string()
 }
 
 async fn rollout_docs(cc: &ControlCenter) -> Vec<(String, serde_json::Value)> {
