@@ -457,3 +457,14 @@ fn a_target_is_a_container_or_a_service_and_services_refuse_what_they_cannot_do(
         "{err}"
     );
 }
+
+#[test]
+fn the_swarm_example_is_a_valid_spec() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/swarm/node-agent.yaml");
+    let spec = RolloutSpec::parse(&std::fs::read_to_string(path).unwrap(), path).unwrap();
+    assert_eq!(spec.targets[0].service.as_ref().map(|s| s.as_str()), Some("node-agent"));
+    assert_eq!(
+        spec.targets[1].container.as_ref().map(|s| s.as_str()),
+        Some("node-agent")
+    );
+}
