@@ -243,13 +243,18 @@ impl Fleet {
         if done + tasks < all.len() {
             return Ok((None, evidence));
         }
+        // The service's own update settings come from the revision it ran before; without it they are not
+        // known (the spec held now has the step's), so nothing is guessed.
         let original = self
             .service_revisions(host, service)
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
             .find(|r| r.number == previous)
-            .map_or(current.spec.clone(), |r| r.spec);
+            .map(|r| r.spec)
+            .ok_or_else(|| {
+                format!("every task runs the new version, but revision {previous} (its update settings) is no longer kept; set them again with `docker service update`")
+            })?;
         let after = rt
             .change_service(
                 service,
@@ -383,9 +388,11 @@ impl Fleet {
     /// Puts back revision `to` of every service target of the rollout `name` (its whole spec, with the
     /// manager's current version index), recording it as a new revision.
     pub async fn undo_services_to(&self, name: &str, to: u64) -> Result<Vec<(String, String, u64)>, Error> {
-        let state = self.existing(name).await?;
         let lease = self.lease(name, "undo").await?;
         let result = async {
+            // Read under the lease, and the audit entry written under it: no other command of this rollout
+            // can save its state in between.
+            let mut state = self.existing(name).await?;
             let every: Vec<usize> = (0..state.targets.len()).collect();
             let groups = by_service(&state, &every);
             if groups.is_empty() {
@@ -414,15 +421,12 @@ impl Fleet {
                     })?;
                 out.push((host, service, n));
             }
+            state.record(format!("undo services to revision {to}"));
+            self.save(&mut state).await?;
             Ok(out)
         }
         .await;
         lease.release().await?;
-        if result.is_ok() {
-            let mut state = state;
-            state.record(format!("undo services to revision {to}"));
-            self.save(&mut state).await?;
-        }
         result
     }
 }
