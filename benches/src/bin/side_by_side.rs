@@ -1027,7 +1027,7 @@ impl Args {
 /// phases, from its own step lines (medians over the runs).
 fn profile_table(contenders: &[&str], profiles: &HashMap<&str, Vec<steps::Breakdown>>, floor: Option<f64>) -> String {
     let mut t = String::from(
-        "\nWhere agentctl's time went (its `--no-progress` step lines timestamped as they arrive; per-target medians; the engine phases' slot time is the sum over targets from `preflight ok` to `verifying`, divided by the parallelism; medians over the runs):\n\n| contender | preflight (ms) | stop (ms) | rename + restart policy (ms) | create (ms) | start, inspect, journal (ms) | engine phases' slot time (s) | engine limit (s) | last verification begins (s) | end (s) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "\nWhere agentctl's time went (its `--no-progress` step lines timestamped as they arrive; per-target medians; `preflight` is from `preflight ok` to the target's turn (its `[slot]` line: the journal's begin facts and the wait for a slot while earlier targets hold them); the engine phases' slot time is the sum over targets from its turn to `verifying`, divided by the parallelism; medians over the runs):\n\n| contender | preflight → turn (ms) | stop (ms) | rename + restart policy (ms) | create (ms) | start, inspect, journal (ms) | engine phases' slot time (s) | engine limit (s) | last verification begins (s) | end (s) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in contenders {
         let Some(ps) = profiles.get(c).filter(|p| !p.is_empty()) else {

@@ -120,6 +120,13 @@ pub enum Error {
         /// The refused move.
         source: InvalidTransition,
     },
+    /// The caller's [`Pacer`](crate::Pacer) withheld the operation's turn (a fleet whose failure budget ran
+    /// out while this target waited); nothing was changed.
+    #[error("the update of {container} was not started: the rollout withheld its turn (too many targets failed); nothing was changed")]
+    Withheld {
+        /// The container.
+        container: String,
+    },
     /// A bad argument or configuration value.
     #[error("invalid {what}: {message}")]
     InvalidInput {

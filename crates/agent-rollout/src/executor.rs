@@ -92,7 +92,8 @@ pub(crate) struct Operation {
     pub meta: RevisionMeta,
     /// The old container's stop timeout.
     pub stop_timeout: Option<Duration>,
-    /// Notify the request's `started` once the new container runs under its name.
+    /// The operation that puts the new container under its name (not a preview's stage): it tells the
+    /// request's pacer when the container started and when the verdict was acted on.
     pub notify_started: bool,
 }
 
@@ -176,6 +177,11 @@ impl Updater {
             lease.engine_lock().cloned(),
         );
         journal.record(&Step::Begin(begin.clone())).await?;
+        // Everything so far prepared; the changes wait for the caller's turn (a fleet's engine slot).
+        if let Err(e) = req.admit().await {
+            journal.close("withheld").await?;
+            return Err(e);
+        }
         let plan = begin.plan();
         let mut reached = Vec::new();
         let mut failure = None;
@@ -271,6 +277,9 @@ impl Updater {
                     .await
                     .map_err(|e| e.reverting(&target, reason))?;
             }
+        }
+        if op.notify_started {
+            req.notify_decided(matches!(decision, Decision::Revert { .. }));
         }
         Ok(Executed {
             journal,

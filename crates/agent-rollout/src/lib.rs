@@ -70,7 +70,7 @@ pub use plan::UPDATE_STEPS;
 pub use postgres::{is_postgres_url, PostgresStore};
 pub use report::{preview_name, Preview, Recovery, RecoveryAction, StatusReport, UpdateReport, UpdateStatus};
 pub use request::{
-    HeartbeatCheck, ProbeFactory, PullPolicy, QueryCheck, ScrapeCheck, UndoRequest, UpdateRequest, VerifyConfig,
+    HeartbeatCheck, Pacer, ProbeFactory, PullPolicy, QueryCheck, ScrapeCheck, UndoRequest, UpdateRequest, VerifyConfig,
     WatchConfig,
 };
 pub use settings::{parse_metric_check, read_token, Token, TokenError};

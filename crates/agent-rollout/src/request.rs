@@ -201,10 +201,9 @@ pub struct UpdateRequest {
     /// beside the old one as `NAME.preview`, is verified, then takes the name). `BlueGreen` behaves as
     /// start-first here; [`Updater::stage`](crate::Updater::stage) and [`Updater::promote`](crate::Updater::promote) split it in two.
     pub mode: UpdateMode,
-    /// Notified once the new container runs under the name and its verification begins (a stop-first
-    /// update, the switch of a start-first one, an install): the engine work is over. A fleet uses it to hand the engine slot to the next target
-    /// while this one is being proven (`maxUnverified`).
-    pub started: Option<Arc<tokio::sync::Notify>>,
+    /// Paces the operation among others a caller runs at the same time (a fleet's engine slots): see
+    /// [`Pacer`]. `None` runs it at once.
+    pub pacer: Option<Arc<dyn Pacer>>,
     /// Pre- and post-update hooks and the agent's update lock.
     pub hooks: crate::Hooks,
 }
@@ -250,16 +249,52 @@ impl UpdateRequest {
             extra_probes: None,
             watch: None,
             mode: UpdateMode::StopFirst,
-            started: None,
+            pacer: None,
             hooks: crate::Hooks::default(),
         }
     }
 
-    pub(crate) fn notify_started(&self) {
-        if let Some(n) = &self.started {
-            n.notify_one();
+    /// Waits for the pacer's turn before the first change (idempotent); an error when it withholds it.
+    pub(crate) async fn admit(&self) -> Result<(), Error> {
+        match &self.pacer {
+            Some(p) if !p.admit().await => Err(Error::Withheld {
+                container: self.container.to_string(),
+            }),
+            _ => Ok(()),
         }
     }
+
+    pub(crate) fn notify_started(&self) {
+        if let Some(p) = &self.pacer {
+            p.started();
+        }
+    }
+
+    pub(crate) fn notify_decided(&self, reverted: bool) {
+        if let Some(p) = &self.pacer {
+            p.decided(reverted);
+        }
+    }
+}
+
+/// Paces one operation among many that a caller runs at once, such as a fleet's targets within its engine
+/// slots. The operation does its preparation unpaced (the locks, inspection, history, the journal's begin
+/// facts, none of which change the agent), then asks for its turn right before its first change; a caller
+/// can therefore prepare the next targets while the current ones change, and only the changes wait for a
+/// slot. An operation with pre-update hooks or an update lock asks before those, so they run right before
+/// the change as they would alone.
+#[async_trait::async_trait]
+pub trait Pacer: Send + Sync {
+    /// Waits for the operation's turn; `false` withholds it (nothing was changed, and the operation ends
+    /// with [`Error::Withheld`]). Called at most once per operation that goes on to change anything; an
+    /// implementation must answer the same for a second call (a start-first update asks for its preview and
+    /// again for its switch).
+    async fn admit(&self) -> bool;
+    /// The new container runs under its name and its verification begins: the engine work is over.
+    fn started(&self);
+    /// The verdict is in and acted on: committed, or `reverted` (the old container runs again). What is
+    /// left is bookkeeping (the history, the lock's release).
+    fn decided(&self, reverted: bool);
 }
 
 /// What to go back to and how to verify it. There is no image to give: the revision names it.

@@ -153,6 +153,11 @@ impl Updater {
                 detail: detail.to_owned(),
             })
         };
+        // The agent's lock and its pre-update hook belong right before the change: a paced update waits for
+        // its turn first (otherwise it waits in `execute`, after the journal's begin facts).
+        if !req.hooks.pre_update.is_empty() || req.hooks.lock_file.is_some() {
+            req.admit().await?;
+        }
         if let crate::hooks::Before::Skip(reason) =
             crate::hooks::before_update(self.runtime.as_ref(), name, &req.hooks, &waiting).await?
         {

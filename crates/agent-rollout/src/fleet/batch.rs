@@ -24,14 +24,20 @@ impl Fleet {
         verify: &VerifyConfig,
         action: Action,
     ) -> Result<Vec<String>, Error> {
-        // Engine slots bound the targets being stopped, created and started; `in_flight` bounds those plus
-        // the started ones still being verified. A target's work is made only when it may run, so memory
-        // grows with `in_flight`, not with the batch.
-        let engine = Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism));
-        let in_flight = state.spec.parallelism + state.spec.max_unverified;
-        // No new target starts once more have failed than the rollout may lose.
-        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(failed_targets(state)));
-        let budget = failures_allowed(state);
+        // Engine slots bound the targets being stopped, created and started; flight slots bound those plus
+        // the started ones still being verified. Both are taken right before a target's first change (see
+        // `Slots`): its preparation (locks, inspection, history, the journal's begin facts) runs ahead while
+        // earlier targets hold the slots, one engine slot's worth of targets ahead. A target's work is made
+        // only when it may run, so memory grows with the flight, not with the batch.
+        let slots = Arc::new(Slots {
+            engine: Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism)),
+            flight: Arc::new(tokio::sync::Semaphore::new(
+                state.spec.parallelism + state.spec.max_unverified,
+            )),
+            failures: std::sync::atomic::AtomicUsize::new(failed_targets(state)),
+            budget: failures_allowed(state),
+        });
+        let ahead = 2 * state.spec.parallelism + state.spec.max_unverified;
         let mut tasks = Vec::new();
         for &i in indices {
             let ready = match action {
@@ -59,43 +65,35 @@ impl Fleet {
                 req.mode = mode;
             }
             req.cause = Some(rollout_cause(state));
-            let started = Arc::new(tokio::sync::Notify::new());
-            req.started = Some(started.clone());
             let template = state.spec.template_for(&req.container, &state.pinned)?;
             let rt = self.runtime(&t.host).await;
-            tasks.push((i, t, req, template, rt, started));
+            tasks.push((i, t, req, template, rt));
         }
-        let work = tasks.into_iter().map(|(i, t, req, template, rt, started)| {
-            let (engine, failures) = (engine.clone(), failures.clone());
-            let (store, progress) = (self.store.clone(), self.progress.clone());
+        let work = tasks.into_iter().map(|(i, t, mut req, template, rt)| {
+            let pace = Arc::new(TargetPace::new(slots.clone(), self.progress.clone(), &t.container));
+            req.pacer = Some(pace.clone());
+            let (store, progress, slots) = (self.store.clone(), self.progress.clone(), slots.clone());
             async move {
-                let engine_slot = engine.acquire().await;
-                if failures.load(std::sync::atomic::Ordering::SeqCst) > budget {
+                // No new target starts once more have failed than the rollout may lose.
+                if slots.exhausted() {
                     return (i, None);
                 }
-                let work = Self::update_target(rt, store, progress, &t, &req, template.as_ref(), action);
-                tokio::pin!(work);
-                let result = tokio::select! {
-                    r = &mut work => r,
-                    _ = started.notified() => {
-                        // Started: the engine work is over, the next target may begin while this one is proven.
-                        drop(engine_slot);
-                        work.await
-                    }
-                };
-                if result
-                    .as_ref()
-                    .map_or(true, |(r, _)| r.status == UpdateStatus::RolledBack)
-                {
-                    failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let result = Self::update_target(rt, store, progress, &t, &req, template.as_ref(), action).await;
+                // Withheld: the failure budget ran out while it waited; it stays pending, untouched.
+                if pace.withheld() {
+                    return (i, None);
                 }
+                let failed = result
+                    .as_ref()
+                    .map_or(true, |(r, _)| r.status == UpdateStatus::RolledBack);
+                pace.settle(failed);
                 (i, Some(result))
             }
         });
-        let mut results = futures_util::stream::iter(work).buffer_unordered(in_flight);
+        let mut results = futures_util::stream::iter(work).buffer_unordered(ahead);
         let mut unverified = Vec::new();
         while let Some((i, r)) = results.next().await {
-            // Skipped: the failure budget ran out before this target's turn; it stays pending, untouched.
+            // Skipped or withheld: the failure budget ran out before this target's turn; it stays pending.
             let Some(r) = r else { continue };
             let t = &mut state.targets[i];
             match r {
@@ -280,5 +278,107 @@ pub(super) fn target_event(rollout: &ContainerName, t: &TargetState) -> FleetEve
         status: t.status,
         revision: t.revision,
         reason: t.message.clone(),
+    }
+}
+
+/// A batch's slots and failure budget, shared by its targets' pacers.
+struct Slots {
+    engine: Arc<tokio::sync::Semaphore>,
+    flight: Arc<tokio::sync::Semaphore>,
+    failures: std::sync::atomic::AtomicUsize,
+    budget: usize,
+}
+
+impl Slots {
+    fn exhausted(&self) -> bool {
+        self.failures.load(std::sync::atomic::Ordering::SeqCst) > self.budget
+    }
+}
+
+/// One target's turn within a batch's [`Slots`]: admitted once both slots are taken and the budget allows;
+/// the engine slot handed on when the new container started, the flight slot when the verdict was acted on
+/// (its failure counted first, so the next target's admission sees it), both when the target's work ends.
+struct TargetPace {
+    slots: Arc<Slots>,
+    held: std::sync::Mutex<Held>,
+    progress: Arc<dyn Reporter>,
+    container: String,
+}
+
+#[derive(Default)]
+struct Held {
+    admitted: Option<bool>,
+    engine: Option<tokio::sync::OwnedSemaphorePermit>,
+    flight: Option<tokio::sync::OwnedSemaphorePermit>,
+    counted: bool,
+}
+
+impl TargetPace {
+    fn new(slots: Arc<Slots>, progress: Arc<dyn Reporter>, container: &str) -> TargetPace {
+        TargetPace {
+            slots,
+            held: std::sync::Mutex::default(),
+            progress,
+            container: container.to_owned(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn withheld(&self) -> bool {
+        self.held().admitted == Some(false)
+    }
+
+    /// Counts a failure (once per target), and frees the slots.
+    fn settle(&self, failed: bool) {
+        let mut held = self.held();
+        if failed && !held.counted {
+            self.slots.failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.counted = true;
+        }
+        held.engine = None;
+        held.flight = None;
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::Pacer for TargetPace {
+    async fn admit(&self) -> bool {
+        if let Some(admitted) = self.held().admitted {
+            return admitted;
+        }
+        let asked = std::time::Instant::now();
+        // The semaphores are never closed.
+        let flight = self.slots.flight.clone().acquire_owned().await.ok();
+        let engine = self.slots.engine.clone().acquire_owned().await.ok();
+        let admitted = !self.slots.exhausted();
+        {
+            let mut held = self.held();
+            held.admitted = Some(admitted);
+            if admitted {
+                (held.engine, held.flight) = (engine, flight);
+            }
+        }
+        if admitted {
+            self.progress.report(&crate::events::Event::Step {
+                step: "slot",
+                detail: format!(
+                    "{}: its turn, prepared and waiting for {} ms",
+                    self.container,
+                    asked.elapsed().as_millis()
+                ),
+            });
+        }
+        admitted
+    }
+
+    fn started(&self) {
+        self.held().engine = None;
+    }
+
+    fn decided(&self, reverted: bool) {
+        self.settle(reverted);
     }
 }

@@ -155,6 +155,33 @@ async fn max_unverified_hands_the_slot_on_once_a_target_has_started() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_next_target_is_prepared_while_the_slot_is_held_but_changed_only_after() {
+    let h = host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3"]);
+    let (f, _store) = fleet(vec![h.clone()], Arc::new(std::sync::Mutex::new(Vec::new())));
+    let targets = "targets:\n  - {host: 'tcp://127.0.0.1:1', container: a1}\n  - {host: 'tcp://127.0.0.1:1', container: a2}\n  - {host: 'tcp://127.0.0.1:1', container: a3}\n";
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{targets}strategy: {{recreate: {{}}}}\nparallelism: 1\n{HEALTH}"
+    ));
+    let st = f.apply(s).await.unwrap();
+    assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Succeeded, 0));
+    let ops = h.operations();
+    let at = |op: &str| {
+        ops.iter()
+            .position(|o| o == op)
+            .unwrap_or_else(|| panic!("no {op} in {ops:?}"))
+    };
+    // a2 was prepared (its engine lock taken) while a1 was being verified, and stopped only once a1 was
+    // proven: a1's last probe comes before a2's stop.
+    let a1_verified = ops[..at("stop a2")].iter().rposition(|o| o == "inspect a1").unwrap();
+    assert!(a1_verified > at("start a1"), "{ops:?}");
+    assert!(at("record-create a2.agentctl-lock") < a1_verified, "{ops:?}");
+    assert!(
+        !ops[at("stop a2")..].iter().any(|o| o == "inspect a1"),
+        "a1 was still being verified when a2 stopped: {ops:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn no_new_target_starts_once_the_failures_are_past_the_ratio() {
     let hs = hosts(true);
     let (f, _store) = fleet(hs.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
@@ -180,6 +207,10 @@ async fn no_new_target_starts_once_the_failures_are_past_the_ratio() {
         hs[1].operations()
     );
     assert!(hs[1].inspect_container("b2").await.unwrap().state.is_running());
+    // Prepared ahead (locked, journaled), then withheld: nothing of it is left open or locked.
+    let subject = crate::subject_key("tcp://127.0.0.1:2", "b2");
+    assert!(_store.open_operations(&subject).await.unwrap().is_empty());
+    assert!(hs[1].record("b2.agentctl-lock").await.unwrap().is_none());
 }
 
 #[tokio::test(start_paused = true)]
