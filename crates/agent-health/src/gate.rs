@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::{duration_text, format_duration, ContainerRuntime};
+use agent_core::{duration_text, format_duration, ContainerInfo, ContainerRuntime};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -75,6 +75,20 @@ pub trait Probe: Send + Sync {
 
     /// Checks once.
     async fn check(&self, ctx: &ProbeContext) -> Observation;
+
+    /// Whether the check reads the container's inspection. A [`HealthGate`] then inspects the container once
+    /// per round for every probe that does and calls [`Probe::check_inspected`]: one engine call per round
+    /// instead of one per probe. [`Probe::check`] stays the whole check of a probe run on its own.
+    fn reads_inspection(&self) -> bool {
+        false
+    }
+
+    /// Checks once with this round's inspection of the container, `info` (called only when
+    /// [`Probe::reads_inspection`]); by default the probe's own [`Probe::check`].
+    async fn check_inspected(&self, ctx: &ProbeContext, info: &ContainerInfo) -> Observation {
+        let _ = info;
+        self.check(ctx).await
+    }
 }
 
 /// Timing shared by a gate's probes, as in Kubernetes probes and Nomad's `update` block.
@@ -346,10 +360,27 @@ impl HealthGate {
         tokio::time::sleep(t.initial_delay).await;
         loop {
             let round_start = tokio::time::Instant::now();
-            let checks = self.probes.iter().map(|p| async move {
-                match tokio::time::timeout(t.timeout, p.check(ctx)).await {
-                    Ok(o) => o,
-                    Err(_) => Observation::Fail(format!("no answer within {}", format_duration(t.timeout))),
+            let late = || Observation::Fail(format!("no answer within {}", format_duration(t.timeout)));
+            // One inspection per round, shared by the probes that read it.
+            let inspection = match self.probes.iter().any(|p| p.reads_inspection()) {
+                true => match tokio::time::timeout(t.timeout, ctx.runtime.inspect_container(&ctx.container)).await {
+                    Ok(Ok(info)) => Some(Ok(info)),
+                    Ok(Err(e)) => Some(Err(crate::probes::engine_error(&e))),
+                    Err(_) => Some(Err(late())),
+                },
+                false => None,
+            };
+            let checks = self.probes.iter().map(|p| {
+                let inspection = inspection.as_ref().filter(|_| p.reads_inspection());
+                async move {
+                    let check = async {
+                        match inspection {
+                            Some(Ok(info)) => p.check_inspected(ctx, info).await,
+                            Some(Err(o)) => o.clone(),
+                            None => p.check(ctx).await,
+                        }
+                    };
+                    tokio::time::timeout(t.timeout, check).await.unwrap_or_else(|_| late())
                 }
             });
             let results = futures_util::future::join_all(checks).await;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use agent_core::{ContainerStatus, HealthStatus, LogLine, RuntimeError};
+use agent_core::{ContainerInfo, ContainerStatus, HealthStatus, LogLine, RuntimeError};
 use async_trait::async_trait;
 use regex::RegexSet;
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::gate::{Observation, Probe, ProbeContext};
 use crate::http;
 
-fn engine_error(e: &RuntimeError) -> Observation {
+pub(crate) fn engine_error(e: &RuntimeError) -> Observation {
     match e {
         RuntimeError::ContainerNotFound { .. } => Observation::Fatal(format!("the container is gone: {e}")),
         RuntimeError::Unavailable { .. } => Observation::Inconclusive(e.to_string()),
@@ -29,10 +29,17 @@ impl Probe for ContainerStateProbe {
     }
 
     async fn check(&self, ctx: &ProbeContext) -> Observation {
-        let info = match ctx.runtime.inspect_container(&ctx.container).await {
-            Ok(i) => i,
-            Err(e) => return engine_error(&e),
-        };
+        match ctx.runtime.inspect_container(&ctx.container).await {
+            Ok(info) => self.check_inspected(ctx, &info).await,
+            Err(e) => engine_error(&e),
+        }
+    }
+
+    fn reads_inspection(&self) -> bool {
+        true
+    }
+
+    async fn check_inspected(&self, ctx: &ProbeContext, info: &ContainerInfo) -> Observation {
         let s = &info.state;
         let restarts = s.restart_count.saturating_sub(ctx.baseline_restarts);
         if restarts > 0 {
@@ -106,10 +113,17 @@ impl Probe for DockerHealthProbe {
     }
 
     async fn check(&self, ctx: &ProbeContext) -> Observation {
-        let info = match ctx.runtime.inspect_container(&ctx.container).await {
-            Ok(i) => i,
-            Err(e) => return engine_error(&e),
-        };
+        match ctx.runtime.inspect_container(&ctx.container).await {
+            Ok(info) => self.check_inspected(ctx, &info).await,
+            Err(e) => engine_error(&e),
+        }
+    }
+
+    fn reads_inspection(&self) -> bool {
+        true
+    }
+
+    async fn check_inspected(&self, ctx: &ProbeContext, info: &ContainerInfo) -> Observation {
         let Some(h) = info.state.health.clone() else {
             return Observation::Pass("no HEALTHCHECK defined".into());
         };
@@ -138,7 +152,7 @@ impl Probe for DockerHealthProbe {
                         p.output
                     ));
                 }
-                match early_healthcheck(ctx, &info).await {
+                match early_healthcheck(ctx, info).await {
                     Some((o, interval)) if o.exit_code == 0 => {
                         let output = truncate(o.output.trim(), 200);
                         *self.early_pass() = Some(EarlyPass {
@@ -321,19 +335,33 @@ impl Probe for HttpProbe {
     }
 
     async fn check(&self, ctx: &ProbeContext) -> Observation {
-        let host = match self.config.host_port {
-            Some(p) => format!("127.0.0.1:{p}"),
-            None => {
-                let info = match ctx.runtime.inspect_container(&ctx.container).await {
-                    Ok(i) => i,
-                    Err(e) => return engine_error(&e),
-                };
-                match info.addresses.values().next() {
-                    Some(ip) => format!("{ip}:{}", self.config.port),
-                    None => return Observation::Pending("the container has no network address yet".into()),
-                }
-            }
-        };
+        match self.config.host_port {
+            Some(p) => self.get(&format!("127.0.0.1:{p}")).await,
+            None => match ctx.runtime.inspect_container(&ctx.container).await {
+                Ok(info) => self.check_inspected(ctx, &info).await,
+                Err(e) => engine_error(&e),
+            },
+        }
+    }
+
+    fn reads_inspection(&self) -> bool {
+        self.config.host_port.is_none()
+    }
+
+    async fn check_inspected(&self, ctx: &ProbeContext, info: &ContainerInfo) -> Observation {
+        if self.config.host_port.is_some() {
+            return self.check(ctx).await;
+        }
+        match info.addresses.values().next() {
+            Some(ip) => self.get(&format!("{ip}:{}", self.config.port)).await,
+            None => Observation::Pending("the container has no network address yet".into()),
+        }
+    }
+}
+
+impl HttpProbe {
+    /// The GET of `host` (`ip:port`) and what its answer says.
+    async fn get(&self, host: &str) -> Observation {
         let url = format!("http://{host}{}", self.config.path);
         match http::get(&url, Duration::from_secs(5)).await {
             Ok(resp) => {

@@ -640,10 +640,17 @@ impl Probe for ScrapeProbe {
     }
 
     async fn check(&self, ctx: &ProbeContext) -> Observation {
-        let info = match ctx.runtime.inspect_container(&ctx.container).await {
-            Ok(i) => i,
-            Err(e) => return Observation::Fail(e.to_string()),
-        };
+        match ctx.runtime.inspect_container(&ctx.container).await {
+            Ok(info) => self.check_inspected(ctx, &info).await,
+            Err(e) => Observation::Fail(e.to_string()),
+        }
+    }
+
+    fn reads_inspection(&self) -> bool {
+        true
+    }
+
+    async fn check_inspected(&self, _ctx: &ProbeContext, info: &agent_core::ContainerInfo) -> Observation {
         let Some(ip) = info.addresses.values().next() else {
             return Observation::Pending("the container has no address yet".into());
         };

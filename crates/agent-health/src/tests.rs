@@ -71,6 +71,29 @@ async fn healthy_after_min_healthy_time() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_probes_that_read_the_container_share_one_inspection_per_round() {
+    let rt = running(ImageBehaviour {
+        health: Some(agent_core::HealthStatus::Healthy),
+        ..Default::default()
+    });
+    let gate = HealthGate::new(timing())
+        .with_probe(ContainerStateProbe)
+        .with_probe(DockerHealthProbe::new())
+        .with_probe(LogScanProbe::new(vec!["FATAL".to_owned()]).unwrap());
+    let before = rt.operations().len();
+    let v = gate.run(&ctx(rt.clone(), "a"), &|_| {}).await;
+    assert_eq!(v.outcome, VerdictOutcome::Healthy, "{v}");
+    let ops = &rt.operations()[before..];
+    let count = |op: &str| ops.iter().filter(|o| o.as_str() == op).count();
+    // Each round: one inspection for the state and the HEALTHCHECK, one log read.
+    let rounds = v.evidence[0].checks as usize;
+    assert!(rounds >= 4, "{v:?}");
+    assert_eq!(count("inspect a"), rounds, "{ops:?}");
+    assert_eq!(count("logs a"), rounds, "{ops:?}");
+    assert!(v.evidence.iter().all(|e| e.checks as usize == rounds), "{v:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn exit_at_start_is_fatal_at_once() {
     let rt = running(ImageBehaviour {
         exit_on_start: Some(3),
