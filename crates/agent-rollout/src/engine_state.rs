@@ -398,13 +398,19 @@ async fn adopt_journal(
 
 /// Writes `body` (the revisions of `container`) to the engine's history record, creating it on first use.
 async fn write_history(runtime: &dyn ContainerRuntime, container: &str, body: &[u8]) -> Result<(), Error> {
+    let file = format!("{container}.json");
+    // The record exists after the first write on an engine: write first, create it only when it is missing.
+    match runtime.write_record(HISTORY_RECORD, &file, body).await {
+        Err(RuntimeError::ContainerNotFound { .. }) => {}
+        other => return other.map_err(runtime_err(HISTORY_RECORD)),
+    }
     let labels = BTreeMap::from([(RECORD_LABEL.to_owned(), "history".to_owned())]);
     match runtime.create_record(HISTORY_RECORD, &labels).await {
         Ok(_) | Err(RuntimeError::Conflict { .. }) => {}
         Err(e) => return Err(runtime_err(HISTORY_RECORD)(e)),
     }
     runtime
-        .write_record(HISTORY_RECORD, &format!("{container}.json"), body)
+        .write_record(HISTORY_RECORD, &file, body)
         .await
         .map_err(runtime_err(HISTORY_RECORD))
 }
