@@ -76,8 +76,9 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Waits for the child `pid` and returns its exit code and peak RSS (KiB) from the kernel's rusage.
-pub fn wait_rusage(pid: u32) -> Result<(i32, u64)> {
+/// Waits for the child `pid` and returns its exit code, peak RSS (KiB) and CPU time (user + system, s)
+/// from the kernel's rusage.
+pub fn wait_rusage(pid: u32) -> Result<(i32, u64, f64)> {
     let mut status = 0;
     // SAFETY: wait4 writes into the two out-parameters we own; the pid is our child.
     #[allow(unsafe_code)]
@@ -89,7 +90,32 @@ pub fn wait_rusage(pid: u32) -> Result<(i32, u64)> {
     if r < 0 {
         return Err(format!("wait4: {}", std::io::Error::last_os_error()));
     }
-    Ok((libc::WEXITSTATUS(status), usage.ru_maxrss as u64))
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((
+        libc::WEXITSTATUS(status),
+        usage.ru_maxrss as u64,
+        secs(usage.ru_utime) + secs(usage.ru_stime),
+    ))
+}
+
+/// The CPU time every process of the machine has used since boot (s): the busy fields of `/proc/stat`'s
+/// `cpu` line (user, nice, system, irq, softirq, steal). The difference over a run is what the run cost the
+/// machine: the engine's daemons, the agents, the tool under test. `None` off Linux.
+pub fn machine_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    // SAFETY: sysconf only reads a configuration value.
+    #[allow(unsafe_code)]
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| busy / ticks as f64)
 }
 
 /// A program built beside this one (`agentctl`, `heartbeat-load`), or an error saying how to build it.

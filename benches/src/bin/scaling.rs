@@ -246,7 +246,7 @@ impl Scale {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| e.to_string())?;
-        let (code, rss) = wait_rusage(child.id())?;
+        let (code, rss, _) = wait_rusage(child.id())?;
         let wall = t0.elapsed().as_secs_f64();
         if code != 0 {
             return Err(format!("agentctl apply of {n} agents exited {code}"));

@@ -29,7 +29,7 @@ use agent_core::{ContainerRuntime, ContainerSpec, EnvVar, ImageRef};
 use agent_docker::testing::{demo_agent_binary, run_id, DemoImage, LocalRegistry, RUN_LABEL};
 use agent_docker::DockerRuntime;
 use agentctl_benches::{
-    agent_healthcheck, median, sh, sibling, steps, wait_rusage, write_between_markers, Result,
+    agent_healthcheck, machine_cpu_s, median, sh, sibling, steps, wait_rusage, write_between_markers, Result,
     FLEET_HEALTHCHECK_INTERVAL,
 };
 
@@ -355,7 +355,18 @@ fn rollback(h: &Harness, contender: &str, k: usize) -> Result<f64> {
 
 /// Scenario 3: N agents (no heartbeats) from 1.0.0 to 2.0.0 at parallelism 5. Returns seconds and, for
 /// agentctl, its peak RSS in KiB.
-fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Option<u64>, Option<steps::Breakdown>)> {
+/// One fleet run of a contender: wall time (s), agentctl's peak RSS (KiB) and breakdown, the machine's CPU
+/// time over the run and agentctl's own (s).
+#[derive(Debug, Default)]
+struct FleetRun {
+    secs: f64,
+    rss: Option<u64>,
+    profile: Option<steps::Breakdown>,
+    machine_cpu: Option<f64>,
+    own_cpu: Option<f64>,
+}
+
+fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<FleetRun> {
     let prefix = format!("{}-fl{k}-{}", h.run, contender.replace('-', ""));
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     let (v1, v2) = (&h.images["v1"], &h.images["v2"]);
@@ -389,9 +400,9 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
             Ok::<_, String>(())
         })?;
     }
+    let cpu0 = machine_cpu_s();
     let t0 = Instant::now();
-    let mut rss = None;
-    let mut profile = None;
+    let mut run = FleetRun::default();
     match contender {
         "agentctl" | "agentctl-pipelined" | "agentctl-handoff" | "agentctl-min0" => {
             let (strategy, min, unverified) = match contender {
@@ -421,13 +432,14 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
                 .spawn()
                 .map_err(|e| e.to_string())?;
             let lines = steps::follow(child.stderr.take().ok_or("no stderr")?, t0);
-            let (code, maxrss) = wait_rusage(child.id())?;
+            let (code, maxrss, cpu) = wait_rusage(child.id())?;
             let lines = lines.join().map_err(|_| "the line reader panicked")?;
             if code != 0 {
                 return Err(format!("agentctl apply exited {code}"));
             }
-            rss = Some(maxrss);
-            profile = Some(steps::breakdown(
+            run.rss = Some(maxrss);
+            run.own_cpu = Some(cpu);
+            run.profile = Some(steps::breakdown(
                 &lines,
                 &names,
                 FLEET_PARALLELISM,
@@ -475,7 +487,8 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
         }
         other => return Err(format!("unknown contender {other}")),
     }
-    let secs = t0.elapsed().as_secs_f64();
+    run.secs = t0.elapsed().as_secs_f64();
+    run.machine_cpu = cpu0.zip(machine_cpu_s()).map(|(a, b)| b - a);
     if contender == "swarm" {
         sh(&format!("docker service rm {prefix}"))?;
         // Wait until the service's containers are gone before the next run.
@@ -488,7 +501,7 @@ fn fleet(h: &Harness, contender: &str, n: usize, k: usize) -> Result<(f64, Optio
             "docker ps -aq --filter name={prefix} | xargs -r docker rm -f >/dev/null"
         ));
     }
-    Ok((secs, rss, profile))
+    Ok(run)
 }
 
 /// Scenario 4: create+start of a new container and start of a stopped one, through the API.
@@ -812,14 +825,22 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
     let mut fl: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut profiles: HashMap<&str, Vec<steps::Breakdown>> = HashMap::new();
     let mut rss = Vec::new();
+    let mut cpu: HashMap<&str, (Vec<f64>, Vec<f64>)> = HashMap::new();
     for k in 0..runs_of("fleet", args.fleet_runs) {
         for c in &fl_contenders {
             match fleet(h, c, args.fleet, k) {
-                Ok((secs, r, p)) => {
-                    eprintln!("   {c} run {k}: {secs:.1} s");
-                    fl.entry(c).or_default().push(secs);
-                    rss.extend(r);
-                    profiles.entry(c).or_default().extend(p);
+                Ok(run) => {
+                    eprintln!(
+                        "   {c} run {k}: {:.1} s, machine CPU {:.1} s",
+                        run.secs,
+                        run.machine_cpu.unwrap_or(f64::NAN)
+                    );
+                    fl.entry(c).or_default().push(run.secs);
+                    rss.extend(run.rss);
+                    profiles.entry(c).or_default().extend(run.profile);
+                    let e = cpu.entry(c).or_default();
+                    e.0.extend(run.machine_cpu);
+                    e.1.extend(run.own_cpu);
                 }
                 Err(e) => {
                     eprintln!("   {c} run {k}: {e}");
@@ -857,6 +878,7 @@ fn measure(h: &Harness, args: &Args, swarm: bool, load: &Path) -> Result<String>
     }
 
     out.push_str(&profile_table(&fl_contenders, &profiles, floor));
+    out.push_str(&cpu_table(&fl_contenders, &cpu, &fl, args.fleet));
 
     out.push_str(&format!(
         "\n### 4. The engine's own limit (through the API)\n\n| operation | median (ms) |\n|---|---|\n| create + start a container | {create_start:.0} |\n| start a stopped container | {start_stopped:.0} |\n"
@@ -1021,6 +1043,35 @@ impl Args {
     fn runs_scenario(&self, scenario: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|s| s == scenario)
     }
+}
+
+/// What each fleet contender cost the machine: CPU time of every process over the timed run (the engine's
+/// daemons and shims, the agents, the contender), and of it agentctl's own.
+fn cpu_table(
+    contenders: &[&str],
+    cpu: &HashMap<&str, (Vec<f64>, Vec<f64>)>,
+    wall: &HashMap<&str, Vec<f64>>,
+    n: usize,
+) -> String {
+    let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
+    let mut t = format!(
+        "\nWhat each contender cost the machine (CPU time of every process during the timed run, from `/proc/stat`: the engine's daemons and shims, the agents, the contender itself; agentctl's own from its rusage; medians over the runs; the busy share is the machine CPU over {cores} cores times the wall time):\n\n| contender | machine CPU (s) | per target (ms) | busy share of the cores | agentctl's own CPU (s) | machine CPU vs engine limit |\n|---|---|---|---|---|---|\n",
+    );
+    let med = |v: &[f64]| (!v.is_empty()).then(|| median(&mut v.to_vec()));
+    let floor = cpu.get("engine-limit").and_then(|(m, _)| med(m));
+    for c in contenders {
+        let Some((machine, own)) = cpu.get(c) else { continue };
+        let Some(m) = med(machine) else { continue };
+        let busy = wall.get(c).and_then(|w| med(w)).map(|w| m / (w * cores as f64));
+        t.push_str(&format!(
+            "| {c} | {m:.1} | {:.0} | {} | {} | {} |\n",
+            m * 1000.0 / n.max(1) as f64,
+            busy.map_or(String::new(), |b| format!("{:.0} %", b * 100.0)),
+            med(own).map_or(String::new(), |o| format!("{o:.1}")),
+            floor.map_or(String::new(), |f| format!("{:.2}x", m / f)),
+        ));
+    }
+    t
 }
 
 /// Where agentctl's fleet time went in this run: per-target phase medians and the slot time of the engine
