@@ -18,6 +18,14 @@ pub(crate) fn engine_error(e: &RuntimeError) -> Observation {
     }
 }
 
+/// The whole check of a probe that reads the container: one inspection, then its check of it.
+pub(crate) async fn inspected<P: Probe + ?Sized>(probe: &P, ctx: &ProbeContext) -> Observation {
+    match ctx.runtime.inspect_container(&ctx.container).await {
+        Ok(info) => probe.check_inspected(ctx, &info).await,
+        Err(e) => engine_error(&e),
+    }
+}
+
 /// Passes while the container runs and its restart count stays where it was; an exit or a restart is fatal.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerStateProbe;
@@ -29,10 +37,7 @@ impl Probe for ContainerStateProbe {
     }
 
     async fn check(&self, ctx: &ProbeContext) -> Observation {
-        match ctx.runtime.inspect_container(&ctx.container).await {
-            Ok(info) => self.check_inspected(ctx, &info).await,
-            Err(e) => engine_error(&e),
-        }
+        inspected(self, ctx).await
     }
 
     fn reads_inspection(&self) -> bool {
@@ -113,10 +118,7 @@ impl Probe for DockerHealthProbe {
     }
 
     async fn check(&self, ctx: &ProbeContext) -> Observation {
-        match ctx.runtime.inspect_container(&ctx.container).await {
-            Ok(info) => self.check_inspected(ctx, &info).await,
-            Err(e) => engine_error(&e),
-        }
+        inspected(self, ctx).await
     }
 
     fn reads_inspection(&self) -> bool {
@@ -337,10 +339,7 @@ impl Probe for HttpProbe {
     async fn check(&self, ctx: &ProbeContext) -> Observation {
         match self.config.host_port {
             Some(p) => self.get(&format!("127.0.0.1:{p}")).await,
-            None => match ctx.runtime.inspect_container(&ctx.container).await {
-                Ok(info) => self.check_inspected(ctx, &info).await,
-                Err(e) => engine_error(&e),
-            },
+            None => inspected(self, ctx).await,
         }
     }
 

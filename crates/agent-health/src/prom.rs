@@ -640,10 +640,7 @@ impl Probe for ScrapeProbe {
     }
 
     async fn check(&self, ctx: &ProbeContext) -> Observation {
-        match ctx.runtime.inspect_container(&ctx.container).await {
-            Ok(info) => self.check_inspected(ctx, &info).await,
-            Err(e) => Observation::Fail(e.to_string()),
-        }
+        crate::probes::inspected(self, ctx).await
     }
 
     fn reads_inspection(&self) -> bool {
