@@ -236,6 +236,9 @@ impl Scale {
         let file = state.path().join("rollout.yaml");
         std::fs::write(&file, spec).map_err(|e| e.to_string())?;
         let dir = state.path().join("state");
+        // agentctl's step lines go to a file, shown in part when the rollout does not succeed.
+        let log_path = state.path().join("apply.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let t0 = Instant::now();
         let child = Command::new(&self.agentctl)
             .arg("--state-dir")
@@ -243,13 +246,22 @@ impl Scale {
             .args(["--no-progress", "apply", "-f"])
             .arg(&file)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .map_err(|e| e.to_string())?;
         let (code, rss, _) = wait_rusage(child.id())?;
         let wall = t0.elapsed().as_secs_f64();
         if code != 0 {
-            return Err(format!("agentctl apply of {n} agents exited {code}"));
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let why: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("fail") || l.contains("unhealthy") || l.contains("rolling back"))
+                .take(10)
+                .collect();
+            return Err(format!(
+                "agentctl apply of {n} agents exited {code} after {wall:.0} s; its first lines about failures:\n{}",
+                why.join("\n")
+            ));
         }
         let bytes: u64 = sh(&format!("du -sb {} | cut -f1", dir.display()))?
             .parse()
