@@ -151,7 +151,7 @@ fn run() -> Result<()> {
         Ok(rows)
     })();
     let _ = agentctl_benches::sh(&format!(
-        "docker ps -aq --filter label={RUN_LABEL}={run} --filter name={run} | xargs -r docker rm -f >/dev/null; docker ps -aq --filter name={run} | xargs -r docker rm -f >/dev/null; docker rmi {tag} >/dev/null"
+        "docker ps -aq --filter name={run} | xargs -r docker rm -f >/dev/null; docker rmi {tag} >/dev/null"
     ));
     let rows = result?;
     println!("| engine call | machine CPU per call (ms) | wall per call (ms) |\n|---|---|---|");
