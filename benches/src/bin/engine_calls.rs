@@ -115,11 +115,32 @@ fn run() -> Result<()> {
                 }
             })?,
         ));
+        // A history of ten revisions is about 20 KiB of JSON: the size of the label written here.
+        let mut history_labels = record_labels.clone();
+        history_labels.insert("io.agentctl.history".to_owned(), "x".repeat(20 * 1024));
+        rows.push((
+            "create and remove a record with a 20 KiB label (begin facts, history)",
+            measure(&rt, rounds, |i| {
+                let (name, labels) = (format!("{run}-history-{i}"), history_labels.clone());
+                async move {
+                    let id = d.create_record(&name, &labels).await.map_err(err)?;
+                    d.remove_record(&id).await.map_err(err)
+                }
+            })?,
+        ));
+        let labelled = format!("{run}-labelled");
+        rt.block_on(d.create_record(&labelled, &history_labels)).map_err(err)?;
+        rows.push((
+            "inspect that record (read its labels)",
+            measure(&rt, rounds, |_| async {
+                d.record(&labelled).await.map(drop).map_err(err)
+            })?,
+        ));
         let record = format!("{run}-record");
         rt.block_on(d.create_record(&record, &record_labels)).map_err(err)?;
         let body = vec![b'x'; 4096];
         rows.push((
-            "write a 4 KiB file into a record (begin facts, history)",
+            "write a 4 KiB file into a record (the lock's renewal; an earlier agentctl's begin facts and history)",
             measure(&rt, rounds, |_| async {
                 d.write_record(&record, "file.json", &body).await.map_err(err)
             })?,

@@ -178,9 +178,10 @@ struct Row {
 
 impl Scale {
     fn cleanup(&self, e: &Engine) {
+        // agentctl's records beside the agents (their history) carry no run label: found by name.
         let _ = sh(&format!(
-            "docker -H {} ps -aq --filter label={RUN_LABEL}={} | xargs -r docker -H {} rm -f >/dev/null",
-            e.endpoint, self.run, e.endpoint
+            "docker -H {0} ps -aq --filter label={RUN_LABEL}={1} | xargs -r docker -H {0} rm -f >/dev/null; docker -H {0} ps -aq --filter label=io.agentctl.record --filter name={1}- | xargs -r docker -H {0} rm -f >/dev/null",
+            e.endpoint, self.run
         ));
     }
 

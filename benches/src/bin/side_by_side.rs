@@ -179,9 +179,10 @@ impl Harness {
     }
 
     fn cleanup(&self) {
+        // agentctl's records beside the agents (their history) carry no run label: found by name.
         let _ = sh(&format!(
-            "docker ps -aq --filter label={} | xargs -r docker rm -f >/dev/null",
-            self.label
+            "docker ps -aq --filter label={} | xargs -r docker rm -f >/dev/null; docker ps -aq --filter label=io.agentctl.record --filter name={}- | xargs -r docker rm -f >/dev/null",
+            self.label, self.run
         ));
     }
 }

@@ -47,7 +47,13 @@ pub(crate) async fn run(g: &Global, args: &DemoArgs) -> anyhow::Result<ExitCode>
             "--keep: the fleet stays. Explore with `agentctl status demo-agent-1`, `agentctl history demo-agent-1`, `agentctl undo demo-agent-1`; remove it with `docker rm -f $(docker ps -aq --filter label={label})`"
         ));
     } else {
-        let n = runtime.remove_labelled(&label).await;
+        let mut n = runtime.remove_labelled(&label).await;
+        // The agents' history records carry no run label; their store (a temporary one) is gone with them.
+        for i in 1..=args.agents {
+            n += agent_rollout::remove_history_records(runtime.as_ref(), &format!("demo-agent-{i}"))
+                .await
+                .unwrap_or(0);
+        }
         // The 1.0.0 image is not labelled with the run (see `demo`): remove it by name once no container uses it.
         let _ = runtime.remove_image(&format!("{REPO}:1.0.0")).await;
         progress.line(&format!("cleaned up {n} object(s) labelled {label}"));

@@ -54,7 +54,10 @@ mod update;
 mod updater;
 
 pub use agent_core::Connector;
-pub use engine_state::{lock_name, read_lock, EngineLockInfo, HISTORY_RECORD, LOCK_SUFFIX};
+pub use engine_state::{
+    history_names, journal_name, lock_name, read_lock, remove_history_records, EngineLockInfo, HISTORY_RECORD,
+    HISTORY_SUFFIX, JOURNAL_SUFFIX, LOCK_SUFFIX,
+};
 pub use error::Error;
 pub use events::{Event, FleetEvent, FleetReporter, Reporter, Silent};
 pub use fleet::WebActions;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use agent_core::{ContainerName, ContainerRuntime, RevisionHistory, RevisionNumber, StateStore};
 
-use crate::engine_state::{load_history, EngineLock, HISTORY_RECORD, LOCK_SUFFIX};
+use crate::engine_state::{load_history, EngineLock, HISTORY_RECORD, HISTORY_SUFFIX, JOURNAL_SUFFIX, LOCK_SUFFIX};
 use crate::error::Error;
 use crate::events::Reporter;
 use crate::lease::{holder_for_this_process, LeaseGuard};
@@ -41,13 +41,24 @@ pub(crate) fn short_id(id: &str) -> &str {
 }
 
 /// When `name` is one agentctl makes for another container (`NAME.revN`, the retained revision N of NAME, or
-/// `NAME.preview`, its engine lock `NAME.agentctl-lock`), that container's name and what the name is.
+/// `NAME.preview`, its engine lock `NAME.agentctl-lock`, its journal `NAME.agentctl-journal`, its history
+/// `NAME.agentctl-history.0` and `.1`), that container's name and what the name is.
 pub fn reserved_name_owner(name: &str) -> Option<(&str, String)> {
     if let Some(owner) = name.strip_suffix(".preview").filter(|o| !o.is_empty()) {
         return Some((owner, "its staged preview".to_owned()));
     }
     if let Some(owner) = name.strip_suffix(LOCK_SUFFIX).filter(|o| !o.is_empty()) {
         return Some((owner, "its engine lock".to_owned()));
+    }
+    if let Some(owner) = name.strip_suffix(JOURNAL_SUFFIX).filter(|o| !o.is_empty()) {
+        return Some((owner, "the journal of its operation under way".to_owned()));
+    }
+    if let Some(owner) = [".0", ".1"]
+        .iter()
+        .find_map(|slot| name.strip_suffix(slot)?.strip_suffix(HISTORY_SUFFIX))
+        .filter(|o| !o.is_empty())
+    {
+        return Some((owner, "its history".to_owned()));
     }
     if name == HISTORY_RECORD {
         return Some(("every agent on the engine", "the history".to_owned()));
@@ -106,5 +117,34 @@ impl Updater {
             }
         }
         Ok(RevisionHistory::from_revisions(limit, revs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reserved_name_owner;
+
+    #[test]
+    fn the_names_agentctl_keeps_beside_a_container_are_reserved_and_name_their_owner() {
+        for (name, owner) in [
+            ("agent.rev3", "agent"),
+            ("agent.preview", "agent"),
+            ("agent.agentctl-lock", "agent"),
+            ("agent.agentctl-journal", "agent"),
+            ("agent.agentctl-history.0", "agent"),
+            ("my.agent.agentctl-history.1", "my.agent"),
+            ("agentctl-history", "every agent on the engine"),
+        ] {
+            assert_eq!(reserved_name_owner(name).map(|(o, _)| o), Some(owner), "{name}");
+        }
+        for name in [
+            "agent",
+            "agent.rev",
+            "agent.agentctl-history.2",
+            ".agentctl-journal",
+            "agent.agentctl-history",
+        ] {
+            assert!(reserved_name_owner(name).is_none(), "{name}");
+        }
     }
 }

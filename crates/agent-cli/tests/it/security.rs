@@ -165,7 +165,12 @@ fn reserved_names_are_refused_undo_checks_the_retained_container_and_status_repo
     assert!(!running);
 
     // The retained container is agentctl's: an update of it would start a second instance beside NAME.
-    for target in [retained.clone(), format!("{name}.preview")] {
+    for target in [
+        retained.clone(),
+        format!("{name}.preview"),
+        format!("{name}.agentctl-history.0"),
+        format!("{name}.agentctl-journal"),
+    ] {
         let out = w.agentctl(&[&["update", &target, "--image", &img.refs["v2"]], FAST].concat());
         assert_eq!(code(&out), 1, "{target}: {}", stdout(&out));
         assert!(

@@ -63,6 +63,10 @@ fn two_runners_with_separate_state_dirs_never_change_one_target_at_once() {
     let done = held.release();
     assert_eq!(code(&done), 0, "{}", stderr(&done));
     assert!(w.state(&lock).is_none(), "A left its lock behind");
+    assert!(
+        w.state(&format!("{name}.agentctl-journal")).is_none(),
+        "A left its journal behind"
+    );
     // Once A is done, B goes ahead, from the history A left on the engine (revisions 1 and 2).
     let after = run_in(
         b.path(),
@@ -113,6 +117,10 @@ fn a_runner_with_an_empty_state_dir_repairs_a_killed_update_and_undoes() {
                     w_state(&format!("{name}.agentctl-lock")).is_some(),
                     "{step}: the lock stays"
                 );
+                assert!(
+                    w_state(&format!("{name}.agentctl-journal")).is_some(),
+                    "{step}: the begin facts stay"
+                );
                 drop(first);
                 let fresh = tempfile::tempdir().unwrap();
                 let status = run_in(fresh.path(), &["status", &name, "-o", "json"], None);
@@ -132,6 +140,7 @@ fn a_runner_with_an_empty_state_dir_repairs_a_killed_update_and_undoes() {
                 };
                 assert!(now.ends_with(&want), "{step}: {now}, want {want}");
                 assert!(w_state(&format!("{name}.agentctl-lock")).is_none(), "{step}");
+                assert!(w_state(&format!("{name}.agentctl-journal")).is_none(), "{step}");
                 let history = run_in(fresh.path(), &["history", &name, "-o", "json"], None);
                 assert_eq!(code(&history), 0, "{step}: {}", stderr(&history));
                 let rows = json(&history).as_array().cloned().unwrap_or_default();

@@ -207,13 +207,23 @@ pub fn stored_state(state_dir: &Path) -> Vec<u8> {
     }
 }
 
-/// The copy of `container`'s history that agentctl keeps on the local engine, as stored there.
+/// The copy of `container`'s history that agentctl keeps on the local engine, as stored there: the label of
+/// its newest history record (empty when it has none).
 pub fn engine_history(container: &str) -> Vec<u8> {
-    let out = Command::new("docker")
-        .args(["cp", &format!("agentctl-history:/{container}.json"), "-"])
-        .output()
-        .unwrap();
-    out.stdout
+    let newest = ["0", "1"]
+        .iter()
+        .filter_map(|slot| {
+            let out = Command::new("docker")
+                .args(["inspect", &format!("{container}.agentctl-history.{slot}")])
+                .output()
+                .ok()?;
+            let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let labels = &inspected[0]["Config"]["Labels"];
+            let seq: u64 = labels["io.agentctl.history.seq"].as_str()?.parse().ok()?;
+            Some((seq, labels["io.agentctl.history"].as_str()?.to_owned()))
+        })
+        .max_by_key(|(seq, _)| *seq);
+    newest.map(|(_, body)| body.into_bytes()).unwrap_or_default()
 }
 
 /// One test's world: a run id, a state dir, and cleanup by label on drop.
@@ -424,13 +434,16 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let label = self.label.clone();
-        // Engine locks a killed agentctl left on this world's containers.
+        // The records agentctl keeps beside this world's containers (locks a killed agentctl left, journals,
+        // histories): they carry no run label, and are found by name.
         let locks = Command::new("docker")
             .args([
                 "ps",
                 "-a",
                 "--filter",
-                "label=io.agentctl.record=lock",
+                "label=io.agentctl.record",
+                "--filter",
+                &format!("name={}-", self.run),
                 "--format",
                 "{{.Names}}",
             ])

@@ -424,6 +424,7 @@ async fn a_quiet_probation_keeps_the_update() {
     ));
 }
 
+mod engine;
 mod fleet;
 mod paths;
 mod stores;
