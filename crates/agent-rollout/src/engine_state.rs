@@ -20,8 +20,8 @@
 //!   which is still read when neither slot exists.
 //!
 //! Labels are fixed when a record is created, so every fact but the renewed expiry is written by creating a
-//! record (about 12 ms of the engine's CPU with its removal, measured with `engine-calls`) and read by
-//! inspecting one (about 3 ms), where a file costs about 70 ms either way (the engine mounts the record's
+//! record (25–30 ms of the engine's CPU with its removal, measured with `engine-calls`) and read by
+//! inspecting one (1–3 ms), where a file costs 70–90 ms either way (the engine mounts the record's
 //! filesystem for every archive call). The engine keeps what repair needs and no more: the begin facts, not
 //! each step (every act is then taken as reached: their inverses are safe from any state), and no separate
 //! commit mark: the history written at the decision is it (the operation's new revision recorded as
