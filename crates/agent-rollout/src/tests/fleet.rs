@@ -499,3 +499,75 @@ fn the_swarm_example_is_a_valid_spec() {
         Some("node-agent")
     );
 }
+
+const FOUR_ON_ONE: &str = "targets:\n  - {host: 'tcp://127.0.0.1:1', container: a1}\n  - {host: 'tcp://127.0.0.1:1', container: a2}\n  - {host: 'tcp://127.0.0.1:1', container: a3}\n  - {host: 'tcp://127.0.0.1:1', container: a4}\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_rolling_wave_is_prepared_during_the_one_before_and_changed_only_once_all_of_it_is_proven() {
+    let h = host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3", "a4"]);
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (f, _store) = fleet(vec![h.clone()], events.clone());
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{FOUR_ON_ONE}strategy: {{rolling: {{maxUnavailable: 2}}}}\nparallelism: 2\n{HEALTH}"
+    ));
+    let st = f.apply(s).await.unwrap();
+    assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Succeeded, 0));
+    assert_eq!(st.next_step, st.plan.steps.len());
+    let ops = h.operations();
+    let at = |op: &str| {
+        ops.iter()
+            .position(|o| o == op)
+            .unwrap_or_else(|| panic!("no {op} in {ops:?}"))
+    };
+    let second_wave = at("stop a3").min(at("stop a4"));
+    // The second wave's locks were taken while the first wave was still being verified...
+    let first_verified = ops[..second_wave]
+        .iter()
+        .rposition(|o| o == "inspect a1" || o == "inspect a2")
+        .unwrap();
+    assert!(at("record-create a3.agentctl-lock") < first_verified, "{ops:?}");
+    assert!(at("record-create a4.agentctl-lock") < first_verified, "{ops:?}");
+    // ...and neither target of it was stopped before both of the first had their verdict.
+    assert!(
+        !ops[second_wave..]
+            .iter()
+            .any(|o| o == "inspect a1" || o == "inspect a2"),
+        "{ops:?}"
+    );
+    let ev = events.lock().unwrap().clone();
+    assert_eq!(ev.iter().filter(|e| *e == "step-started").count(), 2, "{ev:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_asked_for_during_a_wave_holds_the_next_one_untouched_and_promote_goes_on() {
+    let h = host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3", "a4"]);
+    let (f, _store) = fleet(vec![h.clone()], Arc::new(std::sync::Mutex::new(Vec::new())));
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{FOUR_ON_ONE}strategy: {{rolling: {{maxUnavailable: 2}}}}\nparallelism: 2\n{HEALTH}"
+    ));
+    let pause = async {
+        // During the first wave's verification (minHealthyTime 200 ms).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        f.pause("fleet", "look at the canaries").await.unwrap();
+    };
+    let (st, ()) = tokio::join!(f.apply(s), pause);
+    let st = st.unwrap();
+    assert_eq!(st.phase(), agent_core::Phase::Paused, "{:?}", st.reason);
+    let by: Vec<TargetStatus> = st.targets.iter().map(|t| t.status).collect();
+    assert_eq!(
+        by,
+        [
+            TargetStatus::Updated,
+            TargetStatus::Updated,
+            TargetStatus::Pending,
+            TargetStatus::Pending
+        ]
+    );
+    // Prepared ahead, then held: not stopped, nothing left open or locked.
+    assert!(!h.operations().iter().any(|o| o == "stop a3" || o == "stop a4"));
+    assert!(h.record("a3.agentctl-lock").await.unwrap().is_none());
+    assert!(h.record("a3.agentctl-journal").await.unwrap().is_none());
+    let st = f.promote("fleet").await.unwrap();
+    assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Succeeded, 0));
+    assert!(st.targets.iter().all(|t| t.status == TargetStatus::Updated));
+}
