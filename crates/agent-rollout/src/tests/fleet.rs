@@ -571,3 +571,44 @@ async fn a_pause_asked_for_during_a_wave_holds_the_next_one_untouched_and_promot
     assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Succeeded, 0));
     assert!(st.targets.iter().all(|t| t.status == TargetStatus::Updated));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_inconclusive_verdict_holds_the_next_wave_untouched() {
+    let h = host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3", "a4"]);
+    let (f, _store) = fleet(vec![h.clone()], Arc::new(std::sync::Mutex::new(Vec::new())));
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef-fleet").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The control center does not answer: the first wave's verification is inconclusive.
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{FOUR_ON_ONE}strategy: {{rolling: {{maxUnavailable: 2}}}}\nparallelism: 2\nhealth: {{minHealthyTime: 200ms, deadline: 5s, period: 100ms, heartbeat: {{url: 'http://127.0.0.1:1', tokenFile: '{}', timeout: 1s}}}}\n",
+        token.display()
+    ));
+    let st = f.apply(s).await.unwrap();
+    assert_eq!(
+        (st.phase(), st.exit_code()),
+        (agent_core::Phase::Paused, 4),
+        "{:?}",
+        st.reason
+    );
+    assert!(
+        st.reason.as_deref().unwrap_or_default().contains("inconclusive"),
+        "{:?}",
+        st.reason
+    );
+    let by: Vec<TargetStatus> = st.targets.iter().map(|t| t.status).collect();
+    assert_eq!(
+        by,
+        [
+            TargetStatus::Updated,
+            TargetStatus::Updated,
+            TargetStatus::Pending,
+            TargetStatus::Pending
+        ]
+    );
+    // Prepared ahead, then held: not stopped. (The fake engine's bookkeeping takes no time, so here the
+    // verdicts and the results come in together; `it/fleet.rs` checks the gate on a real engine, where
+    // the verdict comes first.)
+    assert!(!h.operations().iter().any(|o| o == "stop a3" || o == "stop a4"));
+}
