@@ -116,11 +116,6 @@ impl Fleet {
                 if pace.withheld() {
                     return (wave, i, false, None);
                 }
-                // A target that ended before its turn (an unreachable engine, a missing container) is
-                // reported once its wave opens: in a wave that never opens it stays pending, untried.
-                if !pace.admitted() && !slots.wave_open(wave).await {
-                    return (wave, i, false, None);
-                }
                 let failed = result
                     .as_ref()
                     .map_or(true, |(r, _)| r.status == UpdateStatus::RolledBack);
@@ -459,10 +454,6 @@ impl TargetPace {
 
     fn told(&self) -> bool {
         self.held().told
-    }
-
-    fn admitted(&self) -> bool {
-        self.held().admitted == Some(true)
     }
 
     /// Counts a failure (once per target), and frees the slots.
