@@ -13,7 +13,7 @@ use agent_core::{ContainerName, ContainerRuntime, ContainerSpec, RevisionNumber,
 use crate::error::Error;
 use crate::events::{FleetEvent, Reporter};
 use crate::report::UpdateStatus;
-use crate::request::{Decided, PullPolicy, UpdateRequest, VerifyConfig};
+use crate::request::{PullPolicy, UpdateRequest, VerifyConfig};
 use crate::updater::Updater;
 
 impl Fleet {
@@ -47,7 +47,6 @@ impl Fleet {
             })
             .collect();
         let mut open = 1;
-        let (verdicts, mut told) = tokio::sync::mpsc::unbounded_channel();
         let slots = Arc::new(Slots {
             engine: Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism)),
             flight: Arc::new(tokio::sync::Semaphore::new(
@@ -56,7 +55,6 @@ impl Fleet {
             failures: std::sync::atomic::AtomicUsize::new(failed_targets(state)),
             budget: failures_allowed(state),
             gates,
-            verdicts,
         });
         let ahead = 2 * state.spec.parallelism + state.spec.max_unverified;
         let mut tasks = Vec::new();
@@ -109,49 +107,31 @@ impl Fleet {
                 // No new target starts once more have failed than the rollout may lose, or once its wave
                 // will not open.
                 if slots.exhausted() || slots.closed(wave) {
-                    return (wave, i, false, None);
+                    return (wave, i, None);
                 }
                 let result = Self::update_target(rt, store, progress, &t, &req, template.as_ref(), action).await;
                 // Withheld: the failure budget ran out while it waited; it stays pending, untouched.
                 if pace.withheld() {
-                    return (wave, i, false, None);
+                    return (wave, i, None);
                 }
                 let failed = result
                     .as_ref()
                     .map_or(true, |(r, _)| r.status == UpdateStatus::RolledBack);
                 pace.settle(failed);
-                (wave, i, pace.told(), Some(result))
+                (wave, i, Some(result))
             }
         });
         let mut results = futures_util::stream::iter(work).buffer_unordered(ahead);
         let mut unverified = Vec::new();
-        // A wave is over once each of its targets has its verdict (told by its pacer, before the target's
-        // bookkeeping) or ended without one. Waves with nothing to do (a resumed rollout's) open at once.
-        let mut undecided = remaining;
-        let mut inconclusive = false;
-        self.open_waves(state, &slots, &mut open, &undecided, inconclusive)
+        // Waves with nothing to do (a resumed rollout's) open at once.
+        self.open_waves(state, &slots, &mut open, &remaining, &unverified)
             .await?;
-        loop {
-            let (wave, i, was_told, r) = tokio::select! {
-                biased;
-                Some((wave, verdict)) = told.recv() => {
-                    undecided[wave] -= 1;
-                    inconclusive |= verdict == Decided::Unverified;
-                    self.open_waves(state, &slots, &mut open, &undecided, inconclusive).await?;
-                    continue;
-                }
-                next = results.next() => match next {
-                    Some(next) => next,
-                    None => break,
-                },
-            };
-            if !was_told {
-                undecided[wave] -= 1;
-            }
+        while let Some((wave, i, r)) = results.next().await {
+            remaining[wave] -= 1;
             // Skipped or withheld: the failure budget ran out before this target's turn, or its wave did not
             // open; it stays pending.
             let Some(r) = r else {
-                self.open_waves(state, &slots, &mut open, &undecided, inconclusive)
+                self.open_waves(state, &slots, &mut open, &remaining, &unverified)
                     .await?;
                 continue;
             };
@@ -200,8 +180,7 @@ impl Fleet {
                 }
             }
             self.emit(target_event(&state.spec.name, t));
-            inconclusive |= !unverified.is_empty();
-            self.open_waves(state, &slots, &mut open, &undecided, inconclusive)
+            self.open_waves(state, &slots, &mut open, &remaining, &unverified)
                 .await?;
         }
         self.save(state).await?;
@@ -209,29 +188,27 @@ impl Fleet {
     }
 
     /// Opens the next wave for every wave whose targets all have their verdict, while the rollout may go on;
-    /// closes the gate (the later waves' targets stay pending, untouched) when it may not: more failures
-    /// than it may lose (counted as verdicts come in), an inconclusive verification, a pause asked for.
+    /// closes the gate (the later waves' targets stay pending, untouched) when it may not.
     async fn open_waves(
         &self,
         state: &mut RolloutState,
         slots: &Slots,
         open: &mut usize,
-        undecided: &[usize],
-        inconclusive: bool,
+        remaining: &[usize],
+        unverified: &[String],
     ) -> Result<(), Error> {
-        while *open < undecided.len() && !slots.gates[*open].is_closed() {
-            if undecided[*open - 1] > 0 {
+        while *open < remaining.len() && !slots.gates[*open].is_closed() {
+            if remaining[*open - 1] > 0 {
                 return Ok(());
             }
-            // The wave before is decided: what is known of it is saved before the next one starts (a target
-            // whose result is not in yet reads `pending`; a resumed rollout settles it from its history).
+            // The wave before is over: what it did is saved before the next one starts.
             self.save(state).await?;
             let paused = self
                 .store
                 .document(PAUSE_KIND, state.spec.name.as_str())
                 .await?
                 .is_some_and(|r| !r.is_null());
-            if paused || inconclusive || slots.exhausted() || self.too_many_failures(state).is_some() {
+            if paused || !unverified.is_empty() || self.too_many_failures(state).is_some() {
                 // The run's loop acts on it, as after a step of its own.
                 slots.gates[*open..].iter().for_each(|g| g.close());
                 return Ok(());
@@ -392,8 +369,6 @@ struct Slots {
     budget: usize,
     /// Each wave's gate: without permits until it opens, closed when it never will.
     gates: Vec<Arc<tokio::sync::Semaphore>>,
-    /// Where the targets' pacers send their wave and verdict.
-    verdicts: tokio::sync::mpsc::UnboundedSender<(usize, Decided)>,
 }
 
 impl Slots {
@@ -429,8 +404,6 @@ struct Held {
     engine: Option<tokio::sync::OwnedSemaphorePermit>,
     flight: Option<tokio::sync::OwnedSemaphorePermit>,
     counted: bool,
-    /// Its verdict was sent to the batch.
-    told: bool,
 }
 
 impl TargetPace {
@@ -450,10 +423,6 @@ impl TargetPace {
 
     fn withheld(&self) -> bool {
         self.held().admitted == Some(false)
-    }
-
-    fn told(&self) -> bool {
-        self.held().told
     }
 
     /// Counts a failure (once per target), and frees the slots.
@@ -507,13 +476,7 @@ impl crate::Pacer for TargetPace {
         self.held().engine = None;
     }
 
-    fn decided(&self, verdict: Decided) {
-        self.settle(verdict == Decided::Reverted);
-        let mut held = self.held();
-        if !held.told {
-            held.told = true;
-            // The batch outlives its targets' work; a send fails only once it has returned.
-            let _ = self.slots.verdicts.send((self.wave, verdict));
-        }
+    fn decided(&self, reverted: bool) {
+        self.settle(reverted);
     }
 }
