@@ -2,7 +2,7 @@
 
 use super::run::Action;
 use super::state::{failed_targets, failures_allowed, rollout_cause, RolloutState};
-use super::{Fleet, PAUSE_KIND};
+use super::Fleet;
 use crate::target::{TargetState, TargetStatus};
 use std::sync::Arc;
 
@@ -17,16 +17,10 @@ use crate::request::{PullPolicy, UpdateRequest, VerifyConfig};
 use crate::updater::Updater;
 
 impl Fleet {
-    /// Updates the targets of `waves` (one plan step each; a single wave for a step that stands alone): each
-    /// wave's targets are admitted once every target of the wave before has its verdict and the rollout may
-    /// go on (no more failures than it may lose, no inconclusive verification, no pause asked for), and
-    /// `state.next_step` moves on to each wave as it opens. Later waves' targets prepare while the earlier
-    /// ones are verified, so the waves follow each other with no bookkeeping in between. Returns the
-    /// targets whose verification was inconclusive (the rollout pauses).
     pub(super) async fn update_batch(
         &self,
         state: &mut RolloutState,
-        waves: &[Vec<usize>],
+        indices: &[usize],
         verify: &VerifyConfig,
         action: Action,
     ) -> Result<Vec<String>, Error> {
@@ -35,18 +29,6 @@ impl Fleet {
         // `Slots`): its preparation (locks, inspection, history, the journal's begin facts) runs ahead while
         // earlier targets hold the slots, one engine slot's worth of targets ahead. A target's work is made
         // only when it may run, so memory grows with the flight, not with the batch.
-        // One gate per wave, the first open; a gate opens (or closes) for all its waiting targets at once, and
-        // they then take their slots in the order they came to it.
-        let gates: Vec<_> = (0..waves.len())
-            .map(|w| {
-                Arc::new(tokio::sync::Semaphore::new(if w == 0 {
-                    tokio::sync::Semaphore::MAX_PERMITS
-                } else {
-                    0
-                }))
-            })
-            .collect();
-        let mut open = 1;
         let slots = Arc::new(Slots {
             engine: Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism)),
             flight: Arc::new(tokio::sync::Semaphore::new(
@@ -54,16 +36,10 @@ impl Fleet {
             )),
             failures: std::sync::atomic::AtomicUsize::new(failed_targets(state)),
             budget: failures_allowed(state),
-            gates,
         });
         let ahead = 2 * state.spec.parallelism + state.spec.max_unverified;
         let mut tasks = Vec::new();
-        let mut remaining = vec![0usize; waves.len()];
-        for (wave, &i) in waves
-            .iter()
-            .enumerate()
-            .flat_map(|(w, targets)| targets.iter().map(move |i| (w, i)))
-        {
+        for &i in indices {
             let ready = match action {
                 Action::Update(_) => TargetStatus::Pending,
                 Action::Promote => TargetStatus::Staged,
@@ -71,7 +47,6 @@ impl Fleet {
             if state.targets[i].status != ready {
                 continue;
             }
-            remaining[wave] += 1;
             let t = state.targets[i].clone();
             let mut req = UpdateRequest::new(
                 t.container
@@ -92,49 +67,34 @@ impl Fleet {
             req.cause = Some(rollout_cause(state));
             let template = state.spec.template_for(&req.container, &state.pinned)?;
             let rt = self.runtime(&t.host).await;
-            tasks.push((wave, i, t, req, template, rt));
+            tasks.push((i, t, req, template, rt));
         }
-        let work = tasks.into_iter().map(|(wave, i, t, mut req, template, rt)| {
-            let pace = Arc::new(TargetPace::new(
-                slots.clone(),
-                self.progress.clone(),
-                &t.container,
-                wave,
-            ));
+        let work = tasks.into_iter().map(|(i, t, mut req, template, rt)| {
+            let pace = Arc::new(TargetPace::new(slots.clone(), self.progress.clone(), &t.container));
             req.pacer = Some(pace.clone());
             let (store, progress, slots) = (self.store.clone(), self.progress.clone(), slots.clone());
             async move {
-                // No new target starts once more have failed than the rollout may lose, or once its wave
-                // will not open.
-                if slots.exhausted() || slots.closed(wave) {
-                    return (wave, i, None);
+                // No new target starts once more have failed than the rollout may lose.
+                if slots.exhausted() {
+                    return (i, None);
                 }
                 let result = Self::update_target(rt, store, progress, &t, &req, template.as_ref(), action).await;
                 // Withheld: the failure budget ran out while it waited; it stays pending, untouched.
                 if pace.withheld() {
-                    return (wave, i, None);
+                    return (i, None);
                 }
                 let failed = result
                     .as_ref()
                     .map_or(true, |(r, _)| r.status == UpdateStatus::RolledBack);
                 pace.settle(failed);
-                (wave, i, Some(result))
+                (i, Some(result))
             }
         });
         let mut results = futures_util::stream::iter(work).buffer_unordered(ahead);
         let mut unverified = Vec::new();
-        // Waves with nothing to do (a resumed rollout's) open at once.
-        self.open_waves(state, &slots, &mut open, &remaining, &unverified)
-            .await?;
-        while let Some((wave, i, r)) = results.next().await {
-            remaining[wave] -= 1;
-            // Skipped or withheld: the failure budget ran out before this target's turn, or its wave did not
-            // open; it stays pending.
-            let Some(r) = r else {
-                self.open_waves(state, &slots, &mut open, &remaining, &unverified)
-                    .await?;
-                continue;
-            };
+        while let Some((i, r)) = results.next().await {
+            // Skipped or withheld: the failure budget ran out before this target's turn; it stays pending.
+            let Some(r) = r else { continue };
             let t = &mut state.targets[i];
             match r {
                 Ok((report, installed)) => {
@@ -180,49 +140,9 @@ impl Fleet {
                 }
             }
             self.emit(target_event(&state.spec.name, t));
-            self.open_waves(state, &slots, &mut open, &remaining, &unverified)
-                .await?;
         }
         self.save(state).await?;
         Ok(unverified)
-    }
-
-    /// Opens the next wave for every wave whose targets all have their verdict, while the rollout may go on;
-    /// closes the gate (the later waves' targets stay pending, untouched) when it may not.
-    async fn open_waves(
-        &self,
-        state: &mut RolloutState,
-        slots: &Slots,
-        open: &mut usize,
-        remaining: &[usize],
-        unverified: &[String],
-    ) -> Result<(), Error> {
-        while *open < remaining.len() && !slots.gates[*open].is_closed() {
-            if remaining[*open - 1] > 0 {
-                return Ok(());
-            }
-            // The wave before is over: what it did is saved before the next one starts.
-            self.save(state).await?;
-            let paused = self
-                .store
-                .document(PAUSE_KIND, state.spec.name.as_str())
-                .await?
-                .is_some_and(|r| !r.is_null());
-            if paused || !unverified.is_empty() || self.too_many_failures(state).is_some() {
-                // The run's loop acts on it, as after a step of its own.
-                slots.gates[*open..].iter().for_each(|g| g.close());
-                return Ok(());
-            }
-            state.next_step += 1;
-            self.emit(FleetEvent::StepStarted {
-                rollout: state.spec.name.to_string(),
-                step: state.next_step,
-                detail: state.plan.steps[state.next_step].to_string(),
-            });
-            slots.gates[*open].add_permits(tokio::sync::Semaphore::MAX_PERMITS);
-            *open += 1;
-        }
-        Ok(())
     }
 
     /// Finds out what happened to targets a killed process was working on. The rollout's state is saved
@@ -367,23 +287,11 @@ struct Slots {
     flight: Arc<tokio::sync::Semaphore>,
     failures: std::sync::atomic::AtomicUsize,
     budget: usize,
-    /// Each wave's gate: without permits until it opens, closed when it never will.
-    gates: Vec<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Slots {
     fn exhausted(&self) -> bool {
         self.failures.load(std::sync::atomic::Ordering::SeqCst) > self.budget
-    }
-
-    /// Whether `wave` will never open.
-    fn closed(&self, wave: usize) -> bool {
-        self.gates[wave].is_closed()
-    }
-
-    /// Waits until `wave` is open; `false` when it never will.
-    async fn wave_open(&self, wave: usize) -> bool {
-        self.gates[wave].acquire().await.is_ok()
     }
 }
 
@@ -395,7 +303,6 @@ struct TargetPace {
     held: std::sync::Mutex<Held>,
     progress: Arc<dyn Reporter>,
     container: String,
-    wave: usize,
 }
 
 #[derive(Default)]
@@ -407,13 +314,12 @@ struct Held {
 }
 
 impl TargetPace {
-    fn new(slots: Arc<Slots>, progress: Arc<dyn Reporter>, container: &str, wave: usize) -> TargetPace {
+    fn new(slots: Arc<Slots>, progress: Arc<dyn Reporter>, container: &str) -> TargetPace {
         TargetPace {
             slots,
             held: std::sync::Mutex::default(),
             progress,
             container: container.to_owned(),
-            wave,
         }
     }
 
@@ -444,10 +350,6 @@ impl crate::Pacer for TargetPace {
             return admitted;
         }
         let asked = std::time::Instant::now();
-        if !self.slots.wave_open(self.wave).await {
-            self.held().admitted = Some(false);
-            return false;
-        }
         // The semaphores are never closed.
         let flight = self.slots.flight.clone().acquire_owned().await.ok();
         let engine = self.slots.engine.clone().acquire_owned().await.ok();
