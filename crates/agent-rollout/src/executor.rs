@@ -21,7 +21,7 @@ use crate::journal::Journal;
 use crate::lease::LeaseGuard;
 use crate::plan::{inverses, judge, Act, Begin, Decision, Inverse, OpKind, Step};
 use crate::report::{Recovery, RecoveryAction, UpdateReport, UpdateStatus};
-use crate::request::UpdateRequest;
+use crate::request::{Decided, UpdateRequest};
 use crate::updater::Updater;
 
 /// What the new revision is: recorded with it.
@@ -279,7 +279,11 @@ impl Updater {
             }
         }
         if op.notify_started {
-            req.notify_decided(matches!(decision, Decision::Revert { .. }));
+            req.notify_decided(match &decision {
+                Decision::Revert { .. } => Decided::Reverted,
+                Decision::Commit { unverified: Some(_) } => Decided::Unverified,
+                Decision::Commit { unverified: None } => Decided::Kept,
+            });
         }
         Ok(Executed {
             journal,

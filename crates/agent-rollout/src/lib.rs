@@ -73,8 +73,8 @@ pub use plan::UPDATE_STEPS;
 pub use postgres::{is_postgres_url, PostgresStore};
 pub use report::{preview_name, Preview, Recovery, RecoveryAction, StatusReport, UpdateReport, UpdateStatus};
 pub use request::{
-    HeartbeatCheck, Pacer, ProbeFactory, PullPolicy, QueryCheck, ScrapeCheck, UndoRequest, UpdateRequest, VerifyConfig,
-    WatchConfig,
+    Decided, HeartbeatCheck, Pacer, ProbeFactory, PullPolicy, QueryCheck, ScrapeCheck, UndoRequest, UpdateRequest,
+    VerifyConfig, WatchConfig,
 };
 pub use settings::{parse_metric_check, read_token, Token, TokenError};
 pub use store::{open_state, SqliteStore};

@@ -270,9 +270,9 @@ impl UpdateRequest {
         }
     }
 
-    pub(crate) fn notify_decided(&self, reverted: bool) {
+    pub(crate) fn notify_decided(&self, verdict: Decided) {
         if let Some(p) = &self.pacer {
-            p.decided(reverted);
+            p.decided(verdict);
         }
     }
 }
@@ -292,9 +292,20 @@ pub trait Pacer: Send + Sync {
     async fn admit(&self) -> bool;
     /// The new container runs under its name and its verification begins: the engine work is over.
     fn started(&self);
-    /// The verdict is in and acted on: committed, or `reverted` (the old container runs again). What is
-    /// left is bookkeeping (the history, the lock's release).
-    fn decided(&self, reverted: bool);
+    /// The verdict is in and acted on (committed, or reverted: the old container runs again). What is left
+    /// is bookkeeping (the history, the lock's release).
+    fn decided(&self, verdict: Decided);
+}
+
+/// An operation's verdict, acted on, as its [`Pacer`] is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decided {
+    /// Proven: the new container stays.
+    Kept,
+    /// Kept without proof: a signal source could not be asked, so the verification was inconclusive.
+    Unverified,
+    /// Failed verification (or a step failed): the old container runs again.
+    Reverted,
 }
 
 /// What to go back to and how to verify it. There is no image to give: the revision names it.

@@ -712,8 +712,9 @@ fn a_missing_target_is_created_from_the_template_and_removed_by_undo() {
 
 /// The verdict rule in a fleet, on the install and blue-green paths: with the control center down the
 /// verification is inconclusive, so nothing is reverted; the rollout pauses (exit 4) keeping its state: the
-/// updated and the created targets run the new version, a blue-green preview stays staged beside the
-/// untouched old container, until `rollout promote` or `rollout abort`.
+/// updated target runs the new version and the next batch (a target to create) is held untouched, though it
+/// was prepared while the first was verified; `rollout promote` creates it; a blue-green preview stays
+/// staged beside the untouched old container, until `rollout promote` or `rollout abort`.
 #[test]
 fn an_unreachable_control_center_pauses_the_fleet_and_reverts_nothing() {
     let img = images();
@@ -736,14 +737,15 @@ fn an_unreachable_control_center_pauses_the_fleet_and_reverts_nothing() {
         path
     };
 
-    // Update and install: both stay on the new version, unverified.
+    // Update, then install in the next batch: the update stays on the new version, unverified, and the
+    // pause holds the install; promoted, it goes on (and pauses again, its verification inconclusive too).
     let (old, created) = (w.name("u1"), w.name("u2"));
     let old_id = w.docker_run(&old, &["--restart", "unless-stopped"], &img.refs["v1"]);
     let rollout = w.name("ro-u");
     let f = spec_text(
         &rollout,
         &[&old, &created],
-        "rolling: {maxUnavailable: 2}",
+        "rolling: {maxUnavailable: 1}",
         "template: {restartPolicy: unless-stopped}\n",
     );
     let out = w.agentctl(&["apply", "-f", f.to_str().unwrap(), "-o", "json"]);
@@ -753,11 +755,15 @@ fn an_unreachable_control_center_pauses_the_fleet_and_reverts_nothing() {
         .find(|e| e["event"] == "paused")
         .unwrap_or_else(|| panic!("no pause: {}", stdout(&out)));
     assert!(paused["reason"].as_str().unwrap().contains("inconclusive"), "{paused}");
-    for n in [&old, &created] {
-        let (_, running, image) = w.state(n).unwrap();
-        assert!(running && image.contains("@sha256:"), "{n}: {image}");
-    }
+    let (_, running, image) = w.state(&old).unwrap();
+    assert!(running && image.contains("@sha256:"), "{image}");
+    assert!(w.state(&created).is_none(), "the next batch was held");
+    assert!(w.state(&format!("{created}.agentctl-lock")).is_none());
     assert!(w.state(&format!("{old}.rev1")).is_some(), "the old version is retained");
+    let out = w.agentctl(&["rollout", "promote", &rollout, "-o", "json"]);
+    assert_eq!(code(&out), 4, "{}\n{}", stderr(&out), stdout(&out));
+    let (_, running, image) = w.state(&created).unwrap();
+    assert!(running && image.contains("@sha256:"), "{image}");
     // Abort takes both back: the old container returns, the created one goes.
     let out = w.agentctl(&["rollout", "abort", &rollout]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));

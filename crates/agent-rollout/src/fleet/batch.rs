@@ -2,25 +2,31 @@
 
 use super::run::Action;
 use super::state::{failed_targets, failures_allowed, rollout_cause, RolloutState};
-use super::Fleet;
+use super::{Fleet, PAUSE_KIND};
 use crate::target::{TargetState, TargetStatus};
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use agent_core::{ContainerName, ContainerRuntime, ContainerSpec, RevisionNumber, StateStore, UpdateMode};
 
 use crate::error::Error;
 use crate::events::{FleetEvent, Reporter};
 use crate::report::UpdateStatus;
-use crate::request::{PullPolicy, UpdateRequest, VerifyConfig};
+use crate::request::{Decided, PullPolicy, UpdateRequest, VerifyConfig};
 use crate::updater::Updater;
 
 impl Fleet {
+    /// Updates the targets of `waves` (one plan step each; a single wave for a step that stands alone): each
+    /// wave's targets are admitted once every target of the wave before has its verdict and the rollout may
+    /// go on (no more failures than it may lose, no inconclusive verification, no pause asked for), and
+    /// `state.next_step` moves on to each wave as it opens. Later waves' targets prepare while the earlier
+    /// ones are verified, so the waves follow each other with no bookkeeping in between. Returns the
+    /// targets whose verification was inconclusive (the rollout pauses).
     pub(super) async fn update_batch(
         &self,
         state: &mut RolloutState,
-        indices: &[usize],
+        waves: &[Vec<usize>],
         verify: &VerifyConfig,
         action: Action,
     ) -> Result<Vec<String>, Error> {
@@ -29,6 +35,19 @@ impl Fleet {
         // `Slots`): its preparation (locks, inspection, history, the journal's begin facts) runs ahead while
         // earlier targets hold the slots, one engine slot's worth of targets ahead. A target's work is made
         // only when it may run, so memory grows with the flight, not with the batch.
+        // One gate per wave, the first open; a gate opens (or closes) for all its waiting targets at once, and
+        // they then take their slots in the order they came to it.
+        let gates: Vec<_> = (0..waves.len())
+            .map(|w| {
+                Arc::new(tokio::sync::Semaphore::new(if w == 0 {
+                    tokio::sync::Semaphore::MAX_PERMITS
+                } else {
+                    0
+                }))
+            })
+            .collect();
+        let mut open = 1;
+        let (verdicts, mut told) = tokio::sync::mpsc::unbounded_channel();
         let slots = Arc::new(Slots {
             engine: Arc::new(tokio::sync::Semaphore::new(state.spec.parallelism)),
             flight: Arc::new(tokio::sync::Semaphore::new(
@@ -36,10 +55,17 @@ impl Fleet {
             )),
             failures: std::sync::atomic::AtomicUsize::new(failed_targets(state)),
             budget: failures_allowed(state),
+            gates,
+            verdicts,
         });
         let ahead = 2 * state.spec.parallelism + state.spec.max_unverified;
         let mut tasks = Vec::new();
-        for &i in indices {
+        let mut remaining = vec![0usize; waves.len()];
+        for (wave, &i) in waves
+            .iter()
+            .enumerate()
+            .flat_map(|(w, targets)| targets.iter().map(move |i| (w, i)))
+        {
             let ready = match action {
                 Action::Update(_) => TargetStatus::Pending,
                 Action::Promote => TargetStatus::Staged,
@@ -47,6 +73,7 @@ impl Fleet {
             if state.targets[i].status != ready {
                 continue;
             }
+            remaining[wave] += 1;
             let t = state.targets[i].clone();
             let mut req = UpdateRequest::new(
                 t.container
@@ -67,34 +94,65 @@ impl Fleet {
             req.cause = Some(rollout_cause(state));
             let template = state.spec.template_for(&req.container, &state.pinned)?;
             let rt = self.runtime(&t.host).await;
-            tasks.push((i, t, req, template, rt));
+            tasks.push((wave, i, t, req, template, rt));
         }
-        let work = tasks.into_iter().map(|(i, t, mut req, template, rt)| {
-            let pace = Arc::new(TargetPace::new(slots.clone(), self.progress.clone(), &t.container));
-            req.pacer = Some(pace.clone());
-            let (store, progress, slots) = (self.store.clone(), self.progress.clone(), slots.clone());
-            async move {
-                // No new target starts once more have failed than the rollout may lose.
-                if slots.exhausted() {
-                    return (i, None);
+        // The targets' work runs in a task of its own: the loop below awaits the store (the state saved and
+        // the pause read at each wave's end) while targets are mid-call, and a target suspended there could
+        // hold what the store's call waits for (PostgreSQL's one connection), so they must not depend on this
+        // loop being polled. At most `ahead` run at once, in the order given; a target's work is made only
+        // when it may run, so memory grows with the flight, not with the batch. Dropped with the batch (an
+        // error returned), the task is aborted, as the targets' futures were when they were driven here.
+        let context = TargetContext {
+            store: self.store.clone(),
+            progress: self.progress.clone(),
+            slots: slots.clone(),
+            action,
+        };
+        let (sent, mut results) = tokio::sync::mpsc::unbounded_channel();
+        let _driver = AbortOnDrop(tokio::spawn(async move {
+            let mut waiting = tasks.into_iter();
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            loop {
+                while running.len() < ahead {
+                    let Some(prepared) = waiting.next() else { break };
+                    running.push(context.work(prepared));
                 }
-                let result = Self::update_target(rt, store, progress, &t, &req, template.as_ref(), action).await;
-                // Withheld: the failure budget ran out while it waited; it stays pending, untouched.
-                if pace.withheld() {
-                    return (i, None);
-                }
-                let failed = result
-                    .as_ref()
-                    .map_or(true, |(r, _)| r.status == UpdateStatus::RolledBack);
-                pace.settle(failed);
-                (i, Some(result))
+                let Some(done) = running.next().await else { break };
+                // The loop below outlives the task unless the batch returned early; then nothing waits.
+                let _ = sent.send(done);
             }
-        });
-        let mut results = futures_util::stream::iter(work).buffer_unordered(ahead);
+        }));
         let mut unverified = Vec::new();
-        while let Some((i, r)) = results.next().await {
-            // Skipped or withheld: the failure budget ran out before this target's turn; it stays pending.
-            let Some(r) = r else { continue };
+        // A wave is over once each of its targets has its verdict (told by its pacer, before the target's
+        // bookkeeping) or ended without one. Waves with nothing to do (a resumed rollout's) open at once.
+        let mut undecided = remaining;
+        let mut inconclusive = false;
+        self.open_waves(state, &slots, &mut open, &undecided, inconclusive)
+            .await?;
+        loop {
+            let (wave, i, was_told, r) = tokio::select! {
+                biased;
+                Some((wave, verdict)) = told.recv() => {
+                    undecided[wave] -= 1;
+                    inconclusive |= verdict == Decided::Unverified;
+                    self.open_waves(state, &slots, &mut open, &undecided, inconclusive).await?;
+                    continue;
+                }
+                next = results.recv() => match next {
+                    Some(next) => next,
+                    None => break,
+                },
+            };
+            if !was_told {
+                undecided[wave] -= 1;
+            }
+            // Skipped or withheld: the failure budget ran out before this target's turn, or its wave did not
+            // open; it stays pending.
+            let Some(r) = r else {
+                self.open_waves(state, &slots, &mut open, &undecided, inconclusive)
+                    .await?;
+                continue;
+            };
             let t = &mut state.targets[i];
             match r {
                 Ok((report, installed)) => {
@@ -140,9 +198,52 @@ impl Fleet {
                 }
             }
             self.emit(target_event(&state.spec.name, t));
+            inconclusive |= !unverified.is_empty();
+            self.open_waves(state, &slots, &mut open, &undecided, inconclusive)
+                .await?;
         }
         self.save(state).await?;
         Ok(unverified)
+    }
+
+    /// Opens the next wave for every wave whose targets all have their verdict, while the rollout may go on;
+    /// closes the gate (the later waves' targets stay pending, untouched) when it may not: more failures
+    /// than it may lose (counted as verdicts come in), an inconclusive verification, a pause asked for.
+    async fn open_waves(
+        &self,
+        state: &mut RolloutState,
+        slots: &Slots,
+        open: &mut usize,
+        undecided: &[usize],
+        inconclusive: bool,
+    ) -> Result<(), Error> {
+        while *open < undecided.len() && !slots.gates[*open].is_closed() {
+            if undecided[*open - 1] > 0 {
+                return Ok(());
+            }
+            // The wave before is decided: what is known of it is saved before the next one starts (a target
+            // whose result is not in yet reads `pending`; a resumed rollout settles it from its history).
+            self.save(state).await?;
+            let paused = self
+                .store
+                .document(PAUSE_KIND, state.spec.name.as_str())
+                .await?
+                .is_some_and(|r| !r.is_null());
+            if paused || inconclusive || slots.exhausted() || self.too_many_failures(state).is_some() {
+                // The run's loop acts on it, as after a step of its own.
+                slots.gates[*open..].iter().for_each(|g| g.close());
+                return Ok(());
+            }
+            state.next_step += 1;
+            self.emit(FleetEvent::StepStarted {
+                rollout: state.spec.name.to_string(),
+                step: state.next_step,
+                detail: state.plan.steps[state.next_step].to_string(),
+            });
+            slots.gates[*open].add_permits(tokio::sync::Semaphore::MAX_PERMITS);
+            *open += 1;
+        }
+        Ok(())
     }
 
     /// Finds out what happened to targets a killed process was working on. The rollout's state is saved
@@ -281,17 +382,105 @@ pub(super) fn target_event(rollout: &ContainerName, t: &TargetState) -> FleetEve
     }
 }
 
+/// A target ready to be given to its update: wave, index, state, request, template, engine.
+type Prepared = (
+    usize,
+    usize,
+    TargetState,
+    UpdateRequest,
+    Option<ContainerSpec>,
+    Result<Arc<dyn ContainerRuntime>, String>,
+);
+
+/// What a target's work is: wave, index, and its report and whether it was installed (or why it failed),
+/// `None` when it was never tried; whether its verdict was told through its pacer.
+type Done = (usize, usize, bool, Option<Result<(crate::UpdateReport, bool), String>>);
+
+/// What every target's work in a batch shares.
+struct TargetContext {
+    store: Arc<dyn StateStore>,
+    progress: Arc<dyn Reporter>,
+    slots: Arc<Slots>,
+    action: Action,
+}
+
+impl TargetContext {
+    /// The work of one target (a named function, not a closure: the spawned task that runs it must be
+    /// `Send` for every lifetime, which a closure over `Prepared` is not proven to be).
+    fn work(&self, (wave, i, t, mut req, template, rt): Prepared) -> futures_util::future::BoxFuture<'static, Done> {
+        let pace = Arc::new(TargetPace::new(
+            self.slots.clone(),
+            self.progress.clone(),
+            &t.container,
+            wave,
+        ));
+        req.pacer = Some(pace.clone());
+        let (store, progress, slots, action) = (
+            self.store.clone(),
+            self.progress.clone(),
+            self.slots.clone(),
+            self.action,
+        );
+        async move {
+            // No new target starts once more have failed than the rollout may lose, or once its wave will
+            // not open.
+            if slots.exhausted() || slots.closed(wave) {
+                return (wave, i, false, None);
+            }
+            let result = Fleet::update_target(rt, store, progress, &t, &req, template.as_ref(), action).await;
+            // Withheld: the failure budget ran out while it waited; it stays pending, untouched.
+            if pace.withheld() {
+                return (wave, i, false, None);
+            }
+            // A target that ended before its turn (an unreachable engine, a missing container) is reported
+            // once its wave opens: in a wave that never opens it stays pending, untried.
+            if !pace.admitted() && !slots.wave_open(wave).await {
+                return (wave, i, false, None);
+            }
+            let failed = result
+                .as_ref()
+                .map_or(true, |(r, _)| r.status == UpdateStatus::RolledBack);
+            pace.settle(failed);
+            (wave, i, pace.told(), Some(result))
+        }
+        .boxed()
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A batch's slots and failure budget, shared by its targets' pacers.
 struct Slots {
     engine: Arc<tokio::sync::Semaphore>,
     flight: Arc<tokio::sync::Semaphore>,
     failures: std::sync::atomic::AtomicUsize,
     budget: usize,
+    /// Each wave's gate: without permits until it opens, closed when it never will.
+    gates: Vec<Arc<tokio::sync::Semaphore>>,
+    /// Where the targets' pacers send their wave and verdict.
+    verdicts: tokio::sync::mpsc::UnboundedSender<(usize, Decided)>,
 }
 
 impl Slots {
     fn exhausted(&self) -> bool {
         self.failures.load(std::sync::atomic::Ordering::SeqCst) > self.budget
+    }
+
+    /// Whether `wave` will never open.
+    fn closed(&self, wave: usize) -> bool {
+        self.gates[wave].is_closed()
+    }
+
+    /// Waits until `wave` is open; `false` when it never will.
+    async fn wave_open(&self, wave: usize) -> bool {
+        self.gates[wave].acquire().await.is_ok()
     }
 }
 
@@ -303,6 +492,7 @@ struct TargetPace {
     held: std::sync::Mutex<Held>,
     progress: Arc<dyn Reporter>,
     container: String,
+    wave: usize,
 }
 
 #[derive(Default)]
@@ -311,15 +501,18 @@ struct Held {
     engine: Option<tokio::sync::OwnedSemaphorePermit>,
     flight: Option<tokio::sync::OwnedSemaphorePermit>,
     counted: bool,
+    /// Its verdict was sent to the batch.
+    told: bool,
 }
 
 impl TargetPace {
-    fn new(slots: Arc<Slots>, progress: Arc<dyn Reporter>, container: &str) -> TargetPace {
+    fn new(slots: Arc<Slots>, progress: Arc<dyn Reporter>, container: &str, wave: usize) -> TargetPace {
         TargetPace {
             slots,
             held: std::sync::Mutex::default(),
             progress,
             container: container.to_owned(),
+            wave,
         }
     }
 
@@ -329,6 +522,14 @@ impl TargetPace {
 
     fn withheld(&self) -> bool {
         self.held().admitted == Some(false)
+    }
+
+    fn told(&self) -> bool {
+        self.held().told
+    }
+
+    fn admitted(&self) -> bool {
+        self.held().admitted == Some(true)
     }
 
     /// Counts a failure (once per target), and frees the slots.
@@ -350,6 +551,10 @@ impl crate::Pacer for TargetPace {
             return admitted;
         }
         let asked = std::time::Instant::now();
+        if !self.slots.wave_open(self.wave).await {
+            self.held().admitted = Some(false);
+            return false;
+        }
         // The semaphores are never closed.
         let flight = self.slots.flight.clone().acquire_owned().await.ok();
         let engine = self.slots.engine.clone().acquire_owned().await.ok();
@@ -378,7 +583,13 @@ impl crate::Pacer for TargetPace {
         self.held().engine = None;
     }
 
-    fn decided(&self, reverted: bool) {
-        self.settle(reverted);
+    fn decided(&self, verdict: Decided) {
+        self.settle(verdict == Decided::Reverted);
+        let mut held = self.held();
+        if !held.told {
+            held.told = true;
+            // The batch outlives its targets' work; a send fails only once it has returned.
+            let _ = self.slots.verdicts.send((self.wave, verdict));
+        }
     }
 }

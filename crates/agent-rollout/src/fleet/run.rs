@@ -54,12 +54,13 @@ impl Fleet {
                 PlanStep::Update { targets, mode, .. } => {
                     let (services, containers): (Vec<usize>, Vec<usize>) =
                         targets.iter().partition(|&&i| state.targets[i].service.is_some());
+                    let mut waves = vec![containers];
                     if !services.is_empty() {
                         self.update_service_units(state, &services, &verify).await?;
+                    } else if mode != UpdateMode::BlueGreen {
+                        waves.extend(self.chained_waves(state, mode));
                     }
-                    let unverified = self
-                        .update_batch(state, &containers, &verify, Action::Update(mode))
-                        .await?;
+                    let unverified = self.update_batch(state, &waves, &verify, Action::Update(mode)).await?;
                     if let Some(reason) = self.too_many_failures(state) {
                         return self.fail(state, reason).await;
                     }
@@ -96,7 +97,7 @@ impl Fleet {
                         .collect();
                     // With traffic, the containers the previews replace leave the backend (drained) first.
                     self.route(state, Routing::Promoting).await?;
-                    self.update_batch(state, &staged, &verify, Action::Promote).await?;
+                    self.update_batch(state, &[staged], &verify, Action::Promote).await?;
                     self.route(state, Routing::Share(100)).await?;
                     if let Some(reason) = self.too_many_failures(state) {
                         return self.fail(state, reason).await;
@@ -196,6 +197,23 @@ impl Fleet {
             return Ok(());
         }
         self.rollback(state, reason).await
+    }
+
+    /// The targets of the update steps that directly follow the current one with the same mode and only
+    /// containers (a rolling update's later batches), one wave each: they run as one batch, each wave
+    /// admitted once the one before has its verdicts (see `update_batch`).
+    fn chained_waves(&self, state: &RolloutState, mode: UpdateMode) -> Vec<Vec<usize>> {
+        state.plan.steps[state.next_step + 1..]
+            .iter()
+            .map_while(|step| match step {
+                PlanStep::Update {
+                    targets, mode: next, ..
+                } if *next == mode && targets.iter().all(|&i| state.targets[i].service.is_none()) => {
+                    Some(targets.clone())
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Why the rollout must stop, when more targets failed than `rollback.maxFailureRatio` allows.

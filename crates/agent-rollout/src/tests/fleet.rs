@@ -499,3 +499,248 @@ fn the_swarm_example_is_a_valid_spec() {
         Some("node-agent")
     );
 }
+
+const FOUR_ON_ONE: &str = "targets:\n  - {host: 'tcp://127.0.0.1:1', container: a1}\n  - {host: 'tcp://127.0.0.1:1', container: a2}\n  - {host: 'tcp://127.0.0.1:1', container: a3}\n  - {host: 'tcp://127.0.0.1:1', container: a4}\n";
+
+#[tokio::test(start_paused = true)]
+async fn a_rolling_wave_is_prepared_during_the_one_before_and_changed_only_once_all_of_it_is_proven() {
+    let h = host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3", "a4"]);
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (f, _store) = fleet(vec![h.clone()], events.clone());
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{FOUR_ON_ONE}strategy: {{rolling: {{maxUnavailable: 2}}}}\nparallelism: 2\n{HEALTH}"
+    ));
+    let st = f.apply(s).await.unwrap();
+    assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Succeeded, 0));
+    assert_eq!(st.next_step, st.plan.steps.len());
+    let ops = h.operations();
+    let at = |op: &str| {
+        ops.iter()
+            .position(|o| o == op)
+            .unwrap_or_else(|| panic!("no {op} in {ops:?}"))
+    };
+    let second_wave = at("stop a3").min(at("stop a4"));
+    // The second wave's locks were taken while the first wave was still being verified...
+    let first_verified = ops[..second_wave]
+        .iter()
+        .rposition(|o| o == "inspect a1" || o == "inspect a2")
+        .unwrap();
+    assert!(at("record-create a3.agentctl-lock") < first_verified, "{ops:?}");
+    assert!(at("record-create a4.agentctl-lock") < first_verified, "{ops:?}");
+    // ...and neither target of it was stopped before both of the first had their verdict.
+    assert!(
+        !ops[second_wave..]
+            .iter()
+            .any(|o| o == "inspect a1" || o == "inspect a2"),
+        "{ops:?}"
+    );
+    let ev = events.lock().unwrap().clone();
+    assert_eq!(ev.iter().filter(|e| *e == "step-started").count(), 2, "{ev:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_asked_for_during_a_wave_holds_the_next_one_untouched_and_promote_goes_on() {
+    let h = host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3", "a4"]);
+    let (f, _store) = fleet(vec![h.clone()], Arc::new(std::sync::Mutex::new(Vec::new())));
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{FOUR_ON_ONE}strategy: {{rolling: {{maxUnavailable: 2}}}}\nparallelism: 2\n{HEALTH}"
+    ));
+    let pause = async {
+        // During the first wave's verification (minHealthyTime 200 ms).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        f.pause("fleet", "look at the canaries").await.unwrap();
+    };
+    let (st, ()) = tokio::join!(f.apply(s), pause);
+    let st = st.unwrap();
+    assert_eq!(st.phase(), agent_core::Phase::Paused, "{:?}", st.reason);
+    let by: Vec<TargetStatus> = st.targets.iter().map(|t| t.status).collect();
+    assert_eq!(
+        by,
+        [
+            TargetStatus::Updated,
+            TargetStatus::Updated,
+            TargetStatus::Pending,
+            TargetStatus::Pending
+        ]
+    );
+    // Prepared ahead, then held: not stopped, nothing left open or locked.
+    assert!(!h.operations().iter().any(|o| o == "stop a3" || o == "stop a4"));
+    assert!(h.record("a3.agentctl-lock").await.unwrap().is_none());
+    assert!(h.record("a3.agentctl-journal").await.unwrap().is_none());
+    let st = f.promote("fleet").await.unwrap();
+    assert_eq!((st.phase(), st.exit_code()), (agent_core::Phase::Succeeded, 0));
+    assert!(st.targets.iter().all(|t| t.status == TargetStatus::Updated));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inconclusive_verdict_holds_the_next_wave_untouched() {
+    let h = host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3", "a4"]);
+    let (f, _store) = fleet(vec![h.clone()], Arc::new(std::sync::Mutex::new(Vec::new())));
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef-fleet").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The control center does not answer: the first wave's verification is inconclusive.
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{FOUR_ON_ONE}strategy: {{rolling: {{maxUnavailable: 2}}}}\nparallelism: 2\nhealth: {{minHealthyTime: 200ms, deadline: 5s, period: 100ms, heartbeat: {{url: 'http://127.0.0.1:1', tokenFile: '{}', timeout: 1s}}}}\n",
+        token.display()
+    ));
+    let st = f.apply(s).await.unwrap();
+    assert_eq!(
+        (st.phase(), st.exit_code()),
+        (agent_core::Phase::Paused, 4),
+        "{:?}",
+        st.reason
+    );
+    assert!(
+        st.reason.as_deref().unwrap_or_default().contains("inconclusive"),
+        "{:?}",
+        st.reason
+    );
+    let by: Vec<TargetStatus> = st.targets.iter().map(|t| t.status).collect();
+    assert_eq!(
+        by,
+        [
+            TargetStatus::Updated,
+            TargetStatus::Updated,
+            TargetStatus::Pending,
+            TargetStatus::Pending
+        ]
+    );
+    // Prepared ahead, then held: not stopped. (The fake engine's bookkeeping takes no time, so here the
+    // verdicts and the results come in together; `it/fleet.rs` checks the gate on a real engine, where
+    // the verdict comes first.)
+    assert!(!h.operations().iter().any(|o| o == "stop a3" || o == "stop a4"));
+}
+
+/// A store with one connection, as [`crate::PostgresStore`] has: each call holds it across a round trip,
+/// so a caller suspended mid-call keeps every other caller waiting.
+struct OneConnection {
+    inner: MemoryStore,
+    connection: tokio::sync::Mutex<()>,
+}
+
+impl OneConnection {
+    async fn call<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        let _held = self.connection.lock().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        f.await
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for OneConnection {
+    async fn revisions(&self, subject: &str) -> Result<Vec<agent_core::Revision>, agent_core::StoreError> {
+        self.call(self.inner.revisions(subject)).await
+    }
+    async fn put_revision(&self, subject: &str, revision: &agent_core::Revision) -> Result<(), agent_core::StoreError> {
+        self.call(self.inner.put_revision(subject, revision)).await
+    }
+    async fn delete_revision(
+        &self,
+        subject: &str,
+        number: agent_core::RevisionNumber,
+    ) -> Result<(), agent_core::StoreError> {
+        self.call(self.inner.delete_revision(subject, number)).await
+    }
+    async fn append_journal(&self, entry: &agent_core::JournalEntry) -> Result<(), agent_core::StoreError> {
+        self.call(self.inner.append_journal(entry)).await
+    }
+    async fn journal(&self, operation: &str) -> Result<Vec<agent_core::JournalEntry>, agent_core::StoreError> {
+        self.call(self.inner.journal(operation)).await
+    }
+    async fn open_operations(&self, subject: &str) -> Result<Vec<String>, agent_core::StoreError> {
+        self.call(self.inner.open_operations(subject)).await
+    }
+    async fn subjects_with_open_operations(&self) -> Result<Vec<String>, agent_core::StoreError> {
+        self.call(self.inner.subjects_with_open_operations()).await
+    }
+    async fn close_operation(&self, operation: &str) -> Result<(), agent_core::StoreError> {
+        self.call(self.inner.close_operation(operation)).await
+    }
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &agent_core::LeaseHolder,
+        now: agent_core::OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<agent_core::Lease, agent_core::StoreError> {
+        self.call(self.inner.acquire_lease(key, holder, now, ttl)).await
+    }
+    async fn take_over_lease(
+        &self,
+        stale: &agent_core::Lease,
+        holder: &agent_core::LeaseHolder,
+        now: agent_core::OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<agent_core::Lease, agent_core::StoreError> {
+        self.call(self.inner.take_over_lease(stale, holder, now, ttl)).await
+    }
+    async fn renew_lease(
+        &self,
+        lease: &agent_core::Lease,
+        now: agent_core::OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<agent_core::Lease, agent_core::StoreError> {
+        self.call(self.inner.renew_lease(lease, now, ttl)).await
+    }
+    async fn release_lease(&self, lease: &agent_core::Lease) -> Result<(), agent_core::StoreError> {
+        self.call(self.inner.release_lease(lease)).await
+    }
+    async fn lease(&self, key: &str) -> Result<Option<agent_core::Lease>, agent_core::StoreError> {
+        self.call(self.inner.lease(key)).await
+    }
+    async fn put_document(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), agent_core::StoreError> {
+        self.call(self.inner.put_document(kind, key, value)).await
+    }
+    async fn document(&self, kind: &str, key: &str) -> Result<Option<serde_json::Value>, agent_core::StoreError> {
+        self.call(self.inner.document(kind, key)).await
+    }
+    async fn documents(&self, kind: &str) -> Result<Vec<(String, serde_json::Value)>, agent_core::StoreError> {
+        self.call(self.inner.documents(kind)).await
+    }
+}
+
+/// The batch saves the state and reads the pause at each wave's end while the next wave's targets are
+/// mid-call: with a store of one connection (PostgreSQL's), a target suspended holding it would hang the
+/// rollout for good. The targets' work must go on while the batch waits for the store.
+#[tokio::test(start_paused = true)]
+async fn chained_waves_do_not_hang_on_a_store_with_one_connection() {
+    let h = host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3", "a4", "a5", "a6"]);
+    let store = Arc::new(OneConnection {
+        inner: MemoryStore::default(),
+        connection: tokio::sync::Mutex::new(()),
+    });
+    let connect: Connector = {
+        let h = h.clone() as Arc<dyn ContainerRuntime>;
+        Arc::new(move |_host: String| {
+            let h = h.clone();
+            Box::pin(async move { Ok(h) })
+        })
+    };
+    let sink: FleetReporter = Arc::new(|_: &FleetEvent| {});
+    let f = Fleet::new(store, connect, sink, Arc::new(Silent));
+    let targets: String = (1..=6)
+        .map(|i| format!("  - {{host: 'tcp://127.0.0.1:1', container: a{i}}}\n"))
+        .collect();
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\ntargets:\n{targets}strategy: {{rolling: {{maxUnavailable: 2}}}}\nparallelism: 2\n{HEALTH}"
+    ));
+    // Virtual time: an hour passes at once when nothing else can run.
+    let st = tokio::time::timeout(Duration::from_secs(3600), f.apply(s))
+        .await
+        .expect("the rollout hung on the store")
+        .unwrap();
+    assert_eq!(
+        (st.phase(), st.exit_code()),
+        (agent_core::Phase::Succeeded, 0),
+        "{:?}",
+        st.reason
+    );
+    assert!(st.targets.iter().all(|t| t.status == TargetStatus::Updated));
+}
