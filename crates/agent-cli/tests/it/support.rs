@@ -435,22 +435,23 @@ impl Drop for World {
     fn drop(&mut self) {
         let label = self.label.clone();
         // The records agentctl keeps beside this world's containers (locks a killed agentctl left, journals,
-        // histories): they carry no run label, and are found by name.
+        // histories): they carry no run label, and are found by name: the run's prefix, or the project name
+        // a docker-compose test makes of it (its letters and digits, then `_`).
         let locks = Command::new("docker")
             .args([
                 "ps",
                 "-a",
                 "--filter",
                 "label=io.agentctl.record",
-                "--filter",
-                &format!("name={}-", self.run),
                 "--format",
                 "{{.Names}}",
             ])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        for lock in locks.lines().filter(|l| l.starts_with(&format!("{}-", self.run))) {
+        let project: String = self.run.chars().filter(char::is_ascii_alphanumeric).collect();
+        let ours = |name: &str| name.starts_with(&format!("{}-", self.run)) || name.starts_with(&format!("{project}_"));
+        for lock in locks.lines().filter(|l| ours(l)) {
             let _ = Command::new("docker").args(["rm", lock]).output();
         }
         let _ = std::thread::spawn(move || {
