@@ -246,12 +246,32 @@ impl DockerRuntime {
     pub async fn remove_labelled(&self, label: &str) -> usize {
         let mut removed = 0;
         let filters: HashMap<String, Vec<String>> = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+        // The anonymous volumes an update re-attached by name (agentctl keeps an agent's data): the engine no
+        // longer removes them with the container, so they are collected first and removed after.
+        let mut anonymous = Vec::new();
         if let Ok(list) = self.list_containers(&[label.to_owned()]).await {
             for c in list {
+                if let Ok(info) = self.client().inspect_container(&c.id, None).await {
+                    anonymous.extend(info.mounts.unwrap_or_default().into_iter().filter_map(|m| {
+                        m.name
+                            .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+                    }));
+                }
                 let opts = qp::RemoveContainerOptionsBuilder::new().force(true).v(true).build();
                 if self.client().remove_container(&c.id, Some(opts)).await.is_ok() {
                     removed += 1;
                 }
+            }
+        }
+        for name in anonymous {
+            // Still in use by a container of someone else's: left alone.
+            if self
+                .client()
+                .remove_volume(&name, None::<qp::RemoveVolumeOptions>)
+                .await
+                .is_ok()
+            {
+                removed += 1;
             }
         }
         let vopts = qp::ListVolumesOptionsBuilder::new().filters(&filters).build();

@@ -479,7 +479,7 @@ fn every_docker_run_option_survives_an_update_as_docker_inspect_shows() {
                         let name = w.name(&format!("o{i}"));
                         let result = run_row(&w, &name, &row.args);
                         // Every running agent's HEALTHCHECK costs CPU: keep only the rows in flight.
-                        let _ = w.docker(&["rm", "-f", &name, &format!("{name}.rev1")]);
+                        w.remove(&[&name, &format!("{name}.rev1")]);
                         result
                     }
                 };
@@ -572,7 +572,7 @@ fn random_combinations_of_options_survive_an_update() {
             Ok(d) => failures.push(format!("{options:?} differ: {}", d.join("; "))),
             Err(e) => failures.push(format!("{options:?} failed: {e}")),
         }
-        let _ = w.docker(&["rm", "-f", &name, &format!("{name}.rev1")]);
+        w.remove(&[&name, &format!("{name}.rev1")]);
     }
     assert!(failures.is_empty(), "seed {seed}: {failures:#?}");
 }
@@ -748,7 +748,7 @@ fn the_new_image_defaults_apply_where_the_user_set_nothing_and_undo_brings_the_o
         (json!(["cmd-user"]), json!("1234"))
     );
     for c in [&plain, &set] {
-        let _ = w.docker(&["rm", "-f", c, &format!("{c}.rev1"), &format!("{c}.rev2")]);
+        w.remove(&[c, &format!("{c}.rev1"), &format!("{c}.rev2")]);
     }
     let _ = w.docker(&["rmi", &d1, &d2]);
 }
@@ -812,7 +812,7 @@ fn a_docker_compose_service_keeps_its_labels_networks_and_aliases() {
         "compose started the retained one: {retained:?}"
     );
     let _ = compose(&["down"]);
-    let _ = w.docker(&["rm", "-f", &format!("{name}.rev1")]);
+    w.remove(&[&format!("{name}.rev1")]);
 }
 
 #[test]
@@ -886,7 +886,7 @@ fn the_carried_configuration_serves_start_first_and_undo_from_the_snapshot() {
 
     // Undo from the snapshot (the retained container is gone): revision 1's document, its secret taken from
     // the running container.
-    assert!(w.docker(&["rm", "-f", &format!("{name}.rev1")]).status.success());
+    assert!(w.docker(&["rm", "-f", "-v", &format!("{name}.rev1")]).status.success());
     let out = w.agentctl(&[&["undo", &name, "-o", "json"], FAST].concat());
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     let back = inspect(&name);

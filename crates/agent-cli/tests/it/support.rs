@@ -282,6 +282,16 @@ impl World {
         Command::new("docker").args(args).output().unwrap()
     }
 
+    /// Removes `names` one after another with their anonymous volumes (`docker rm -f -v`). One at a time:
+    /// an update re-attaches the old container's anonymous volumes to the new one by name, and the engine
+    /// removes a volume with the container that created it only once no other container uses it, which a
+    /// single `docker rm` of both (removed in parallel) does not wait for.
+    pub fn remove(&self, names: &[&str]) {
+        for name in names {
+            let _ = self.docker(&["rm", "-f", "-v", name]);
+        }
+    }
+
     /// `docker run -d` on another engine.
     pub fn docker_run_on(&self, endpoint: &str, name: &str, args: &[&str], image: &str) -> String {
         let out = Command::new("docker")
