@@ -252,10 +252,12 @@ impl DockerRuntime {
         if let Ok(list) = self.list_containers(&[label.to_owned()]).await {
             for c in list {
                 if let Ok(info) = self.client().inspect_container(&c.id, None).await {
-                    anonymous.extend(info.mounts.unwrap_or_default().into_iter().filter_map(|m| {
-                        m.name
-                            .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-                    }));
+                    anonymous.extend(
+                        info.mounts
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|m| m.name.filter(|n| crate::carried::is_generated_volume(n))),
+                    );
                 }
                 let opts = qp::RemoveContainerOptionsBuilder::new().force(true).v(true).build();
                 if self.client().remove_container(&c.id, Some(opts)).await.is_ok() {

@@ -101,7 +101,8 @@ impl Fleet {
         // hold what the store's call waits for (PostgreSQL's one connection), so they must not depend on this
         // loop being polled. At most `ahead` run at once, in the order given; a target's work is made only
         // when it may run, so memory grows with the flight, not with the batch. Dropped with the batch (an
-        // error returned), the task is aborted, as the targets' futures were when they were driven here.
+        // error returned), the task is aborted (a `JoinSet` aborts its tasks when dropped), as the targets'
+        // futures were when they were driven here.
         let context = TargetContext {
             store: self.store.clone(),
             progress: self.progress.clone(),
@@ -109,7 +110,8 @@ impl Fleet {
             action,
         };
         let (sent, mut results) = tokio::sync::mpsc::unbounded_channel();
-        let _driver = AbortOnDrop(tokio::spawn(async move {
+        let mut driver = tokio::task::JoinSet::new();
+        driver.spawn(async move {
             let mut waiting = tasks.into_iter();
             let mut running = futures_util::stream::FuturesUnordered::new();
             loop {
@@ -121,7 +123,7 @@ impl Fleet {
                 // The loop below outlives the task unless the batch returned early; then nothing waits.
                 let _ = sent.send(done);
             }
-        }));
+        });
         let mut unverified = Vec::new();
         // A wave is over once each of its targets has its verdict (told by its pacer, before the target's
         // bookkeeping) or ended without one. Waves with nothing to do (a resumed rollout's) open at once.
@@ -444,15 +446,6 @@ impl TargetContext {
             (wave, i, pace.told(), Some(result))
         }
         .boxed()
-    }
-}
-
-/// A task aborted when its handle is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
