@@ -129,7 +129,9 @@ impl<'de> Deserialize<'de> for Pause {
         }
         match Raw::deserialize(d)? {
             Raw::Text(t) => parse_duration(&t).map(Pause::For).map_err(serde::de::Error::custom),
-            Raw::Seconds(n) => Ok(Pause::For(Duration::from_secs(n))),
+            Raw::Seconds(n) => crate::duration::bounded_secs(n)
+                .map(Pause::For)
+                .map_err(serde::de::Error::custom),
             Raw::Object(m) => match m.get("duration") {
                 None => Ok(Pause::UntilPromoted),
                 Some(serde_json::Value::String(t)) => {

@@ -20,6 +20,19 @@ pub enum TargetStatus {
     Staged,
 }
 
+impl std::fmt::Display for TargetStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TargetStatus::Pending => "pending",
+            TargetStatus::Updated => "updated",
+            TargetStatus::Failed => "failed",
+            TargetStatus::Reverted => "reverted",
+            TargetStatus::Broken => "broken",
+            TargetStatus::Staged => "staged",
+        })
+    }
+}
+
 /// One target's record in a rollout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -60,6 +60,7 @@ impl Fleet {
         });
         let ahead = 2 * state.spec.parallelism + state.spec.max_unverified;
         let mut tasks = Vec::new();
+        let mut tasks_given = Vec::new();
         let mut remaining = vec![0usize; waves.len()];
         for (wave, &i) in waves
             .iter()
@@ -74,6 +75,7 @@ impl Fleet {
                 continue;
             }
             remaining[wave] += 1;
+            tasks_given.push(i);
             let t = state.targets[i].clone();
             let mut req = UpdateRequest::new(
                 t.container
@@ -117,7 +119,14 @@ impl Fleet {
             loop {
                 while running.len() < ahead {
                     let Some(prepared) = waiting.next() else { break };
-                    running.push(context.work(prepared));
+                    // A panic in a target's work is that target's failure, never the batch's silence.
+                    let (wave, i) = (prepared.0, prepared.1);
+                    running.push(
+                        std::panic::AssertUnwindSafe(context.work(prepared))
+                            .catch_unwind()
+                            .map(move |r| r.unwrap_or_else(|panic| (wave, i, false, Some(Err(panicked(&*panic))))))
+                            .boxed(),
+                    );
                 }
                 let Some(done) = running.next().await else { break };
                 // The loop below outlives the task unless the batch returned early; then nothing waits.
@@ -129,6 +138,8 @@ impl Fleet {
         // bookkeeping) or ended without one. Waves with nothing to do (a resumed rollout's) open at once.
         let mut undecided = remaining;
         let mut inconclusive = false;
+        // Every target given work must come back with a result; one that does not is a failure.
+        let mut outstanding: std::collections::BTreeSet<usize> = tasks_given.into_iter().collect();
         self.open_waves(state, &slots, &mut open, &undecided, inconclusive)
             .await?;
         loop {
@@ -145,6 +156,7 @@ impl Fleet {
                     None => break,
                 },
             };
+            outstanding.remove(&i);
             if !was_told {
                 undecided[wave] -= 1;
             }
@@ -204,6 +216,14 @@ impl Fleet {
             self.open_waves(state, &slots, &mut open, &undecided, inconclusive)
                 .await?;
         }
+        for i in outstanding {
+            let t = &mut state.targets[i];
+            t.status = TargetStatus::Failed;
+            t.message = Some(
+                "its update ended without a verdict (agentctl lost track of it); `agentctl status` on the target shows where it stands".into(),
+            );
+            self.emit(target_event(&state.spec.name, t));
+        }
         self.save(state).await?;
         Ok(unverified)
     }
@@ -226,11 +246,18 @@ impl Fleet {
             // The wave before is decided: what is known of it is saved before the next one starts (a target
             // whose result is not in yet reads `pending`; a resumed rollout settles it from its history).
             self.save(state).await?;
+            // A pause or an abort asked for by an operator: the run's loop takes it at the step boundary.
+            let name = state.spec.name.as_str();
             let paused = self
                 .store
-                .document(PAUSE_KIND, state.spec.name.as_str())
+                .document(PAUSE_KIND, name)
                 .await?
-                .is_some_and(|r| !r.is_null());
+                .is_some_and(|r| !r.is_null())
+                || self
+                    .store
+                    .document(super::requests::REQUEST_KIND, name)
+                    .await?
+                    .is_some_and(|r| matches!(r["action"].as_str(), Some("pause" | "abort")));
             if paused || inconclusive || slots.exhausted() || self.too_many_failures(state).is_some() {
                 // The run's loop acts on it, as after a step of its own.
                 slots.gates[*open..].iter().for_each(|g| g.close());
@@ -371,6 +398,16 @@ impl Fleet {
             .map_err(|e: agent_core::ContainerNameError| e.to_string())?;
         Ok((rt, name))
     }
+}
+
+/// A target's failure from the panic that ended its work.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("agentctl failed on this target (a bug: please report it): {what}")
 }
 
 pub(super) fn target_event(rollout: &ContainerName, t: &TargetState) -> FleetEvent {
