@@ -37,6 +37,7 @@
 
 mod diff;
 mod duration;
+mod endpoint;
 mod engine_config;
 #[cfg(feature = "fake")]
 mod fake;
@@ -52,7 +53,11 @@ mod strategy;
 mod version;
 
 pub use diff::{FieldDiff, SpecDiff};
-pub use duration::{format_duration, parse_duration, serde_text as duration_text, serde_text_opt as duration_text_opt};
+pub use duration::{
+    bounded as bounded_duration, format_duration, parse_duration, serde_text as duration_text,
+    serde_text_opt as duration_text_opt, MAX_DURATION,
+};
+pub use endpoint::{normalize_endpoint, DEFAULT_ENDPOINT};
 pub use engine_config::EngineConfig;
 #[cfg(feature = "fake")]
 pub use fake::{FakeRuntime, Fault, ImageBehaviour, MemoryStore};

@@ -45,7 +45,7 @@ use time::OffsetDateTime;
 pub use images::{BuildContext, BuildFile};
 
 /// The default engine endpoint on Unix.
-pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
+pub use agent_core::DEFAULT_ENDPOINT;
 
 /// Why a connection to an engine could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +126,17 @@ pub fn connector(policy: agent_core::SecretPolicy) -> agent_core::Connector {
     })
 }
 
+/// `endpoint` in its one written form on this machine (see [`agent_core::normalize_endpoint`]): a unix
+/// socket by its real path (a symlinked `/var/run` is one socket with `/run`), the default socket by its
+/// default name.
+pub fn canonical_endpoint(endpoint: &str) -> String {
+    agent_core::normalize_endpoint(endpoint, &|path| {
+        std::fs::canonicalize(path)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    })
+}
+
 impl DockerRuntime {
     /// Connects to `endpoint`, or to `DOCKER_HOST`, or to the local socket, and negotiates the API version.
     pub async fn connect(endpoint: Option<&str>) -> Result<DockerRuntime, Error> {
@@ -133,6 +144,8 @@ impl DockerRuntime {
             .map(str::to_owned)
             .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+        // One engine, one name: however the address was written, its history and locks are found.
+        let endpoint = canonical_endpoint(&endpoint);
         let connect_err = |e: bollard::errors::Error| Error::Connect {
             endpoint: endpoint.clone(),
             message: e.to_string(),
@@ -470,7 +483,29 @@ impl ContainerRuntime for DockerRuntime {
         if let (Some(mac), Some(i)) = (mac, convert::primary_network(&info.spec)) {
             info.spec.networks[i].mac_address = Some(mac.to_owned());
         }
-        info.spec.engine = Some(carried::normalize(&document, &defaults));
+        // Volumes reached through `--volumes-from` belong to the containers named there.
+        let mut borrowed = Vec::new();
+        for from in document["HostConfig"]["VolumesFrom"].as_array().into_iter().flatten() {
+            let Some(source) = from.as_str().map(|f| f.split(':').next().unwrap_or(f)) else {
+                continue;
+            };
+            // A source that is gone lends nothing any more.
+            let Ok(body) = self
+                .raw_request("inspect", source, "GET", &format!("/containers/{source}/json"), None)
+                .await
+            else {
+                continue;
+            };
+            let other: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            borrowed.extend(
+                other["Mounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m["Name"].as_str().map(str::to_owned)),
+            );
+        }
+        info.spec.engine = Some(carried::normalize(&document, &defaults, &borrowed));
         Ok(info)
     }
 
@@ -677,6 +712,10 @@ impl ContainerRuntime for DockerRuntime {
                 labels: c.labels.unwrap_or_default().into_iter().collect(),
             })
             .collect())
+    }
+
+    async fn tag_image(&self, image: &str, reference: &ImageRef) -> Result<(), RuntimeError> {
+        self.tag_as(image, &reference.pull_ref()).await
     }
 
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {

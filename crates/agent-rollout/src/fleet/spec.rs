@@ -212,6 +212,9 @@ pub const MAX_SPEC_NODES: usize = 250_000;
 /// The most targets one rollout may have.
 pub const MAX_TARGETS: usize = 10_000;
 
+/// The most revisions a spec may keep per target (`history.limit`).
+pub const MAX_HISTORY: usize = 1_000;
+
 /// An upper bound of the values in a JSON text: its `{`, `[` and `,` outside strings, plus one.
 pub(super) fn json_nodes(text: &str) -> usize {
     let (mut nodes, mut in_string, mut escaped) = (1, false, false);
@@ -293,7 +296,7 @@ impl RolloutSpec {
                 "it has more than {MAX_SPEC_NODES} values (the same limit as for YAML); split the fleet into several rollouts"
             )));
         }
-        let spec: RolloutSpec = if json {
+        let mut spec: RolloutSpec = if json {
             serde_json::from_str(text).map_err(|e| Error::InvalidInput {
                 what: format!("rollout spec {source}"),
                 message: e.to_string(),
@@ -304,6 +307,14 @@ impl RolloutSpec {
                 message: e.to_string(),
             })?
         };
+        // One engine is one target however its address is written (`…sock/`, `//`, a symlinked `/var/run`).
+        for t in &mut spec.targets {
+            t.host = agent_core::normalize_endpoint(&t.host, &|path| {
+                std::fs::canonicalize(path)
+                    .ok()
+                    .map(|p| p.to_string_lossy().into_owned())
+            });
+        }
         spec.validate()?;
         Ok(spec)
     }
@@ -387,6 +398,24 @@ impl RolloutSpec {
         }
         if self.parallelism == 0 {
             return Err(self.invalid("parallelism must be at least 1".into()));
+        }
+        // Bounded like the targets: more slots than targets mean nothing, and counts this large would only
+        // overflow the machinery that hands them out.
+        for (field, value) in [
+            ("parallelism", self.parallelism),
+            ("maxUnverified", self.max_unverified),
+        ] {
+            if value > MAX_TARGETS {
+                return Err(self.invalid(format!(
+                    "{field} is {value}, more than the {MAX_TARGETS} targets a rollout may have; give at most {MAX_TARGETS}"
+                )));
+            }
+        }
+        if self.history.limit > MAX_HISTORY || self.history.limit < 2 {
+            return Err(self.invalid(format!(
+                "history.limit is {}; keep from 2 to {MAX_HISTORY} revisions per target",
+                self.history.limit
+            )));
         }
         if self.health.min_healthy_time >= self.health.deadline {
             return Err(self.invalid("health.minHealthyTime must be shorter than health.deadline".into()));
@@ -487,4 +516,58 @@ impl RolloutSpec {
         }
         Ok(v)
     }
+}
+
+/// Where the spec `new` differs from the stored `old`, as `path: old → new` lines (at most 12; values
+/// shortened), for a refusal that shows what would change.
+pub(crate) fn differences(old: &RolloutSpec, new: &RolloutSpec) -> Vec<String> {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        out,
+                    );
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+                for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                    walk(&format!("{path}[{i}]"), x, y, out);
+                }
+            }
+            (x, y) if x != y => {
+                let short = |v: &Value| {
+                    let t = v.to_string();
+                    if t.chars().count() > 60 {
+                        format!("{}…", t.chars().take(60).collect::<String>())
+                    } else {
+                        t
+                    }
+                };
+                out.push(format!("{path}: {} → {}", short(x), short(y)));
+            }
+            _ => {}
+        }
+    }
+    let (Ok(a), Ok(b)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
+        return vec!["the specs cannot be compared".into()];
+    };
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    if out.len() > 12 {
+        let more = out.len() - 12;
+        out.truncate(12);
+        out.push(format!("and {more} more"));
+    }
+    out
 }
