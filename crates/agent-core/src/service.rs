@@ -79,6 +79,10 @@ pub enum ServiceChange<'a> {
         image: &'a str,
         /// Tasks replaced in this step.
         tasks: u64,
+        /// Tasks on `image` once this step is done (those of earlier steps and this one's). It makes each
+        /// step's spec differ from the one before even when `tasks` is the same: a manager sent the very
+        /// spec it holds starts no update, and its held updater would never take the next tasks.
+        reached: u64,
     },
     /// Run `image` in every task, with the update settings of `original` (the spec before the rollout).
     Finish {

@@ -107,12 +107,14 @@ impl DockerRuntime {
 pub(crate) fn changed_spec(current: &Value, change: ServiceChange<'_>) -> Value {
     match change {
         ServiceChange::Restore { spec } => spec.clone(),
-        ServiceChange::Step { image, tasks } => {
+        ServiceChange::Step { image, tasks, reached } => {
             let mut spec = with_image(current, image);
             let order = current["UpdateConfig"]["Order"].clone();
             let mut update = json!({
                 "Parallelism": tasks.max(1),
-                "Delay": HOLD,
+                // A nanosecond more per task reached: each step's spec differs from the last, so the manager
+                // starts a new update for it (the same spec again would leave the held updater waiting).
+                "Delay": HOLD + reached,
                 "FailureAction": "pause",
                 "Monitor": 1_000_000_000u64,
                 "MaxFailureRatio": 0,
@@ -226,10 +228,21 @@ mod tests {
             ServiceChange::Step {
                 image: "agent:2.0.0@sha256:00",
                 tasks: 3,
+                reached: 3,
             },
         );
         assert_eq!(step["TaskTemplate"]["ContainerSpec"]["Image"], "agent:2.0.0@sha256:00");
         assert_eq!(step["UpdateConfig"]["Parallelism"], 3);
+        // Two steps of as many tasks are two specs: the manager starts an update for each.
+        let next = changed_spec(
+            &step,
+            ServiceChange::Step {
+                image: "agent:2.0.0@sha256:00",
+                tasks: 3,
+                reached: 6,
+            },
+        );
+        assert_ne!(next["UpdateConfig"], step["UpdateConfig"]);
         assert_eq!(step["UpdateConfig"]["FailureAction"], "pause");
         assert_eq!(step["UpdateConfig"]["Order"], "start-first");
         let (mut a, mut b) = (step.clone(), current.spec.clone());

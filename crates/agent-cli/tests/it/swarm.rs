@@ -756,3 +756,54 @@ fn a_global_service_on_three_nodes_is_rolled_out_node_by_node_and_reverted() {
     );
     assert_eq!(swarm.inspect(&svc)["Spec"], promoted);
 }
+
+/// The step sequences a canary makes of every share, over replicated services of 1, 2, 4 and 5 tasks and a
+/// global service: each step holds the manager's updater after its own tasks and the next step takes the
+/// rest, to the last one (a 4-task service at `setWeight: 50` then 100 once stopped at 2 of 4).
+#[test]
+fn every_step_sequence_takes_its_share_of_tasks_to_the_end() {
+    let _one = ONE_SWARM.lock().unwrap_or_else(|p| p.into_inner());
+    let img = images();
+    let swarm = Swarm::start(&[&img.refs["v1"], &img.refs["v2"]]);
+    let w = World::new("swsteps");
+    let cases: [(&str, &[&str], usize, &str); 6] = [
+        ("r1", &["--replicas", "1"], 1, "{setWeight: 50}, {setWeight: 100}"),
+        ("r2", &["--replicas", "2"], 2, "{setWeight: 50}, {setWeight: 100}"),
+        ("r4", &["--replicas", "4"], 4, "{setWeight: 50}, {setWeight: 100}"),
+        (
+            "r4b",
+            &["--replicas", "4"],
+            4,
+            "{setWeight: 25}, {setWeight: 50}, {setWeight: 75}",
+        ),
+        (
+            "r5",
+            &["--replicas", "5"],
+            5,
+            "{setWeight: 20}, {setWeight: 60}, {setWeight: 100}",
+        ),
+        ("g", &["--mode", "global"], 1, "{setWeight: 50}, {setWeight: 100}"),
+    ];
+    for (tag, args, tasks, steps) in cases {
+        let svc = w.name(tag);
+        swarm.create(&svc, args, &img.refs["v1"], tasks);
+        let ro = w.name(&format!("ro{tag}"));
+        let f = service_spec_held(&w, &ro, &swarm.endpoint, &svc, &img.refs["v2"], steps, "1s");
+        let out = w.agentctl(&["apply", "-f", &f]);
+        assert_eq!(
+            code(&out),
+            0,
+            "{tag} ({tasks} tasks, {steps}): {}\n{}\n{}",
+            stdout(&out),
+            stderr(&out),
+            stdout(&swarm.docker(&["service", "ps", &svc, "--no-trunc"]))
+        );
+        let (images, running) = swarm.task_images(&svc);
+        assert_eq!(running, tasks, "{tag}: {images:?}");
+        assert!(
+            images.iter().all(|i| i.contains(":2.0.0")),
+            "{tag}: every task on 2.0.0: {images:?}"
+        );
+        let _ = swarm.docker(&["service", "rm", &svc]);
+    }
+}

@@ -234,6 +234,7 @@ impl Fleet {
             ServiceChange::Step {
                 image: &pinned,
                 tasks: tasks as u64,
+                reached: (done + tasks) as u64,
             },
         )
         .await
