@@ -17,7 +17,7 @@
 //! | `Config.Env`, `Labels`, `Cmd`, `Entrypoint`, `User`, `WorkingDir`, `StopSignal`, `Healthcheck`, `ExposedPorts` | held by the typed spec, with values equal to the image's own removed | the new image's defaults apply where the user set nothing; secrets are classified there |
 //! | `Config.Hostname` | held by the typed spec; dropped when it is the short container id | the engine generates it |
 //! | `Config.Volumes` | paths the image declares removed | the new image's own apply |
-//! | anonymous volumes (64-hex names) | re-attached by name: the `Source` of the source-less `HostConfig.Mounts` entry at their target is filled in, else `NAME:TARGET[:ro]` is added to `HostConfig.Binds` | a new container would get new, empty volumes |
+//! | anonymous volumes (64-hex names) | re-attached by name: the `Source` of the source-less `HostConfig.Mounts` entry at their target is filled in, else `NAME:TARGET[:ro]` is added to `HostConfig.Binds`; a volume reached through `HostConfig.VolumesFrom` is not the container's own and is left to `VolumesFrom` | a new container would get new, empty volumes |
 //! | `HostConfig.Links` | `/other:/self/alias` as reported becomes `other:alias` as accepted | the engine reports them in another form than it takes |
 //! | `HostConfig.RestartPolicy` | from the typed spec | the retained container's is switched off |
 //! | endpoint `NetworkID`, `EndpointID`, `Gateway`, `IPAddress`, `IPPrefixLen`, `IPv6Gateway`, `GlobalIPv6Address`, `GlobalIPv6PrefixLen`, `MacAddress`, `DNSNames` | dropped | runtime facts of the endpoint, not settings (a MAC the user chose is `Config.MacAddress` on API < 1.44) |
@@ -67,8 +67,9 @@ pub(crate) fn is_generated_volume(name: &str) -> bool {
 }
 
 /// The carried document of a container from its raw inspect answer, normalized by the table above against the
-/// defaults of the image it runs.
-pub(crate) fn normalize(raw: &Value, image: &ImageDefaults) -> EngineConfig {
+/// defaults of the image it runs; `borrowed` names the volumes it mounts through `VolumesFrom` (the other
+/// containers' own).
+pub(crate) fn normalize(raw: &Value, image: &ImageDefaults, borrowed: &[String]) -> EngineConfig {
     let id = raw["Id"].as_str().unwrap_or_default();
     let short_id = &id[..id.len().min(12)];
     let mut config = object(raw.get("Config"));
@@ -83,7 +84,7 @@ pub(crate) fn normalize(raw: &Value, image: &ImageDefaults) -> EngineConfig {
             }
         }
     }
-    reattach_anonymous_volumes(&mut host, raw.get("Mounts"));
+    reattach_anonymous_volumes(&mut host, raw.get("Mounts"), borrowed);
     let mut endpoints = object(raw.get("NetworkSettings").and_then(|n| n.get("Networks")));
     for endpoint in endpoints.values_mut() {
         let Some(ep) = endpoint.as_object_mut() else { continue };
@@ -113,15 +114,16 @@ fn accepted_link(reported: &str) -> String {
 }
 
 /// Every anonymous volume mounted (`mounts`, the inspect's runtime list) but not named in `Binds` or
-/// `HostConfig.Mounts` is named there, so the new container gets the same volume and its data.
-fn reattach_anonymous_volumes(host: &mut Map<String, Value>, mounts: Option<&Value>) {
+/// `HostConfig.Mounts` is named there, so the new container gets the same volume and its data; volumes in
+/// `borrowed` come through `VolumesFrom` and stay with it.
+fn reattach_anonymous_volumes(host: &mut Map<String, Value>, mounts: Option<&Value>, borrowed: &[String]) {
     let mut binds: Vec<Value> = host.get("Binds").and_then(Value::as_array).cloned().unwrap_or_default();
     let added_before = binds.len();
     for m in mounts.and_then(Value::as_array).into_iter().flatten() {
         let (Some(name), Some(target)) = (m["Name"].as_str(), m["Destination"].as_str()) else {
             continue;
         };
-        if m["Type"] != "volume" || !is_generated_volume(name) {
+        if m["Type"] != "volume" || !is_generated_volume(name) || borrowed.iter().any(|b| b == name) {
             continue;
         }
         let named_in_binds = binds
@@ -285,7 +287,7 @@ mod tests {
 
     #[test]
     fn what_the_typed_model_missed_is_carried() {
-        let doc = normalize(&raw(), &image());
+        let doc = normalize(&raw(), &image(), &[]);
         let host = doc.host_config();
         assert_eq!(host["GroupAdd"], json!(["123"]));
         assert_eq!(host["OomScoreAdj"], json!(100));
@@ -297,7 +299,7 @@ mod tests {
 
     #[test]
     fn engine_generated_values_are_normalized() {
-        let doc = normalize(&raw(), &image());
+        let doc = normalize(&raw(), &image(), &[]);
         let config = doc.config();
         for key in TYPED_CONFIG_KEYS {
             assert!(!config.contains_key(key), "{key} is held by the typed spec");
@@ -339,10 +341,26 @@ mod tests {
     #[test]
     fn normalizing_is_idempotent_after_a_recreate() {
         // The recreated container reports the re-attached volumes by name; normalizing that gives the same.
-        let first = normalize(&raw(), &image());
+        let first = normalize(&raw(), &image(), &[]);
         let mut again = raw();
         again["HostConfig"] = Value::Object(first.host_config());
-        assert_eq!(normalize(&again, &image()), first);
+        assert_eq!(normalize(&again, &image(), &[]), first);
+    }
+
+    #[test]
+    fn a_volume_reached_through_volumes_from_is_not_made_the_containers_own() {
+        let anon = "cb724e38446e1463ce9e5a0f602b2db9642c2c7b9e0a5ef42c5d6634319511b9";
+        let mut sidecar = raw();
+        sidecar["HostConfig"]["VolumesFrom"] = json!(["data"]);
+        let doc = normalize(&sidecar, &image(), &[anon.to_owned()]);
+        let binds = doc.host_config()["Binds"].to_string();
+        assert!(!binds.contains(anon), "{binds}");
+        assert_eq!(doc.host_config()["VolumesFrom"], json!(["data"]));
+        // Its own anonymous volumes are still re-attached.
+        assert!(
+            binds.contains("eba2302a78a1a96874fe9c147d41f339d71e70072b77bc5116bbcac58ab00975:/img-vol"),
+            "{binds}"
+        );
     }
 
     #[test]
@@ -353,7 +371,7 @@ mod tests {
 
     #[test]
     fn the_create_request_is_the_document_with_the_update_put_in() {
-        let doc = normalize(&raw(), &image());
+        let doc = normalize(&raw(), &image(), &[]);
         let mut spec = ContainerSpec::new("p1".parse().unwrap(), "acme/agent:2.0".parse().unwrap());
         spec.env = vec![agent_core::EnvVar::plain("A", "1")];
         spec.restart_policy = agent_core::RestartPolicy::UnlessStopped;
