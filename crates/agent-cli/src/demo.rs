@@ -269,7 +269,7 @@ async fn demo(
     let h = agent_rollout::Updater::new(runtime.clone(), store.clone(), progress.clone())
         .history(&names[0].parse()?, 5)
         .await?;
-    println!("{}", render::history_table(&h));
+    println!("{}", render::history_table(&h, &[]));
     // Images this run made and pushed are its own: remove them locally (the registry goes with the run).
     for t in &delivered {
         let _ = runtime.remove_image(t).await;

@@ -207,9 +207,13 @@ pub(crate) struct HistoryRow<'a> {
     last_known_good: bool,
     protected: bool,
     retained_container: Option<&'a str>,
+    /// The retained container is recorded but no longer on the engine (pruned or removed).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    retained_gone: bool,
 }
 
-pub(crate) fn history_rows(h: &RevisionHistory) -> Vec<HistoryRow<'_>> {
+/// The history's rows; `gone` lists the revisions whose retained container is no longer on the engine.
+pub(crate) fn history_rows<'a>(h: &'a RevisionHistory, gone: &[agent_core::RevisionNumber]) -> Vec<HistoryRow<'a>> {
     let current = h.current().map(|r| r.number);
     let lkg = h.last_known_good().map(|r| r.number);
     h.revisions()
@@ -231,16 +235,17 @@ pub(crate) fn history_rows(h: &RevisionHistory) -> Vec<HistoryRow<'_>> {
             last_known_good: Some(r.number) == lkg,
             protected: r.protected,
             retained_container: r.retained_container.as_deref(),
+            retained_gone: gone.contains(&r.number),
         })
         .collect()
 }
 
-pub(crate) fn history_table(h: &RevisionHistory) -> String {
+pub(crate) fn history_table(h: &RevisionHistory, gone: &[agent_core::RevisionNumber]) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic);
     t.set_header(["REV", "IMAGE", "DIGEST", "STATUS", "CAUSE", "BY", "CREATED", "RETAINED"]);
-    for r in history_rows(h) {
+    for r in history_rows(h, gone) {
         let mut status = r.status.to_owned();
         if r.protected {
             status.push_str(" [protected]");
@@ -260,7 +265,11 @@ pub(crate) fn history_table(h: &RevisionHistory) -> String {
             r.cause.to_owned(),
             r.by.unwrap_or("-").to_owned(),
             r.created_at,
-            r.retained_container.unwrap_or("-").to_owned(),
+            match (r.retained_container, r.retained_gone) {
+                (Some(c), true) => format!("{c} (gone: pruned or removed)"),
+                (Some(c), false) => c.to_owned(),
+                (None, _) => "-".to_owned(),
+            },
         ]);
     }
     t.to_string()
@@ -409,6 +418,9 @@ pub(crate) fn update_text(r: &UpdateReport) -> String {
                 r.revision.image.familiar(),
                 r.previous.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
             )));
+            if let Some(restored) = &r.restored {
+                out.push_str(&format!("\nrevision {}: {restored}", r.previous.map(|p| p.to_string()).unwrap_or_else(|| "-".into())));
+            }
             if let Some(reason) = &r.reason {
                 out.push_str(&format!("\nreason: {reason}"));
             }
@@ -464,10 +476,14 @@ pub(crate) fn status_table(s: &StatusReport) -> String {
     for (k, v) in rows {
         t.add_row([k.to_owned(), v]);
     }
-    match &s.drift {
-        Some(d) => format!("{t}\n{}", red(&format!("DRIFT: {d}"))),
-        None => t.to_string(),
+    let mut out = t.to_string();
+    if let Some(d) = &s.drift {
+        out.push_str(&format!("\n{}", red(&format!("DRIFT: {d}"))));
     }
+    for f in &s.findings {
+        out.push_str(&format!("\n{}", red(&format!("FOUND: {f}"))));
+    }
+    out
 }
 
 pub(crate) fn agents_table(agents: &[agent_health::AgentRecord]) -> String {
@@ -568,6 +584,9 @@ pub(crate) fn fleet_event(e: &agent_rollout::FleetEvent) -> String {
             "traffic: {weight} % to the new version through backend {backend} ({})",
             servers.join(", ")
         ),
+        E::TrafficCorrected { found, weight, .. } => {
+            yellow(&format!("traffic: {found}; set back to {weight} % to the new version"))
+        }
         E::Paused { reason, until, .. } => yellow(&format!(
             "paused: {reason}{}",
             until.as_ref().map(|u| format!(" (until {u})")).unwrap_or_default()

@@ -154,6 +154,23 @@ impl FakeRuntime {
         }
     }
 
+    /// Makes `image` present locally as an image built on this engine and never pushed: no registry digest,
+    /// and nothing to pull it back from once it is removed.
+    pub fn add_built_image(&self, image: &ImageRef, defaults: ImageDefaults, behaviour: ImageBehaviour) {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = format!("sha256:{:064x}", s.next_id);
+        s.images
+            .insert(image.pull_ref(), (image_info(&id, defaults), behaviour));
+    }
+
+    /// Removes an image from the engine whatever uses it, as `docker system prune -a` does to an image no
+    /// container uses any more (test setup; bypasses faults). The registry keeps its copy.
+    pub fn drop_image(&self, image: &str) {
+        let mut s = self.lock();
+        s.images.retain(|key, (info, _)| key != image && info.id != image);
+    }
+
     /// Creates and starts a container from `spec` directly (test setup; bypasses faults).
     pub fn run(&self, spec: ContainerSpec) -> Result<String, RuntimeError> {
         let mut s = self.lock();
@@ -511,6 +528,25 @@ impl ContainerRuntime for FakeRuntime {
             });
         }
         s.images.remove(&key);
+        Ok(())
+    }
+
+    async fn tag_image(&self, image: &str, reference: &ImageRef) -> Result<(), RuntimeError> {
+        let mut s = self.enter("tag", image)?;
+        let key = image
+            .parse::<ImageRef>()
+            .map(|r| r.pull_ref())
+            .unwrap_or_else(|_| image.to_owned());
+        let entry = s
+            .images
+            .get(&key)
+            .or_else(|| s.images.values().find(|(i, _)| i.id == image))
+            .cloned()
+            .ok_or_else(|| RuntimeError::ImageNotFound {
+                image: image.to_owned(),
+                message: "no such image".into(),
+            })?;
+        s.images.insert(reference.pull_ref(), entry);
         Ok(())
     }
 

@@ -365,6 +365,19 @@ pub trait ContainerRuntime: Send + Sync {
     /// Removes an image that no container uses.
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
 
+    /// Gives the local image `image` (an id or a reference) the reference `reference` (a tag; a reference
+    /// with a digest is refused): how an image pulled back by its digest gets the tag a container was
+    /// created with. A runtime that cannot tag says so with [`RuntimeError::Engine`] (the default).
+    async fn tag_image(&self, image: &str, reference: &ImageRef) -> Result<(), RuntimeError> {
+        let _ = reference;
+        Err(RuntimeError::Engine {
+            operation: "tag",
+            subject: image.to_owned(),
+            status: None,
+            message: "this runtime cannot tag images".into(),
+        })
+    }
+
     /// A tar archive of `path` inside the container (the engine's archive API), for backups.
     async fn export_path(&self, container: &str, path: &str) -> Result<Vec<u8>, RuntimeError>;
 

@@ -407,7 +407,7 @@ impl DockerRuntime {
             }
         };
         for t in &tags[1..] {
-            if let Err(e) = self.tag_image(&image_id, t).await {
+            if let Err(e) = self.tag_as(&image_id, t).await {
                 untag().await;
                 return Err(BuildError::Engine {
                     operation: "tag",

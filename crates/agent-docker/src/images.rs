@@ -131,7 +131,7 @@ impl DockerRuntime {
     }
 
     /// Tags `image` (a reference or id) as `target` (`repo:tag`).
-    pub async fn tag_image(&self, image: &str, target: &str) -> Result<(), RuntimeError> {
+    pub async fn tag_as(&self, image: &str, target: &str) -> Result<(), RuntimeError> {
         let (repo, tag) = match target.rsplit_once(':') {
             Some((r, t)) if !t.contains('/') => (r, t),
             _ => (target, "latest"),

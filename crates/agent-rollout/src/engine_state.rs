@@ -104,6 +104,25 @@ async fn own_record(
     Ok(Some(info))
 }
 
+/// How far in the future a time a record holds may lie (another machine's clock runs ahead) before the
+/// record is taken as implausible.
+const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// The longest time-to-live a lock record may declare (agentctl writes [`LEASE_TTL`]).
+const MAX_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// The error for the record `record` of `container` that does not hold what agentctl writes.
+fn unreadable(runtime: &dyn ContainerRuntime, record: &str, container: &str, problem: String) -> Error {
+    Error::UnreadableRecord {
+        record: record.to_owned(),
+        endpoint: runtime.endpoint().to_owned(),
+        problem,
+        fix: format!(
+            "agentctl did not write it so; if no agentctl is changing {container} now, remove it with `docker rm {record}` and run the command again"
+        ),
+    }
+}
+
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -160,7 +179,8 @@ fn runtime_err(name: &str) -> impl Fn(RuntimeError) -> Error + '_ {
 }
 
 /// Reads the lock of `container` on `runtime`, if any; an error when a container agentctl did not make
-/// has the lock's name.
+/// has the lock's name, or when the record's facts are not what agentctl writes (a time in the future, a
+/// time-to-live beyond an hour): such a record is reported, never trusted and never a panic.
 pub async fn read_lock(runtime: &dyn ContainerRuntime, container: &str) -> Result<Option<EngineLockInfo>, Error> {
     let name = lock_name(container);
     let Some(info) = own_record(runtime, &name, "lock", container).await? else {
@@ -172,17 +192,49 @@ pub async fn read_lock(runtime: &dyn ContainerRuntime, container: &str) -> Resul
             .cloned()
             .unwrap_or_default()
     };
-    let acquired_at = parse_time(&label("acquired")).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let ttl = label("ttl").parse::<u64>().unwrap_or(LEASE_TTL.as_secs());
+    let bad = |problem: String| unreadable(runtime, &name, container, problem);
+    let now = OffsetDateTime::now_utc();
+    let acquired_at = parse_time(&label("acquired")).ok_or_else(|| {
+        bad(format!(
+            "its label io.agentctl.lock.acquired ({:?}) is not an RFC 3339 time",
+            label("acquired")
+        ))
+    })?;
+    if acquired_at > now + CLOCK_SKEW {
+        return Err(bad(format!(
+            "it says it was taken at {}, in the future (now {})",
+            rfc3339(acquired_at),
+            rfc3339(now)
+        )));
+    }
+    let ttl = label("ttl")
+        .parse::<u64>()
+        .ok()
+        .map(std::time::Duration::from_secs)
+        .filter(|t| *t <= MAX_LOCK_TTL)
+        .ok_or_else(|| {
+            bad(format!(
+                "its label io.agentctl.lock.ttl ({:?}) is not a number of seconds up to {}",
+                label("ttl"),
+                MAX_LOCK_TTL.as_secs()
+            ))
+        })?;
     let renewed = runtime
         .read_record(&info.id, LEASE_FILE)
         .await
         .ok()
         .flatten()
         .and_then(|b| serde_json::from_slice::<LeaseFile>(&b).ok());
-    let expires_at = renewed
-        .map(|l| l.expires_at)
-        .unwrap_or(acquired_at + std::time::Duration::from_secs(ttl));
+    let expires_at = match renewed {
+        Some(l) if l.expires_at > now + MAX_LOCK_TTL + CLOCK_SKEW => {
+            return Err(bad(format!(
+                "its file {LEASE_FILE} says it holds until {}, longer than a lock is ever renewed for",
+                rfc3339(l.expires_at)
+            )))
+        }
+        Some(l) => l.expires_at,
+        None => acquired_at + ttl,
+    };
     Ok(Some(EngineLockInfo {
         id: info.id.clone(),
         holder: LeaseHolder {
@@ -204,17 +256,89 @@ pub(crate) struct EngineLock {
 }
 
 struct Inner {
-    runtime: Arc<dyn ContainerRuntime>,
-    container: String,
-    name: String,
-    id: String,
-    lost: Arc<AtomicBool>,
+    held: Arc<Held>,
     renewer: tokio::task::JoinHandle<()>,
     /// The revisions last written to the engine's history record, as written.
     saved: tokio::sync::Mutex<Option<String>>,
+    released: Mutex<bool>,
+}
+
+/// What the holder and its renewal share: the record (its id changes when it is taken again), and the
+/// journal record written under it.
+struct Held {
+    runtime: Arc<dyn ContainerRuntime>,
+    container: String,
+    name: String,
+    holder: LeaseHolder,
+    /// The lock record's id now, and every id it had (a record taken again after it was removed).
+    ids: Mutex<Vec<String>>,
+    lost: AtomicBool,
     /// The id of the journal record this lock created, until it is removed.
     journal: tokio::sync::Mutex<Option<String>>,
-    released: Mutex<bool>,
+    /// The begin facts written there, to write them again if the record is removed under the operation.
+    begin: Mutex<Option<JournalEntry>>,
+}
+
+impl Held {
+    fn id(&self) -> String {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn is_ours(&self, id: &str) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|i| i == id)
+    }
+
+    /// Takes the lock again after its record was removed under the operation (`docker container prune`
+    /// removes records like any stopped container), and writes the operation's begin facts again when their
+    /// record went with it. An error when another agentctl took the lock meanwhile.
+    async fn retake(&self) -> Result<(), Error> {
+        let runtime = self.runtime.as_ref();
+        let now = OffsetDateTime::now_utc();
+        let id = runtime
+            .create_record(&self.name, &labels_of(&self.container, &self.holder, now))
+            .await
+            .map_err(runtime_err(&self.name))?;
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+        let mut journal = self.journal.lock().await;
+        let Some(journal_id) = journal.clone() else {
+            return Ok(());
+        };
+        let name = journal_name(&self.container);
+        let present = runtime.record(&name).await.map_err(runtime_err(&name))?;
+        if present.is_some_and(|r| r.id == journal_id) {
+            return Ok(());
+        }
+        let begin = self.begin.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(entry) = begin {
+            *journal = Some(
+                runtime
+                    .create_record(&name, &journal_labels(&self.id(), &entry))
+                    .await
+                    .map_err(runtime_err(&name))?,
+            );
+        }
+        Ok(())
+    }
+}
+
+fn journal_labels(lock_id: &str, entry: &JournalEntry) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (RECORD_LABEL.to_owned(), "journal".to_owned()),
+        (JOURNAL_LOCK_LABEL.to_owned(), lock_id.to_owned()),
+        (
+            JOURNAL_LABEL.to_owned(),
+            serde_json::to_string(&[entry]).unwrap_or_default(),
+        ),
+    ])
 }
 
 impl Drop for Inner {
@@ -240,10 +364,10 @@ impl EngineLock {
             let now = OffsetDateTime::now_utc();
             match runtime.create_record(&name, &labels_of(container, holder, now)).await {
                 Ok(id) => {
-                    let lock = EngineLock::hold(runtime, container, name, id);
+                    let lock = EngineLock::hold(runtime, container, name, id, holder.clone());
                     // The journal of an operation whose holder is gone (taken over below, or released
                     // half-way): into the store before this process's recovery reads it.
-                    if let Err(e) = adopt_journal(lock.inner.runtime.as_ref(), store, container).await {
+                    if let Err(e) = adopt_journal(lock.inner.held.runtime.as_ref(), store, container).await {
                         let _ = lock.release().await;
                         return Err(e);
                     }
@@ -259,7 +383,7 @@ impl EngineLock {
             if !dead && current.expires_at > now {
                 return Err(Error::Busy {
                     message: format!(
-                        "{container} on {} is locked on the engine by {} (run by {}) since {}, until {} unless renewed; another agentctl is changing it: wait for it, or if that process is gone the lock is taken over once it expires",
+                        "{container} on {} is locked on the engine by {} (run by {}) since {}, until {} unless renewed (record {name}); another agentctl is changing it: wait for it, or if that process is gone the lock is taken over once it expires",
                         runtime.endpoint(),
                         current.holder,
                         current.by,
@@ -287,10 +411,25 @@ impl EngineLock {
         })
     }
 
-    fn hold(runtime: Arc<dyn ContainerRuntime>, container: &str, name: String, id: String) -> EngineLock {
-        let lost = Arc::new(AtomicBool::new(false));
+    fn hold(
+        runtime: Arc<dyn ContainerRuntime>,
+        container: &str,
+        name: String,
+        id: String,
+        holder: LeaseHolder,
+    ) -> EngineLock {
+        let held = Arc::new(Held {
+            runtime,
+            container: container.to_owned(),
+            name,
+            holder,
+            ids: Mutex::new(vec![id]),
+            lost: AtomicBool::new(false),
+            journal: tokio::sync::Mutex::new(None),
+            begin: Mutex::new(None),
+        });
         let renewer = {
-            let (runtime, id, lost) = (runtime.clone(), id.clone(), lost.clone());
+            let held = held.clone();
             tokio::spawn(async move {
                 loop {
                     // The labels give the first expiry; the file extends it.
@@ -299,34 +438,39 @@ impl EngineLock {
                         expires_at: OffsetDateTime::now_utc() + LEASE_TTL,
                     };
                     let body = serde_json::to_vec(&lease).unwrap_or_default();
-                    if let Err(e) = runtime.write_record(&id, LEASE_FILE, &body).await {
-                        tracing::error!(error = %e, "engine lock renewal failed");
-                        if matches!(e, RuntimeError::ContainerNotFound { .. }) {
-                            lost.store(true, Ordering::SeqCst);
-                            return;
-                        }
+                    match held.runtime.write_record(&held.id(), LEASE_FILE, &body).await {
+                        Ok(()) => {}
+                        Err(RuntimeError::ContainerNotFound { .. }) => match held.retake().await {
+                            Ok(()) => tracing::warn!(
+                                container = %held.container,
+                                record = %held.name,
+                                "the engine lock record was removed under the operation (a prune?); taken again"
+                            ),
+                            Err(e) => {
+                                tracing::error!(error = %e, record = %held.name, "the engine lock record was removed and could not be taken again; the operation stops before its next step");
+                                held.lost.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                        },
+                        Err(e) => tracing::error!(error = %e, "engine lock renewal failed"),
                     }
                 }
             })
         };
         EngineLock {
             inner: Arc::new(Inner {
-                runtime,
-                container: container.to_owned(),
-                name,
-                id,
-                lost,
+                held,
                 renewer,
                 saved: tokio::sync::Mutex::new(None),
-                journal: tokio::sync::Mutex::new(None),
                 released: Mutex::new(false),
             }),
         }
     }
 
-    /// Whether the lock was lost (removed or taken by someone else).
+    /// Whether the lock was lost (removed and taken by someone else before this process could take it
+    /// again).
     pub(crate) fn is_lost(&self) -> bool {
-        self.inner.lost.load(Ordering::SeqCst)
+        self.inner.held.lost.load(Ordering::SeqCst)
     }
 
     /// Writes the begin facts of an operation to the engine before its first step is carried out (the other
@@ -335,21 +479,16 @@ impl EngineLock {
         if !matches!(serde_json::from_value::<Step>(entry.record.clone()), Ok(Step::Begin(_))) {
             return Ok(());
         }
-        let runtime = self.inner.runtime.as_ref();
-        let name = journal_name(&self.inner.container);
-        let labels = BTreeMap::from([
-            (RECORD_LABEL.to_owned(), "journal".to_owned()),
-            (JOURNAL_LOCK_LABEL.to_owned(), self.inner.id.clone()),
-            (
-                JOURNAL_LABEL.to_owned(),
-                serde_json::to_string(&[entry]).unwrap_or_default(),
-            ),
-        ]);
-        let mut journal = self.inner.journal.lock().await;
+        let held = &self.inner.held;
+        let runtime = held.runtime.as_ref();
+        let name = journal_name(&held.container);
+        let labels = journal_labels(&held.id(), entry);
+        let mut journal = held.journal.lock().await;
         for _ in 0..2 {
             match runtime.create_record(&name, &labels).await {
                 Ok(id) => {
                     *journal = Some(id);
+                    *held.begin.lock().unwrap_or_else(|p| p.into_inner()) = Some(entry.clone());
                     return Ok(());
                 }
                 Err(RuntimeError::Conflict { .. }) => {}
@@ -357,16 +496,16 @@ impl EngineLock {
             }
             // An earlier operation's journal under this same lock is over: replace it. Any other is an
             // operation this process does not hold the lock of.
-            let existing = own_record(runtime, &name, "journal", &self.inner.container).await?;
+            let existing = own_record(runtime, &name, "journal", &held.container).await?;
             match existing {
-                Some(r) if r.labels.get(JOURNAL_LOCK_LABEL) == Some(&self.inner.id) => {
+                Some(r) if r.labels.get(JOURNAL_LOCK_LABEL).is_some_and(|l| held.is_ours(l)) => {
                     remove_record(runtime, &name, &r.id).await?;
                 }
                 Some(r) => {
                     return Err(Error::Busy {
                         message: format!(
                             "the journal of another operation on {} is on the engine ({name}, written under the lock {}): its agentctl held this target's lock until lately; run the command again to take it over and repair that operation",
-                            self.inner.container,
+                            held.container,
                             r.labels.get(JOURNAL_LOCK_LABEL).map(String::as_str).unwrap_or("?"),
                         ),
                     })
@@ -393,7 +532,8 @@ impl EngineLock {
         if saved.as_deref() == Some(body.as_str()) {
             return Ok(());
         }
-        write_history(self.inner.runtime.as_ref(), &self.inner.container, &body).await?;
+        let held = &self.inner.held;
+        write_history(held.runtime.as_ref(), &held.container, &body).await?;
         *saved = Some(body);
         Ok(())
     }
@@ -415,19 +555,20 @@ impl EngineLock {
             *released = true;
         }
         self.inner.renewer.abort();
+        let held = &self.inner.held;
         // The journal goes first: a lock left without one (a kill in between) has nothing to repair.
-        if let Some(id) = self.inner.journal.lock().await.take() {
-            remove_record(self.inner.runtime.as_ref(), &journal_name(&self.inner.container), &id).await?;
+        if let Some(id) = held.journal.lock().await.take() {
+            remove_record(held.runtime.as_ref(), &journal_name(&held.container), &id).await?;
         }
-        remove_record(self.inner.runtime.as_ref(), &self.inner.name, &self.inner.id).await
+        remove_record(held.runtime.as_ref(), &held.name, &held.id()).await
     }
 }
 
 impl std::fmt::Debug for EngineLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EngineLock")
-            .field("name", &self.inner.name)
-            .field("id", &self.inner.id)
+            .field("name", &self.inner.held.name)
+            .field("id", &self.inner.held.id())
             .finish_non_exhaustive()
     }
 }
@@ -579,25 +720,86 @@ pub async fn remove_history_records(runtime: &dyn ContainerRuntime, container: &
     Ok(removed)
 }
 
-fn corrupt_history(location: String, e: serde_json::Error) -> Error {
-    Error::Store(StoreError::Corrupt {
-        location,
-        message: e.to_string(),
-        recovery: "the state store's history is unaffected; run an update to rewrite the engine's copy".into(),
-    })
-}
-
 /// The revisions of `container` kept on the engine, oldest first (empty when none are).
 pub(crate) async fn load_history(runtime: &dyn ContainerRuntime, container: &str) -> Result<Vec<Revision>, Error> {
+    Ok(engine_history(runtime, container)
+        .await?
+        .map(|(_, r)| r)
+        .unwrap_or_default())
+}
+
+/// The revisions of `container` kept on the engine, oldest first, with the name of the record they came
+/// from; `None` when the engine keeps none. Checked before they are trusted: every revision is this
+/// container's, numbered once, with a retained container of its own name and times that are not in the
+/// future; a record that fails is an error naming it.
+pub(crate) async fn engine_history(
+    runtime: &dyn ContainerRuntime,
+    container: &str,
+) -> Result<Option<(String, Vec<Revision>)>, Error> {
     if !runtime.supports_records() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let slots = history_slots(runtime, container).await?;
-    if let Some((newest, _)) = slots.iter().flatten().max_by_key(|(_, seq)| *seq) {
-        let body = newest.labels.get(HISTORY_LABEL).map_or("", String::as_str);
-        return serde_json::from_str(body).map_err(|e| corrupt_history(format!("engine record {}", newest.name), e));
+    let (record, revisions) = match slots.iter().flatten().max_by_key(|(_, seq)| *seq) {
+        Some((newest, _)) => {
+            let body = newest.labels.get(HISTORY_LABEL).map_or("", String::as_str);
+            let revisions: Vec<Revision> = serde_json::from_str(body).map_err(|e| {
+                unreadable(
+                    runtime,
+                    &newest.name,
+                    container,
+                    format!("its label {HISTORY_LABEL} is not a list of revisions: {e}"),
+                )
+            })?;
+            (newest.name.clone(), revisions)
+        }
+        None => {
+            let revisions = legacy_history(runtime, container).await?;
+            if revisions.is_empty() {
+                return Ok(None);
+            }
+            (format!("{HISTORY_RECORD}/{container}.json"), revisions)
+        }
+    };
+    if let Some(problem) = implausible_history(container, &revisions) {
+        return Err(unreadable(runtime, &record, container, problem));
     }
-    legacy_history(runtime, container).await
+    Ok(Some((record, revisions)))
+}
+
+/// Why `revisions` cannot be the history agentctl wrote for `container`, if they cannot.
+fn implausible_history(container: &str, revisions: &[Revision]) -> Option<String> {
+    let latest = OffsetDateTime::now_utc() + CLOCK_SKEW;
+    let mut seen = std::collections::BTreeSet::new();
+    for r in revisions {
+        let n = r.number;
+        if !seen.insert(n) {
+            return Some(format!("revision {n} is there twice"));
+        }
+        if r.spec.name.as_str() != container {
+            return Some(format!(
+                "revision {n} is of the container {}, not {container}",
+                r.spec.name
+            ));
+        }
+        if r.created_at > latest || r.finished_at.is_some_and(|f| f > latest) {
+            return Some(format!(
+                "revision {n} is dated in the future ({})",
+                rfc3339(r.created_at)
+            ));
+        }
+        if r.finished_at.is_some_and(|f| f < r.created_at) {
+            return Some(format!("revision {n} finished before it was created"));
+        }
+        let retained = format!("{container}.rev{n}");
+        if r.retained_container.as_ref().is_some_and(|c| *c != retained) {
+            return Some(format!(
+                "revision {n} names {} as its retained container, where agentctl retains it as {retained}",
+                r.retained_container.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    None
 }
 
 /// The revisions of `container` in the record an earlier agentctl kept every agent's history in.
@@ -617,6 +819,12 @@ async fn legacy_history(runtime: &dyn ContainerRuntime, container: &str) -> Resu
     else {
         return Ok(Vec::new());
     };
-    serde_json::from_slice(&body)
-        .map_err(|e| corrupt_history(format!("engine record {HISTORY_RECORD}/{container}.json"), e))
+    serde_json::from_slice(&body).map_err(|e| {
+        unreadable(
+            runtime,
+            &format!("{HISTORY_RECORD}/{container}.json"),
+            container,
+            format!("it is not a list of revisions: {e}"),
+        )
+    })
 }

@@ -76,6 +76,14 @@ pub enum Error {
         /// The revisions there are.
         available: Vec<u64>,
     },
+    /// A container that does not exist and of which agentctl knows no revision: nothing to bring back.
+    #[error("container {container} does not exist on {endpoint}, and agentctl has no history of it: none in its state store and none on the engine (no {container}.agentctl-history.0 or .1 record; `docker container prune` removes them); nothing to bring back")]
+    NoHistory {
+        /// The container.
+        container: String,
+        /// The engine.
+        endpoint: String,
+    },
     /// No earlier good revision.
     #[error("container {container} has no earlier good revision to go back to (see `agentctl history {container}`)")]
     NothingToUndo {
@@ -126,6 +134,46 @@ pub enum Error {
     Withheld {
         /// The container.
         container: String,
+    },
+    /// A record agentctl keeps on the engine beside a container (its lock, the journal of an operation, its
+    /// history) does not hold what agentctl writes there: damaged, written by hand, or by another tool.
+    /// Nothing was changed because of it.
+    #[error("the engine record {record} on {endpoint} is unreadable: {problem}; {fix}")]
+    UnreadableRecord {
+        /// The record's name (`NAME.agentctl-lock`, …).
+        record: String,
+        /// The engine.
+        endpoint: String,
+        /// What is wrong with it.
+        problem: String,
+        /// What the user can do.
+        fix: String,
+    },
+    /// What the engine shows after an operation contradicts what the operation was to leave: a revision
+    /// that should run again does not, or a rollout that should have succeeded does not run its version
+    /// everywhere. Reported as the engine shows it; the container may need attention (exit 5).
+    #[error("{container}: {expected}, but the engine shows {shows}; {fix}")]
+    NotAsExpected {
+        /// The container.
+        container: String,
+        /// What the operation was to leave (`revision 1 runs again`).
+        expected: String,
+        /// What the engine shows instead.
+        shows: String,
+        /// What the user can do.
+        fix: String,
+    },
+    /// A rollout of the spec's name has not finished, and the spec differs from the one it runs; nothing was
+    /// changed. `apply --replace` ([`Fleet::replace`](crate::Fleet::replace)) reverts it and starts the new
+    /// spec.
+    #[error("rollout {rollout} is {phase} with another spec, so this one was not applied and nothing was changed; it differs in: {}; finish that rollout first (`agentctl rollout promote|abort {rollout}`), or run `agentctl apply --replace -f SPEC` to revert it and start this spec", differences.join("; "))]
+    RolloutConflict {
+        /// The rollout.
+        rollout: String,
+        /// Its phase.
+        phase: String,
+        /// Where the specs differ, `path: stored → new`.
+        differences: Vec<String>,
     },
     /// A bad argument or configuration value.
     #[error("invalid {what}: {message}")]

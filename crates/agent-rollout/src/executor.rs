@@ -22,7 +22,18 @@ use crate::lease::LeaseGuard;
 use crate::plan::{inverses, judge, Act, Begin, Decision, Inverse, OpKind, Step};
 use crate::report::{Recovery, RecoveryAction, UpdateReport, UpdateStatus};
 use crate::request::{Decided, UpdateRequest};
-use crate::updater::Updater;
+use crate::updater::{short_id, Updater};
+
+/// A container's state in words, for messages about what the engine shows.
+pub(crate) fn describe(info: &agent_core::ContainerInfo) -> String {
+    match (info.state.status, info.state.exit_code) {
+        (agent_core::ContainerStatus::Running, _) => "running".to_owned(),
+        (status, Some(code)) if status != agent_core::ContainerStatus::Created => {
+            format!("{status} (exit code {code})")
+        }
+        (status, _) => status.to_string(),
+    }
+}
 
 /// What the new revision is: recorded with it.
 #[derive(Clone)]
@@ -95,6 +106,30 @@ pub(crate) struct Operation {
     /// The operation that puts the new container under its name (not a preview's stage): it tells the
     /// request's pacer when the container started and when the verdict was acted on.
     pub notify_started: bool,
+    /// The container that ran before, as the engine reported it (secret values included): recreated from
+    /// this when a revert finds its retained container gone. `None` when nothing ran before.
+    pub old: Option<OldContainer>,
+}
+
+/// The container that ran before an operation, enough to recreate it when its retained container is gone
+/// (pruned, removed by hand): its whole configuration (the carried document, secret values included) and the
+/// image it ran.
+#[derive(Debug, Clone)]
+pub(crate) struct OldContainer {
+    /// Its configuration.
+    pub spec: ContainerSpec,
+    /// The id of the image it ran.
+    pub image_id: String,
+}
+
+impl OldContainer {
+    /// The old container as the engine reported it.
+    pub(crate) fn of(info: &agent_core::ContainerInfo) -> OldContainer {
+        OldContainer {
+            spec: info.spec.clone(),
+            image_id: info.image_id.clone(),
+        }
+    }
 }
 
 /// An executed plan: its decision made and carried out on the engine, its records not yet written.
@@ -111,6 +146,8 @@ pub(crate) struct Executed {
     pub decision: Decision,
     /// Its last output lines, when it was taken away.
     pub last_logs: Vec<String>,
+    /// How the old revision came back when it had to be recreated (its retained container was gone).
+    pub restored: Option<String>,
 }
 
 impl Executed {
@@ -155,6 +192,7 @@ impl Executed {
             recovered: Vec::new(),
             probation: None,
             restored_by: None,
+            restored: self.restored,
         })
     }
 }
@@ -186,6 +224,14 @@ impl Updater {
         let mut reached = Vec::new();
         let mut failure = None;
         for act in &plan {
+            if lease.is_lost() {
+                failure = Some(format!(
+                    "the lock on {} was lost before step {} (its record was removed and another agentctl took it): stopped before changing more",
+                    begin.container,
+                    act.step().name()
+                ));
+                break;
+            }
             let done = async {
                 journal.record(&act.step()).await?;
                 reached.push(act.step());
@@ -242,7 +288,15 @@ impl Updater {
                     }
                     None => SpecDiff::default(),
                 };
-                let decision = judge(&verdict, &diff);
+                let mut decision = judge(&verdict, &diff);
+                // Claim only what the engine shows: the container judged must still be the one that runs.
+                if let Decision::Commit { .. } = decision {
+                    if let Some(problem) = self.read_back_new(&target, id, op.meta.image_id.as_deref()).await {
+                        decision = Decision::Revert {
+                            reason: format!("read back after the verdict: {problem}"),
+                        };
+                    }
+                }
                 (Some(verdict), diff, decision)
             }
             (_, failure) => (
@@ -254,6 +308,7 @@ impl Updater {
             ),
         };
         let mut last_logs = Vec::new();
+        let mut restored = None;
         match &decision {
             Decision::Commit { unverified } => {
                 journal
@@ -276,6 +331,7 @@ impl Updater {
                 self.invert(begin, &inverses(&plan, &reached))
                     .await
                     .map_err(|e| e.reverting(&target, reason))?;
+                restored = self.ensure_restored(begin, op.old.as_ref(), reason).await?;
             }
         }
         if op.notify_started {
@@ -292,7 +348,220 @@ impl Updater {
             diff,
             decision,
             last_logs,
+            restored,
         })
+    }
+
+    /// What contradicts keeping the new container `target` (id `id`, image `image_id`), read from the
+    /// engine after the verdict: gone, replaced, stopped, or running another image. `None` when it runs as
+    /// verified.
+    async fn read_back_new(&self, target: &str, id: &str, image_id: Option<&str>) -> Option<String> {
+        match self.runtime.inspect_container(target).await {
+            Ok(info) if info.id != id => Some(format!(
+                "{target} is another container ({}) than the one verified ({})",
+                short_id(&info.id),
+                short_id(id)
+            )),
+            Ok(info) if !info.state.is_running() => Some(format!("{target} is {}", describe(&info))),
+            Ok(info) if image_id.is_some_and(|want| want != info.image_id) => Some(format!(
+                "{target} runs image {}, not {}",
+                short_id(&info.image_id),
+                short_id(image_id.unwrap_or_default())
+            )),
+            Ok(_) => None,
+            Err(RuntimeError::ContainerNotFound { .. }) => Some(format!("{target} is gone")),
+            Err(e) => Some(format!("{target} could not be read back: {e}")),
+        }
+    }
+
+    /// Reads the engine back after a revert of the operation `b` began and checks it shows what the revert
+    /// was to leave: the old container under its name (running if it ran), or for an install, a restore and
+    /// a stage, nothing new under the name. When the old container's retained copy is gone (pruned, removed
+    /// by hand), it is recreated from `old`; the note says so. Anything else the engine shows is an error
+    /// naming it ([`Error::NotAsExpected`], exit 5), never a claim that the old revision runs.
+    pub(crate) async fn ensure_restored(
+        &self,
+        b: &Begin,
+        old: Option<&OldContainer>,
+        reason: &str,
+    ) -> Result<Option<String>, Error> {
+        let name = b.container.as_str();
+        let not_as_expected = |expected: String, shows: String, fix: String| Error::NotAsExpected {
+            container: name.to_owned(),
+            expected,
+            shows,
+            fix,
+        };
+        let found = match self.runtime.inspect_container(b.target()).await {
+            Ok(info) => Some(info),
+            Err(RuntimeError::ContainerNotFound { .. }) => None,
+            Err(e) => return Err(Error::inspect(b.target())(e)),
+        };
+        if !b.kind.replaces() {
+            // Nothing was under the target name before (an install, a restore, a stage's preview).
+            return match found {
+                Some(info) => Err(not_as_expected(
+                    format!("{} was taken away again", b.target()),
+                    format!(
+                        "{} ({}) is still there, {}",
+                        b.target(),
+                        short_id(&info.id),
+                        describe(&info)
+                    ),
+                    format!("remove it with `docker rm -f {}` if it is not wanted", b.target()),
+                )),
+                None => Ok(None),
+            };
+        }
+        let expected = if b.old_running {
+            format!("revision {} runs again", b.old_revision)
+        } else {
+            format!("revision {} is back (stopped, as it was)", b.old_revision)
+        };
+        let status_fix = format!("run `agentctl status {name}` and `agentctl history {name}`");
+        match found {
+            Some(info) if info.id == b.old_id => {
+                if b.old_running && !info.state.is_running() {
+                    return Err(not_as_expected(
+                        expected,
+                        format!("{name} {}", describe(&info)),
+                        status_fix,
+                    ));
+                }
+                Ok(None)
+            }
+            Some(info) => Err(not_as_expected(
+                expected,
+                format!(
+                    "another container under the name ({}, image {}, {})",
+                    short_id(&info.id),
+                    info.spec.image,
+                    describe(&info)
+                ),
+                status_fix,
+            )),
+            None => {
+                let Some(old) = old else {
+                    return Err(not_as_expected(
+                        expected,
+                        format!(
+                            "no container named {name}, and its retained container {} is gone too",
+                            b.retained_name
+                        ),
+                        format!(
+                            "`agentctl undo {name} --to-revision {}` recreates it from its recorded configuration",
+                            b.old_revision
+                        ),
+                    ));
+                };
+                let id = self.recreate_old(b, old, reason).await?;
+                match self.runtime.inspect_container(name).await {
+                    Ok(info) if info.id == id && (!b.old_running || info.state.is_running()) => Ok(Some(format!(
+                        "recreated from its recorded configuration: its retained container {} was gone",
+                        b.retained_name
+                    ))),
+                    Ok(info) => Err(not_as_expected(
+                        expected,
+                        format!("{name} was recreated from its configuration and {}", describe(&info)),
+                        status_fix,
+                    )),
+                    Err(e) => Err(not_as_expected(
+                        expected,
+                        format!("{name} was recreated from its configuration and cannot be read back: {e}"),
+                        status_fix,
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Creates the old container of the operation `b` began again from `old` (its retained container is
+    /// gone), its image pulled back by the recorded digest when the engine no longer has it; starts it when
+    /// it ran. Returns its id. A step that fails is [`Error::RevertFailed`] (exit 5).
+    async fn recreate_old(&self, b: &Begin, old: &OldContainer, reason: &str) -> Result<String, Error> {
+        let name = b.container.as_str();
+        let image = old.spec.image.clone();
+        if self.runtime.inspect_image(&old.image_id).await.is_err() {
+            let digest = self
+                .store
+                .revisions(&self.subject(name))
+                .await?
+                .into_iter()
+                .find(|r| r.number.get() == b.old_revision)
+                .and_then(|r| r.digest)
+                .or_else(|| image.digest().cloned());
+            let Some(digest) = digest else {
+                return Err(Error::NotAsExpected {
+                    container: name.to_owned(),
+                    expected: format!("revision {} runs again", b.old_revision),
+                    shows: format!(
+                        "no container named {name}: its retained container {} is gone, and so is its image {image} ({}), which was only local (no registry digest to pull it back by)",
+                        b.retained_name,
+                        short_id(&old.image_id)
+                    ),
+                    fix: format!(
+                        "build or pull {image} on {} again, then run `agentctl undo {name} --to-revision {}`",
+                        self.runtime.endpoint(),
+                        b.old_revision
+                    ),
+                });
+            };
+            let pinned = image.with_digest(digest);
+            self.reporter.report(&Event::Step {
+                step: "restore-image",
+                detail: format!(
+                    "the image of revision {} is gone from the engine: pulling {pinned}",
+                    b.old_revision
+                ),
+            });
+            let reporter = self.reporter.clone();
+            let pulled = self
+                .runtime
+                .pull_image(&pinned, &move |p| reporter.report(&Event::Pull(p)))
+                .await
+                .map_err(|e| StepFailed::at("restore-image", name)(e).reverting(name, reason))?;
+            // The container is created with the reference it had; a tag that now names another image is
+            // left alone (the reference by digest is used instead).
+            if image.digest().is_none() && self.runtime.inspect_image(&image.pull_ref()).await.is_err() {
+                self.runtime
+                    .tag_image(&pulled.id, &image)
+                    .await
+                    .map_err(|e| StepFailed::at("restore-image", name)(e).reverting(name, reason))?;
+            }
+        }
+        let mut spec = named(&old.spec, name)?;
+        if let Ok(local) = self.runtime.inspect_image(&image.pull_ref()).await {
+            if local.id != old.image_id {
+                if let Some(d) = self
+                    .runtime
+                    .inspect_image(&old.image_id)
+                    .await
+                    .ok()
+                    .and_then(|i| i.digest_for(&image))
+                {
+                    spec.image = image.with_digest(d);
+                }
+            }
+        }
+        self.reporter.report(&Event::Step {
+            step: "recreate-old",
+            detail: format!(
+                "{} is gone: creating {name} again from revision {}'s configuration",
+                b.retained_name, b.old_revision
+            ),
+        });
+        let id = self
+            .runtime
+            .create_container(&spec)
+            .await
+            .map_err(|e| StepFailed::at("recreate-old", name)(e).reverting(name, reason))?;
+        if b.old_running {
+            self.runtime
+                .start_container(name)
+                .await
+                .map_err(|e| StepFailed::at("recreate-old", name)(e).reverting(name, reason))?;
+        }
+        Ok(id)
     }
 
     /// Carries out one step of `op`'s plan.
@@ -327,6 +596,9 @@ impl Updater {
                     let suffix = match b.kind {
                         OpKind::Stage => format!(" beside {name}"),
                         OpKind::Install => " (it did not exist)".to_owned(),
+                        OpKind::Restore => {
+                            format!(" ({name} did not exist: brought back from its recorded configuration)")
+                        }
                         _ => String::new(),
                     };
                     report(format!("creating {target} from {}{suffix}", spec.image));
@@ -459,6 +731,32 @@ impl Updater {
         Ok(())
     }
 
+    /// The container an interrupted operation `b` replaced, as its revision recorded it, for recovery to
+    /// recreate when its retained container is gone: the stored spec with its secret values taken from the
+    /// new container (which the update gave the same ones), while that still exists. `None` when nothing
+    /// was replaced or the revision is not recorded.
+    async fn recorded_old(&self, b: &Begin) -> Result<Option<OldContainer>, Error> {
+        if !b.kind.replaces() {
+            return Ok(None);
+        }
+        let Some(revision) = self
+            .store
+            .revisions(&self.subject(&b.container))
+            .await?
+            .into_iter()
+            .find(|r| r.number.get() == b.old_revision)
+        else {
+            return Ok(None);
+        };
+        let mut spec = revision.spec.clone();
+        if let Ok(new) = self.runtime.inspect_container(b.target()).await {
+            if new.id != b.old_id {
+                spec.restore_secrets(&new.spec);
+            }
+        }
+        Ok(revision.image_id.map(|image_id| OldContainer { spec, image_id }))
+    }
+
     /// Records what a committed operation leaves: the new revision's outcome (unverified when `unverified`
     /// says why), the old container as retained, the revision brought back as running, no preview after a
     /// promotion, and the history pruned to `prune_to` when given. The same for a live operation and for
@@ -493,10 +791,10 @@ impl Updater {
             }
             self.store.put_revision(&subject, r).await?;
         }
-        if b.kind.replaces() {
+        if b.kind.replaces() || b.kind == OpKind::Restore {
             for mut r in history.revisions().iter().cloned() {
                 let was = (r.retained_container.clone(), r.retained_container_id.clone());
-                if RevisionNumber::new(b.old_revision) == Some(r.number) {
+                if b.kind.replaces() && RevisionNumber::new(b.old_revision) == Some(r.number) {
                     // The container that ran before is now retained.
                     r.retained_container = Some(b.retained_name.clone());
                     r.retained_container_id = Some(b.old_id.clone());
@@ -559,6 +857,7 @@ impl Updater {
             Decision::Revert { reason } => {
                 let reason = match b.kind {
                     OpKind::Install => format!("the new container was removed again: {reason}"),
+                    OpKind::Restore => format!("{} was taken away again: {reason}", b.container),
                     _ => reason.clone(),
                 };
                 self.revert_records(b, reason).await?
@@ -625,11 +924,17 @@ impl Updater {
                 self.commit_records(&begin, unverified.as_deref(), None).await?;
                 RecoveryAction::Completed
             } else {
+                let why = format!("repairing an operation interrupted at {last}");
+                let old = self.recorded_old(&begin).await?;
                 self.invert(&begin, &inverses(&begin.plan(), &steps))
                     .await
-                    .map_err(|e| {
-                        e.reverting(begin.target(), &format!("repairing an operation interrupted at {last}"))
-                    })?;
+                    .map_err(|e| e.reverting(begin.target(), &why))?;
+                if let Some(note) = self.ensure_restored(&begin, old.as_ref(), &why).await? {
+                    self.reporter.report(&Event::Step {
+                        step: "recreate-old",
+                        detail: format!("{name}: revision {} {note}", begin.old_revision),
+                    });
+                }
                 let reason = match begin.kind {
                     OpKind::Install => format!("install interrupted at step {last}; removed by the next command"),
                     _ => format!("interrupted at step {last}; reverted by the next command"),

@@ -13,6 +13,7 @@
 //! | `promote` | the same; create-new renames the verified preview to the name      | survived the switch   |
 //! | `stage`   | create-new (as `NAME.preview`), start-new                          | gate + faithfulness   |
 //! | `install` | create-new, start-new                                              | gate                  |
+//! | `restore` | create-new (renames the retained revision back when kept), start-new | gate (+ faithfulness) |
 
 use agent_core::{RestartPolicy, SpecDiff};
 use agent_health::{Verdict, VerdictOutcome};
@@ -32,6 +33,9 @@ pub(crate) enum OpKind {
     Stage,
     /// A container that did not exist is created from a template.
     Install,
+    /// An earlier revision comes back under a name no container holds (the agent was removed): from its
+    /// retained container, or created from its recorded configuration.
+    Restore,
 }
 
 impl OpKind {
@@ -43,6 +47,7 @@ impl OpKind {
             OpKind::Promote => "promote",
             OpKind::Stage => "stage",
             OpKind::Install => "install",
+            OpKind::Restore => "restore",
         }
     }
 
@@ -354,6 +359,10 @@ mod tests {
             }
         );
         assert_eq!(names(&begin(OpKind::Install, None).plan()), ["create-new", "start-new"]);
+        assert_eq!(
+            names(&begin(OpKind::Restore, Some("a.rev1")).plan()),
+            ["create-new", "start-new"]
+        );
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct UpdateReport {
     pub probation: Option<ProbationOutcome>,
     /// The revision that restored the previous version after a probation alert.
     pub restored_by: Option<RevisionNumber>,
+    /// How the previous revision came back after a rollback, when it had to be recreated from its recorded
+    /// configuration (its retained container was gone); `None` when its retained container took the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<String>,
 }
 
 /// The current state of one container, for `agentctl status`.
@@ -124,6 +128,10 @@ pub struct StatusReport {
     /// the fix; `None` when they agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<String>,
+    /// What else the engine shows that the recorded history does not expect, each with its fix: the
+    /// container gone, retained containers pruned, the engine's copy of the history missing or different.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
 }
 
 /// The store document kind of staged previews.

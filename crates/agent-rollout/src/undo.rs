@@ -1,15 +1,18 @@
 //! Going back: undo to any revision (from its retained container when it is the one recorded, else from its
 //! snapshot), and `status`, which repairs interrupted operations and reports drift.
 
-use agent_core::{ContainerName, RuntimeError};
+use agent_core::{
+    ContainerName, ContainerSpec, ImageDefaults, ImageInfo, Revision, RevisionHistory, RevisionNumber, RuntimeError,
+};
 
+use crate::engine_state::engine_history;
 use crate::error::Error;
 use crate::events::Event;
-use crate::executor::{Check, RevisionMeta, Source};
+use crate::executor::{Check, Operation, RevisionMeta, Source};
 use crate::lease::LeaseGuard;
-use crate::plan::OpKind;
+use crate::plan::{Begin, OpKind};
 use crate::report::{Recovery, StatusReport, UpdateReport};
-use crate::request::UndoRequest;
+use crate::request::{PullPolicy, UndoRequest, UpdateRequest};
 use crate::updater::{short_id, Updater};
 
 impl Updater {
@@ -26,13 +29,20 @@ impl Updater {
         let (container, to, req) = (&undo.container, undo.to, undo);
         let name = container.as_str();
         let recovered = self.recover_locked(name).await?;
+        // The agent may be gone (removed by mistake): then the revision is brought back under the free name.
+        let old = match self.runtime.inspect_container(name).await {
+            Ok(info) => Some(info),
+            Err(RuntimeError::ContainerNotFound { .. }) => None,
+            Err(e) => return Err(Error::inspect(name)(e)),
+        };
         let history = self.history(container, req.history_limit).await?;
-        let old = self
-            .runtime
-            .inspect_container(name)
-            .await
-            .map_err(Error::inspect(name))?;
-        let current = self.adopt(name, &old, history.clone()).await?;
+        let current = match &old {
+            Some(old) => self.adopt(name, old, history).await?,
+            None => history.current().cloned().ok_or_else(|| Error::NoHistory {
+                container: name.to_owned(),
+                endpoint: self.runtime.endpoint().to_owned(),
+            })?,
+        };
         let history = self.history(container, req.history_limit).await?;
         let target = match to {
             Some(n) => history.get(n).cloned().ok_or_else(|| Error::NoSuchRevision {
@@ -44,7 +54,7 @@ impl Updater {
                 container: name.to_owned(),
             })?,
         };
-        if target.number == current.number {
+        if target.number == current.number && old.is_some() {
             return Err(Error::InvalidInput {
                 what: "--to-revision".into(),
                 message: format!(
@@ -53,7 +63,6 @@ impl Updater {
                 ),
             });
         }
-        let old_defaults = self.defaults_of(&old.image_id).await;
         // The retained container is used only when it is the one recorded (its id, else its image): a
         // container that merely has the name is not the revision, and is not touched.
         let retained_ok = match &target.retained_container {
@@ -75,7 +84,16 @@ impl Updater {
                     }
                     same
                 }
-                Err(_) => false,
+                Err(_) => {
+                    self.reporter.report(&Event::Step {
+                        step: "retained-gone",
+                        detail: format!(
+                            "{r}, the container retained for revision {}, is gone (pruned or removed); recreating the revision from its recorded configuration",
+                            target.number
+                        ),
+                    });
+                    false
+                }
             },
             None => false,
         };
@@ -91,7 +109,25 @@ impl Updater {
             };
             (source, Some(info.image_id), defaults, None)
         } else {
-            let missing = spec.restore_secrets(&old.spec);
+            // Secret values are never stored: they come from the running container, or, when the agent was
+            // removed, from the newest of its retained containers that is still there.
+            let mut missing = match &old {
+                Some(old) => spec.restore_secrets(&old.spec),
+                None => spec.restore_secrets(&spec.clone()),
+            };
+            if old.is_none() && !missing.is_empty() {
+                for r in history.revisions().iter().rev() {
+                    let Some(retained) = &r.retained_container else {
+                        continue;
+                    };
+                    if let Ok(info) = self.runtime.inspect_container(retained).await {
+                        missing = spec.restore_secrets(&info.spec);
+                        if missing.is_empty() {
+                            break;
+                        }
+                    }
+                }
+            }
             if !missing.is_empty() {
                 return Err(Error::SecretsUnknown {
                     container: name.to_owned(),
@@ -99,7 +135,24 @@ impl Updater {
                     names: missing,
                 });
             }
-            let info = self.resolve_image(&target.image, req.pull).await?;
+            // Said before anything changes: what recreating the revision changes beyond the image.
+            if let Some(old) = &old {
+                let differs = old.spec.diff(&spec).ignoring_image();
+                if !differs.is_empty() {
+                    self.reporter.report(&Event::Step {
+                        step: "undo-config",
+                        detail: format!(
+                            "revision {}'s recorded configuration differs from the running container's beyond the image: {differs}",
+                            target.number
+                        ),
+                    });
+                }
+            }
+            let info = self.revision_image(&target, req.pull).await?;
+            let old_defaults = match &old {
+                Some(old) => self.defaults_of(&old.image_id).await,
+                None => info.defaults.clone(),
+            };
             let faithful_to = Some((spec.clone(), old_defaults));
             (
                 Source::Create(Box::new(spec.clone())),
@@ -113,33 +166,117 @@ impl Updater {
             image: target.image.clone(),
             image_id,
             digest: target.digest.clone(),
-            cause: req
-                .cause
-                .clone()
-                .unwrap_or_else(|| format!("undo to revision {}", target.number)),
+            cause: req.cause.clone().unwrap_or_else(|| match &old {
+                Some(_) => format!("undo to revision {}", target.number),
+                None => format!("undo to revision {} ({name} did not exist)", target.number),
+            }),
             new_defaults,
         };
-        let mut report = self
-            .replace(
-                lease,
-                OpKind::Undo,
-                &old,
-                current.number,
-                source,
-                spec,
-                Check::Gate,
-                faithful_to,
-                meta,
-                &req,
-            )
-            .await?;
+        let mut report = match &old {
+            Some(old) => {
+                self.replace(
+                    lease,
+                    OpKind::Undo,
+                    old,
+                    current.number,
+                    source,
+                    spec,
+                    Check::Gate,
+                    faithful_to,
+                    meta,
+                    &req,
+                )
+                .await?
+            }
+            None => {
+                self.restore_removed(lease, name, current.number, source, spec, faithful_to, meta, &req)
+                    .await?
+            }
+        };
         report.recovered = recovered;
+        Ok(report)
+    }
+
+    /// The image of `revision` on the engine: the local one when its id is still there, else pulled, by the
+    /// recorded digest when there is one (a tag may have moved since), then given its tag back.
+    async fn revision_image(&self, revision: &Revision, pull: PullPolicy) -> Result<ImageInfo, Error> {
+        let local = match &revision.image_id {
+            Some(id) => self.runtime.inspect_image(id).await.ok(),
+            None => None,
+        };
+        match (local, &revision.digest) {
+            (Some(info), _) if pull != PullPolicy::Always => Ok(info),
+            (None, Some(digest)) if revision.image.digest().is_none() => {
+                let pinned = revision.image.with_digest(digest.clone());
+                let info = self.resolve_image(&pinned, PullPolicy::Always).await?;
+                if self.runtime.inspect_image(&revision.image.pull_ref()).await.is_err() {
+                    self.runtime
+                        .tag_image(&info.id, &revision.image)
+                        .await
+                        .map_err(|source| Error::ResolveImage {
+                            image: revision.image.to_string(),
+                            source,
+                        })?;
+                }
+                Ok(info)
+            }
+            _ => self.resolve_image(&revision.image, pull).await,
+        }
+    }
+
+    /// Brings `source` back under `name`, which no container holds (the agent was removed), as a new revision
+    /// after `current` (the revision whose container is gone): the restore plan, executed and settled.
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_removed(
+        &self,
+        lease: &LeaseGuard,
+        name: &str,
+        current: RevisionNumber,
+        source: Source,
+        spec: ContainerSpec,
+        faithful_to: Option<(ContainerSpec, ImageDefaults)>,
+        meta: RevisionMeta,
+        req: &UpdateRequest,
+    ) -> Result<UpdateReport, Error> {
+        let history = self.history(&spec.name, req.history_limit).await?;
+        let revision = meta.revision(history.next_number(), spec);
+        self.store.put_revision(&self.subject(name), &revision).await?;
+        let from_retained = match &source {
+            Source::Existing { name, .. } => Some(name.clone()),
+            Source::Create(_) => None,
+        };
+        let op = Operation {
+            begin: Begin {
+                kind: OpKind::Restore,
+                container: name.to_owned(),
+                old_id: String::new(),
+                old_running: false,
+                old_restart: agent_core::RestartPolicy::No,
+                old_revision: current.get(),
+                new_revision: revision.number.get(),
+                retained_name: String::new(),
+                from_retained,
+            },
+            source,
+            check: Check::Gate,
+            faithful_to,
+            meta,
+            stop_timeout: None,
+            notify_started: true,
+            old: None,
+        };
+        let ex = self.execute(&op, req, lease).await?;
+        let mut report = self.settle(&op, ex, req, revision, lease).await?;
+        // Nothing ran before under the name: nothing is retained.
+        report.previous = None;
         Ok(report)
     }
 
     /// Repairs interrupted operations on `container` (if no live process holds it) and reports its state.
     pub async fn status(&self, container: &ContainerName, limit: usize) -> Result<StatusReport, Error> {
         let name = container.as_str();
+        // The engine's copy of the history as this command found it (taking the lock writes it again).
+        let on_engine = engine_history(self.runtime.as_ref(), name).await;
         let (recovered, in_progress) = match self.lease(name, "status").await {
             Ok(lease) => {
                 let r = self.recover_locked(name).await;
@@ -147,6 +284,8 @@ impl Updater {
                 (r?, None)
             }
             Err(Error::Busy { message }) => (Vec::new(), Some(message)),
+            // A lock record that is not agentctl's writing: reported here, never trusted.
+            Err(e @ Error::UnreadableRecord { .. }) => (Vec::new(), Some(e.to_string())),
             Err(e) => return Err(e),
         };
         let history = self.history(container, limit).await?;
@@ -169,8 +308,13 @@ impl Updater {
             )),
             _ => None,
         };
+        let rewritten = in_progress.is_none();
+        let findings = self
+            .findings(container, &history, info.is_some(), on_engine, rewritten)
+            .await;
         Ok(StatusReport {
             drift,
+            findings,
             container: name.to_owned(),
             endpoint: self.runtime.endpoint().to_owned(),
             image: info.as_ref().map(|i| i.spec.image.to_string()),
@@ -184,6 +328,79 @@ impl Updater {
             in_progress,
             recovered,
         })
+    }
+
+    /// What the engine shows that the recorded history does not expect, in words with the fix: the container
+    /// gone while a revision is recorded, retained containers gone (pruned), and the engine's copy of the
+    /// history missing, unreadable or different from the state store's.
+    async fn findings(
+        &self,
+        container: &ContainerName,
+        history: &RevisionHistory,
+        exists: bool,
+        on_engine: Result<Option<(String, Vec<Revision>)>, Error>,
+        rewritten: bool,
+    ) -> Vec<String> {
+        let name = container.as_str();
+        let mut out = Vec::new();
+        if let (false, Some(r)) = (exists, history.current()) {
+            out.push(format!(
+                "{name} does not exist on the engine, but revision {} ({}) is recorded as running: it was removed outside agentctl; `agentctl undo {name} --to-revision {}` brings it back",
+                r.number,
+                r.image.familiar(),
+                r.number
+            ));
+        }
+        for (n, retained) in self.retained_gone(history).await {
+            out.push(format!(
+                "{retained}, the container retained for revision {n}, is gone (pruned or removed); an undo to revision {n} recreates it from its recorded configuration"
+            ));
+        }
+        if !self.runtime.supports_records() || history.revisions().is_empty() {
+            return out;
+        }
+        match on_engine {
+            Ok(None) => out.push(format!(
+                "the engine kept no copy of {name}'s history (its records {name}.agentctl-history.0 and .1 were gone: `docker container prune` removes them); {}",
+                if rewritten {
+                    "written again from the state store"
+                } else {
+                    "the next update or undo writes it again"
+                }
+            )),
+            Ok(Some((record, on_engine))) => {
+                let summary = |revs: &mut dyn Iterator<Item = &Revision>| {
+                    revs.map(|r| format!("{} {}", r.number, r.outcome.status()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                // The history shown may be cut to the newest revisions; compare those.
+                let oldest = history.revisions().iter().map(|r| r.number).min();
+                let stored = summary(&mut history.revisions().iter());
+                let engine = summary(&mut on_engine.iter().filter(|r| oldest.is_some_and(|o| r.number >= o)));
+                if engine != stored {
+                    out.push(format!(
+                        "the engine's history of {name} (record {record}: {engine}) differs from the state store's ({stored}): another agentctl with another state store changed {name}, or the record was altered; the state store's is used here"
+                    ));
+                }
+            }
+            Err(e) => out.push(e.to_string()),
+        }
+        out
+    }
+
+    /// The revisions of `history` whose retained container is gone from the engine: `(revision, name)`.
+    pub async fn retained_gone(&self, history: &RevisionHistory) -> Vec<(RevisionNumber, String)> {
+        let mut gone = Vec::new();
+        for r in history.revisions() {
+            let Some(retained) = &r.retained_container else {
+                continue;
+            };
+            if let Err(RuntimeError::ContainerNotFound { .. }) = self.runtime.inspect_container(retained).await {
+                gone.push((r.number, retained.clone()));
+            }
+        }
+        gone
     }
 
     /// Repairs interrupted operations on `container`, taking its lease.

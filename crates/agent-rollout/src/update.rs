@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::error::Error;
 use crate::events::Event;
-use crate::executor::{container_name, Check, Operation, RevisionMeta, Source};
+use crate::executor::{container_name, Check, OldContainer, Operation, RevisionMeta, Source};
 use crate::lease::LeaseGuard;
 use crate::plan::{Begin, Decision, OpKind};
 use crate::report::{preview_name, Preview, UpdateReport, UpdateStatus};
@@ -210,6 +210,7 @@ impl Updater {
             recovered: Vec::new(),
             probation: None,
             restored_by: None,
+            restored: None,
         })))
     }
 
@@ -278,6 +279,7 @@ impl Updater {
             meta,
             stop_timeout: None,
             notify_started: true,
+            old: None,
         };
         let ex = self.execute(&op, req, lease).await?;
         let mut report = self.settle(&op, ex, req, revision, lease).await?;
@@ -348,6 +350,7 @@ impl Updater {
                     recovered: Vec::new(),
                     probation: None,
                     restored_by: None,
+                    restored: None,
                 },
             };
             report.backup = ready.backup;
@@ -438,6 +441,7 @@ impl Updater {
             meta: ready.meta.clone(),
             stop_timeout: None,
             notify_started: false,
+            old: None,
         };
         let ex = self.execute(&op, req, lease).await?;
         if let (Decision::Commit { .. }, Some(verdict), Some(id)) = (&ex.decision, &ex.verdict, &ex.new_id) {
@@ -582,6 +586,7 @@ impl Updater {
             meta,
             stop_timeout: old.spec.stop_timeout,
             notify_started: true,
+            old: Some(OldContainer::of(old)),
         };
         let ex = self.execute(&op, req, lease).await?;
         self.settle(&op, ex, req, revision, lease).await

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use agent_core::{ContainerName, ContainerRuntime, RevisionHistory, RevisionNumber, StateStore};
 
-use crate::engine_state::{load_history, EngineLock, HISTORY_RECORD, HISTORY_SUFFIX, JOURNAL_SUFFIX, LOCK_SUFFIX};
+use crate::engine_state::{engine_history, EngineLock, HISTORY_RECORD, HISTORY_SUFFIX, JOURNAL_SUFFIX, LOCK_SUFFIX};
 use crate::error::Error;
-use crate::events::Reporter;
+use crate::events::{Event, Reporter};
 use crate::lease::{holder_for_this_process, LeaseGuard};
 
 /// Updates, undoes and repairs agent containers on one engine.
@@ -78,6 +78,11 @@ impl Updater {
         }
     }
 
+    /// The engine this updater works on, as its runtime names it.
+    pub fn endpoint(&self) -> &str {
+        self.runtime.endpoint()
+    }
+
     pub(crate) fn subject(&self, container: &str) -> String {
         subject_key(self.runtime.endpoint(), container)
     }
@@ -106,14 +111,23 @@ impl Updater {
     }
 
     /// The revision history of `container`: the store's, else (a new runner, an empty state directory) the
-    /// copy kept on the engine, which is then stored.
+    /// copy kept on the engine, checked, reported with the record it came from, and then stored.
     pub async fn history(&self, container: &ContainerName, limit: usize) -> Result<RevisionHistory, Error> {
         let subject = self.subject(container.as_str());
         let mut revs = self.store.revisions(&subject).await?;
         if revs.is_empty() {
-            revs = load_history(self.runtime.as_ref(), container.as_str()).await?;
-            for r in &revs {
-                self.store.put_revision(&subject, r).await?;
+            if let Some((record, from_engine)) = engine_history(self.runtime.as_ref(), container.as_str()).await? {
+                self.reporter.report(&Event::Step {
+                    step: "engine-history",
+                    detail: format!(
+                        "the state store has no history of {container}: {} revision(s) read from the engine record {record}",
+                        from_engine.len()
+                    ),
+                });
+                for r in &from_engine {
+                    self.store.put_revision(&subject, r).await?;
+                }
+                revs = from_engine;
             }
         }
         Ok(RevisionHistory::from_revisions(limit, revs))

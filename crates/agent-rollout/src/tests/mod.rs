@@ -426,7 +426,9 @@ async fn a_quiet_probation_keeps_the_update() {
 
 mod engine;
 mod fleet;
+mod hostile_spec;
 mod paths;
+mod readback;
 mod stores;
 
 #[tokio::test(start_paused = true)]
