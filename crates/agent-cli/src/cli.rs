@@ -211,6 +211,10 @@ pub(crate) struct ApplyArgs {
     /// on this address while the command runs, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_listen: Option<String>,
+    /// When a rollout of this name has not finished and runs another spec, revert it (every target it
+    /// touched back to its previous revision) and start this spec; without it, such an apply is refused.
+    #[arg(long)]
+    pub(crate) replace: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -116,16 +116,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("{name}: revision {} ({}) is {word}", r.number, r.image.familiar());
             }
             let h = updater.history(&name, args.history_limit as usize).await?;
+            let gone: Vec<agent_core::RevisionNumber> =
+                updater.retained_gone(&h).await.into_iter().map(|(n, _)| n).collect();
             match g.output {
                 Output::Table if h.revisions().is_empty() => print_out(
                     g.output,
                     format!(
-                        "{} has no revisions yet: agentctl records them from its first update",
-                        name
+                        "{name} has no revisions: none in the state store, none on the engine {} (no {name}.agentctl-history.0 or .1 record); agentctl records them from its first update (`docker container prune` removes the engine's copy: filter it with --filter label!=io.agentctl.record)",
+                        updater.endpoint()
                     ),
                 ),
-                Output::Table => print_out(g.output, render::history_table(&h)),
-                o => print_out(o, render::structured(o, &render::history_rows(&h))?),
+                Output::Table => print_out(g.output, render::history_table(&h, &gone)),
+                o => print_out(o, render::structured(o, &render::history_rows(&h, &gone))?),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -152,7 +154,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(addr) = &args.metrics_listen {
                 serve_metrics(addr, Arc::new(self::fleet(g).await?)).await?;
             }
-            let state = fleet.apply(spec).await?;
+            let state = if args.replace {
+                fleet.replace(spec).await?
+            } else {
+                fleet.apply(spec).await?
+            };
             Ok(fleet_exit(g, &state))
         }
         Command::Rollout(cmd) => {
@@ -178,7 +184,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 cli::RolloutCommand::Promote { name } | cli::RolloutCommand::Resume { name } => {
-                    fleet.promote(name).await?
+                    let s = fleet.promote(name).await?;
+                    if !s.phase().is_terminal() && s.phase() != agent_core::Phase::Paused {
+                        // Handed to the apply that runs it (it waited in a timed pause or an analysis).
+                        eprintln!("promoted: the process running {name} took the promotion and goes on");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    s
                 }
                 cli::RolloutCommand::Abort { name } => fleet.abort(name, "aborted by the operator").await?,
                 cli::RolloutCommand::Pause { name, reason } => {
@@ -425,7 +437,7 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
     } else if text.contains("is locked by") {
         Some("another agentctl works on this container; wait for it to finish")
     } else if text.contains("locked on the engine") {
-        Some("another agentctl (with any state store) works on this container; wait for it to finish")
+        Some("another agentctl (with any state store) works on this container; wait for it to finish, or if the process the message names is gone, remove the lock record it names")
     } else if text.contains("state store postgres") {
         Some("check the URL in --state / AGENTCTL_STATE: host, port, user, database, the password (or PGPASSWORD), sslmode")
     } else if text.contains("state store") {
@@ -463,7 +475,12 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            let usage = e.downcast_ref::<Usage>().is_some();
+            // A spec that conflicts with a running rollout is a usage error: nothing was changed.
+            let usage = e.downcast_ref::<Usage>().is_some()
+                || matches!(
+                    e.downcast_ref::<agent_rollout::Error>(),
+                    Some(agent_rollout::Error::RolloutConflict { .. })
+                );
             eprintln!("{} {}", render::red("error:"), render::terminal_safe(&e.to_string()));
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {}", render::terminal_safe(&cause.to_string()));
@@ -471,7 +488,9 @@ fn main() -> ExitCode {
             if let Some(h) = hint(&e) {
                 eprintln!("  hint: {h}");
             }
-            if let Some(agent_rollout::Error::RevertFailed { .. }) = e.downcast_ref::<agent_rollout::Error>() {
+            if let Some(agent_rollout::Error::RevertFailed { .. } | agent_rollout::Error::NotAsExpected { .. }) =
+                e.downcast_ref::<agent_rollout::Error>()
+            {
                 return ExitCode::from(5);
             }
             ExitCode::from(if usage { 2 } else { 1 })

@@ -168,6 +168,16 @@ pub enum FleetEvent {
         /// Each server the backend now has for the targets: `addr:port weight`.
         servers: Vec<String>,
     },
+    /// The weights read back from the load balancer differed from what the rollout set (changed by hand
+    /// or by another tool, or servers lost to a reload); they are set again.
+    TrafficCorrected {
+        /// Rollout name.
+        rollout: String,
+        /// What was found.
+        found: String,
+        /// The share set again, in percent.
+        weight: u8,
+    },
     /// The rollout paused.
     Paused {
         /// Rollout name.

@@ -8,6 +8,7 @@
 
 mod batch;
 mod metrics;
+mod requests;
 mod rollback;
 mod route;
 mod run;
@@ -150,17 +151,60 @@ impl Fleet {
             .map_err(Error::from)
     }
 
-    /// Applies a spec: starts a new rollout, or resumes one of the same name that did not finish.
+    /// Applies a spec: starts a new rollout, or resumes one of the same name and the same spec that did not
+    /// finish. A rollout of that name that did not finish with another spec is refused
+    /// ([`Error::RolloutConflict`], naming the differences; nothing is changed): [`Fleet::replace`] reverts it
+    /// first.
     pub async fn apply(&self, spec: RolloutSpec) -> Result<RolloutState, Error> {
+        self.apply_as(spec, false).await
+    }
+
+    /// Applies a spec in place of a rollout of the same name that did not finish: that rollout is reverted
+    /// (every target it touched back to its previous revision), then this spec starts. Without such a
+    /// rollout, the same as [`Fleet::apply`].
+    pub async fn replace(&self, spec: RolloutSpec) -> Result<RolloutState, Error> {
+        self.apply_as(spec, true).await
+    }
+
+    async fn apply_as(&self, spec: RolloutSpec, replace: bool) -> Result<RolloutState, Error> {
         let lease = self.lease(spec.name.as_str(), "apply").await?;
         let result = async {
+            if let Some(mut s) = self.state(spec.name.as_str()).await? {
+                let unfinished = !s.phase().is_terminal();
+                let differences = spec::differences(&s.spec, &spec);
+                if unfinished && (replace || !differences.is_empty()) && s.phase() != Phase::RollingBack {
+                    if !replace {
+                        return Err(Error::RolloutConflict {
+                            rollout: spec.name.to_string(),
+                            phase: s.phase().to_string(),
+                            differences,
+                        });
+                    }
+                    // The stored rollout goes back first: nothing of it may stay half done under the name.
+                    s.record("apply --replace: reverted for a new spec");
+                    self.open_outbox(&s.spec);
+                    let r = self.rollback(&mut s, "replaced by a new spec (`apply --replace`)".into()).await;
+                    self.outbox().drain().await;
+                    r?;
+                    if s.phase() != Phase::RolledBack {
+                        return Err(Error::InvalidInput {
+                            what: format!("rollout {}", spec.name),
+                            message: format!(
+                                "`--replace` could not revert it ({}): the new spec was not started; see `agentctl rollout status {}`",
+                                s.reason.clone().unwrap_or_default(),
+                                spec.name
+                            ),
+                        });
+                    }
+                }
+            }
             let mut state = match self.state(spec.name.as_str()).await? {
                 // A process died while rolling back: finish that first, whatever the new spec says.
                 Some(mut s) if s.phase() == Phase::RollingBack => {
                     self.finish_rollback(&mut s).await?;
                     return Ok(s);
                 }
-                Some(mut s) if !s.phase().is_terminal() && s.phase() != Phase::Paused && s.spec.image == spec.image => {
+                Some(mut s) if !s.phase().is_terminal() && s.phase() != Phase::Paused => {
                     // Resuming after a process that stopped: find out what it left half done.
                     s.record("apply (resumed an interrupted run)");
                     self.settle(&mut s).await?;
@@ -302,59 +346,81 @@ impl Fleet {
         Ok(units)
     }
 
-    /// Continues a paused rollout (a pause until promotion, an inconclusive analysis, or a timed pause).
+    /// Continues a paused rollout (a pause until promotion, an inconclusive analysis). A rollout another
+    /// process is running (in a timed pause, an analysis) is handed the promotion through the store: that
+    /// process ends its wait and goes on; the state returned is as it stands then.
     pub async fn promote(&self, name: &str) -> Result<RolloutState, Error> {
-        let lease = self.lease(name, "promote").await?;
-        let result = async {
-            let mut state = self.existing(name).await?;
-            state.machine.apply(Input::Promote).map_err(|e| Error::InvalidInput {
+        let lease = match self.lease(name, "promote").await {
+            Ok(lease) => lease,
+            Err(Error::Busy { .. }) => return self.hand_over(name, requests::Ask::Promote).await,
+            Err(e) => return Err(e),
+        };
+        let result = self.promote_locked(name).await;
+        lease.release().await?;
+        result
+    }
+
+    /// [`Fleet::promote`] under the rollout's lease.
+    async fn promote_locked(&self, name: &str) -> Result<RolloutState, Error> {
+        let mut state = self.existing(name).await?;
+        state.machine.apply(Input::Promote).map_err(|e| Error::InvalidInput {
+            what: format!("rollout {name}"),
+            message: e.to_string(),
+        })?;
+        state.reason = None;
+        state.record("promote");
+        self.save(&mut state).await?;
+        self.run(&mut state).await?;
+        Ok(state)
+    }
+
+    /// Stops a rollout and reverts every target it touched. A rollout another process is running is handed
+    /// the abort through the store: that process reverts at once while it waits in a pause or an analysis
+    /// (within a fraction of a second), else at its next step, and this call follows the rollback to its
+    /// end.
+    pub async fn abort(&self, name: &str, reason: &str) -> Result<RolloutState, Error> {
+        let lease = match self.lease(name, "abort").await {
+            Ok(lease) => lease,
+            Err(Error::Busy { .. }) => {
+                let ask = requests::Ask::Abort {
+                    reason: reason.to_owned(),
+                };
+                return self.hand_over(name, ask).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let result = self.abort_locked(name, reason).await;
+        lease.release().await?;
+        result
+    }
+
+    /// [`Fleet::abort`] under the rollout's lease.
+    async fn abort_locked(&self, name: &str, reason: &str) -> Result<RolloutState, Error> {
+        let mut state = self.existing(name).await?;
+        if state.phase() == Phase::RollingBack {
+            self.finish_rollback(&mut state).await?;
+            return Ok(state);
+        }
+        state
+            .machine
+            .apply(Input::Abort {
+                reason: reason.to_owned(),
+            })
+            .map_err(|e| Error::InvalidInput {
                 what: format!("rollout {name}"),
                 message: e.to_string(),
             })?;
-            state.reason = None;
-            state.record("promote");
-            self.save(&mut state).await?;
-            self.run(&mut state).await?;
-            Ok(state)
-        }
-        .await;
-        lease.release().await?;
-        result
+        state.record(format!("abort: {reason}"));
+        self.open_outbox(&state.spec);
+        let r = self.rollback(&mut state, reason.to_owned()).await;
+        self.outbox().drain().await;
+        r?;
+        Ok(state)
     }
 
-    /// Stops a rollout and reverts every target it touched.
-    pub async fn abort(&self, name: &str, reason: &str) -> Result<RolloutState, Error> {
-        let lease = self.lease(name, "abort").await?;
-        let result = async {
-            let mut state = self.existing(name).await?;
-            if state.phase() == Phase::RollingBack {
-                self.finish_rollback(&mut state).await?;
-                return Ok(state);
-            }
-            state
-                .machine
-                .apply(Input::Abort {
-                    reason: reason.to_owned(),
-                })
-                .map_err(|e| Error::InvalidInput {
-                    what: format!("rollout {name}"),
-                    message: e.to_string(),
-                })?;
-            state.record(format!("abort: {reason}"));
-            self.open_outbox(&state.spec);
-            let r = self.rollback(&mut state, reason.to_owned()).await;
-            self.outbox().drain().await;
-            r?;
-            Ok(state)
-        }
-        .await;
-        lease.release().await?;
-        result
-    }
-
-    /// Pauses a rollout: at the next step boundary when a process is running it (the request is stored and
-    /// that process sees it), or now when none is (a rollout whose process died). Resume with
-    /// [`Fleet::promote`].
+    /// Pauses a rollout: when a process is running it, that process is handed the request through the store
+    /// and pauses at once while it waits (a timed pause, an analysis) or at its next step; when none is (a
+    /// rollout whose process died), now. Resume with [`Fleet::promote`].
     pub async fn pause(&self, name: &str, reason: &str) -> Result<RolloutState, Error> {
         let state = self.existing(name).await?;
         if state.phase().is_terminal() || state.phase() == Phase::Paused {
@@ -376,9 +442,14 @@ impl Fleet {
                 result
             }
             Err(Error::Busy { .. }) => {
-                self.store
-                    .put_document(PAUSE_KIND, name, &serde_json::json!({ "reason": reason }))
-                    .await?;
+                // The running process pauses at once while it waits, else before its next step.
+                self.request(
+                    name,
+                    requests::Ask::Pause {
+                        reason: reason.to_owned(),
+                    },
+                )
+                .await?;
                 Ok(state)
             }
             Err(e) => Err(e),

@@ -24,6 +24,9 @@ pub struct TrafficState {
     /// Every `addr:port` the rollout has routed to: a server at one of them that the state no longer wants
     /// is removed; servers at other addresses are not the rollout's and are left alone.
     pub routed: BTreeSet<String>,
+    /// The weight last set at each `addr:port`: what the weights read back are compared with.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub weights: std::collections::BTreeMap<String, u16>,
 }
 
 /// What the backend should send where.
@@ -44,7 +47,10 @@ pub(super) enum Routing {
 struct Wanted {
     endpoint: String,
     addr: String,
+    /// `CONTAINER-VERSION`: what runs there, as a judge selecting by server name reads it.
     name: String,
+    /// `CONTAINER-`: the start of every name the rollout gives a server of this target.
+    prefix: String,
     weight: u16,
 }
 
@@ -91,9 +97,19 @@ impl Fleet {
         let err = refused(&spec.backend);
         let servers = haproxy.servers().await.map_err(&err)?;
         let mut names: BTreeSet<String> = servers.iter().map(|s| s.name.clone()).collect();
+        let mut renamed = Vec::new();
         for w in &wanted {
             let at: Vec<_> = servers.iter().filter(|s| s.endpoint() == w.endpoint).collect();
-            if at.is_empty() {
+            // A server this rollout's scheme named for another version than runs there now (the previews
+            // of a killed rollout whose addresses new previews got) must not stay: a judge selecting the
+            // canary by server name would count the new version's requests as the old one's. It is replaced
+            // by a server named for what runs; a server the configuration named is kept as it is.
+            let stale: Vec<_> = at
+                .iter()
+                .filter(|s| s.name != w.name && s.name.starts_with(&w.prefix) && !named_for(&s.name, &w.name))
+                .collect();
+            let right = at.iter().any(|s| !stale.iter().any(|x| x.name == s.name));
+            if !right {
                 let mut name = w.name.clone();
                 let mut n = 2;
                 while names.contains(&name) {
@@ -103,12 +119,17 @@ impl Fleet {
                 haproxy.add(&name, &w.addr, spec.port, w.weight).await.map_err(&err)?;
                 names.insert(name);
             }
-            for s in at {
-                if s.weight != w.weight || s.admin != 0 {
+            for s in &at {
+                if stale.iter().any(|x| x.name == s.name) {
+                    renamed.push(s.name.clone());
+                } else if s.weight != w.weight || s.admin != 0 {
                     haproxy.set_weight(&s.name, w.weight).await.map_err(&err)?;
                 }
             }
             traffic.routed.insert(w.endpoint.clone());
+        }
+        for name in renamed {
+            haproxy.remove(&name, spec.drain_timeout).await.map_err(&err)?;
         }
         // An engine that could not be asked leaves its containers' servers as they are.
         if complete {
@@ -120,6 +141,7 @@ impl Fleet {
                 }
             }
         }
+        traffic.weights = wanted.iter().map(|w| (w.endpoint.clone(), w.weight)).collect();
         state.traffic = Some(traffic);
         self.save(state).await?;
         self.emit(FleetEvent::Traffic {
@@ -129,6 +151,38 @@ impl Fleet {
             servers: wanted.iter().map(|w| format!("{} {}", w.endpoint, w.weight)).collect(),
         });
         Ok(())
+    }
+
+    /// What differs between the weights the rollout last set and what the load balancer reports now (a
+    /// weight changed, a server drained, disabled or gone), in words; `None` when they agree.
+    pub(super) async fn weights_differ(&self, state: &RolloutState) -> Result<Option<String>, Error> {
+        let (Some(spec), Some(traffic)) = (state.spec.traffic.as_ref(), state.traffic.as_ref()) else {
+            return Ok(None);
+        };
+        let haproxy = Haproxy::new(&spec.haproxy.socket, &spec.haproxy.backend);
+        let servers = haproxy.servers().await.map_err(refused(&spec.haproxy.backend))?;
+        let mut found = Vec::new();
+        for (endpoint, want) in &traffic.weights {
+            let at: Vec<_> = servers.iter().filter(|s| s.endpoint() == *endpoint).collect();
+            if at.is_empty() {
+                found.push(format!("no server at {endpoint} (weight {want} was set)"));
+            }
+            for s in at {
+                if s.weight != *want || s.admin != 0 {
+                    let admin = if s.admin != 0 {
+                        format!(", admin state {}", s.admin)
+                    } else {
+                        String::new()
+                    };
+                    found.push(format!(
+                        "server {} at {endpoint} has weight {}{admin}, not {want}",
+                        s.name, s.weight
+                    ));
+                }
+            }
+        }
+        Ok((!found.is_empty())
+            .then(|| format!("read back from backend {}: {}", spec.haproxy.backend, found.join("; "))))
     }
 
     /// The servers `routing` wants, and whether every target's engine answered.
@@ -172,6 +226,7 @@ impl Fleet {
                     endpoint: format!("{addr}:{}", spec.port),
                     addr,
                     name: server_name(container, &version),
+                    prefix: server_name(container, ""),
                     weight,
                 });
                 Ok::<(), Error>(())
@@ -196,6 +251,13 @@ impl Fleet {
         }
         Ok((wanted, complete))
     }
+}
+
+/// Whether the server `name` is `wanted` made unique with a `-N` suffix (two servers of one name at once).
+fn named_for(name: &str, wanted: &str) -> bool {
+    name.strip_prefix(wanted)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The container's address on the traffic's network.

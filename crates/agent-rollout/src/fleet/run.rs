@@ -1,8 +1,9 @@
 //! Running a rollout's plan step by step: batches, pauses, analyses, the failure budget.
 
+use super::requests::Waited;
 use super::route::Routing;
 use super::state::{failed_targets, failures_allowed, RolloutState};
-use super::{transition, Fleet, PAUSE_KIND};
+use super::{transition, Fleet};
 use crate::target::TargetStatus;
 use agent_core::{Input, Pause, Phase, PlanStep, UpdateMode};
 use agent_health::{AnalysisOutcome, Prometheus};
@@ -35,13 +36,10 @@ impl Fleet {
             self.route(state, Routing::Share(t.weight)).await?;
         }
         while state.next_step < state.plan.steps.len() {
-            if let Some(req) = self.store.document(PAUSE_KIND, &name).await? {
-                if !req.is_null() {
-                    self.store
-                        .put_document(PAUSE_KIND, &name, &serde_json::Value::Null)
-                        .await?;
-                    let why = req["reason"].as_str().unwrap_or("paused by the operator").to_owned();
-                    return self.pause_state(state, format!("paused: {why}")).await;
+            // An operator's abort, pause or promotion from another process, at the step boundary.
+            if let Some(request) = self.take_request(&name).await? {
+                if self.act_on(state, request, false).await? {
+                    return Ok(());
                 }
             }
             let step = state.plan.steps[state.next_step].clone();
@@ -105,13 +103,20 @@ impl Fleet {
                 }
                 PlanStep::Traffic { weight } => self.route(state, Routing::Share(weight)).await?,
                 PlanStep::Pause { pause: Pause::For(d) } => {
+                    // Bounded where it is parsed (a year at most), so this cannot overflow.
                     let until = OffsetDateTime::now_utc() + d;
                     self.emit(FleetEvent::Paused {
                         rollout: name.clone(),
                         reason: format!("pause for {}", agent_core::format_duration(d)),
                         until: until.format(&time::format_description::well_known::Rfc3339).ok(),
                     });
-                    tokio::time::sleep(d).await;
+                    // Operators act on the rollout during the pause from any process (abort, promote,
+                    // pause), and the weights are read back meanwhile.
+                    if let Waited::Asked(request) = self.wait_for(state, tokio::time::sleep(d)).await? {
+                        if self.act_on(state, request, true).await? {
+                            return Ok(());
+                        }
+                    }
                 }
                 PlanStep::Pause {
                     pause: Pause::UntilPromoted,
@@ -131,7 +136,20 @@ impl Fleet {
                             what: "analysis".into(),
                             message: format!("{analysis} is not defined"),
                         })?;
-                    let run = spec.run(&Prometheus::new(&spec.prometheus)).await;
+                    let prometheus = Prometheus::new(&spec.prometheus);
+                    let run = match self.wait_for(state, spec.run(&prometheus)).await? {
+                        Waited::Done(run) => run,
+                        Waited::Asked(request) => {
+                            // A promotion skips the analysis (as Argo's promote skips the current step);
+                            // a pause runs it again when promoted.
+                            if self.act_on(state, request, false).await? {
+                                return Ok(());
+                            }
+                            state.next_step += 1;
+                            self.save(state).await?;
+                            continue;
+                        }
+                    };
                     self.emit(FleetEvent::Analysis {
                         rollout: name.clone(),
                         name: analysis.clone(),
@@ -157,10 +175,69 @@ impl Fleet {
             state.next_step += 1;
             self.save(state).await?;
         }
+        // Claim only what the engines show: every target counted as updated runs the rollout's image.
+        let problems = self.read_back(state).await;
+        if !problems.is_empty() {
+            let reason = format!(
+                "the engines do not show the rollout's version where it should run: {}; nothing was reverted: check those targets with `agentctl status`, then `agentctl rollout retry {name}` or `agentctl rollout undo {name}`",
+                problems.join("; ")
+            );
+            transition(state, Input::Fail { reason: reason.clone() })?;
+            state.reason = Some(reason);
+            self.save(state).await?;
+            self.finished(state);
+            return Ok(());
+        }
         transition(state, Input::Complete)?;
         self.save(state).await?;
         self.finished(state);
         Ok(())
+    }
+
+    /// What contradicts a rollout's success, read from the engines: a container target that never got a
+    /// verdict, or that is counted as updated but is gone, not running, or runs another image than the
+    /// rollout's. Service units are read back by their own steps.
+    pub(super) async fn read_back(&self, state: &RolloutState) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut pinned_ids = std::collections::HashMap::new();
+        for t in state.targets.iter().filter(|t| t.service.is_none()) {
+            let at = format!("{}@{}", t.container, t.host);
+            match t.status {
+                TargetStatus::Pending | TargetStatus::Staged => {
+                    problems.push(format!("{at} is still {} (it never got a verdict)", t.status));
+                    continue;
+                }
+                TargetStatus::Updated => {}
+                _ => continue,
+            }
+            let (rt, name) = match self.target(t).await {
+                Ok(found) => found,
+                Err(e) => {
+                    problems.push(format!("{at} could not be read back: {e}"));
+                    continue;
+                }
+            };
+            if !pinned_ids.contains_key(&t.host) {
+                let id = rt.inspect_image(&state.pinned.pull_ref()).await.ok().map(|i| i.id);
+                pinned_ids.insert(t.host.clone(), id);
+            }
+            let want = pinned_ids.get(&t.host).cloned().flatten();
+            match rt.inspect_container(name.as_str()).await {
+                Ok(info) if !info.state.is_running() => {
+                    problems.push(format!("{at} is {}", crate::executor::describe(&info)))
+                }
+                Ok(info) if want.as_ref() != Some(&info.image_id) => problems.push(format!(
+                    "{at} runs {} ({}), not the rollout's {}",
+                    info.spec.image,
+                    crate::updater::short_id(&info.image_id),
+                    state.pinned
+                )),
+                Ok(_) => {}
+                Err(agent_core::RuntimeError::ContainerNotFound { .. }) => problems.push(format!("{at} is gone")),
+                Err(e) => problems.push(format!("{at} could not be read back: {e}")),
+            }
+        }
+        problems
     }
 
     pub(super) fn finished(&self, state: &RolloutState) {

@@ -175,8 +175,13 @@ async fn the_next_target_is_prepared_while_the_slot_is_held_but_changed_only_aft
     let a1_verified = ops[..at("stop a2")].iter().rposition(|o| o == "inspect a1").unwrap();
     assert!(a1_verified > at("start a1"), "{ops:?}");
     assert!(at("record-create a2.agentctl-lock") < a1_verified, "{ops:?}");
+    // (The rollout's final read-back of every target comes after all of it.)
+    let read_back = ops
+        .iter()
+        .rposition(|o| o.starts_with("inspect-image docker.io/acme/agent@"))
+        .unwrap();
     assert!(
-        !ops[at("stop a2")..].iter().any(|o| o == "inspect a1"),
+        !ops[at("stop a2")..read_back].iter().any(|o| o == "inspect a1"),
         "a1 was still being verified when a2 stopped: {ops:?}"
     );
 }
@@ -528,8 +533,13 @@ async fn a_rolling_wave_is_prepared_during_the_one_before_and_changed_only_once_
     assert!(at("record-create a3.agentctl-lock") < first_verified, "{ops:?}");
     assert!(at("record-create a4.agentctl-lock") < first_verified, "{ops:?}");
     // ...and neither target of it was stopped before both of the first had their verdict.
+    // (The rollout's final read-back of every target comes after all of it.)
+    let read_back = ops
+        .iter()
+        .rposition(|o| o.starts_with("inspect-image docker.io/acme/agent@"))
+        .unwrap();
     assert!(
-        !ops[second_wave..]
+        !ops[second_wave..read_back]
             .iter()
             .any(|o| o == "inspect a1" || o == "inspect a2"),
         "{ops:?}"
@@ -743,4 +753,242 @@ async fn chained_waves_do_not_hang_on_a_store_with_one_connection() {
         st.reason
     );
     assert!(st.targets.iter().all(|t| t.status == TargetStatus::Updated));
+}
+
+/// A second runner on the same store: another `agentctl` process, as the lease sees it.
+fn second_fleet(store: &Arc<MemoryStore>, hs: &[Arc<FakeRuntime>]) -> Fleet {
+    let map: HashMap<String, Arc<dyn ContainerRuntime>> = hs
+        .iter()
+        .map(|h| (h.endpoint().to_owned(), h.clone() as Arc<dyn ContainerRuntime>))
+        .collect();
+    let connect: Connector = Arc::new(move |host: String| {
+        let r = map.get(&host).cloned();
+        Box::pin(async move {
+            r.ok_or_else(|| agent_core::RuntimeError::Unavailable {
+                endpoint: host,
+                message: "no such engine".into(),
+            })
+        })
+    });
+    Fleet::new(store.clone(), connect, Arc::new(|_: &FleetEvent| {}), Arc::new(Silent))
+}
+
+const TIMED_CANARY: &str = "strategy:\n  canary:\n    steps: [{setWeight: 25}, {pause: 10m}, {setWeight: 100}]\n";
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_from_another_process_acts_during_a_timed_pause() {
+    let hs = hosts(false);
+    let (f, store) = fleet(hs.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{TARGETS}{TIMED_CANARY}{HEALTH}"
+    ));
+    let other = second_fleet(&store, &hs);
+    // Boxed: two whole rollouts' futures side by side overflow a test thread's stack in a debug build.
+    let (applied, (st, took)) = tokio::join!(
+        Box::pin(f.apply(s)),
+        Box::pin(async {
+            // Into the 10-minute pause (the canary's target verified in well under a minute).
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let asked = tokio::time::Instant::now();
+            let st = other.abort("fleet", "bad canary").await.unwrap();
+            (st, asked.elapsed())
+        })
+    );
+    assert_eq!(
+        (st.phase(), st.exit_code()),
+        (agent_core::Phase::RolledBack, 3),
+        "{:?}",
+        st.reason
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the abort acted after {took:?}, not during the pause"
+    );
+    let applied = applied.unwrap();
+    assert_eq!(applied.phase(), agent_core::Phase::RolledBack);
+    assert!(
+        applied
+            .audit
+            .iter()
+            .any(|a| a.action.contains("abort: bad canary (taken by the running apply)")),
+        "{:?}",
+        applied.audit
+    );
+    for h in &hs {
+        for c in h.container_names().iter().filter(|c| !c.contains(".rev")) {
+            assert_eq!(
+                h.inspect_container(c).await.unwrap().spec.image,
+                img("acme/agent:1.0"),
+                "{c}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_promotion_from_another_process_ends_a_timed_pause() {
+    let hs = hosts(false);
+    let (f, store) = fleet(hs.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let s = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{TARGETS}{TIMED_CANARY}{HEALTH}"
+    ));
+    let started = tokio::time::Instant::now();
+    let other = second_fleet(&store, &hs);
+    let (done, st) = tokio::join!(
+        Box::pin(f.apply(s)),
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            other.promote("fleet").await.unwrap()
+        })
+    );
+    assert_eq!(
+        st.phase(),
+        agent_core::Phase::Progressing,
+        "handed to the running apply"
+    );
+    let done = done.unwrap();
+    assert_eq!((done.phase(), done.exit_code()), (agent_core::Phase::Succeeded, 0));
+    assert!(started.elapsed() < Duration::from_secs(300), "{:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_different_spec_under_an_unfinished_rollouts_name_is_refused_until_replaced() {
+    let hs = hosts(false);
+    let (f, _store) = fleet(hs.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let canary = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy:\n  canary:\n    steps: [{{setWeight: 25}}, {{pause: {{}}}}, {{setWeight: 100}}]\n{HEALTH}"
+    ));
+    assert_eq!(f.apply(canary).await.unwrap().phase(), agent_core::Phase::Paused);
+    let blue_green = spec(&format!(
+        "name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy:\n  blueGreen: {{autoPromote: true}}\n{HEALTH}"
+    ));
+    let err = f.apply(blue_green.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::RolloutConflict { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("strategy") && text.contains("--replace"), "{text}");
+    // Nothing changed: a1 still runs the canary's version, the rest 1.0.
+    assert_eq!(
+        hs[0]
+            .inspect_container("a1")
+            .await
+            .unwrap()
+            .spec
+            .image
+            .tag()
+            .unwrap()
+            .as_str(),
+        "2.0"
+    );
+    let st = f.replace(blue_green).await.unwrap();
+    assert_eq!(
+        (st.phase(), st.exit_code()),
+        (agent_core::Phase::Succeeded, 0),
+        "{:?}",
+        st.reason
+    );
+    assert!(matches!(st.spec.strategy, agent_core::Strategy::BlueGreen { .. }));
+}
+
+/// An engine that panics (a bug) in the middle of one container's update.
+struct Panicking {
+    inner: Arc<FakeRuntime>,
+    on: &'static str,
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for Panicking {
+    fn endpoint(&self) -> &str {
+        self.inner.endpoint()
+    }
+    async fn engine_info(&self) -> Result<agent_core::EngineInfo, RuntimeError> {
+        self.inner.engine_info().await
+    }
+    async fn inspect_container(&self, c: &str) -> Result<agent_core::ContainerInfo, RuntimeError> {
+        self.inner.inspect_container(c).await
+    }
+    async fn inspect_image(&self, i: &str) -> Result<agent_core::ImageInfo, RuntimeError> {
+        self.inner.inspect_image(i).await
+    }
+    async fn pull_image(
+        &self,
+        i: &ImageRef,
+        p: agent_core::ProgressFn<'_>,
+    ) -> Result<agent_core::ImageInfo, RuntimeError> {
+        self.inner.pull_image(i, p).await
+    }
+    async fn create_container(&self, s: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.inner.create_container(s).await
+    }
+    async fn start_container(&self, c: &str) -> Result<(), RuntimeError> {
+        assert!(c != self.on, "overflow when adding duration to instant");
+        self.inner.start_container(c).await
+    }
+    async fn stop_container(&self, c: &str, t: Option<Duration>) -> Result<(), RuntimeError> {
+        self.inner.stop_container(c, t).await
+    }
+    async fn rename_container(&self, c: &str, n: &str) -> Result<(), RuntimeError> {
+        self.inner.rename_container(c, n).await
+    }
+    async fn set_restart_policy(&self, c: &str, p: RestartPolicy) -> Result<(), RuntimeError> {
+        self.inner.set_restart_policy(c, p).await
+    }
+    async fn remove_container(&self, c: &str) -> Result<(), RuntimeError> {
+        self.inner.remove_container(c).await
+    }
+    async fn logs(
+        &self,
+        c: &str,
+        s: Option<OffsetDateTime>,
+        t: Option<usize>,
+    ) -> Result<Vec<agent_core::LogLine>, RuntimeError> {
+        self.inner.logs(c, s, t).await
+    }
+    async fn list_containers(&self, l: &[String]) -> Result<Vec<agent_core::ContainerSummary>, RuntimeError> {
+        self.inner.list_containers(l).await
+    }
+    async fn remove_image(&self, i: &str) -> Result<(), RuntimeError> {
+        self.inner.remove_image(i).await
+    }
+    async fn export_path(&self, c: &str, p: &str) -> Result<Vec<u8>, RuntimeError> {
+        self.inner.export_path(c, p).await
+    }
+    async fn stats(&self, c: &str) -> Result<agent_core::ResourceUsage, RuntimeError> {
+        self.inner.stats(c).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_whose_work_panics_fails_and_the_rollout_does_not_succeed() {
+    let inner = host_with("tcp://127.0.0.1:1", false, &["a1", "a2", "a3"]);
+    let rt: Arc<dyn ContainerRuntime> = Arc::new(Panicking { inner, on: "a2" });
+    let connect: Connector = Arc::new(move |_| {
+        let rt = rt.clone();
+        Box::pin(async move { Ok(rt) })
+    });
+    let f = Fleet::new(
+        Arc::new(MemoryStore::default()),
+        connect,
+        Arc::new(|_: &FleetEvent| {}),
+        Arc::new(Silent),
+    );
+    let targets = "targets:\n  - {host: 'tcp://127.0.0.1:1', container: a1}\n  - {host: 'tcp://127.0.0.1:1', container: a2}\n  - {host: 'tcp://127.0.0.1:1', container: a3}\n";
+    let st = f
+        .apply(spec(&format!(
+            "name: fleet\nimage: acme/agent:2.0\n{targets}strategy: {{recreate: {{}}}}\nparallelism: 1\nrollback: {{automatic: false, maxFailureRatio: 0.5}}\n{HEALTH}"
+        )))
+        .await
+        .unwrap();
+    let a2 = st.targets.iter().find(|t| t.container == "a2").unwrap();
+    assert_eq!(a2.status, TargetStatus::Failed, "{:?}", a2.message);
+    assert!(
+        a2.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("overflow when adding duration"),
+        "{:?}",
+        a2.message
+    );
+    // One failure of three is within the ratio; the engine read back shows a2 not on 2.0, and a2 is not
+    // counted as updated.
+    assert!(st.targets.iter().filter(|t| t.status == TargetStatus::Updated).count() == 2);
 }
