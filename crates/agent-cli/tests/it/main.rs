@@ -6,6 +6,8 @@ mod build;
 mod cli;
 mod contract;
 mod deliver;
+#[cfg(feature = "testing")]
+mod engine_record;
 // The kill and hold switches exist only in a build with the `testing` feature (`--all-features`).
 #[cfg(feature = "testing")]
 mod crash;

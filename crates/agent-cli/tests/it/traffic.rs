@@ -621,3 +621,134 @@ fn measure_the_split_and_the_time_to_move_traffic_back() {
     }
     println!("\nrefused requests: {}", load.refused().len());
 }
+
+/// Waits until `hap` has `count` servers of weight `weight`, for at most `secs`.
+fn wait_weights(hap: &Haproxy, weight: u32, count: usize, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while hap.servers().iter().filter(|s| s.2 == weight).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{count} servers at {weight} never came: {:?}",
+            hap.servers()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_running_apply_takes_an_abort_during_a_timed_pause_keeps_its_weights_and_names_servers_for_what_runs() {
+    let img = images();
+    let w = World::new("traffic-live");
+    let (net, agents, configured) = two_agents(&w, "10.236.4.0/24", &img.refs["v1"]);
+    let hap = Haproxy::start(&configured);
+    let load = Load::start(hap.front);
+    let apply = |name: &str, image: &str| {
+        let f = traffic_spec(
+            &w,
+            name,
+            image,
+            &agents,
+            &hap.socket(),
+            "canary: {steps: [{setWeight: 20}, {pause: 10m}, {setWeight: 100}]}",
+            "",
+        );
+        let mut cmd = agentctl_in(w.state_dir());
+        cmd.args(["--no-progress", "apply", "-f", f.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+
+    // A 2.0.0 rollout killed at 20 %, its previews removed by hand: their addresses are free again.
+    let old = w.name("old");
+    let mut killed = apply(&old, &img.refs["v2"]);
+    wait_weights(&hap, 20, 2, 90);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    for n in &agents {
+        let _ = w.docker(&["rm", "-f", &format!("{n}.preview")]);
+    }
+    assert!(
+        hap.servers().iter().any(|s| s.0.ends_with("-2.0.0")),
+        "{:?}",
+        hap.servers()
+    );
+
+    // A 3.0.0 rollout: its previews get those addresses; their servers are named for 3.0.0.
+    let new = w.name("new");
+    let running = apply(&new, &img.refs["v3"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while hap
+        .servers()
+        .iter()
+        .filter(|s| s.2 == 20 && s.0.ends_with("-3.0.0"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "3.0.0 never got 20 %: {:?}", hap.servers());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let servers = hap.servers();
+    let previews: Vec<_> = servers.iter().filter(|s| s.2 == 20).collect();
+    assert!(
+        previews.iter().all(|s| s.0.ends_with("-3.0.0")) && !servers.iter().any(|s| s.0.ends_with("-2.0.0")),
+        "a server name says what runs there: {servers:?}"
+    );
+
+    // A weight changed behind the rollout's back (a second client of the admin socket) is put back.
+    let victim = previews[0].0.clone();
+    hap.command(&format!("set server agents/{victim} weight 100")).unwrap();
+    let changed = Instant::now();
+    let deadline = changed + Duration::from_secs(10);
+    while hap.servers().iter().find(|s| s.0 == victim).map(|s| s.2) != Some(20) {
+        assert!(
+            Instant::now() < deadline,
+            "the weight was not put back: {:?}",
+            hap.servers()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "measured: a weight changed by hand was set back after {:.2} s",
+        changed.elapsed().as_secs_f64()
+    );
+
+    // An abort from another process acts during the 10-minute pause, long before it ends.
+    let started = Instant::now();
+    let out = w.agentctl(&["rollout", "abort", &new]);
+    let took = started.elapsed();
+    assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
+    assert!(took < Duration::from_secs(30), "the abort took {took:?}");
+    let last_new = load
+        .since(started)
+        .iter()
+        .filter(|a| a.body == "3.0.0")
+        .map(|a| a.at - started)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "measured: abort during a timed pause: the last request to 3.0.0 {:.3} s after the abort began; the command took {:.2} s",
+        last_new.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    let out = running.wait_with_output().unwrap();
+    assert_eq!(code(&out), 3, "the running apply ends rolled back: {}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("set back to 20 %") && said.contains(&victim), "{said}");
+    let servers = routed_only_to(&hap, &w, &agents, &net);
+    assert!(servers.iter().all(|s| s.2 == 100), "{servers:?}");
+    for n in &agents {
+        assert_eq!(w.running(n), [n.as_str()], "{n}: the preview is gone");
+    }
+    let status = w.agentctl(&["rollout", "status", &new, "-o", "json"]);
+    assert!(
+        stdout(&status).contains("taken by the running apply"),
+        "the audit trail says who aborted and how: {}",
+        stdout(&status)
+    );
+    assert!(
+        load.refused().is_empty(),
+        "requests found no server: {:?}",
+        load.refused()
+    );
+}
