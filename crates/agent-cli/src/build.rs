@@ -33,6 +33,10 @@ pub(crate) async fn run(g: &Global, args: &BuildArgs) -> anyhow::Result<ExitCode
         }
         BuildEvent::Output(line) => tracing::debug!("{line}"),
         BuildEvent::Push(p) => progress.layer("push", &p),
+        BuildEvent::Skipped { path, why } => progress.line(&render::yellow(&format!(
+            "skipped: {} is {why}; it is not sent with the build context",
+            path.display()
+        ))),
     };
     match runtime.build(&req, &on_event).await {
         Ok(report) => {
@@ -44,7 +48,7 @@ pub(crate) async fn run(g: &Global, args: &BuildArgs) -> anyhow::Result<ExitCode
         }
         Err(BuildError::Findings { file, findings }) => {
             for f in &findings {
-                eprintln!("{}", render::terminal_safe(&f.display_in(&file)));
+                errln!("{}", render::terminal_safe(&f.display_in(&file)));
             }
             Err(BuildError::Findings { file, findings }.into())
         }

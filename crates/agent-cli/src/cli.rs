@@ -34,10 +34,17 @@ pub(crate) struct Global {
     /// Where agentctl keeps its files (the default state store `DIR/state.db`, backups).
     #[arg(long, global = true, env = "AGENTCTL_STATE_DIR", value_name = "DIR")]
     pub(crate) state_dir: Option<PathBuf>,
-    /// The state store (revisions, journal, leases, rollouts, deliveries): a PostgreSQL URL
+    /// The state store (revisions, journal, leases, rollouts, deliveries): a PostgreSQL URL (its value is
+    /// never shown: it may hold a password)
     /// (`postgres://USER@HOST:PORT/DB?sslmode=require`, password from the URL or PGPASSWORD) shared by a team
     /// and its CI, or a SQLite file for one machine. Default: STATE_DIR/state.db.
-    #[arg(long, global = true, env = "AGENTCTL_STATE", value_name = "URL|FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTCTL_STATE",
+        hide_env_values = true,
+        value_name = "URL|FILE"
+    )]
     pub(crate) state: Option<String>,
     /// Docker engine endpoint (unix:///var/run/docker.sock, tcp://HOST:PORT).
     #[arg(
@@ -45,6 +52,7 @@ pub(crate) struct Global {
         short = 'H',
         global = true,
         env = "DOCKER_HOST",
+        hide_env_values = true,
         value_name = "ENDPOINT"
     )]
     pub(crate) host: Option<String>,
@@ -681,7 +689,7 @@ impl UndoArgs {
 pub(crate) fn read_token(file: Option<&std::path::Path>) -> Result<String, Usage> {
     let token = agent_rollout::read_token(file).map_err(|e| Usage(e.to_string()))?;
     if let Some(w) = &token.warning {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     Ok(token.value)
 }

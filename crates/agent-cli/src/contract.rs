@@ -39,7 +39,7 @@ pub(crate) async fn run(g: &Global, args: &TestArgs) -> anyhow::Result<ExitCode>
             let mut removed = contract::cleanup(runtime.as_ref(), &run_id).await;
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             removed += contract::cleanup(runtime.as_ref(), &run_id).await;
-            eprintln!("interrupted: removed the test environment ({removed} object(s))");
+            errln!("interrupted: removed the test environment ({removed} object(s))");
             return Ok(ExitCode::from(130));
         }
     }?;

@@ -27,6 +27,10 @@ impl EngineBuilder {
             BuildEvent::Output(line) if line.starts_with("Step ") => progress.line(&format!("  {line}")),
             BuildEvent::Push(p) => progress.layer("push", &p),
             BuildEvent::Allowed(f) => progress.line(&format!("  allowed: {}", f.display_in("Dockerfile"))),
+            BuildEvent::Skipped { path, why } => progress.line(&format!(
+                "  skipped: {} is {why}; it is not sent with the build context",
+                path.display()
+            )),
             _ => {}
         }
     }

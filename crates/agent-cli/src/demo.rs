@@ -264,12 +264,12 @@ async fn demo(
     let _ = server.await;
 
     progress.line("== 7. the deliveries: who, commit, digest, tests, outcome");
-    println!("{}", crate::deliver::records_table(&deliverer.records().await?));
+    outln!("{}", crate::deliver::records_table(&deliverer.records().await?));
     progress.line(&format!("== 8. the history of {}", names[0]));
     let h = agent_rollout::Updater::new(runtime.clone(), store.clone(), progress.clone())
         .history(&names[0].parse()?, 5)
         .await?;
-    println!("{}", render::history_table(&h, &[]));
+    outln!("{}", render::history_table(&h, &[]));
     // Images this run made and pushed are its own: remove them locally (the registry goes with the run).
     for t in &delivered {
         let _ = runtime.remove_image(t).await;

@@ -1,6 +1,26 @@
 //! `agentctl`: a thin CLI over the agentctl crates. Raw arguments are validated into a library request, one
 //! library call does the work, and the result is rendered.
 
+// Output goes through `outln!` and `errln!`, never `println!`: a closed pipe must not panic.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+/// Writes a line to standard output. A closed pipe (`agentctl … | head -1`) is not an error: the line is
+/// dropped, the command goes on and exits with its own code, as Unix tools do.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Writes a line to standard error; a closed pipe drops it, as for [`outln!`].
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod build;
 mod cli;
 mod contract;
@@ -47,7 +67,7 @@ pub(crate) async fn connect(global: &Global) -> anyhow::Result<Arc<DockerRuntime
         .await?
         .with_secret_policy(global.secret_policy());
     if rt.is_plain_tcp_remote() {
-        eprintln!(
+        errln!(
             "{}",
             render::yellow(&format!(
                 "WARNING: {} is plain TCP to a remote engine: anyone on that network can control it. Use TLS (DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH).",
@@ -60,7 +80,7 @@ pub(crate) async fn connect(global: &Global) -> anyhow::Result<Arc<DockerRuntime
 
 pub(crate) fn print_out(out: Output, text: String) {
     let _ = out;
-    println!("{}", render::terminal_safe(&text));
+    outln!("{}", render::terminal_safe(&text));
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -113,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     "no longer protected"
                 };
-                eprintln!("{name}: revision {} ({}) is {word}", r.number, r.image.familiar());
+                errln!("{name}: revision {} ({}) is {word}", r.number, r.image.familiar());
             }
             let h = updater.history(&name, args.history_limit as usize).await?;
             let gone: Vec<agent_core::RevisionNumber> =
@@ -187,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let s = fleet.promote(name).await?;
                     if !s.phase().is_terminal() && s.phase() != agent_core::Phase::Paused {
                         // Handed to the apply that runs it (it waited in a timed pause or an analysis).
-                        eprintln!("promoted: the process running {name} took the promotion and goes on");
+                        errln!("promoted: the process running {name} took the promotion and goes on");
                         return Ok(ExitCode::SUCCESS);
                     }
                     s
@@ -196,7 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli::RolloutCommand::Pause { name, reason } => {
                     let s = fleet.pause(name, reason).await?;
                     if s.phase() != agent_core::Phase::Paused {
-                        eprintln!("pause requested: {name} pauses before its next step");
+                        errln!("pause requested: {name} pauses before its next step");
                         return Ok(ExitCode::SUCCESS);
                     }
                     s
@@ -216,7 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     match g.output {
                         Output::Table => {
                             for (host, service, recorded) in &restored {
-                                println!("service {service} on {host}: revision {n} put back (recorded as revision {recorded})");
+                                outln!("service {service} on {host}: revision {n} put back (recorded as revision {recorded})");
                             }
                         }
                         o => print_out(o, render::structured(o, &rows)?),
@@ -273,7 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .is_ok_and(|a| a.ip().is_loopback())
                 || args.listen.starts_with("localhost:");
             if !loopback {
-                eprintln!(
+                errln!(
                     "{}",
                     render::yellow(&format!(
                         "WARNING: {} is not a loopback address and the control center speaks plain HTTP: the token and heartbeats cross the network in clear text; put it behind a TLS proxy or a private network",
@@ -297,29 +317,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             cc.serve(
                 &args.listen,
-                |addr| eprintln!("control center listening on http://{addr}"),
+                |addr| errln!("control center listening on http://{addr}"),
                 shutdown,
             )
             .await?;
-            eprintln!("control center stopped; state saved");
+            errln!("control center stopped; state saved");
             Ok(ExitCode::SUCCESS)
         }
         Command::Agents(args) => {
             let token = cli::read_token(args.token_file.as_deref())?;
-            let url = format!("{}/v1/agents", args.control_center.trim_end_matches('/'));
-            let resp = agent_health::http::request(
-                "GET",
-                &url,
-                &[("Authorization", &format!("Bearer {token}"))],
-                None,
-                std::time::Duration::from_secs(5),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the control center at {}: {e}", args.control_center))?;
-            if resp.status != 200 {
-                anyhow::bail!("the control center answered {}: {}", resp.status, resp.body.trim());
+            // Page by page (the control center returns at most 1000 agents at a time).
+            let base = format!("{}/v1/agents", args.control_center.trim_end_matches('/'));
+            let mut agents: Vec<agent_health::AgentRecord> = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let url = match &after {
+                    Some(a) => format!(
+                        "{base}?after={}",
+                        percent_encoding::utf8_percent_encode(a, percent_encoding::NON_ALPHANUMERIC)
+                    ),
+                    None => base.clone(),
+                };
+                let resp = agent_health::http::request(
+                    "GET",
+                    &url,
+                    &[("Authorization", &format!("Bearer {token}"))],
+                    None,
+                    std::time::Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach the control center at {}: {e}", args.control_center))?;
+                if resp.status != 200 {
+                    anyhow::bail!("the control center answered {}: {}", resp.status, resp.body.trim());
+                }
+                let page: Vec<agent_health::AgentRecord> = serde_json::from_str(&resp.body)?;
+                agents.extend(page);
+                match resp.header(agent_health::NEXT_PAGE_HEADER) {
+                    Some(next) if after.as_deref() != Some(next) => after = Some(next.to_owned()),
+                    _ => break,
+                }
             }
-            let agents: Vec<agent_health::AgentRecord> = serde_json::from_str(&resp.body)?;
             match g.output {
                 Output::Table => print_out(g.output, render::agents_table(&agents)),
                 o => print_out(o, render::structured(o, &agents)?),
@@ -328,7 +365,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(args) => demo::run(g, args).await,
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "agentctl", &mut std::io::stdout());
+            // Written whole, and a closed pipe is not an error.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "agentctl", &mut script);
+            use std::io::Write as _;
+            let _ = std::io::stdout().lock().write_all(&script);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -356,9 +397,9 @@ async fn state(g: &Global, cmd: &cli::StateCommand) -> anyhow::Result<ExitCode> 
                     f.write_all(text.as_bytes())?;
                     f.sync_all()?;
                 }
-                None => println!("{text}"),
+                None => outln!("{text}"),
             }
-            eprintln!(
+            errln!(
                 "exported {} revisions, {} operations, {} documents",
                 dump.revisions.len(),
                 dump.operations.len(),
@@ -403,7 +444,7 @@ pub(crate) async fn fleet(g: &Global) -> anyhow::Result<agent_rollout::Fleet> {
         if json {
             // One JSON event per line on stdout, for CI systems.
             if let Ok(line) = serde_json::to_string(e) {
-                println!("{line}");
+                outln!("{line}");
             }
         } else {
             bar.event(e);
@@ -423,7 +464,7 @@ fn fleet_exit(g: &Global, state: &agent_rollout::RolloutState) -> ExitCode {
         // JSON already streamed one event per line; YAML gets the final state.
         Output::Yaml => match render::structured(g.output, state) {
             Ok(text) => print_out(g.output, text),
-            Err(e) => eprintln!("error: cannot render the rollout state: {e}"),
+            Err(e) => errln!("error: cannot render the rollout state: {e}"),
         },
         Output::Json => {}
     }
@@ -468,7 +509,7 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -481,12 +522,14 @@ fn main() -> ExitCode {
                     e.downcast_ref::<agent_rollout::Error>(),
                     Some(agent_rollout::Error::RolloutConflict { .. })
                 );
-            eprintln!("{} {}", render::red("error:"), render::terminal_safe(&e.to_string()));
+            // No error shows a URL's password or token, whoever wrote the message.
+            let shown = |text: String| render::terminal_safe(&agent_core::redact_url_credentials(&text)).into_owned();
+            errln!("{} {}", render::red("error:"), shown(e.to_string()));
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {}", render::terminal_safe(&cause.to_string()));
+                errln!("  caused by: {}", shown(cause.to_string()));
             }
             if let Some(h) = hint(&e) {
-                eprintln!("  hint: {h}");
+                errln!("  hint: {h}");
             }
             if let Some(agent_rollout::Error::RevertFailed { .. } | agent_rollout::Error::NotAsExpected { .. }) =
                 e.downcast_ref::<agent_rollout::Error>()
@@ -504,7 +547,7 @@ async fn serve_metrics(addr: &str, fleet: Arc<agent_rollout::Fleet>) -> anyhow::
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Usage(format!("--metrics-listen {addr}: {e}")))?;
-    eprintln!("rollout metrics on http://{}/metrics", listener.local_addr()?);
+    errln!("rollout metrics on http://{}/metrics", listener.local_addr()?);
     // At most 64 scrapes at once, 5 s to send a request; an accept error (EMFILE) backs off and retries
     // instead of ending the loop.
     let slots = Arc::new(tokio::sync::Semaphore::new(64));

@@ -65,7 +65,7 @@ impl Progress {
             Some(m) => {
                 let _ = m.println(text);
             }
-            None => eprintln!("{text}"),
+            None => errln!("{text}"),
         }
     }
 
@@ -676,7 +676,7 @@ impl FleetBar {
         use agent_rollout::FleetEvent as E;
         let line = terminal_safe(&fleet_event(e)).into_owned();
         let Some(b) = &self.bar else {
-            eprintln!("{line}");
+            errln!("{line}");
             return;
         };
         match e {

@@ -68,7 +68,7 @@ pub use runtime::{
     ExecOutput, HealthLogEntry, HealthState, HealthStatus, ImageInfo, LogLine, LogStream, ProgressFn, PullProgress,
     RecordInfo, ResourceUsage, RuntimeError, RECORD_LABEL,
 };
-pub use secret::{has_url_credentials, redact_url_credentials};
+pub use secret::{has_url_credentials, redact_url_credentials, secret_value_kind, strip_url_userinfo};
 pub use service::{ServiceChange, ServiceInfo, ServiceMode, TaskInfo};
 pub use spec::{
     ContainerName, ContainerNameError, ContainerSpec, EnvValue, EnvVar, Healthcheck, ImageDefaults, LogConfig, Mount,

@@ -401,6 +401,13 @@ pub trait ContainerRuntime: Send + Sync {
         })
     }
 
+    /// The networks having every label in `labels` (`key` or `key=value`): each one's name and labels. A
+    /// runtime without networks has none (the default).
+    async fn list_networks(&self, labels: &[String]) -> Result<Vec<(String, BTreeMap<String, String>)>, RuntimeError> {
+        let _ = labels;
+        Ok(Vec::new())
+    }
+
     /// Removes a network (no container may be attached).
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
         Err(RuntimeError::Engine {

@@ -152,9 +152,11 @@ impl<'de> Deserialize<'de> for EnvVar {
 /// named explicitly, and any variable whose value carries URL credentials (`scheme://user:password@host`);
 /// `plain` names are never secret (for a name the patterns catch by accident, like `KEYBOARD_LAYOUT`).
 ///
-/// The default patterns take any name containing `SECRET`, `PASSWORD`, `PASSWD`, `PWD`, `TOKEN`, `KEY`,
-/// `CREDENTIAL`, `PRIVATE` or `AUTH`, and names ending in `_PAT` (or `PAT` alone). Over-redaction costs
-/// nothing but a value that is taken from the running container instead of the store.
+/// The default patterns take any name containing `SECRET`, `PASSWORD`, `PASSWD`, `PASSPHRASE`, `PWD`,
+/// `TOKEN`, `KEY`, `CREDENTIAL`, `PRIVATE` or `AUTH`, names ending in `_PASS` or `_PAT` (or `PASS`, `PAT`
+/// alone) and names with a `_PASS_` part. Over-redaction costs nothing but a value that is taken from the
+/// running container instead of the store. A value shaped like a secret ([`secret_value_kind`]) makes its
+/// variable secret whatever its name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SecretPolicy {
@@ -173,6 +175,10 @@ impl Default for SecretPolicy {
                 "*SECRET*",
                 "*PASSWORD*",
                 "*PASSWD*",
+                "*PASSPHRASE*",
+                "*_PASS",
+                "*_PASS_*",
+                "PASS",
                 "*PWD*",
                 "*TOKEN*",
                 "*KEY*",
@@ -208,7 +214,80 @@ pub fn has_url_credentials(value: &str) -> bool {
     })
 }
 
-/// `text` with the password of every URL in it replaced by [`REDACTED`] (`https://u:<redacted>@host/`).
+/// What kind of secret `value` looks like by its shape, whatever its name: a URL with a password, a private
+/// key, an AWS access key id, a GitHub, GitLab, Stripe or Slack token, a Slack webhook URL, a JSON Web
+/// Token. `None` when it looks like none of them (random hex and plain words are not flagged).
+pub fn secret_value_kind(value: &str) -> Option<&'static str> {
+    if has_url_credentials(value) {
+        return Some("a URL with a password");
+    }
+    if value.contains("-----BEGIN") && value.contains("PRIVATE KEY") {
+        return Some("a private key");
+    }
+    if value.contains("hooks.slack.com/services/") || value.contains("hooks.slack.com/workflows/") {
+        return Some("a Slack webhook URL");
+    }
+    value
+        .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        .find_map(token_kind)
+}
+
+/// The kind of access token `word` is shaped like: fixed prefixes, so random hex is not flagged.
+fn token_kind(word: &str) -> Option<&'static str> {
+    if word.len() == 20
+        && word.starts_with("AKIA")
+        && word.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    {
+        return Some("an AWS access key id");
+    }
+    let prefixed = [
+        ("ghp_", "a GitHub token"),
+        ("gho_", "a GitHub token"),
+        ("ghs_", "a GitHub token"),
+        ("ghu_", "a GitHub token"),
+        ("github_pat_", "a GitHub token"),
+        ("glpat-", "a GitLab token"),
+        ("sk_live_", "a Stripe secret key"),
+        ("sk_test_", "a Stripe secret key"),
+        ("rk_live_", "a Stripe secret key"),
+        ("xoxb-", "a Slack token"),
+        ("xoxp-", "a Slack token"),
+        ("xoxa-", "a Slack token"),
+    ];
+    for (prefix, kind) in prefixed {
+        if let Some(rest) = word.strip_prefix(prefix) {
+            if rest.len() >= 16
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            {
+                return Some(kind);
+            }
+        }
+    }
+    // A JSON Web Token: three base64url parts, the first two JSON objects (`eyJ` is `{"`).
+    let parts: Vec<&str> = word.split('.').collect();
+    if parts.len() == 3
+        && parts[0].starts_with("eyJ")
+        && parts[1].starts_with("eyJ")
+        && parts[0].len() >= 10
+        && parts[2].len() >= 10
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+    {
+        return Some("a JSON Web Token");
+    }
+    None
+}
+
+/// The names of URL query parameters whose values are secret (`?password=…`, `&sslpassword=…`, `token=…`):
+/// any that contains one of these, case-insensitive.
+const SECRET_PARAMETERS: [&str; 6] = ["pass", "secret", "token", "key", "auth", "credential"];
+
+/// `text` with the password of every URL in it replaced by [`REDACTED`] (`https://u:<redacted>@host/`),
+/// user info that is a token alone (`https://ghp_…@host`) too, and the values of secret-looking query
+/// parameters (`?password=<redacted>`).
 pub fn redact_url_credentials(text: &str) -> String {
     text.split(' ')
         .map(|word| {
@@ -217,16 +296,51 @@ pub fn redact_url_credentials(text: &str) -> String {
             };
             let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
             let (authority, tail) = rest.split_at(authority_end);
-            match authority.rsplit_once('@') {
+            let authority = match authority.rsplit_once('@') {
                 Some((userinfo, host)) if userinfo.contains(':') => {
                     let user = userinfo.split(':').next().unwrap_or_default();
-                    format!("{scheme}://{user}:{REDACTED}@{host}{tail}")
+                    format!("{user}:{REDACTED}@{host}")
                 }
-                _ => word.to_owned(),
-            }
+                Some((userinfo, host)) if token_kind(userinfo).is_some() || userinfo.len() >= 32 => {
+                    format!("{REDACTED}@{host}")
+                }
+                _ => authority.to_owned(),
+            };
+            format!("{scheme}://{authority}{}", redact_query(tail))
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `tail` (path, query, fragment) with the values of secret-looking query parameters redacted.
+fn redact_query(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if SECRET_PARAMETERS.iter().any(|s| k.to_ascii_lowercase().contains(s)) => {
+                format!("{k}={REDACTED}")
+            }
+            _ => p.to_owned(),
+        })
+        .collect();
+    let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+    format!("{path}?{}{fragment}", params.join("&"))
+}
+
+/// `url` without any user info (`https://TOKEN@host/repo` → `https://host/repo`): for a URL that is
+/// published (an image label), where even a user name alone may be a token.
+pub fn strip_url_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}{}", redact_query(tail))
 }
 
 impl SecretPolicy {
@@ -247,7 +361,7 @@ impl SecretPolicy {
     /// or because its value carries URL credentials (whatever the name, `plain` included).
     pub fn classify(&self, raw: &str) -> EnvVar {
         let (name, value) = raw.split_once('=').unwrap_or((raw, ""));
-        if self.is_secret(name) || has_url_credentials(value) {
+        if self.is_secret(name) || secret_value_kind(value).is_some() {
             EnvVar::secret(name, value)
         } else {
             EnvVar::plain(name, value)
@@ -329,5 +443,66 @@ mod tests {
             "http://10.0.0.1:8080/x"
         );
         assert!(!has_url_credentials("https://user@host/path:with:colons"));
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_found_by_their_shape_and_redacted_where_they_appear() {
+        for (value, kind) in [
+            (
+                "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX",
+                "a Slack webhook URL",
+            ),
+            ("sk_live_51HxZ2eKq8f7Xw9Yt0aBcDeF", "a Stripe secret key"),
+            (
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                "a JSON Web Token",
+            ),
+            ("glpat-abcdefghijklmnopqrst", "a GitLab token"),
+            ("AKIAIOSFODNN7EXAMPLE", "an AWS access key id"),
+            ("postgres://u:pw@db/x", "a URL with a password"),
+        ] {
+            assert_eq!(secret_value_kind(value), Some(kind), "{value}");
+        }
+        for plain in [
+            "0123456789abcdef0123456789abcdef",
+            "debug",
+            "eyJ.not.a.jwt",
+            "sk_live_short",
+        ] {
+            assert_eq!(secret_value_kind(plain), None, "{plain}");
+        }
+        let policy = SecretPolicy::default();
+        for name in ["DB_PASS", "SMTP_PASS", "PASS", "MY_PASS_FILE", "GPG_PASSPHRASE"] {
+            assert!(policy.is_secret(name), "{name}");
+        }
+        for name in ["PASSIVE", "COMPASS_URL", "BYPASS"] {
+            assert!(!policy.is_secret(name), "{name}");
+        }
+        assert!(policy
+            .classify("NOTIFY=https://hooks.slack.com/services/T0/B0/abcdefabcdefabcdef")
+            .is_secret());
+    }
+
+    #[test]
+    fn urls_lose_passwords_tokens_and_secret_parameters() {
+        assert_eq!(
+            redact_url_credentials("postgres://agentctl@db/x?sslmode=require&password=hunter2"),
+            "postgres://agentctl@db/x?sslmode=require&password=<redacted>"
+        );
+        assert_eq!(
+            redact_url_credentials("https://ghp_abcdefghijklmnopqrstuvwxyz0123456789@github.com/o/r.git"),
+            "https://<redacted>@github.com/o/r.git"
+        );
+        assert_eq!(
+            strip_url_userinfo("https://TOKEN@example.com/acme/agent.git"),
+            "https://example.com/acme/agent.git"
+        );
+        assert_eq!(strip_url_userinfo("https://u:p@h/r"), "https://h/r");
+        assert_eq!(strip_url_userinfo("git@github.com:o/r.git"), "git@github.com:o/r.git");
     }
 }

@@ -62,6 +62,13 @@ pub enum BuildEvent {
     },
     /// A line of the builder's output (`Step 3/9 : COPY …`).
     Output(String),
+    /// A file of the context that is not sent (the context is everything else).
+    Skipped {
+        /// The file, relative to the context.
+        path: PathBuf,
+        /// Why (`a named pipe`, `a socket`, `a device`).
+        why: &'static str,
+    },
     /// Push progress of one layer.
     Push(PullProgress),
 }
@@ -194,7 +201,8 @@ fn git_facts(dir: &Path) -> Git {
     };
     Git {
         dirty: git(dir, &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()),
-        remote: git(dir, &["remote", "get-url", "origin"]).map(|r| agent_core::redact_url_credentials(&r)),
+        // Published in a label: no user info at all (a user name alone may be a token).
+        remote: git(dir, &["remote", "get-url", "origin"]).map(|r| agent_core::strip_url_userinfo(&r)),
         commit: Some(commit),
     }
 }
@@ -234,10 +242,45 @@ pub fn check_names(repository: &str, version: &str) -> Result<(String, semver::V
     Ok((repository.to_owned(), v))
 }
 
-/// The build context as a tar archive: every file under `dir` except what `.dockerignore` excludes (the
-/// Dockerfile is always sent). Patterns are anchored at the context root as Docker does; an exception (`!`)
-/// cannot re-include a file inside an excluded directory (a difference from Docker, which can).
-pub fn context_tar(dir: &Path, dockerfile: &Path) -> Result<Vec<u8>, BuildError> {
+/// A build context written to a temporary file, streamed to the engine from there (memory stays flat
+/// whatever its size), and what was left out of it.
+#[derive(Debug)]
+pub struct ContextArchive {
+    /// The tar archive.
+    pub file: tempfile::NamedTempFile,
+    /// Its size in bytes.
+    pub len: u64,
+    /// Files not sent, with why (a named pipe, a socket, a device: not files a build can copy).
+    pub skipped: Vec<(PathBuf, &'static str)>,
+}
+
+impl ContextArchive {
+    /// The archive's bytes (for tests and small contexts).
+    pub fn bytes(&self) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.file.path())
+    }
+}
+
+/// What kind of special file `t` is, when it is one a build context cannot carry.
+fn special(t: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        Some("a named pipe")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_block_device() || t.is_char_device() {
+        Some("a device")
+    } else {
+        None
+    }
+}
+
+/// The build context as a tar archive in a temporary file: every file under `dir` except what
+/// `.dockerignore` excludes (the Dockerfile is always sent). Patterns are anchored at the context root as
+/// Docker does; an exception (`!`) cannot re-include a file inside an excluded directory (a difference from
+/// Docker, which can). Sparse files are written whole (the engine's archive reader has no sparse entries);
+/// named pipes, sockets and devices are skipped and listed. Every error names the file.
+pub fn context_tar(dir: &Path, dockerfile: &Path) -> Result<ContextArchive, BuildError> {
     let read = |path: &Path, source| BuildError::Read {
         path: path.to_owned(),
         source,
@@ -260,8 +303,11 @@ pub fn context_tar(dir: &Path, dockerfile: &Path) -> Result<Vec<u8>, BuildError>
     let ignore = ignore
         .build()
         .map_err(|e| read(&di, std::io::Error::other(e.to_string())))?;
-    let mut builder = tar::Builder::new(Vec::new());
+    let spool = tempfile::NamedTempFile::new().map_err(|e| read(&std::env::temp_dir(), e))?;
+    let mut builder = tar::Builder::new(std::io::BufWriter::new(spool));
     builder.follow_symlinks(false);
+    builder.sparse(false);
+    let mut skipped = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&d)
@@ -272,8 +318,13 @@ pub fn context_tar(dir: &Path, dockerfile: &Path) -> Result<Vec<u8>, BuildError>
         for e in entries {
             let path = e.path();
             let rel = path.strip_prefix(dir).unwrap_or(&path).to_owned();
-            let is_dir = e.file_type().map_err(|er| read(&path, er))?.is_dir();
+            let kind = e.file_type().map_err(|er| read(&path, er))?;
+            let is_dir = kind.is_dir();
             if path != dockerfile && ignore.matched_path_or_any_parents(&rel, is_dir).is_ignore() {
+                continue;
+            }
+            if let Some(what) = special(&kind) {
+                skipped.push((rel, what));
                 continue;
             }
             builder
@@ -284,7 +335,16 @@ pub fn context_tar(dir: &Path, dockerfile: &Path) -> Result<Vec<u8>, BuildError>
             }
         }
     }
-    builder.into_inner().map_err(|e| read(dir, e))
+    let spool = builder
+        .into_inner()
+        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+        .map_err(|e| read(dir, e))?;
+    let len = spool.as_file().metadata().map_err(|e| read(spool.path(), e))?.len();
+    Ok(ContextArchive {
+        file: spool,
+        len,
+        skipped,
+    })
 }
 
 impl DockerRuntime {
@@ -370,7 +430,7 @@ impl DockerRuntime {
             labels.insert(labels::REVISION.to_owned(), c.clone());
         }
         if let Some(s) = req.source.clone().or(git.remote.clone()) {
-            labels.insert(labels::SOURCE.to_owned(), s);
+            labels.insert(labels::SOURCE.to_owned(), agent_core::strip_url_userinfo(&s));
         }
         let mut args = HashMap::new();
         if lint.args.iter().any(|a| a == "VERSION") {
@@ -381,10 +441,16 @@ impl DockerRuntime {
         }
 
         let tar = context_tar(&context, &dockerfile.canonicalize().unwrap_or(dockerfile.clone()))?;
+        for (path, what) in &tar.skipped {
+            progress(BuildEvent::Skipped {
+                path: path.clone(),
+                why: what,
+            });
+        }
         let engine = |operation| move |source| BuildError::Engine { operation, source };
         let image_id = self
             .build_tar(
-                tar,
+                crate::images::ContextBody::File(tar.file.path().to_owned()),
                 &tags[0],
                 &dockerfile_in_context.to_string_lossy(),
                 &labels.clone().into_iter().collect(),
@@ -586,7 +652,7 @@ mod tests {
         std::fs::write(p.join("secret.env"), b"x").unwrap();
         std::fs::write(p.join("Dockerfile"), b"FROM scratch").unwrap();
         std::fs::write(p.join(".dockerignore"), "target\n*.env\nDockerfile\n").unwrap();
-        let tar = context_tar(p, &p.join("Dockerfile")).unwrap();
+        let tar = context_tar(p, &p.join("Dockerfile")).unwrap().bytes().unwrap();
         let mut names: Vec<String> = tar::Archive::new(tar.as_slice())
             .entries()
             .unwrap()

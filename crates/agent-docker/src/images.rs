@@ -64,6 +64,15 @@ impl BuildContext {
     }
 }
 
+/// A build context as sent to the engine: an archive in memory, or a file streamed from disk.
+#[derive(Debug)]
+pub enum ContextBody {
+    /// A small archive in memory.
+    Bytes(Vec<u8>),
+    /// An archive file, read and sent in chunks.
+    File(std::path::PathBuf),
+}
+
 impl DockerRuntime {
     /// Builds `context` into an image tagged `tag` with `labels`, without pulling anything. Returns the image id.
     pub async fn build_image(
@@ -78,8 +87,15 @@ impl DockerRuntime {
             status: None,
             message: e.to_string(),
         })?;
-        self.build_tar(tar, tag, "Dockerfile", labels, &HashMap::new(), &|_| {})
-            .await
+        self.build_tar(
+            ContextBody::Bytes(tar),
+            tag,
+            "Dockerfile",
+            labels,
+            &HashMap::new(),
+            &|_| {},
+        )
+        .await
     }
 
     /// Builds a context archive (`dockerfile` is its path inside the archive) into an image tagged `tag`, with
@@ -87,7 +103,7 @@ impl DockerRuntime {
     /// are pulled when missing. On failure the error carries the builder's output.
     pub async fn build_tar(
         &self,
-        tar: Vec<u8>,
+        tar: ContextBody,
         tag: &str,
         dockerfile: &str,
         labels: &HashMap<String, String>,
@@ -102,9 +118,32 @@ impl DockerRuntime {
             .labels(labels)
             .buildargs(args)
             .build();
-        let mut stream = self
-            .client()
-            .build_image(opts, None, Some(bollard::body_full(tar.into())));
+        let body = match tar {
+            ContextBody::Bytes(bytes) => bollard::body_full(bytes.into()),
+            ContextBody::File(path) => {
+                let file = tokio::fs::File::open(&path).await.map_err(|e| RuntimeError::Engine {
+                    operation: "build",
+                    subject: tag.to_owned(),
+                    status: None,
+                    message: format!("reading the build context {}: {e}", path.display()),
+                })?;
+                // 64 KiB at a time from disk to the engine.
+                let chunks = futures_util::stream::unfold(file, |mut file| async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    match file.read(&mut buf).await {
+                        Ok(0) => None,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            Some((Ok(bytes::Bytes::from(buf)), file))
+                        }
+                        Err(e) => Some((Err(e), file)),
+                    }
+                });
+                bollard::body_try_stream(chunks)
+            }
+        };
+        let mut stream = self.client().build_image(opts, None, Some(body));
         let mut log = String::new();
         while let Some(item) = stream.next().await {
             match item {

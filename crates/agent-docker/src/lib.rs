@@ -750,6 +750,31 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn list_networks(
+        &self,
+        labels: &[String],
+    ) -> Result<Vec<(String, std::collections::BTreeMap<String, String>)>, RuntimeError> {
+        let mut filters: HashMap<String, Vec<String>> = HashMap::new();
+        if !labels.is_empty() {
+            filters.insert("label".into(), labels.to_vec());
+        }
+        let opts = qp::ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let list = self
+            .client()
+            .list_networks(Some(opts))
+            .await
+            .map_err(|e| self.err("network-list", &self.endpoint, e))?;
+        Ok(list
+            .into_iter()
+            .map(|n| {
+                (
+                    n.name.unwrap_or_default(),
+                    n.labels.unwrap_or_default().into_iter().collect(),
+                )
+            })
+            .collect())
+    }
+
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
         self.client()
             .remove_network(name)

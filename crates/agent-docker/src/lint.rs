@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use agent_core::{has_url_credentials, ImageRef, SecretPolicy, Version};
+use agent_core::{secret_value_kind, ImageRef, SecretPolicy, Version};
 use dockerfile_parser::{Dockerfile, Instruction, ShellOrExecExpr, Span, StageParent};
 
 /// One lint rule, named as in findings and in `--allow RULE`.
@@ -360,32 +360,12 @@ fn secret_finding(policy: &SecretPolicy, what: &str, name: &str, value: &str, li
 }
 
 /// Why `NAME=value` looks secret, or `None`.
-fn secret_reason(policy: &SecretPolicy, name: &str, value: &str) -> Option<&'static str> {
+fn secret_reason(policy: &SecretPolicy, name: &str, value: &str) -> Option<String> {
     if policy.is_secret(name) {
-        Some("has a secret-looking name")
-    } else if has_url_credentials(value) {
-        Some("holds a URL with a password")
-    } else if value.contains("-----BEGIN") && value.contains("PRIVATE KEY") {
-        Some("holds a private key")
-    } else if value
-        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .any(is_token_shaped)
-    {
-        Some("holds a value shaped like an access key")
+        Some("has a secret-looking name".into())
     } else {
-        None
+        secret_value_kind(value).map(|kind| format!("holds {kind}"))
     }
-}
-
-/// AWS access key ids and GitHub tokens: shapes with a fixed prefix, so this does not flag random hex.
-fn is_token_shaped(word: &str) -> bool {
-    let aws = word.len() == 20
-        && word.starts_with("AKIA")
-        && word.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-    let github = ["ghp_", "gho_", "ghs_", "github_pat_"]
-        .iter()
-        .any(|p| word.starts_with(p) && word.len() >= p.len() + 30);
-    aws || github
 }
 
 fn is_root(user: &str) -> bool {

@@ -2,8 +2,9 @@
 //! which version and whether it is up, late or down.
 //!
 //! - `POST /v1/heartbeats` (bearer token): `{agentId, container, host, version, revision, status}`.
-//! - `GET /v1/agents` (`?container=ID` filters), `GET /v1/agents/{id}`: every agent with last seen, version and
-//!   state.
+//! - `GET /v1/agents` (`?container=ID` filters), `GET /v1/agents/{id}`: agents with last seen, version and
+//!   state, 1000 a page sorted by id (`?after=ID&limit=N`; the header `x-agentctl-next-after` names the next
+//!   page's `after`).
 //! - `POST /v1/opamp` (bearer token): OpAMP's plain-HTTP transport, protobuf `AgentToServer` in (gzip
 //!   accepted), `ServerToAgent` out; each message counts as a heartbeat (see [`crate::opamp`]).
 //! - `GET /metrics`: Prometheus text. `GET /healthz`: liveness (no token).
@@ -76,6 +77,66 @@ pub struct SelfHealth {
     pub components: BTreeMap<String, ComponentStatus>,
 }
 
+/// The longest text an agent may have kept about itself (a status, an error, a component's name): the
+/// identity fields' bound. Longer text is cut there and ends with `…`.
+pub const MAX_AGENT_TEXT: usize = 256;
+
+/// The most components of an agent's own health report that are kept; more are summed up in one entry.
+pub const MAX_COMPONENTS: usize = 32;
+
+/// `text` made inert for every place it is shown: control characters (escape sequences, line breaks) as
+/// their escaped form (`\u{1b}`, `\n`), at most [`MAX_AGENT_TEXT`] bytes.
+pub fn inert(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_AGENT_TEXT));
+    for c in text.chars() {
+        let piece: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        if out.len() + piece.len() > MAX_AGENT_TEXT - '…'.len_utf8() {
+            out.push('…');
+            return out;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
+impl SelfHealth {
+    /// Bounds what the agent said: every text made [`inert`], at most [`MAX_COMPONENTS`] components (the
+    /// unhealthy ones kept first), the rest counted in one entry.
+    pub fn bound(&mut self) {
+        self.status = inert(&self.status);
+        self.last_error = inert(&self.last_error);
+        let mut all: Vec<(String, ComponentStatus)> = std::mem::take(&mut self.components)
+            .into_iter()
+            .map(|(name, c)| {
+                let c = ComponentStatus {
+                    healthy: c.healthy,
+                    status: inert(&c.status),
+                    last_error: inert(&c.last_error),
+                };
+                (inert(&name), c)
+            })
+            .collect();
+        all.sort_by_key(|(_, c)| c.healthy);
+        let dropped = all.len().saturating_sub(MAX_COMPONENTS);
+        all.truncate(MAX_COMPONENTS);
+        self.components = all.into_iter().collect();
+        if dropped > 0 {
+            self.components.insert(
+                "…".into(),
+                ComponentStatus {
+                    healthy: true,
+                    status: format!("{dropped} more components not kept"),
+                    last_error: String::new(),
+                },
+            );
+        }
+    }
+}
+
 /// One component's health in a [`SelfHealth`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -95,7 +156,7 @@ fn ok() -> String {
 }
 
 /// Whether an agent reports on time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentState {
     /// Seen within `late_after`.
@@ -221,12 +282,22 @@ pub struct ControlCenter {
     pub(crate) rollout_active: std::sync::atomic::AtomicBool,
     /// Signed-in browsers of the web view.
     pub(crate) sessions: crate::web::Sessions,
+    /// Failed sign-ins of the web view by client address.
+    pub(crate) sign_in_failures: crate::web::SignInFailures,
+    /// The web view's last fingerprint and when it was made (shared by every event stream).
+    pub(crate) fingerprint: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
     /// What carries out the web view's actions, when the embedder gave it.
     pub(crate) actions: std::sync::OnceLock<Arc<dyn crate::web::RolloutActions>>,
 }
 
-/// What an OpAMP instance said about itself: who it is, and its last health report.
-pub(crate) type OpampInstance = (crate::opamp::Identity, Option<crate::opamp::ComponentHealth>);
+/// What an OpAMP instance said about itself: who it is, its last health report, and the sequence number of
+/// its last message.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OpampInstance {
+    pub(crate) who: crate::opamp::Identity,
+    pub(crate) health: Option<crate::opamp::ComponentHealth>,
+    pub(crate) sequence: u64,
+}
 
 /// At most this many OpAMP instances are remembered; beyond, one is forgotten (it is asked for its full
 /// state again on its next message).
@@ -333,6 +404,8 @@ impl ControlCenter {
             opamp: RwLock::new(HashMap::new()),
             rollout_active: std::sync::atomic::AtomicBool::new(false),
             sessions: Default::default(),
+            sign_in_failures: Default::default(),
+            fingerprint: tokio::sync::Mutex::new(None),
             actions: std::sync::OnceLock::new(),
         }))
     }
@@ -353,7 +426,11 @@ impl ControlCenter {
         self.record_at(hb, OffsetDateTime::now_utc());
     }
 
-    fn record_at(&self, hb: Heartbeat, now: OffsetDateTime) {
+    fn record_at(&self, mut hb: Heartbeat, now: OffsetDateTime) {
+        // What an agent says about its own health is bounded and made inert before anything keeps it.
+        if let Some(h) = &mut hb.health {
+            h.bound();
+        }
         let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
         match agents.get_mut(&hb.agent_id) {
             Some(e) => {
@@ -412,15 +489,59 @@ impl ControlCenter {
         })
     }
 
+    /// A page of the agents, sorted by id: at most `limit` whose id sorts after `after` (all from the start
+    /// when `None`), and the id to ask `after` for the next page when there is one.
+    pub fn agents_page(&self, after: Option<&str>, limit: usize) -> (Vec<AgentRecord>, Option<String>) {
+        let now = OffsetDateTime::now_utc();
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<&String> = agents.keys().filter(|k| after.is_none_or(|a| k.as_str() > a)).collect();
+        ids.sort();
+        let more = ids.len() > limit;
+        let page: Vec<AgentRecord> = ids
+            .into_iter()
+            .take(limit)
+            .filter_map(|id| agents.get(id))
+            .map(|e| {
+                let mut r = e.record.clone();
+                r.state = self.state_of(r.last_seen, now);
+                r
+            })
+            .collect();
+        let next = more.then(|| page.last().map(|r| r.last.agent_id.clone())).flatten();
+        (page, next)
+    }
+
+    /// How many agents run each version in each state: what the web view's counts and its change
+    /// notifications are made of, read without copying any record.
+    pub fn counts(&self) -> BTreeMap<(String, AgentState), usize> {
+        let now = OffsetDateTime::now_utc();
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        let mut counts = BTreeMap::new();
+        for e in agents.values() {
+            *counts
+                .entry((e.record.last.version.clone(), self.state_of(e.record.last_seen, now)))
+                .or_default() += 1;
+        }
+        counts
+    }
+
     /// The agents whose last heartbeat came from `container`: a heartbeat names it when it carries exactly
     /// its full id or exactly its 12-digit short id (what `HOSTNAME` holds in a container without
     /// `--hostname`). Never by prefix: a heartbeat naming `d` must not pass for every id starting with `d`.
     pub fn by_container(&self, container: &str) -> Vec<AgentRecord> {
-        let matches = |c: &str| same_container(c, container);
-        self.agents()
-            .into_iter()
-            .filter(|r| matches(&r.last.container))
-            .collect()
+        let now = OffsetDateTime::now_utc();
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<AgentRecord> = agents
+            .values()
+            .filter(|e| same_container(&e.record.last.container, container))
+            .map(|e| {
+                let mut r = e.record.clone();
+                r.state = self.state_of(r.last_seen, now);
+                r
+            })
+            .collect();
+        found.sort_by(|a, b| a.last.agent_id.cmp(&b.last.agent_id));
+        found
     }
 
     /// Lets the web view's promote, pause, resume and abort act through `actions` (once; later calls are
@@ -578,7 +699,13 @@ impl ControlCenter {
         };
         let listener =
             crate::listener::GuardedListener::new(listener, self.config.max_connections, self.config.idle_timeout);
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(signal);
+        // With each client's address: the web view counts failed sign-ins per address.
+        let server = axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<crate::listener::PeerAddr>(),
+        )
+        .with_graceful_shutdown(signal);
         let result = tokio::select! {
             r = server => r,
             () = deadline => {
@@ -633,7 +760,18 @@ async fn post_heartbeat(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap
 #[derive(Deserialize)]
 struct AgentFilter {
     container: Option<String>,
+    /// Agents whose id sorts after this one (the next page).
+    after: Option<String>,
+    /// At most this many (default and most: [`AGENTS_PAGE`]).
+    limit: Option<usize>,
 }
+
+/// The most agents one `GET /v1/agents` returns; the header [`NEXT_PAGE_HEADER`] names the `after` of the
+/// next page.
+pub const AGENTS_PAGE: usize = 1000;
+
+/// The response header naming the id to pass as `after` for the next page of `GET /v1/agents`.
+pub const NEXT_PAGE_HEADER: &str = "x-agentctl-next-after";
 
 /// Whether container ids `a` and `b` name the same container: equal, or one is the full 64-digit id and the
 /// other exactly its 12-digit short form.
@@ -657,11 +795,16 @@ async fn list_agents(
         cc.rejected.fetch_add(1, Ordering::Relaxed);
         return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
-    let agents = match f.container {
-        Some(c) => cc.by_container(&c),
-        None => cc.agents(),
-    };
-    Json(agents).into_response()
+    if let Some(c) = f.container {
+        return Json(cc.by_container(&c)).into_response();
+    }
+    let limit = f.limit.unwrap_or(AGENTS_PAGE).clamp(1, AGENTS_PAGE);
+    let (page, next) = cc.agents_page(f.after.as_deref(), limit);
+    let mut response = Json(page).into_response();
+    if let Some(next) = next.and_then(|n| axum::http::HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert(NEXT_PAGE_HEADER, next);
+    }
+    response
 }
 
 async fn get_agent(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap, Path(id): Path<String>) -> Response {

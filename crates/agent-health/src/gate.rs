@@ -26,6 +26,34 @@ pub enum Observation {
 }
 
 impl Observation {
+    /// The same observation with every control character in its detail escaped (`\u{1b}`, `\n`): details
+    /// carry text from agents (a log line, an HTTP body, an error the agent reports), which must not move
+    /// the operator's terminal, hide text or print a line that looks like agentctl's.
+    pub fn inert(self) -> Observation {
+        let clean = |d: String| -> String {
+            if d.chars().any(char::is_control) {
+                d.chars()
+                    .flat_map(|c| -> Box<dyn Iterator<Item = char>> {
+                        if c.is_control() {
+                            Box::new(c.escape_default())
+                        } else {
+                            Box::new(std::iter::once(c))
+                        }
+                    })
+                    .collect()
+            } else {
+                d
+            }
+        };
+        match self {
+            Observation::Pass(d) => Observation::Pass(clean(d)),
+            Observation::Pending(d) => Observation::Pending(clean(d)),
+            Observation::Fail(d) => Observation::Fail(clean(d)),
+            Observation::Fatal(d) => Observation::Fatal(clean(d)),
+            Observation::Inconclusive(d) => Observation::Inconclusive(clean(d)),
+        }
+    }
+
     /// The detail text.
     pub fn detail(&self) -> &str {
         match self {
@@ -388,6 +416,7 @@ impl HealthGate {
             let mut fatal: Option<String> = None;
             let mut all_passing = true;
             for ((probe, track), obs) in self.probes.iter().zip(tracks.iter_mut()).zip(results) {
+                let obs = obs.inert();
                 let ev = track.evidence.get_or_insert_with(|| ProbeEvidence {
                     probe: probe.name().to_owned(),
                     checks: 0,

@@ -111,31 +111,41 @@ impl Probe for HeartbeatProbe {
             // The control center being down proves nothing about the agent: inconclusive, never a rollback.
             Err(e) => return Observation::Inconclusive(e),
         };
-        let Some(r) = records.into_iter().max_by_key(|r| r.last_seen) else {
+        let now = OffsetDateTime::now_utc();
+        let age_of = |r: &AgentRecord| {
+            let age = (now - r.last_seen).max(time::Duration::ZERO);
+            Duration::from_secs_f64(age.as_seconds_f64())
+        };
+        let Some(newest) = records.iter().max_by_key(|r| r.last_seen) else {
             return Observation::Pending(format!("no heartbeat from container {short} yet"));
         };
-        let age = (OffsetDateTime::now_utc() - r.last_seen).max(time::Duration::ZERO);
-        let age = Duration::from_secs_f64(age.as_seconds_f64());
-        if let Some(want) = &ctx.expected_version {
-            if &r.last.version != want {
-                return Observation::Fail(format!(
-                    "agent {} in container {short} reports version {}, expected {want}",
-                    r.last.agent_id, r.last.version
-                ));
-            }
-        }
-        if age > self.max_age {
+        // The rule when several agents speak for one container (two OpAMP instances, an agent id that
+        // changed): every one heard from within `max_age` must report the new version and, when it says
+        // anything about its health, healthy. A verdict never depends on which of them spoke last.
+        let fresh: Vec<&AgentRecord> = records.iter().filter(|r| age_of(r) <= self.max_age).collect();
+        if fresh.is_empty() {
             return Observation::Fail(format!(
                 "agent {}: last heartbeat {} ago (more than {})",
-                r.last.agent_id,
-                format_duration(age),
+                newest.last.agent_id,
+                format_duration(age_of(newest)),
                 format_duration(self.max_age)
             ));
         }
-        // The agent's own view of its health (OpAMP's `health`), when it gives one: unhealthy fails with its
-        // error; none said is unknown, and the heartbeat alone decides.
-        let own = match &r.last.health {
-            Some(h) if !h.healthy => {
+        let of = if fresh.len() > 1 {
+            format!(" (one of {} agents reporting for it)", fresh.len())
+        } else {
+            String::new()
+        };
+        for r in &fresh {
+            if let Some(want) = &ctx.expected_version {
+                if &r.last.version != want {
+                    return Observation::Fail(format!(
+                        "agent {} in container {short} reports version {}, expected {want}{of}",
+                        r.last.agent_id, r.last.version
+                    ));
+                }
+            }
+            if let Some(h) = r.last.health.as_ref().filter(|h| !h.healthy) {
                 let broken: Vec<String> = h
                     .components
                     .iter()
@@ -152,7 +162,7 @@ impl Probe for HeartbeatProbe {
                     })
                     .collect();
                 return Observation::Fail(format!(
-                    "agent {} in container {short} reports itself unhealthy: {}{}",
+                    "agent {} in container {short} reports itself unhealthy: {}{}{of}",
                     r.last.agent_id,
                     if h.last_error.is_empty() {
                         &h.status
@@ -166,6 +176,11 @@ impl Probe for HeartbeatProbe {
                     }
                 ));
             }
+        }
+        let r = fresh.iter().max_by_key(|r| r.last_seen).copied().unwrap_or(newest);
+        // The agent's own view of its health (OpAMP's `health`), when it gives one; none said is unknown,
+        // and the heartbeat alone decides.
+        let own = match &r.last.health {
             Some(h) => format!(
                 "healthy by its own report ({})",
                 if h.status.is_empty() { "ok" } else { &h.status }
@@ -173,11 +188,16 @@ impl Probe for HeartbeatProbe {
             None => "its own health unknown (not reported)".to_owned(),
         };
         Observation::Pass(format!(
-            "agent {} in container {short} reports {} (status {}), {own}, last seen {} ago",
+            "agent {} in container {short} reports {} (status {}), {own}, last seen {} ago{}",
             r.last.agent_id,
             r.last.version,
             r.last.status,
-            format_duration(age)
+            format_duration(age_of(r)),
+            if fresh.len() > 1 {
+                format!("; all {} agents reporting for it agree", fresh.len())
+            } else {
+                String::new()
+            }
         ))
     }
 }

@@ -15,6 +15,18 @@ pub struct Response {
     pub body: String,
     /// Body as received (a protobuf answer).
     pub bytes: Vec<u8>,
+    /// The response headers, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -79,10 +91,17 @@ fn parse(buf: &[u8]) -> std::io::Result<Response> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(bad)?;
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
     Ok(Response {
         status,
         body: String::from_utf8_lossy(&buf[head_end + 4..]).into_owned(),
         bytes: buf[head_end + 4..].to_vec(),
+        headers,
     })
 }
 
@@ -94,6 +113,7 @@ mod tests {
     fn parses_responses() {
         let r = parse(b"HTTP/1.1 503 Service Unavailable\r\nA: b\r\n\r\nunhealthy\n").unwrap();
         assert_eq!((r.status, r.body.as_str()), (503, "unhealthy\n"));
+        assert_eq!(r.header("a"), Some("b"));
         assert!(parse(b"garbage").is_err());
         assert!(split_url("https://x").is_err());
     }

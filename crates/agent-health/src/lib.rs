@@ -40,8 +40,8 @@ mod prom;
 pub mod web;
 
 pub use control_center::{
-    AgentRecord, AgentState, ComponentStatus, ControlCenter, ControlCenterConfig, ControlCenterError, Heartbeat,
-    SelfHealth,
+    inert, AgentRecord, AgentState, ComponentStatus, ControlCenter, ControlCenterConfig, ControlCenterError, Heartbeat,
+    SelfHealth, AGENTS_PAGE, MAX_AGENT_TEXT, MAX_COMPONENTS, NEXT_PAGE_HEADER,
 };
 pub use gate::{
     GateProgress, HealthGate, Observation, Probe, ProbeContext, ProbeEvidence, Timing, Verdict, VerdictOutcome,

@@ -29,6 +29,16 @@ impl GuardedListener {
     }
 }
 
+/// A client's address as a [`GuardedListener`] accepted it, for `ConnectInfo`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub(crate) std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, GuardedListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, GuardedListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 impl axum::serve::Listener for GuardedListener {
     type Io = GuardedStream;
     type Addr = std::net::SocketAddr;

@@ -273,28 +273,41 @@ impl ControlCenter {
                 msg.instance_uid.len()
             ));
         }
+        let mut flags = 0;
         let known = {
             let mut ids = self.opamp.write().unwrap_or_else(|p| p.into_inner());
+            // OpAMP: a sequence number that is not the previous one plus one means a message was lost (an
+            // agent restarted, a request failed): what was kept of that agent may be stale, so its health is
+            // forgotten until it says again, and it is asked for its full state.
+            let gap = ids
+                .get(&msg.instance_uid)
+                .is_some_and(|i| msg.sequence_num != i.sequence.wrapping_add(1));
             if let Some(description) = &msg.agent_description {
                 if !ids.contains_key(&msg.instance_uid) && ids.len() >= MAX_OPAMP_INSTANCES {
                     if let Some(k) = ids.keys().next().cloned() {
                         ids.remove(&k);
                     }
                 }
-                let entry = ids
-                    .entry(msg.instance_uid.clone())
-                    .or_insert_with(|| (Identity::default(), None));
-                entry.0 = Identity::of(&msg.instance_uid, description);
+                let entry = ids.entry(msg.instance_uid.clone()).or_default();
+                entry.who = Identity::of(&msg.instance_uid, description);
             }
-            if let (Some(h), Some(entry)) = (&msg.health, ids.get_mut(&msg.instance_uid)) {
-                entry.1 = Some(h.clone());
+            if let Some(entry) = ids.get_mut(&msg.instance_uid) {
+                entry.sequence = msg.sequence_num;
+                if gap {
+                    entry.health = None;
+                    if msg.agent_description.is_none() || msg.health.is_none() {
+                        flags |= REPORT_FULL_STATE;
+                    }
+                }
+                if let Some(h) = &msg.health {
+                    entry.health = Some(h.clone());
+                }
             }
             ids.get(&msg.instance_uid).cloned()
         };
-        let mut flags = 0;
         match known {
-            Some((who, health)) if msg.agent_disconnect.is_none() => {
-                let hb = heartbeat(&who, health.as_ref().or(msg.health.as_ref()));
+            Some(i) if msg.agent_disconnect.is_none() => {
+                let hb = heartbeat(&i.who, i.health.as_ref());
                 crate::control_center::validate(&hb).map_err(|e| format!("the agent's description: {e}"))?;
                 self.record(hb);
             }

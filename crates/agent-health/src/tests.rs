@@ -261,3 +261,143 @@ async fn resource_limits() {
     };
     assert!(matches!(fine.check(&ctx(rt, "a")).await, Observation::Pass(_)));
 }
+
+/// A control center in this process and the heartbeat probe reading it, with the container under test.
+async fn heard(records: &[(&str, &str, Option<bool>)]) -> Observation {
+    let cc = ControlCenter::new("0123456789abcdef".into(), ControlCenterConfig::default(), None)
+        .await
+        .unwrap();
+    let container = "d2f4f6e1c37a".to_owned() + &"0".repeat(52);
+    for (agent, version, healthy) in records {
+        cc.record(Heartbeat {
+            agent_id: (*agent).into(),
+            container: container[..12].into(),
+            host: "h".into(),
+            version: (*version).into(),
+            revision: String::new(),
+            status: "ok".into(),
+            protocol: String::new(),
+            health: healthy.map(|healthy| SelfHealth {
+                healthy,
+                status: String::new(),
+                last_error: if healthy { String::new() } else { "exporter down".into() },
+                components: Default::default(),
+            }),
+        });
+    }
+    let probe = HeartbeatProbe::new(cc, Duration::from_secs(10));
+    let mut c = ctx(running(ImageBehaviour::default()), "a");
+    c.container_id = Some(container);
+    c.expected_version = Some("2.0.0".into());
+    probe.check(&c).await
+}
+
+#[tokio::test]
+async fn every_agent_reporting_for_a_container_must_agree_whoever_spoke_last() {
+    // Two OpAMP instances claim one container, one on the old version: never a coin toss.
+    for order in [
+        [("a", "2.0.0", None), ("b", "1.0.0", None)],
+        [("b", "1.0.0", None), ("a", "2.0.0", None)],
+    ] {
+        let obs = heard(&order).await;
+        assert!(matches!(obs, Observation::Fail(_)), "{order:?}: {obs:?}");
+        assert!(obs.detail().contains("one of 2 agents"), "{}", obs.detail());
+    }
+    // One of them unhealthy by its own report: a failure too.
+    let obs = heard(&[("a", "2.0.0", Some(true)), ("b", "2.0.0", Some(false))]).await;
+    assert!(
+        matches!(obs, Observation::Fail(_)) && obs.detail().contains("exporter down"),
+        "{obs:?}"
+    );
+    let obs = heard(&[("a", "2.0.0", Some(true)), ("b", "2.0.0", None)]).await;
+    assert!(matches!(obs, Observation::Pass(_)), "{obs:?}");
+    assert!(obs.detail().contains("all 2 agents"), "{}", obs.detail());
+}
+
+#[tokio::test]
+async fn what_an_agent_says_of_itself_is_bounded_and_inert() {
+    let cc = ControlCenter::new("0123456789abcdef".into(), ControlCenterConfig::default(), None)
+        .await
+        .unwrap();
+    let huge = "x".repeat(15_000);
+    let components = (0..100)
+        .map(|i| {
+            (
+                format!("receiver-{i}\u{1b}[8m"),
+                ComponentStatus {
+                    healthy: i % 2 == 0,
+                    status: huge.clone(),
+                    last_error: "a\nupdated agent (revision 9)".into(),
+                },
+            )
+        })
+        .collect();
+    cc.record(Heartbeat {
+        agent_id: "a".into(),
+        container: "c".into(),
+        host: String::new(),
+        version: "1.0.0".into(),
+        revision: String::new(),
+        status: "ok".into(),
+        protocol: String::new(),
+        health: Some(SelfHealth {
+            healthy: false,
+            status: huge.clone(),
+            last_error: "\u{1b}[8mhidden\n\u{1b}[0mupdated agent (revision 9)".into(),
+            components,
+        }),
+    });
+    let h = cc.agent("a").unwrap().last.health.unwrap();
+    assert!(h.status.len() <= MAX_AGENT_TEXT, "{}", h.status.len());
+    assert_eq!(
+        h.components.len(),
+        MAX_COMPONENTS + 1,
+        "the rest summed up in one entry"
+    );
+    let texts: Vec<&str> = [h.status.as_str(), h.last_error.as_str()]
+        .into_iter()
+        .chain(
+            h.components
+                .iter()
+                .flat_map(|(k, c)| [k.as_str(), c.status.as_str(), c.last_error.as_str()]),
+        )
+        .collect();
+    assert!(texts.iter().all(|t| !t.chars().any(char::is_control)), "{texts:?}");
+    assert!(h.last_error.contains("\\u{1b}[8mhidden\\n"), "{}", h.last_error);
+    assert!(h.components.values().filter(|c| !c.healthy).count() >= MAX_COMPONENTS.min(50));
+    // Evidence from any probe is inert too: a line break or an escape an agent sends is shown, not obeyed.
+    let obs = Observation::Fail("agent says: \u{1b}[8mgone\nupdated (revision 9)".into()).inert();
+    assert_eq!(obs.detail(), "agent says: \\u{1b}[8mgone\\nupdated (revision 9)");
+}
+
+#[tokio::test]
+async fn the_agents_list_comes_in_pages() {
+    let cc = ControlCenter::new("0123456789abcdef".into(), ControlCenterConfig::default(), None)
+        .await
+        .unwrap();
+    for i in 0..2_500 {
+        cc.record(Heartbeat {
+            agent_id: format!("agent-{i:05}"),
+            container: String::new(),
+            host: String::new(),
+            version: "1.0.0".into(),
+            revision: String::new(),
+            status: "ok".into(),
+            protocol: String::new(),
+            health: None,
+        });
+    }
+    let mut after = None;
+    let mut seen = Vec::new();
+    loop {
+        let (page, next) = cc.agents_page(after.as_deref(), AGENTS_PAGE);
+        assert!(page.len() <= AGENTS_PAGE);
+        seen.extend(page.into_iter().map(|r| r.last.agent_id));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 2_500);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "sorted, none twice");
+}

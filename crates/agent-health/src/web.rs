@@ -72,9 +72,12 @@ pub trait RolloutActions: Send + Sync {
 /// A signed-in browser.
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
+    id: String,
     actor: String,
     csrf: String,
     expires: OffsetDateTime,
+    /// The outcome of its last action, shown once on the next page (never taken from a URL).
+    flash: Option<(bool, String)>,
 }
 
 /// Sessions by id.
@@ -82,6 +85,82 @@ pub(crate) type Sessions = RwLock<HashMap<String, Session>>;
 
 /// How long a session lasts.
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+/// The most sessions kept at once; signing in beyond ends the one closest to expiry.
+pub const MAX_SESSIONS: usize = 256;
+/// Failed sign-ins a client address may make in [`SIGN_IN_WINDOW`] before it must wait for the window's end.
+pub const MAX_FAILED_SIGN_INS: u32 = 5;
+/// The window failed sign-ins are counted in.
+const SIGN_IN_WINDOW: Duration = Duration::from_secs(300);
+
+/// Failed sign-ins by client address: how many, since when.
+pub(crate) type SignInFailures = std::sync::Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>;
+
+/// The web view's script, served as a file so that the pages' Content-Security-Policy allows no inline
+/// script. Live updates: the server says when the fleet or a rollout changed; the page fetches itself again
+/// and swaps its content, keeping the scroll position.
+const SCRIPT: &str = r#"const es = new EventSource('/events');
+let last = null;
+es.addEventListener('change', e => {
+  if (last !== null && last !== e.data) {
+    fetch(location.href, {credentials: 'same-origin'}).then(r => r.text()).then(t => {
+      const doc = new DOMParser().parseFromString(t, 'text/html');
+      const m = doc.getElementById('main');
+      if (m) document.getElementById('main').innerHTML = m.innerHTML;
+    });
+  }
+  last = e.data;
+});
+"#;
+
+/// The web view's style, served as a file for the same reason.
+const STYLE: &str = r#"body{font:14px system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f8fa}
+header{background:#1b1f24;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
+header a{color:#fff;text-decoration:none;font-weight:600} .who{margin-left:auto;color:#ccc}
+main{padding:16px 20px} table{border-collapse:collapse;background:#fff;margin:8px 0 16px}
+th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top} th{background:#eef1f4}
+.up,.succeeded,.updated,.pass,.Successful{color:#1a7f37} .late,.paused,.staged,.pending,.Inconclusive{color:#9a6700}
+.down,.failed,.broken,.rolled-back,.aborted,.high,.low,.Failed{color:#cf222e}
+.current{font-weight:700;background:#fff8c5} .chips span{display:inline-block;background:#fff;border:1px solid #d0d7de;border-radius:12px;padding:2px 10px;margin:2px}
+button{cursor:pointer} .actions form{display:inline} .note{color:#57606a} pre{white-space:pre-wrap;margin:0}
+"#;
+
+/// What every answer of the web view carries: no script, style, frame or form target but the control
+/// center's own, no content sniffing, nothing cached (the pages show the fleet and carry CSRF tokens).
+const SECURITY_HEADERS: [(&str, &str); 5] = [
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("cache-control", "no-store"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+];
+
+async fn security_headers(mut response: Response) -> Response {
+    for (name, value) in SECURITY_HEADERS {
+        response
+            .headers_mut()
+            .insert(name, axum::http::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// The client's address, when the server was given it (`serve` does).
+struct Peer(Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<crate::listener::PeerAddr>>()
+                .map(|c| c.0 .0.ip()),
+        ))
+    }
+}
 /// Agents per page of the fleet view.
 const PAGE: usize = 200;
 const COOKIE: &str = "agentctl_session";
@@ -119,20 +198,45 @@ pub(crate) fn routes() -> Router<Arc<ControlCenter>> {
         .route("/rollouts/{name}", get(rollout_page))
         .route("/rollouts/{name}/{action}", post(act))
         .route("/events", get(events))
+        .route(
+            "/app.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT) }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }),
+        )
+        .layer(axum::middleware::map_response(security_headers))
 }
 
-fn session(cc: &ControlCenter, headers: &HeaderMap) -> Option<Session> {
-    let id = headers
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))?;
+        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
+}
+
+fn session(cc: &ControlCenter, headers: &HeaderMap) -> Option<Session> {
+    let id = session_id(headers)?;
     let sessions = cc.sessions.read().unwrap_or_else(|p| p.into_inner());
     sessions
         .get(&id)
         .filter(|s| s.expires > OffsetDateTime::now_utc())
         .cloned()
+}
+
+/// Whether the session `id` is still signed in.
+fn signed_in(cc: &ControlCenter, id: &str) -> bool {
+    let sessions = cc.sessions.read().unwrap_or_else(|p| p.into_inner());
+    sessions.get(id).is_some_and(|s| s.expires > OffsetDateTime::now_utc())
+}
+
+/// Takes the session's flash message (shown once).
+fn take_flash(cc: &ControlCenter, session: &Session) -> Option<(bool, String)> {
+    let mut sessions = cc.sessions.write().unwrap_or_else(|p| p.into_inner());
+    sessions.get_mut(&session.id).and_then(|s| s.flash.take())
 }
 
 fn to_login() -> Response {
@@ -152,34 +256,10 @@ fn page(title: &str, session: Option<&Session>, body: &str) -> Html<String> {
     Html(format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title} · agentctl</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{{font:14px system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f8fa}}
-header{{background:#1b1f24;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}}
-header a{{color:#fff;text-decoration:none;font-weight:600}} .who{{margin-left:auto;color:#ccc}}
-main{{padding:16px 20px}} table{{border-collapse:collapse;background:#fff;margin:8px 0 16px}}
-th,td{{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}} th{{background:#eef1f4}}
-.up,.succeeded,.updated,.pass,.Successful{{color:#1a7f37}} .late,.paused,.staged,.pending,.Inconclusive{{color:#9a6700}}
-.down,.failed,.broken,.rolled-back,.aborted,.high,.low,.Failed{{color:#cf222e}}
-.current{{font-weight:700;background:#fff8c5}} .chips span{{display:inline-block;background:#fff;border:1px solid #d0d7de;border-radius:12px;padding:2px 10px;margin:2px}}
-button{{cursor:pointer}} .actions form{{display:inline}} .note{{color:#57606a}} pre{{white-space:pre-wrap;margin:0}}
-</style></head><body><header><a href="/">Fleet</a><a href="/rollouts">Rollouts</a>{who}</header>
+<link rel="stylesheet" href="/app.css">
+</head><body><header><a href="/">Fleet</a><a href="/rollouts">Rollouts</a>{who}</header>
 <main id="main">{body}</main>
-<script>
-// Live updates: the server says when the fleet or a rollout changed; the page fetches itself again and
-// swaps its content, keeping the scroll position.
-const es = new EventSource('/events');
-let last = null;
-es.addEventListener('change', e => {{
-  if (last !== null && last !== e.data) {{
-    fetch(location.href, {{credentials: 'same-origin'}}).then(r => r.text()).then(t => {{
-      const doc = new DOMParser().parseFromString(t, 'text/html');
-      const m = doc.getElementById('main');
-      if (m) document.getElementById('main').innerHTML = m.innerHTML;
-    }});
-  }}
-  last = e.data;
-}});
-</script></body></html>"#,
+<script src="/app.js"></script></body></html>"#,
         title = esc(title)
     ))
 }
@@ -203,10 +283,46 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(cc): State<Arc<ControlCenter>>, Form(f): Form<LoginForm>) -> Response {
+async fn login(State(cc): State<Arc<ControlCenter>>, peer: Peer, Form(f): Form<LoginForm>) -> Response {
+    // Failed sign-ins are counted per client address: past the limit, that address waits for the window's
+    // end, token right or wrong (so guessing costs a window per few tries).
+    if let Some(ip) = peer.0 {
+        let failures = cc.sign_in_failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((n, since)) = failures.get(&ip) {
+            let left = SIGN_IN_WINDOW.saturating_sub(since.elapsed());
+            if *n >= MAX_FAILED_SIGN_INS && !left.is_zero() {
+                tracing::warn!(%ip, "web: a sign-in was refused: too many failed sign-ins from this address");
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, left.as_secs().max(1).to_string())],
+                    page(
+                        "Sign in",
+                        None,
+                        &format!(
+                            r#"<h1>Sign in</h1><p class="down">Too many failed sign-ins from your address; try again in {} s.</p>"#,
+                            left.as_secs().max(1)
+                        ),
+                    ),
+                )
+                    .into_response();
+            }
+        }
+    }
     let name: String = f.name.trim().chars().filter(|c| !c.is_control()).take(64).collect();
     if !cc.token_matches(f.token.trim()) || name.is_empty() {
         tracing::warn!("web: a sign-in with a wrong token or no name was refused");
+        if let Some(ip) = peer.0 {
+            let mut failures = cc.sign_in_failures.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: windows that ended are forgotten first.
+            if failures.len() >= 10_000 {
+                failures.retain(|_, (_, since)| since.elapsed() < SIGN_IN_WINDOW);
+            }
+            let entry = failures.entry(ip).or_insert((0, std::time::Instant::now()));
+            if entry.1.elapsed() >= SIGN_IN_WINDOW {
+                *entry = (0, std::time::Instant::now());
+            }
+            entry.0 += 1;
+        }
         return (
             StatusCode::UNAUTHORIZED,
             page(
@@ -217,6 +333,12 @@ async fn login(State(cc): State<Arc<ControlCenter>>, Form(f): Form<LoginForm>) -
         )
             .into_response();
     }
+    if let Some(ip) = peer.0 {
+        cc.sign_in_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ip);
+    }
     let id = random_hex();
     let actor = format!("{name} (web)");
     tracing::info!(actor, "web: signed in");
@@ -224,12 +346,21 @@ async fn login(State(cc): State<Arc<ControlCenter>>, Form(f): Form<LoginForm>) -
         let mut sessions = cc.sessions.write().unwrap_or_else(|p| p.into_inner());
         let now = OffsetDateTime::now_utc();
         sessions.retain(|_, s| s.expires > now);
+        // At the cap, the session closest to its end makes room.
+        while sessions.len() >= MAX_SESSIONS {
+            let Some(oldest) = sessions.values().min_by_key(|s| s.expires).map(|s| s.id.clone()) else {
+                break;
+            };
+            sessions.remove(&oldest);
+        }
         sessions.insert(
             id.clone(),
             Session {
+                id: id.clone(),
                 actor,
                 csrf: random_hex(),
                 expires: now + SESSION_TTL,
+                flash: None,
             },
         );
     }
@@ -247,11 +378,18 @@ struct CsrfForm {
 }
 
 async fn logout(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+    // Signing out ends the session on the server, or nothing changes: never a cleared cookie whose session
+    // stays valid.
     if let Some(s) = session(&cc, &headers) {
-        if crate::control_center::constant_time_eq(f.csrf.as_bytes(), s.csrf.as_bytes()) {
-            let mut sessions = cc.sessions.write().unwrap_or_else(|p| p.into_inner());
-            sessions.retain(|_, x| x.csrf != s.csrf);
+        if !crate::control_center::constant_time_eq(f.csrf.as_bytes(), s.csrf.as_bytes()) {
+            return (
+                StatusCode::FORBIDDEN,
+                "the form's CSRF token is missing or wrong; sign out with the page's button\n",
+            )
+                .into_response();
         }
+        let mut sessions = cc.sessions.write().unwrap_or_else(|p| p.into_inner());
+        sessions.remove(&s.id);
     }
     (
         [(
@@ -482,20 +620,7 @@ fn describe_step(step: &serde_json::Value) -> String {
         .unwrap_or_else(|_| text(&step["kind"]))
 }
 
-#[derive(Deserialize, Default)]
-struct Flash {
-    #[serde(default)]
-    done: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-async fn rollout_page(
-    State(cc): State<Arc<ControlCenter>>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    Query(flash): Query<Flash>,
-) -> Response {
+async fn rollout_page(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
     let Some(s) = session(&cc, &headers) else {
         return to_login();
     };
@@ -581,10 +706,11 @@ async fn rollout_page(
         "rolling-back" => form("abort", "Finish the rollback"),
         _ => String::new(),
     };
-    let flash = match (&flash.done, &flash.error) {
-        (_, Some(e)) => format!(r#"<p class="down" id="flash">{}</p>"#, esc(e)),
-        (Some(m), None) => format!(r#"<p class="pass" id="flash">{}</p>"#, esc(m)),
-        _ => String::new(),
+    // The outcome of this session's last action, kept by the server: no URL can put text in the banner.
+    let flash = match take_flash(&cc, &s) {
+        Some((false, e)) => format!(r#"<p class="down" id="flash">{}</p>"#, esc(&e)),
+        Some((true, m)) => format!(r#"<p class="pass" id="flash">{}</p>"#, esc(&m)),
+        None => String::new(),
     };
     let traffic = d["traffic"]["weight"]
         .as_u64()
@@ -643,38 +769,57 @@ async fn act(
             .into_response();
     };
     tracing::info!(rollout = name, action = action.name(), actor = s.actor, "web: action");
-    let back = match actions.act(&name, action, &s.actor).await {
-        Ok(m) => format!("/rollouts/{}?done={}", url_escape(&name), url_escape(&m)),
-        Err(e) => format!("/rollouts/{}?error={}", url_escape(&name), url_escape(&e)),
+    let outcome = match actions.act(&name, action, &s.actor).await {
+        Ok(m) => (true, m),
+        Err(e) => (false, e),
     };
-    Redirect::to(&back).into_response()
+    if let Some(own) = cc.sessions.write().unwrap_or_else(|p| p.into_inner()).get_mut(&s.id) {
+        own.flash = Some(outcome);
+    }
+    Redirect::to(&format!("/rollouts/{}", url_escape(&name))).into_response()
 }
 
-/// A fingerprint of what the pages show: agents per version and state, and each rollout's last change.
+/// A fingerprint of what the pages show: agents per version and state, and each rollout's last change;
+/// made at most once a second whatever the number of signed-in browsers, from counts (no record copied).
 async fn fingerprint(cc: &ControlCenter) -> String {
-    let mut counts: BTreeMap<(String, &'static str), usize> = BTreeMap::new();
-    for a in cc.agents() {
-        *counts.entry((a.last.version.clone(), state_name(a.state))).or_default() += 1;
+    let mut cached = cc.fingerprint.lock().await;
+    if let Some((at, digest)) = cached.as_ref() {
+        if at.elapsed() < Duration::from_millis(900) {
+            return digest.clone();
+        }
     }
+    let counts = cc.counts();
     let rollouts: Vec<String> = rollout_docs(cc)
         .await
         .iter()
         .map(|(n, d)| format!("{n}:{}", text(&d["updatedAt"])))
         .collect();
-    format!("{counts:?}|{}", rollouts.join(","))
+    let data = format!("{counts:?}|{}", rollouts.join(","));
+    let digest = format!("{:016x}", fnv(data.as_bytes()));
+    *cached = Some((std::time::Instant::now(), digest.clone()));
+    digest
 }
 
 async fn events(State(cc): State<Arc<ControlCenter>>, headers: HeaderMap) -> Response {
-    if session(&cc, &headers).is_none() {
+    let Some(s) = session(&cc, &headers) else {
         return (StatusCode::FORBIDDEN, "sign in first\n").into_response();
-    }
+    };
+    // Only a digest goes out, and only when it changed; the page asks for itself again then. The stream
+    // ends once its session does (signed out, expired).
+    let start: (Arc<ControlCenter>, String, Option<String>) = (cc, s.id, None);
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
-        Box::pin(futures_util::stream::unfold(cc, |cc| async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let data = fingerprint(&cc).await;
-            // Only a digest goes out: the page asks for itself again when it changes.
-            let digest = format!("{:016x}", fnv(data.as_bytes()));
-            Some((Ok(Event::default().event("change").data(digest)), cc))
+        Box::pin(futures_util::stream::unfold(start, |(cc, id, last)| async move {
+            loop {
+                if !signed_in(&cc, &id) {
+                    return None;
+                }
+                let digest = fingerprint(&cc).await;
+                if last.as_ref() != Some(&digest) {
+                    let event = Event::default().event("change").data(digest.clone());
+                    return Some((Ok(event), (cc, id, Some(digest))));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }));
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }

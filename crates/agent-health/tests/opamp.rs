@@ -265,3 +265,53 @@ async fn health_unknown_instances_and_the_interval_during_a_rollout() {
     let offer = send(heartbeat_only).await.connection_settings.unwrap();
     assert_eq!(offer.opamp.unwrap().heartbeat_interval_seconds, 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_gap_asks_for_the_full_state_and_forgets_health_that_may_be_stale() {
+    let (cc, url) = center(None).await;
+    let auth = bearer();
+    let send = |msg: AgentToServer| {
+        let (url, auth) = (url.clone(), auth.clone());
+        async move {
+            let r = post(&url, &[("Authorization", &auth), PROTOBUF], &msg.encode_to_vec()).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            ServerToAgent::decode(&r.bytes[..]).unwrap()
+        }
+    };
+    let health = |healthy: bool| ComponentHealth {
+        healthy,
+        last_error: if healthy {
+            String::new()
+        } else {
+            "exporter otlp: connection refused".into()
+        },
+        ..Default::default()
+    };
+    let mut first = described(3, "2.0.0");
+    first.health = Some(health(true));
+    assert_eq!(send(first).await.flags, 0);
+    assert_eq!(cc.agent("collector-3").unwrap().last.status, "ok");
+    // Message 1 (healthy = false) is lost; message 2 says nothing of health: the control center no longer
+    // vouches for the health it kept, and asks for the full state.
+    let compressed = |seq: u64| AgentToServer {
+        instance_uid: vec![3; 16],
+        sequence_num: seq,
+        ..Default::default()
+    };
+    let answer = send(compressed(2)).await;
+    assert_eq!(answer.flags & REPORT_FULL_STATE, REPORT_FULL_STATE);
+    let agent = cc.agent("collector-3").unwrap();
+    assert_eq!(
+        (agent.last.status.as_str(), agent.last.health.is_none()),
+        ("unknown", true)
+    );
+    // The full state comes: unhealthy, as it is.
+    let mut full = described(3, "2.0.0");
+    full.sequence_num = 3;
+    full.health = Some(health(false));
+    assert_eq!(send(full).await.flags, 0);
+    assert_eq!(cc.agent("collector-3").unwrap().last.status, "unhealthy");
+    // In order: nothing asked. The same number again is a gap too.
+    assert_eq!(send(compressed(4)).await.flags, 0);
+    assert_eq!(send(compressed(4)).await.flags & REPORT_FULL_STATE, REPORT_FULL_STATE);
+}

@@ -107,8 +107,16 @@ impl Haproxy {
         &self.backend
     }
 
-    /// Sends one command and returns HAProxy's answer (it closes the connection after answering).
+    /// Sends one command and returns HAProxy's answer (it closes the connection after answering). A command
+    /// holding `;` or a line break (which HAProxy would run as a second command) is refused unsent.
     pub async fn command(&self, command: &str) -> Result<String, HaproxyError> {
+        if command.contains([';', '\n', '\r']) {
+            return Err(HaproxyError::Refused {
+                command: command.escape_debug().to_string(),
+                answer: "not sent: it holds `;` or a line break, which the runtime API would run as another command"
+                    .into(),
+            });
+        }
         let unreachable = |source| HaproxyError::Unreachable {
             at: self.socket.clone(),
             source,
@@ -254,6 +262,28 @@ pub fn parse_servers_state(text: &str) -> Option<Vec<Server>> {
     Some(servers)
 }
 
+/// Checks that `name` is an HAProxy identifier (a backend's or a server's): letters, digits, `-`, `_`, `.`
+/// and `:`, at most 64 of them. Anything else could end a runtime-API command early or start another.
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!(
+            "{:?} must be 1 to 64 characters",
+            name.escape_debug().to_string()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+    {
+        return Err(format!(
+            "{:?} holds {:?}; HAProxy names are letters, digits, `-`, `_`, `.` and `:`",
+            name.escape_debug().to_string(),
+            c
+        ));
+    }
+    Ok(())
+}
+
 /// A server name for `container` running `version`, of the letters, digits, `-`, `_` and `.` HAProxy allows.
 pub fn server_name(container: &str, version: &str) -> String {
     let clean = |s: &str| -> String {
@@ -284,6 +314,28 @@ mod tests {
         assert_eq!((s[0].weight, s[0].admin), (90, 0));
         assert_eq!((s[1].name.as_str(), s[1].weight, s[1].admin), ("a1-2.0.0", 10, 8));
         assert_eq!(parse_servers_state("Can't find backend.\n"), None);
+    }
+
+    #[test]
+    fn names_that_would_inject_a_command_are_refused() {
+        assert!(check_identifier("relays").is_ok());
+        assert!(check_identifier("be_agents-2:eu.1").is_ok());
+        for bad in [
+            "relays;shutdown frontend www",
+            "a\nshow info",
+            "",
+            "a b",
+            &"x".repeat(65),
+        ] {
+            assert!(check_identifier(bad).is_err(), "{bad:?}");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let h = Haproxy::new("/nonexistent.sock", "relays;shutdown frontend www");
+        let err = rt.block_on(h.servers()).unwrap_err().to_string();
+        assert!(err.contains("not sent"), "{err}");
     }
 
     #[test]

@@ -190,3 +190,44 @@ fn a_refused_build_names_each_finding_and_leaves_no_tag() {
     );
     assert_eq!(code(&out), 2, "{}", stderr(&out));
 }
+
+/// A git remote with a token, a sparse file and a named pipe in the context: the build goes through, the
+/// token appears nowhere (the source label has no user info at all), the sparse file is sent whole and the
+/// pipe is skipped by name.
+#[test]
+fn a_token_in_the_remote_a_sparse_file_and_a_pipe_are_handled_and_named() {
+    let img = images();
+    let w = World::new("buildctx");
+    let (ctx, _) = context(
+        "FROM scratch\nCOPY . /ctx/\nUSER 65534:65534\nHEALTHCHECK CMD [\"/agent\", \"healthcheck\"]\nENTRYPOINT [\"/agent\"]\n",
+    );
+    let token = format!("ghp_{}", "T0k3n".repeat(8));
+    let remote = format!("https://{token}@example.com/acme/agent.git");
+    let git = Command::new("git")
+        .current_dir(ctx.path())
+        .args(["remote", "add", "origin", &remote])
+        .output()
+        .unwrap();
+    assert!(git.status.success());
+    let sparse = std::fs::File::create(ctx.path().join("sparse.bin")).unwrap();
+    sparse.set_len(8 << 20).unwrap();
+    let fifo = Command::new("mkfifo").arg(ctx.path().join("pipe")).status().unwrap();
+    assert!(fifo.success());
+    let repo = format!("{}/agentctl-it/ctx-{}", img.registry, w.run);
+    let _guard = Untag(vec![format!("{repo}:1.0.0")]);
+    let out = build(
+        &w,
+        ctx.path(),
+        &["--image", &repo, "--version", "1.0.0", "--allow", "pinned-base"],
+    );
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!said.contains(&token), "{said}");
+    assert!(said.contains("skipped: pipe is a named pipe"), "{said}");
+    let labels = inspect(&format!("{repo}:1.0.0"), "{{json .Config.Labels}}").unwrap();
+    assert!(!labels.contains(&token), "{labels}");
+    assert!(labels.contains("https://example.com/acme/agent.git"), "{labels}");
+    // The sparse file arrived whole (8 MiB of zeros).
+    let size = inspect(&format!("{repo}:1.0.0"), "{{.Size}}").unwrap();
+    assert!(size.parse::<u64>().unwrap() >= 8 << 20, "{size}");
+}

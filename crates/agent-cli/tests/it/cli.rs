@@ -103,3 +103,61 @@ fn the_scratch_dockerfile_template_builds_and_runs_healthy() {
     let _ = w.docker(&["rm", "-f", &name]);
     let _ = w.docker(&["rmi", "-f", &tag]);
 }
+
+/// Output into a pipe that is already closed (`… | head -1`): no panic, the command's own exit code.
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    for args in [
+        &["completions", "bash"][..],
+        &["--help"][..],
+        &["rollout", "list", "-o", "json"][..],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("AGENTCTL_STATE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before anything is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(code(&out), 0, "{args:?}: {err}");
+    }
+}
+
+/// A state URL with a password, in the environment or in an error, is never shown.
+#[test]
+fn a_state_url_password_shows_nowhere() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .args(["history", "--help"])
+        .env("AGENTCTL_STATE", "postgres://agentctl:hunter2@db.internal/agentctl")
+        .env("DOCKER_HOST", "tcp://user:hunter3@127.0.0.1:1")
+        .output()
+        .unwrap();
+    let help = stdout(&out);
+    assert!(
+        help.contains("AGENTCTL_STATE") && !help.contains("hunter2") && !help.contains("hunter3"),
+        "{help}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .args([
+            "--state",
+            "postgres://agentctl@127.0.0.1:1/agentctl?password=hunter2&sslmode=disable",
+        ])
+        .args(["rollout", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    assert!(!err.contains("hunter2") && err.contains("password=<redacted>"), "{err}");
+}

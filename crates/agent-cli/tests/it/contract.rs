@@ -191,6 +191,39 @@ fn ctrl_c_removes_the_environment() {
     assert_eq!(leftovers(&run), Vec::<String>::new(), "Ctrl-C removed the environment");
 }
 
+/// A run killed with -9 cannot clean up: its agent (holding its control center's token) and its network
+/// stay, until the next run sees that their owner process is gone and removes them.
+#[test]
+fn the_environment_of_a_killed_run_is_swept_by_the_next_one() {
+    let img = images();
+    let w = World::new("contract-kill");
+    let mut child = agentctl_in(w.state.path())
+        .args(["--no-progress", "test", &img.refs["slow"]])
+        .args(QUICK)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stderr.as_mut().unwrap()), &mut first).unwrap();
+    let run = first
+        .split("(run ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no run id in {first:?}"))
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leftovers(&run).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = Command::new("kill").args(["-9", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert_eq!(leftovers(&run).len(), 2, "a killed run leaves its agent and network");
+    let out = test_image(&w, &img.refs["v1"], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(leftovers(&run), Vec::<String>::new(), "the next run swept them");
+}
+
 #[test]
 fn dependencies_and_test_containers_run_on_the_test_network() {
     let img = images();

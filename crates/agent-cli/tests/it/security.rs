@@ -16,6 +16,17 @@ const PLANTED: &[(&str, &str)] = &[
     ("GITHUB_PAT", "planted-pat-6"),
     ("DATABASE_URL", "postgres://app:planted-url-7@db/app"),
     ("CUSTOM_THING", "planted-custom-8"),
+    // Secret by a name ending in _PASS, and by the shape of a value under a plain name.
+    ("DB_PASS", "planted-pass-9"),
+    (
+        "ALERTS",
+        "https://hooks.slack.com/services/T0PLANTED/B0PLANTED/planted10slackhook",
+    ),
+    ("BILLING", "sk_live_planted11stripekey0123"),
+    (
+        "SESSION_BLOB",
+        "eyJhbGciOiJIUzI1NiJ9.eyJwbGFudGVkIjoxMn0.planted12jwtsignature",
+    ),
 ];
 
 fn needles() -> Vec<&'static str> {

@@ -461,3 +461,122 @@ fn the_web_view_shows_fleet_and_rollout_and_promotes_only_for_a_signed_in_user()
         assert_eq!(stdout(&w.docker(&["inspect", "-f", "{{.Image}}", n])), v2, "{n}");
     }
 }
+
+/// The web view over plain HTTP: what the browser is told (no framing, no sniffing, no caching, no script
+/// but its own), sign-out that ends the session on the server (and its event stream), a banner no URL can
+/// write, a cap on sessions, and sign-in throttling after repeated wrong tokens.
+#[test]
+fn the_web_view_is_closed_to_framing_guessing_stale_sessions_and_planted_banners() {
+    let w = World::new("webhard");
+    let token_file = w.state_dir().join("cc-token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    // A rollout in the store, for its page.
+    let dump = json!({"format": "agentctl-state", "version": 1, "revisions": [], "operations": [],
+        "documents": [{"kind": "rollout", "key": "edge", "value": {"machine": {"phase": "paused"},
+        "plan": {"steps": []}, "targets": [], "analyses": [], "audit": [], "nextStep": 0, "pinned": "acme/agent:2.0.0",
+        "startedAt": "2026-12-01T00:00:00Z", "updatedAt": "2026-12-01T00:00:00Z"}}]});
+    let dump_file = w.state_dir().join("dump.json");
+    std::fs::write(&dump_file, dump.to_string()).unwrap();
+    let out = w.agentctl(&["state", "import", dump_file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let _cc = Proc(
+        agentctl_in(w.state_dir())
+            .args(["control-center", "--listen", &addr, "--token-file"])
+            .arg(&token_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_http(&format!("http://{addr}/healthz"), 15),
+        "the control center did not start"
+    );
+    let get = |path: &str, cookie: Option<&str>| {
+        let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+        raw(&addr, &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{cookie}\r\n"))
+    };
+    let login = get("/login", None).to_lowercase();
+    for header in [
+        "content-security-policy: default-src 'none'; script-src 'self'",
+        "frame-ancestors 'none'",
+        "x-content-type-options: nosniff",
+        "cache-control: no-store",
+    ] {
+        assert!(login.contains(header), "{header}: {login}");
+    }
+    assert!(
+        !login.contains("<script>") && login.contains("<script src=\"/app.js\">"),
+        "{login}"
+    );
+    let sign_in = || {
+        let answer = form_post(&addr, "/login", None, &format!("name=bob&token={TOKEN}"));
+        answer
+            .lines()
+            .find(|l| l.to_lowercase().starts_with("set-cookie: "))
+            .and_then(|l| l["set-cookie: ".len()..].split(';').next())
+            .unwrap_or_else(|| panic!("no session: {answer}"))
+            .to_owned()
+    };
+    let csrf_of = |page: &str| {
+        page.split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_owned()
+    };
+
+    // No URL puts text in the banner.
+    let bob = sign_in();
+    let page = get("/rollouts/edge?error=INJECTED-BANNER&done=INJECTED-DONE", Some(&bob));
+    assert_eq!(status_of(&page), 200, "{page}");
+    assert!(!page.contains("INJECTED"), "{page}");
+
+    // Sign-out without the form's token changes nothing; with it, the session ends on the server and its
+    // event stream with it.
+    let out = form_post(&addr, "/logout", Some(&bob), "");
+    assert_eq!(status_of(&out), 403, "{out}");
+    assert!(!out.to_lowercase().contains("set-cookie"), "{out}");
+    assert_eq!(status_of(&get("/", Some(&bob))), 200, "still signed in");
+    let mut events = std::net::TcpStream::connect(&addr).unwrap();
+    write!(events, "GET /events HTTP/1.0\r\nHost: {addr}\r\nCookie: {bob}\r\n\r\n").unwrap();
+    events.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut first = [0u8; 512];
+    let n = events.read(&mut first).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).contains("200"),
+        "the stream opened"
+    );
+    let csrf = csrf_of(&get("/", Some(&bob)));
+    let out = form_post(&addr, "/logout", Some(&bob), &format!("csrf={csrf}"));
+    assert_eq!(status_of(&out), 303, "{out}");
+    let signed_out = Instant::now();
+    let mut rest = Vec::new();
+    let ended = events.read_to_end(&mut rest).is_ok();
+    assert!(
+        ended && signed_out.elapsed() < Duration::from_secs(5),
+        "the stream outlived the session"
+    );
+    assert_eq!(
+        status_of(&get("/", Some(&bob))),
+        303,
+        "the session is gone on the server"
+    );
+
+    // Sessions are capped: the oldest goes.
+    let first = sign_in();
+    for _ in 0..agent_health::web::MAX_SESSIONS {
+        sign_in();
+    }
+    assert_eq!(status_of(&get("/", Some(&first))), 303, "the oldest session made room");
+
+    // Wrong tokens: after five, this address waits, even with the right token.
+    for _ in 0..agent_health::web::MAX_FAILED_SIGN_INS {
+        let wrong = form_post(&addr, "/login", None, "name=mallory&token=guess-0123456789abcdef");
+        assert_eq!(status_of(&wrong), 401, "{wrong}");
+    }
+    let blocked = form_post(&addr, "/login", None, &format!("name=bob&token={TOKEN}"));
+    assert_eq!(status_of(&blocked), 429, "{blocked}");
+    assert!(blocked.to_lowercase().contains("retry-after:"), "{blocked}");
+}

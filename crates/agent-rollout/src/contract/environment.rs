@@ -39,6 +39,7 @@ pub(super) async fn start_on(
         ..Default::default()
     }];
     spec.labels.insert(CONTRACT_LABEL.to_owned(), run.to_owned());
+    spec.labels.insert(OWNER_LABEL.to_owned(), owner());
     if let Err(RuntimeError::ImageNotFound { .. }) = runtime.inspect_image(&spec.image.to_string()).await {
         runtime.pull_image(&spec.image, &|_| {}).await?;
     }
@@ -71,6 +72,59 @@ pub async fn cleanup(runtime: &dyn ContainerRuntime, run: &str) -> usize {
         removed += 1;
     }
     removed
+}
+
+/// Removes every contract environment on `runtime` whose owner process is gone (killed with `-9`, its
+/// machine's process table says): its containers (the agent, with the token of its control center, keeps
+/// running otherwise) and its network (each costs one of the engine's few address pools). Environments of
+/// live runs, of other machines' runs and of runs that name no owner (an earlier agentctl's) are left
+/// alone. Returns the runs removed.
+pub async fn sweep(runtime: &dyn ContainerRuntime) -> Vec<String> {
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    let label = [CONTRACT_LABEL.to_owned()];
+    if let Ok(list) = runtime.list_containers(&label).await {
+        for c in list {
+            if let (Some(run), Some(owner)) = (c.labels.get(CONTRACT_LABEL), c.labels.get(OWNER_LABEL)) {
+                owners.insert(run.clone(), owner.clone());
+            }
+        }
+    }
+    if let Ok(list) = runtime.list_networks(&label).await {
+        for (_, labels) in list {
+            if let (Some(run), Some(owner)) = (labels.get(CONTRACT_LABEL), labels.get(OWNER_LABEL)) {
+                owners.insert(run.clone(), owner.clone());
+            }
+        }
+    }
+    let mut swept = Vec::new();
+    for (run, owner) in owners {
+        let mut parts = owner.split(':');
+        let holder = agent_core::LeaseHolder {
+            id: owner.clone(),
+            hostname: parts.next().unwrap_or_default().to_owned(),
+            pid: parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+            purpose: String::new(),
+        };
+        if holder.pid != 0 && crate::lease::holder_is_dead(&holder) {
+            tracing::warn!(
+                run,
+                owner,
+                "removing the environment of a contract run whose process is gone"
+            );
+            cleanup(runtime, &run).await;
+            swept.push(run);
+        }
+    }
+    swept
+}
+
+/// The label naming the process that owns a contract environment (`host:pid:start:nonce`), so a later run
+/// can tell an abandoned one from a live one.
+pub(super) const OWNER_LABEL: &str = "io.agentctl.contract.owner";
+
+/// The owner label's value for this process.
+pub(super) fn owner() -> String {
+    crate::lease::holder_for_this_process("contract").id
 }
 
 pub(super) fn network_name(run: &str) -> String {

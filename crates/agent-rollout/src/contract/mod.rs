@@ -22,10 +22,10 @@ use crate::VerifyConfig;
 
 mod environment;
 
-pub use environment::cleanup;
 use environment::{
     address_on, check_metrics, network_name, random_token, run_test_container, start_on, substitute, EmbeddedCenter,
 };
+pub use environment::{cleanup, sweep};
 
 /// The label on every object a contract run creates, with the run id as value.
 pub const CONTRACT_LABEL: &str = "io.agentctl.contract";
@@ -325,8 +325,14 @@ pub async fn run(
         record("non-root", CaseOutcome::Passed, format!("runs as {user}"), t);
     }
 
+    // What killed runs left first (their agents hold a control center's token; each network costs one of
+    // the engine's address pools).
+    environment::sweep(runtime.as_ref()).await;
     // The environment: a network, a control center on its gateway, the agent.
-    let labels = BTreeMap::from([(CONTRACT_LABEL.to_owned(), run.to_owned())]);
+    let labels = BTreeMap::from([
+        (CONTRACT_LABEL.to_owned(), run.to_owned()),
+        (environment::OWNER_LABEL.to_owned(), environment::owner()),
+    ]);
     let network = network_name(run);
     let gateway = runtime
         .create_isolated_network(&network, &labels)
@@ -411,6 +417,8 @@ async fn within_network(
     spec.read_only_rootfs = contract.read_only;
     spec.stop_timeout = contract.stop_timeout;
     spec.labels.insert(CONTRACT_LABEL.to_owned(), run.to_owned());
+    spec.labels
+        .insert(environment::OWNER_LABEL.to_owned(), environment::owner());
     spec.env
         .push(EnvVar::plain(&contract.url_env, format!("http://{}", center.address)));
     spec.env.push(EnvVar::secret(&contract.token_env, token.clone()));

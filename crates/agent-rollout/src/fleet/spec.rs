@@ -439,6 +439,8 @@ impl RolloutSpec {
                     "traffic.haproxy needs `socket` (the runtime API's path or HOST:PORT), `backend` and the agents' `port`".into(),
                 ));
             }
+            crate::traffic::check_identifier(&h.backend)
+                .map_err(|e| self.invalid(format!("traffic.haproxy.backend: {e}")))?;
         }
         for (name, a) in &self.analysis {
             match &a.judge {
