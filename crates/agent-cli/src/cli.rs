@@ -34,10 +34,10 @@ pub(crate) struct Global {
     /// Where agentctl keeps its files (the default state store `DIR/state.db`, backups).
     #[arg(long, global = true, env = "AGENTCTL_STATE_DIR", value_name = "DIR")]
     pub(crate) state_dir: Option<PathBuf>,
-    /// The state store (revisions, journal, leases, rollouts, deliveries): a PostgreSQL URL (its value is
-    /// never shown: it may hold a password)
-    /// (`postgres://USER@HOST:PORT/DB?sslmode=require`, password from the URL or PGPASSWORD) shared by a team
-    /// and its CI, or a SQLite file for one machine. Default: STATE_DIR/state.db.
+    /// The state store (revisions, journal, leases, rollouts, deliveries): a PostgreSQL URL
+    /// (`postgres://USER@HOST:PORT/DB?sslmode=require`, password from the URL or PGPASSWORD; never shown in
+    /// help or errors) shared by a team and its CI, or a SQLite file for one machine. Default:
+    /// STATE_DIR/state.db.
     #[arg(
         long,
         global = true,
