@@ -1,7 +1,20 @@
 //! In-memory [`ContainerRuntime`] and [`StateStore`] for unit tests of pure logic and for SDK users who test
-//! their own tools. They behave like an engine and a store (names are unique, a stopped container keeps its
-//! config, a pull from the "registry" makes an image local) and can inject faults. They never stand in for the
+//! their own tools. They behave like an engine and a store and can inject faults. They never stand in for the
 //! real engine in tests of Docker behaviour.
+//!
+//! Where tests rely on it, the fake engine behaves as Docker does:
+//! - ids are 64 hex digits whose 12-digit short forms differ (a heartbeat naming one container's short id
+//!   never names another's);
+//! - names are unique across containers and records (a record is a container on Docker);
+//! - a container that exits with a restart policy that says so is started again, its restart count up
+//!   (`always`, `unless-stopped`, `on-failure` after a non-zero exit up to its limit);
+//! - a stop gives exit code 0, or 137 for an image that ignores the stop signal (killed at the timeout);
+//! - `inspect` reports the image's labels among the container's (`all_labels`);
+//! - a HEALTHCHECK is `starting` until `ImageBehaviour::healthy_after` has passed since the start;
+//! - `logs` honours `since` and `tail`.
+//!
+//! What it does not model: networks and addresses, volumes and their data, ports, resource limits, the
+//! timing of real operations (every call returns at once), events, and an engine's restarts.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -25,6 +38,10 @@ pub struct ImageBehaviour {
     pub health: Option<HealthStatus>,
     /// Lines the container prints when it starts.
     pub logs: Vec<String>,
+    /// How long its HEALTHCHECK reports `starting` after a start before it reports [`ImageBehaviour::health`].
+    pub healthy_after: Duration,
+    /// It ignores the stop signal: a stop kills it at the timeout (exit code 137).
+    pub ignores_stop: bool,
 }
 
 /// A fault to inject.
@@ -39,6 +56,12 @@ pub enum Fault {
         operation: &'static str,
         /// How many calls fail.
         times: u32,
+    },
+    /// The next container created gets this env variable (`NAME=value`) beside what it was asked for: an
+    /// engine that makes something else than the request said, which the faithfulness check must catch.
+    AlterCreate {
+        /// The variable as the engine adds it, `NAME=value`.
+        env: String,
     },
     /// The next calls of this operation return `error`, `times` times (a registry hiccup, a conflict…).
     Return {
@@ -57,7 +80,22 @@ struct FakeContainer {
     spec: ContainerSpec,
     image_id: String,
     state: ContainerState,
-    logs: Vec<LogLine>,
+    /// Output lines with when they were printed.
+    logs: Vec<(OffsetDateTime, LogLine)>,
+}
+
+/// The `n`-th id of the fake engine: 64 hex digits, spread (splitmix64) so that short ids differ.
+fn fake_id(n: u64) -> String {
+    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (0..4)
+        .map(|_| {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            format!("{:016x}", z ^ (z >> 31))
+        })
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -133,9 +171,9 @@ impl FakeRuntime {
     pub fn publish_image(&self, image: &ImageRef, defaults: ImageDefaults, behaviour: ImageBehaviour) {
         let mut s = self.lock();
         s.next_id += 1;
-        let id = format!("sha256:{:064x}", s.next_id);
+        let id = format!("sha256:{}", fake_id(s.next_id));
         let mut info = image_info(&id, defaults);
-        let by_digest = format!("{}@sha256:{:064x}", image.name(), s.next_id + 1_000_000);
+        let by_digest = format!("{}@sha256:{}", image.name(), fake_id(s.next_id + 1_000_000));
         info.repo_digests = vec![by_digest.clone()];
         // Like a registry, serve it by tag and by digest.
         s.registry.insert(by_digest, (info.clone(), behaviour.clone()));
@@ -204,11 +242,24 @@ impl FakeRuntime {
         self.lock().usage.insert(container.to_owned(), usage);
     }
 
-    /// Makes a running container exit with `code` (as a crash would).
+    /// Makes a running container exit with `code` (as a crash would); its restart policy then starts it
+    /// again as the engine would (its restart count up), or it stays exited.
     pub fn crash(&self, container: &str, code: i64) {
-        if let Some(c) = self.lock().containers.get_mut(container) {
-            c.state.status = ContainerStatus::Exited;
-            c.state.exit_code = Some(code);
+        let mut s = self.lock();
+        let Some(c) = s.containers.get_mut(container) else {
+            return;
+        };
+        c.state.status = ContainerStatus::Exited;
+        c.state.exit_code = Some(code);
+        let restarts = match c.spec.restart_policy {
+            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+            RestartPolicy::OnFailure(max) => code != 0 && (max == 0 || c.state.restart_count < u64::from(max)),
+            RestartPolicy::No => false,
+        };
+        if restarts {
+            c.state.restart_count += 1;
+            let name = container.to_owned();
+            start_locked(&mut s, &name);
         }
     }
 
@@ -264,7 +315,7 @@ fn not_found(endpoint: &str, container: &str) -> RuntimeError {
 
 fn create_locked(s: &mut FakeState, endpoint: &str, spec: &ContainerSpec) -> Result<String, RuntimeError> {
     let name = spec.name.to_string();
-    if s.containers.contains_key(&name) {
+    if s.containers.contains_key(&name) || s.records.contains_key(&name) {
         return Err(RuntimeError::Conflict {
             container: name,
             message: "the name is already in use".into(),
@@ -283,7 +334,7 @@ fn create_locked(s: &mut FakeState, endpoint: &str, spec: &ContainerSpec) -> Res
         });
     }
     s.next_id += 1;
-    let id = format!("{:064x}", s.next_id);
+    let id = fake_id(s.next_id);
     s.containers.insert(
         name,
         FakeContainer {
@@ -313,10 +364,16 @@ fn start_locked(s: &mut FakeState, name: &str) {
         .map(|(_, b)| b.clone())
         .unwrap_or_default();
     if let Some(c) = s.containers.get_mut(name) {
-        c.state.started_at = Some(OffsetDateTime::now_utc());
-        c.logs.extend(behaviour.logs.iter().map(|l| LogLine {
-            stream: LogStream::Stdout,
-            text: l.clone(),
+        let now = OffsetDateTime::now_utc();
+        c.state.started_at = Some(now);
+        c.logs.extend(behaviour.logs.iter().map(|l| {
+            (
+                now,
+                LogLine {
+                    stream: LogStream::Stdout,
+                    text: l.clone(),
+                },
+            )
         }));
         match behaviour.exit_on_start {
             Some(code) => {
@@ -359,13 +416,25 @@ impl ContainerRuntime for FakeRuntime {
             .containers
             .get(container)
             .ok_or_else(|| not_found(&self.endpoint, container))?;
+        let image = s.images.values().find(|(i, _)| i.id == c.image_id);
+        // As the engine reports them: the image's labels under the container's own.
+        let mut all_labels = image.map(|(i, _)| i.defaults.labels.clone()).unwrap_or_default();
+        all_labels.extend(c.spec.labels.clone());
+        let mut state = c.state.clone();
+        let delay = image.map(|(_, b)| b.healthy_after).unwrap_or_default();
+        if let (Some(h), Some(started)) = (&mut state.health, state.started_at) {
+            if state.status == ContainerStatus::Running && OffsetDateTime::now_utc() < started + delay {
+                h.status = HealthStatus::Starting;
+                h.failing_streak = 0;
+            }
+        }
         Ok(ContainerInfo {
             id: c.id.clone(),
             spec: c.spec.clone(),
             image_id: c.image_id.clone(),
-            state: c.state.clone(),
+            state,
             addresses: BTreeMap::new(),
-            all_labels: c.spec.labels.clone(),
+            all_labels,
         })
     }
 
@@ -408,7 +477,21 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let mut s = self.enter("create", spec.name.as_str())?;
-        create_locked(&mut s, &self.endpoint, spec)
+        let mut spec = spec.clone();
+        let mut altered = None;
+        s.faults.retain(|f| match f {
+            Fault::AlterCreate { env } if altered.is_none() => {
+                altered = Some(env.clone());
+                false
+            }
+            _ => true,
+        });
+        if let Some(env) = altered {
+            let (name, value) = env.split_once('=').unwrap_or((&env, ""));
+            spec.env.retain(|v| v.name != name);
+            spec.env.push(crate::spec::EnvVar::plain(name, value));
+        }
+        create_locked(&mut s, &self.endpoint, &spec)
     }
 
     async fn start_container(&self, container: &str) -> Result<(), RuntimeError> {
@@ -422,20 +505,26 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn stop_container(&self, container: &str, _timeout: Option<Duration>) -> Result<(), RuntimeError> {
         let mut s = self.enter("stop", container)?;
+        let s_ignores_stop = s
+            .containers
+            .get(container)
+            .and_then(|c| s.images.values().find(|(i, _)| i.id == c.image_id))
+            .is_some_and(|(_, b)| b.ignores_stop);
         let c = s
             .containers
             .get_mut(container)
             .ok_or_else(|| not_found(&self.endpoint, container))?;
+        let ignores = s_ignores_stop;
         if c.state.status == ContainerStatus::Running {
             c.state.status = ContainerStatus::Exited;
-            c.state.exit_code = Some(0);
+            c.state.exit_code = Some(if ignores { 137 } else { 0 });
         }
         Ok(())
     }
 
     async fn rename_container(&self, container: &str, new_name: &str) -> Result<(), RuntimeError> {
         let mut s = self.enter("rename", container)?;
-        if s.containers.contains_key(new_name) {
+        if s.containers.contains_key(new_name) || s.records.contains_key(new_name) {
             return Err(RuntimeError::Conflict {
                 container: new_name.to_owned(),
                 message: "the name is already in use".into(),
@@ -483,7 +572,7 @@ impl ContainerRuntime for FakeRuntime {
     async fn logs(
         &self,
         container: &str,
-        _since: Option<OffsetDateTime>,
+        since: Option<OffsetDateTime>,
         tail: Option<usize>,
     ) -> Result<Vec<LogLine>, RuntimeError> {
         let s = self.enter("logs", container)?;
@@ -491,8 +580,14 @@ impl ContainerRuntime for FakeRuntime {
             .containers
             .get(container)
             .ok_or_else(|| not_found(&self.endpoint, container))?;
-        let skip = tail.map_or(0, |t| c.logs.len().saturating_sub(t));
-        Ok(c.logs[skip..].to_vec())
+        let lines: Vec<LogLine> = c
+            .logs
+            .iter()
+            .filter(|(at, _)| since.is_none_or(|t| *at >= t))
+            .map(|(_, l)| l.clone())
+            .collect();
+        let skip = tail.map_or(0, |t| lines.len().saturating_sub(t));
+        Ok(lines[skip..].to_vec())
     }
 
     async fn list_containers(&self, labels: &[String]) -> Result<Vec<ContainerSummary>, RuntimeError> {
@@ -571,7 +666,7 @@ impl ContainerRuntime for FakeRuntime {
             });
         }
         s.next_id += 1;
-        let id = format!("{:064x}", s.next_id);
+        let id = fake_id(s.next_id);
         s.records.insert(
             name.to_owned(),
             FakeRecord {
@@ -833,6 +928,57 @@ mod tests {
         block_on(rt.stop_container("a", None)).unwrap();
         block_on(rt.rename_container("a", "b")).unwrap();
         assert_eq!(rt.container_names(), ["b"]);
+    }
+
+    #[test]
+    fn the_fake_engine_behaves_as_an_engine_where_tests_rely_on_it() {
+        let rt = FakeRuntime::default();
+        let img: ImageRef = "acme/agent:1.0".parse().unwrap();
+        let defaults = ImageDefaults {
+            labels: BTreeMap::from([("org.opencontainers.image.version".into(), "1.0".into())]),
+            ..Default::default()
+        };
+        let behaviour = ImageBehaviour {
+            health: Some(HealthStatus::Healthy),
+            healthy_after: Duration::from_secs(3600),
+            ignores_stop: true,
+            logs: vec!["started".into()],
+            ..Default::default()
+        };
+        rt.add_local_image(&img, defaults, behaviour);
+        let mut spec = ContainerSpec::new("a".parse().unwrap(), img.clone());
+        spec.restart_policy = RestartPolicy::UnlessStopped;
+        let a = rt.run(spec.clone()).unwrap();
+        spec.name = "b".parse().unwrap();
+        spec.restart_policy = RestartPolicy::No;
+        let b = rt.run(spec).unwrap();
+        assert_ne!(a[..12], b[..12], "short ids differ");
+        let info = block_on(rt.inspect_container("a")).unwrap();
+        assert_eq!(info.all_labels["org.opencontainers.image.version"], "1.0");
+        assert_eq!(info.state.health.unwrap().status, HealthStatus::Starting);
+        // A crash under a restart policy is restarted, counted; without one it stays down.
+        rt.crash("a", 2);
+        let info = block_on(rt.inspect_container("a")).unwrap();
+        assert!(
+            info.state.is_running() && info.state.restart_count == 1,
+            "{:?}",
+            info.state
+        );
+        rt.crash("b", 2);
+        assert!(!block_on(rt.inspect_container("b")).unwrap().state.is_running());
+        // An image that ignores the stop signal is killed.
+        block_on(rt.stop_container("a", None)).unwrap();
+        assert_eq!(block_on(rt.inspect_container("a")).unwrap().state.exit_code, Some(137));
+        // Records and containers share one name space.
+        block_on(rt.create_record("r", &BTreeMap::new())).unwrap();
+        assert!(matches!(
+            block_on(rt.rename_container("b", "r")),
+            Err(RuntimeError::Conflict { .. })
+        ));
+        // Logs since a time.
+        let later = OffsetDateTime::now_utc() + Duration::from_secs(1);
+        assert!(block_on(rt.logs("a", Some(later), None)).unwrap().is_empty());
+        assert_eq!(block_on(rt.logs("a", None, None)).unwrap().len(), 2);
     }
 
     #[test]

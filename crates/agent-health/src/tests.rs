@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::{ContainerSpec, FakeRuntime, ImageBehaviour, ImageDefaults, ImageRef, OffsetDateTime};
+use agent_core::{
+    ContainerRuntime, ContainerSpec, FakeRuntime, ImageBehaviour, ImageDefaults, ImageRef, OffsetDateTime,
+};
 use async_trait::async_trait;
 
 use crate::*;
@@ -13,7 +15,8 @@ fn ctx(rt: Arc<FakeRuntime>, container: &str) -> ProbeContext {
     ProbeContext {
         runtime: rt,
         container: container.into(),
-        started_at: OffsetDateTime::now_utc(),
+        // As the updater gives it: a second before the container's start (the fake honours `since`).
+        started_at: OffsetDateTime::now_utc() - Duration::from_secs(1),
         baseline_restarts: 0,
         expected_version: None,
         container_id: None,
@@ -400,4 +403,23 @@ async fn the_agents_list_comes_in_pages() {
     }
     assert_eq!(seen.len(), 2_500);
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "sorted, none twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_its_policy_restarted_fails_the_container_probe_though_it_runs() {
+    let rt = Arc::new(FakeRuntime::default());
+    let img: ImageRef = "acme/agent:1.0".parse().unwrap();
+    rt.add_local_image(&img, ImageDefaults::default(), ImageBehaviour::default());
+    let mut spec = ContainerSpec::new("a".parse().unwrap(), img);
+    spec.restart_policy = agent_core::RestartPolicy::UnlessStopped;
+    rt.run(spec).unwrap();
+    let c = ctx(rt.clone(), "a");
+    assert!(matches!(ContainerStateProbe.check(&c).await, Observation::Pass(_)));
+    // It crashes; the engine starts it again at once: running, one restart.
+    rt.crash("a", 1);
+    let info = rt.inspect_container("a").await.unwrap();
+    assert!(info.state.is_running() && info.state.restart_count == 1);
+    let obs = ContainerStateProbe.check(&c).await;
+    assert!(matches!(obs, Observation::Fatal(_)), "{obs:?}");
+    assert!(obs.detail().contains("restarted 1 time"), "{}", obs.detail());
 }

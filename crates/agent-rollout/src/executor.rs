@@ -243,9 +243,13 @@ impl Updater {
             }
         }
         let mut new_id = None;
+        let mut started_restarts = 0;
         if failure.is_none() {
             match self.runtime.inspect_container(&target).await {
-                Ok(info) => new_id = Some(info.id),
+                Ok(info) => {
+                    started_restarts = info.state.restart_count;
+                    new_id = Some(info.id);
+                }
                 Err(e) => failure = Some(e.to_string()),
             }
         }
@@ -291,7 +295,10 @@ impl Updater {
                 let mut decision = judge(&verdict, &diff);
                 // Claim only what the engine shows: the container judged must still be the one that runs.
                 if let Decision::Commit { .. } = decision {
-                    if let Some(problem) = self.read_back_new(&target, id, op.meta.image_id.as_deref()).await {
+                    if let Some(problem) = self
+                        .read_back_new(&target, id, op.meta.image_id.as_deref(), started_restarts)
+                        .await
+                    {
                         decision = Decision::Revert {
                             reason: format!("read back after the verdict: {problem}"),
                         };
@@ -352,11 +359,15 @@ impl Updater {
         })
     }
 
-    /// What contradicts keeping the new container `target` (id `id`, image `image_id`), read from the
-    /// engine after the verdict: gone, replaced, stopped, or running another image. `None` when it runs as
-    /// verified.
-    async fn read_back_new(&self, target: &str, id: &str, image_id: Option<&str>) -> Option<String> {
+    /// What contradicts keeping the new container `target` (id `id`, image `image_id`, `restarts` restarts
+    /// when it started), read from the engine after the verdict: gone, replaced, stopped, restarted by its
+    /// policy, or running another image. `None` when it runs as verified.
+    async fn read_back_new(&self, target: &str, id: &str, image_id: Option<&str>, restarts: u64) -> Option<String> {
         match self.runtime.inspect_container(target).await {
+            Ok(info) if info.id == id && info.state.restart_count > restarts => Some(format!(
+                "{target} restarted {} time(s) since its start",
+                info.state.restart_count - restarts
+            )),
             Ok(info) if info.id != id => Some(format!(
                 "{target} is another container ({}) than the one verified ({})",
                 short_id(&info.id),

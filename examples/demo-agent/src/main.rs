@@ -8,7 +8,8 @@
 //! Failure modes (`AGENT_FAILURE`): `exit-at-start`, `never-healthy`, `unhealthy-after:SECS`, `fatal-logs`,
 //! `slow-start:SECS`, `error-rate:FRACTION`, `no-heartbeat`, `crash-after:SECS`, `ignore-term` (does not stop on
 //! SIGTERM). `AGENT_BROKEN_ON=VERSION` makes only that version exit at start (a host whose configuration the new
-//! version cannot handle), `AGENT_CRASH_ON=VERSION:SECS` makes only that version crash SECS after its start.
+//! version cannot handle), `AGENT_CRASH_ON=VERSION:SECS` makes only that version crash SECS after its start,
+//! `AGENT_BUSY_ON=VERSION` makes only that version keep one CPU busy (a spin loop) while it works normally.
 //! Heartbeats carry `AGENT_PROTOCOL` (default `1.0`) as the protocol version. With `AGENT_OPAMP=1` it speaks
 //! OpAMP instead (`POST /v1/opamp`, protobuf written by hand), reporting its health
 //! (`AGENT_OPAMP_UNHEALTHY=REASON` reports a broken exporter while everything else works).
@@ -58,6 +59,8 @@ struct Agent {
     failure: Failure,
     started: Instant,
     requests_ok: AtomicU64,
+    /// Heartbeats sent (the next one's `seq` less one).
+    sent: AtomicU64,
     requests_err: AtomicU64,
     heartbeats: AtomicU64,
 }
@@ -123,6 +126,15 @@ fn main() {
     } else {
         parse_failure(&env("AGENT_FAILURE", ""))
     };
+    // AGENT_BUSY_ON=VERSION: that version spins one CPU (a regression that only the resources gate sees).
+    if std::env::var("AGENT_BUSY_ON").is_ok_and(|v| v == version) {
+        std::thread::spawn(|| {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        });
+    }
     // AGENT_UPDATE_LOCK=PATH:SECS: hold an update lock (a file) for SECS after the start, as an agent busy
     // with work it must not lose would.
     if let Some((path, secs)) = std::env::var("AGENT_UPDATE_LOCK").ok().and_then(|v| {
@@ -151,6 +163,7 @@ fn main() {
         requests_ok: AtomicU64::new(0),
         requests_err: AtomicU64::new(0),
         heartbeats: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
     });
     println!("demo-agent version {} starting (id {})", agent.version, agent.id);
     match agent.failure {
@@ -310,9 +323,11 @@ fn heartbeat_loop(agent: Arc<Agent>, url: String) {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
+        // `seq` counts this process's heartbeats from 1: a receiver tells a lost one from a late one.
+        let seq = agent.sent.fetch_add(1, Ordering::Relaxed) + 1;
         let body = format!(
-            "{{\"agentId\":\"{}\",\"container\":\"{}\",\"host\":\"{}\",\"version\":\"{}\",\"revision\":\"{}\",\"status\":\"{}\",\"protocol\":\"{}\",\"sentAtMs\":{}}}",
-            agent.id, container, host, agent.version, revision, status, protocol, ts
+            "{{\"agentId\":\"{}\",\"container\":\"{}\",\"host\":\"{}\",\"version\":\"{}\",\"revision\":\"{}\",\"status\":\"{}\",\"protocol\":\"{}\",\"sentAtMs\":{},\"seq\":{}}}",
+            agent.id, container, host, agent.version, revision, status, protocol, ts, seq
         );
         let req = format!(
             "POST {base}/v1/heartbeats HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

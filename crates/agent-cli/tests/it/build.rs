@@ -214,7 +214,15 @@ fn a_token_in_the_remote_a_sparse_file_and_a_pipe_are_handled_and_named() {
     let fifo = Command::new("mkfifo").arg(ctx.path().join("pipe")).status().unwrap();
     assert!(fifo.success());
     let repo = format!("{}/agentctl-it/ctx-{}", img.registry, w.run);
-    let _guard = Untag(vec![format!("{repo}:1.0.0")]);
+    let commit = Command::new("git")
+        .current_dir(ctx.path())
+        .args(["rev-parse", "--short=7", "HEAD"])
+        .output()
+        .unwrap();
+    let _guard = Untag(vec![
+        format!("{repo}:1.0.0"),
+        format!("{repo}:1.0.0-{}", String::from_utf8_lossy(&commit.stdout).trim()),
+    ]);
     let out = build(
         &w,
         ctx.path(),

@@ -23,9 +23,19 @@ fn a_kill_at_every_step_is_repaired_by_the_next_command() {
             let vol = w.volume(&format!("{step}-data"));
             let id = w.docker_run(
                 &name,
-                &["--restart", "unless-stopped", "-v", &format!("{vol}:/data")],
+                &[
+                    "--restart",
+                    "unless-stopped",
+                    "-v",
+                    &format!("{vol}:/data"),
+                    "-e",
+                    "MARK=kept",
+                    "--memory",
+                    "64m",
+                ],
                 &img.refs["v1"],
             );
+            let before = spec(&name);
             let state = tempfile::tempdir().unwrap();
             let step = step.to_string();
             let v2 = img.refs["v2"].clone();
@@ -36,12 +46,12 @@ fn a_kill_at_every_step_is_repaired_by_the_next_command() {
                     Some(&step),
                 );
                 let repaired = run_in(state.path(), &["status", &name, "-o", "json"], None);
-                (step, name, id, vol, killed, repaired, state)
+                (step, name, id, vol, killed, repaired, state, before)
             })
         })
         .collect();
     for h in handles {
-        let (step, name, id, vol, killed, repaired, state) = h.join().unwrap();
+        let (step, name, id, vol, killed, repaired, state, before) = h.join().unwrap();
         assert!(
             !killed.status.success(),
             "{step}: the switch must kill the process: {}",
@@ -79,10 +89,24 @@ fn a_kill_at_every_step_is_repaired_by_the_next_command() {
             assert_eq!(stdout(&p).trim(), "unless-stopped", "{step}: restart policy restored");
             assert_eq!(all, std::slice::from_ref(&name), "{step}: no leftover container");
         }
-        // The volume is still mounted where it was.
+        // The volume is still mounted where it was, and the whole configuration is as it was but for the
+        // image (the engine's documents compared, not a few fields).
         let m = w.docker(&["inspect", "-f", "{{range .Mounts}}{{.Name}}{{end}}", &name]);
         assert_eq!(stdout(&m).trim(), vol, "{step}");
+        if step == "commit" || step == "done" {
+            // (The completed update was undone above: the original container runs again.)
+            assert_eq!(w.state(&name).unwrap().0, id);
+        }
+        same_configuration(&before, &name, &step);
     }
+}
+
+/// The container `name` has the configuration `before` had, beyond the image: every field of the engine's
+/// document (`Config`, `HostConfig`, the network endpoints) as the adapter reads it.
+fn same_configuration(before: &agent_core::ContainerSpec, name: &str, ctx: &str) {
+    let now = spec(name);
+    let differs = before.diff(&now).ignoring_image();
+    assert!(differs.is_empty(), "{ctx}: the configuration changed: {differs}");
 }
 
 /// A start-first update killed at every step of its preview (`stage`) and of the switch (`promote`), and an

@@ -171,13 +171,15 @@ fn a_version_that_passes_its_tests_but_fails_its_canary_is_rolled_back() {
     // The hosts' configuration breaks 4.0.0 (it exits at start there), which the clean test environment
     // cannot see: the canary catches it.
     let names = fleet(&w, &["-e", "AGENT_BROKEN_ON=4.0.0"]);
+    let ids: Vec<String> = names.iter().map(|n| w.state(n).unwrap().0).collect();
     let repo = format!("{}/agentctl-it/canary-{}", img.registry, w.run);
     let (dir, _) = delivery_dir(&w, &repo, &names, "", false);
     let out = deliver(&w, dir.path(), "4.0.0", &[]);
     assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
-    for n in &names {
+    for (n, id) in names.iter().zip(&ids) {
         assert_eq!(image_of(n), img.refs["v1"], "{n} runs the old version again");
-        assert_eq!(w.state(n).map(|s| s.1), Some(true), "{n} runs");
+        // Not a copy: the very container that ran before.
+        assert_eq!(w.state(n), Some((id.clone(), true, img.refs["v1"].clone())), "{n}");
     }
     let r = &records(&w)[0];
     assert_eq!(r["outcome"], "rolled-back", "{r}");

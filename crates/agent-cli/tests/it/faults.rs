@@ -119,8 +119,9 @@ fn a_port_taken_mid_update_fails_the_update_and_the_revert_finishes_once_it_is_f
     // The new container cannot bind, and neither can the old one while the port is taken: exit 5, the old
     // container kept under its name with its configuration.
     assert_eq!(code(&out), 5, "{}", stderr(&out));
+    // The port is named, and why it could not be had.
     assert!(
-        stderr(&out).contains(&port.to_string()) || stderr(&out).contains("address already in use"),
+        stderr(&out).contains(&format!("127.0.0.1:{port}")) && stderr(&out).contains("address already in use"),
         "{}",
         stderr(&out)
     );
@@ -145,7 +146,16 @@ fn a_network_removed_mid_update_fails_cleanly_and_nothing_is_lost() {
     let name = w.name("agent");
     let id = w.docker_run(
         &name,
-        &["--restart", "unless-stopped", "--network", &net],
+        &[
+            "--restart",
+            "unless-stopped",
+            "--network",
+            &net,
+            "--ip",
+            "10.233.7.20",
+            "--network-alias",
+            "collector",
+        ],
         &img.refs["v1"],
     );
     let held = Held::start(
@@ -179,6 +189,18 @@ fn a_network_removed_mid_update_fails_cleanly_and_nothing_is_lost() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     one_running(&w, &name);
     assert_eq!(w.state(&name).unwrap().0, id);
+    // Re-joined as it was: its address and its alias on the network.
+    let joined = w.docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}} {{{{json (index .NetworkSettings.Networks \"{net}\").Aliases}}}}"),
+        &name,
+    ]);
+    let joined = stdout(&joined);
+    assert!(
+        joined.starts_with("10.233.7.20 ") && joined.contains("\"collector\""),
+        "{joined}"
+    );
 }
 
 #[test]

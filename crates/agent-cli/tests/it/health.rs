@@ -248,6 +248,9 @@ fn the_control_center_refuses_bad_input_and_remembers_across_restarts() {
     assert!(req("GET", &format!("{}/v1/agents/a1", cc.url), Some(TOKEN), None)
         .body
         .contains("\"state\":\"late\""));
+    std::thread::sleep(Duration::from_millis(2200));
+    let down = req("GET", &format!("{}/v1/agents/a1", cc.url), Some(TOKEN), None).body;
+    assert!(down.contains("\"state\":\"down\""), "down after --down-after: {down}");
     // Restart: the agent is still known (state is flushed every second and at shutdown).
     let _ = Command::new("kill")
         .args(["-INT", &cc._proc.0.id().to_string()])
@@ -267,17 +270,20 @@ fn the_control_center_refuses_bad_input_and_remembers_across_restarts() {
     let _ = Command::new("kill")
         .args(["-TERM", &cc._proc.0.id().to_string()])
         .status();
+    let asked = std::time::Instant::now();
     let mut exited = None;
     for _ in 0..300 {
         if let Some(status) = cc._proc.0.try_wait().unwrap() {
             exited = Some(status);
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // The drain is 5 s; the final flush and the exit take well under a second more.
+    let took = asked.elapsed();
     assert!(
-        exited.is_some(),
-        "the control center did not end after SIGTERM (an idle client held it)"
+        exited.is_some() && took < Duration::from_secs(6),
+        "the control center did not end within its 5 s drain after SIGTERM (an idle client held it): {took:?}"
     );
     drop(idle);
     cc._proc = start_center(&cc.listen, cc.token_file.path(), cc.state.path());
@@ -571,6 +577,32 @@ fn resource_limits_come_from_the_engines_stats() {
     let evidence = json(&out)["verdict"]["evidence"].as_array().unwrap().clone();
     let r = evidence.iter().find(|e| e["probe"] == "resources").unwrap();
     assert!(r["last"]["detail"].as_str().unwrap().contains("MiB"), "{r}");
+    // The CPU gate on the real engine: a version that keeps a CPU busy goes over --max-cpu 50.
+    let busy = w.name("busy");
+    let id = w.docker_run(&busy, &["-e", "AGENT_BUSY_ON=3.0.0"], &img.refs["v1"]);
+    let out = w.agentctl(&[
+        "update",
+        &busy,
+        "--image",
+        &img.refs["v3"],
+        "-o",
+        "json",
+        "--max-cpu",
+        "50",
+        "--min-healthy-time",
+        "4s",
+        "--deadline",
+        "20s",
+        "--failure-threshold",
+        "2",
+    ]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let reason = json(&out)["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("resources failed") && reason.contains("cpu"),
+        "{reason}"
+    );
+    assert_eq!(w.state(&busy).unwrap().0, id);
 }
 
 #[test]

@@ -98,6 +98,95 @@ fn planted_secrets_appear_in_no_output_and_no_file_and_the_files_are_private() {
     let out = agentctl_umask0(&w, &[&["-vv", "undo", &name], &FAST[..6]].concat());
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     outputs.push(out);
+    // A rolled-back update's report, with the failed container's last output.
+    let out = agentctl_umask0(
+        &w,
+        &[&["-vv", "update", &name, "--image", &img.refs["fatal"]], FAST].concat(),
+    );
+    assert_eq!(code(&out), 3, "{}{}", stdout(&out), stderr(&out));
+    outputs.push(out);
+    // A rollout of it, its events as JSON and its state in every format.
+    let rollout = w.name("ro");
+    let spec = w.state_dir().join("secrets-rollout.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: {rollout}\nimage: {}\ntargets: [{{host: 'unix:///var/run/docker.sock', container: {name}}}]\nstrategy: {{canary: {{steps: [{{setWeight: 100}}]}}}}\nhealth: {{minHealthyTime: 1s, deadline: 15s, period: 300ms}}\n",
+            img.refs["v3"]
+        ),
+    )
+    .unwrap();
+    let out = agentctl_umask0(&w, &["-vv", "-o", "json", "apply", "-f", spec.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    outputs.push(out);
+    for format in ["json", "yaml", "table"] {
+        let out = agentctl_umask0(&w, &["rollout", "status", &rollout, "-o", format]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        outputs.push(out);
+        let out = agentctl_umask0(&w, &["rollout", "history", &rollout, "-o", format]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        outputs.push(out);
+    }
+    for args in [&["state", "export"][..], &["deliveries", "-o", "json"][..]] {
+        let out = agentctl_umask0(&w, args);
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+        outputs.push(out);
+    }
+    // The web view's pages of the same store.
+    let token_file = w.state_dir().join("cc-token");
+    std::fs::write(&token_file, "secrets-test-token-0123456789").unwrap();
+    let addr = format!("127.0.0.1:{}", agent_docker::testing::free_port().unwrap());
+    let _cc = Proc(
+        Command::new(env!("CARGO_BIN_EXE_agentctl"))
+            .arg("--state-dir")
+            .arg(w.state_dir().join("private"))
+            .envs(state_env(&w.state_dir().join("private")))
+            .args(["control-center", "--listen", &addr, "--token-file"])
+            .arg(&token_file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_http(&format!("http://{addr}/healthz"), 15));
+    let exchange = |request: String| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let body = "name=sec&token=secrets-test-token-0123456789";
+    let signed_in = exchange(format!(
+        "POST /login HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    let cookie = signed_in
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session: {signed_in}"))
+        .to_owned();
+    let mut pages = Vec::new();
+    for path in ["/".to_owned(), "/rollouts".to_owned(), format!("/rollouts/{rollout}")] {
+        let page = exchange(format!(
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n"
+        ));
+        assert!(
+            page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"),
+            "{path}: {page}"
+        );
+        pages.push(page);
+    }
+    for needle in needles() {
+        for page in &pages {
+            assert!(!page.contains(needle), "{needle} on a page of the web view");
+        }
+    }
     // Every secret still reached the container, and none left the process.
     let running = w.docker(&["inspect", "-f", "{{json .Config.Env}}", &name]);
     for (k, v) in PLANTED {

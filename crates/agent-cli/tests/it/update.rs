@@ -514,39 +514,36 @@ fn a_pull_reports_progress_and_pins_the_digest() {
     let _ = w.docker(&["rmi", "-f", &tag]);
 }
 
+/// Two updates of one container at the same moment: the second is refused while the first verifies (it
+/// is held right there), nothing it could have done happens, and the first goes on to the end.
+#[cfg(feature = "testing")]
 #[test]
 fn two_updates_on_one_container_cannot_both_run() {
     let img = images();
     let w = World::new("race");
     let name = w.name("agent");
     w.docker_run(&name, &[], &img.refs["v1"]);
-    let spawn = |image: &str| {
-        let args: Vec<String> = [&["update", &name, "--image", image][..], FAST]
-            .concat()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let state = w.state_dir().to_owned();
-        std::thread::spawn(move || agentctl_in(&state).args(&args).env("NO_COLOR", "1").output().unwrap())
-    };
-    let a = spawn(&img.refs["v2"]);
-    let b = spawn(&img.refs["v3"]);
-    let (a, b) = (a.join().unwrap(), b.join().unwrap());
-    let codes = [code(&a), code(&b)];
-    let busy = [&a, &b].iter().filter(|o| stderr(o).contains("is locked by")).count();
-    assert!(
-        codes.contains(&0),
-        "one succeeds: {codes:?}\n{}\n{}",
-        stderr(&a),
-        stderr(&b)
+    let held = crate::faults::Held::start_in(
+        w.state_dir(),
+        &[&["update", &name, "--image", &img.refs["v2"]], FAST].concat(),
+        "update:verify",
     );
-    // The other either waited out nothing and was refused, or ran after the first released its lease.
-    assert!(
-        busy == 1 || codes == [0, 0],
-        "{codes:?}\n{}\n{}",
-        stderr(&a),
-        stderr(&b)
+    let during = w.state(&name).unwrap();
+    assert_eq!(
+        during.2, img.refs["v2"],
+        "the first update's new container is being verified"
     );
+    let second = w.agentctl(&[&["update", &name, "--image", &img.refs["v3"]], FAST].concat());
+    assert_eq!(code(&second), 1, "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("is locked by"),
+        "refused, naming the holder: {}",
+        stderr(&second)
+    );
+    assert_eq!(w.state(&name).unwrap(), during, "the refused update changed nothing");
+    let first = held.release();
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert_eq!(w.state(&name).unwrap().2, img.refs["v2"]);
     assert_eq!(w.running(&name), [name.as_str()], "exactly one instance runs");
 }
 
@@ -558,6 +555,7 @@ fn start_first_keeps_an_instance_running_throughout_and_refuses_what_two_cannot_
     let old_id = w.docker_run(&name, &["--restart", "unless-stopped"], &img.refs["v1"]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = w.sample_instances(std::slice::from_ref(&name), stop.clone());
+    let from = time::OffsetDateTime::now_utc().unix_timestamp() - 1;
     let out = w.agentctl(
         &[
             &[
@@ -577,6 +575,29 @@ fn start_first_keeps_an_instance_running_throughout_and_refuses_what_two_cannot_
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let samples = sampler.join().unwrap().remove(0);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // Proven from the engine's own event stream, not only sampled: the new container started before the
+    // old one was stopped.
+    let until = time::OffsetDateTime::now_utc().unix_timestamp() + 1;
+    let events = w.docker(&[
+        "events",
+        "--since",
+        &from.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Status}} {{.Actor.ID}}",
+    ]);
+    let events: Vec<String> = stdout(&events).lines().map(str::to_owned).collect();
+    let new_id = w.state(&name).unwrap().0;
+    let at = |status: &str, id: &str| events.iter().position(|e| *e == format!("{status} {id}"));
+    let new_started = at("start", &new_id).unwrap_or_else(|| panic!("no start of the new container: {events:?}"));
+    let old_stopped = at("die", &old_id).unwrap_or_else(|| panic!("no stop of the old container: {events:?}"));
+    assert!(
+        new_started < old_stopped,
+        "the old container stopped before the new one started: {events:?}"
+    );
     assert!(!samples.is_empty());
     assert!(
         samples.iter().all(|&n| n >= 1),
@@ -720,4 +741,54 @@ fn a_user_set_mac_address_is_kept_and_an_engine_chosen_one_is_not_frozen() {
             None => assert_eq!(inspect(name, "{{.Config.MacAddress}}"), "", "{name}"),
         }
     }
+}
+
+/// What the engine runs differs from what agentctl asked for (here another client changes the new
+/// container's memory limit between its creation and its start): every probe passes, but the faithfulness
+/// check sees the field and the update rolls back, naming it.
+#[cfg(feature = "testing")]
+#[test]
+fn a_configuration_changed_under_the_update_rolls_back_and_names_the_field() {
+    let img = images();
+    let w = World::new("unfaithful");
+    let name = w.name("agent");
+    let old = w.docker_run(
+        &name,
+        &["--restart", "unless-stopped", "--memory", "64m"],
+        &img.refs["v1"],
+    );
+    let held = crate::faults::Held::start_in(
+        w.state_dir(),
+        &[&["update", &name, "--image", &img.refs["v2"]], FAST].concat(),
+        "update:start-new",
+    );
+    let out = w.docker(&["update", "--memory", "48m", "--memory-swap", "96m", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = held.release();
+    assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("configuration differs") && text.contains("Memory"),
+        "{text}"
+    );
+    assert_eq!(w.state(&name).unwrap(), (old, true, img.refs["v1"].clone()));
+}
+
+/// A version that crash-loops under `--restart unless-stopped`: the engine starts it again each time
+/// (running, its restart count up), and the restart is the reason it is rolled back.
+#[test]
+fn a_crash_looping_version_under_a_restart_policy_rolls_back_naming_the_restarts() {
+    let img = images();
+    let w = World::new("crashloop");
+    let name = w.name("agent");
+    let old = w.docker_run(
+        &name,
+        &["--restart", "unless-stopped", "-e", "AGENT_CRASH_ON=2.0.0:1"],
+        &img.refs["v1"],
+    );
+    let out = w.agentctl(&[&["update", &name, "--image", &img.refs["v2"]], FAST].concat());
+    assert_eq!(code(&out), 3, "{}\n{}", stdout(&out), stderr(&out));
+    let reason = stdout(&out);
+    assert!(reason.contains("restart"), "the restart named: {reason}");
+    assert_eq!(w.state(&name).unwrap(), (old, true, img.refs["v1"].clone()));
 }

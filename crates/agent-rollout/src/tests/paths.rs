@@ -155,3 +155,40 @@ async fn recovery_runs_the_inverses_of_the_reached_steps() {
     assert!(now.state.is_running());
     assert_eq!(rt.container_names(), ["agent"]);
 }
+
+/// The README's headline safety claim, on every path that recreates: when what the engine made differs
+/// from what was asked (here an engine that adds an env variable), the update rolls back and names the
+/// field, even with every probe healthy.
+#[tokio::test(start_paused = true)]
+async fn a_configuration_difference_after_the_recreate_rolls_back_and_names_the_field() {
+    for mode in [UpdateMode::StopFirst, UpdateMode::StartFirst] {
+        let (rt, _, up) = setup();
+        let before = rt.inspect_container("agent").await.unwrap().id;
+        rt.inject(Fault::AlterCreate {
+            env: "INJECTED_BY_ENGINE=1".into(),
+        });
+        let mut r = req("acme/agent:2.0");
+        r.mode = mode;
+        let report = up.update(&r).await.unwrap();
+        assert_eq!(report.status, UpdateStatus::RolledBack, "{mode:?}: {:?}", report.reason);
+        let reason = report.reason.unwrap_or_default();
+        assert!(
+            reason.contains("configuration differs") && reason.contains("INJECTED_BY_ENGINE"),
+            "{mode:?}: {reason}"
+        );
+        assert!(!report.unexpected_changes.is_empty(), "{mode:?}");
+        assert_eq!(rt.inspect_container("agent").await.unwrap().id, before, "{mode:?}");
+    }
+    // An undo that recreates a revision from its snapshot is held to it the same way.
+    let (rt, _, up) = setup();
+    up.update(&req("acme/agent:2.0")).await.unwrap();
+    rt.stop_container("agent.rev1", None).await.unwrap();
+    rt.remove_container("agent.rev1").await.unwrap();
+    rt.inject(Fault::AlterCreate {
+        env: "INJECTED_BY_ENGINE=1".into(),
+    });
+    let report = up.undo(&undo_req(None)).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::RolledBack, "{:?}", report.reason);
+    assert!(report.reason.unwrap_or_default().contains("INJECTED_BY_ENGINE"));
+    assert_eq!(image_of(&rt, "agent").await, "acme/agent:2.0");
+}
