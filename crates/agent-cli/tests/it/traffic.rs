@@ -619,6 +619,47 @@ fn measure_the_split_and_the_time_to_move_traffic_back() {
         });
         println!("| {round} | {last} | {:.2} s |", took.as_secs_f64());
     }
+    // An abort from another process while the rollout's `apply` waits in a 10-minute pause: handed to the
+    // running process through the store, which reverts at once.
+    println!("\n| round | abort taken by the running apply, the last request to the new version after | abort command |");
+    for round in 1..=5 {
+        let name = w.name(&format!("live{round}"));
+        let image = if round % 2 == 1 { &img.refs["v3"] } else { &img.refs["v1"] };
+        let f = traffic_spec(
+            &w,
+            &name,
+            image,
+            &agents,
+            &hap.socket(),
+            "canary: {steps: [{setWeight: 50}, {pause: 10m}, {setWeight: 100}]}",
+            "",
+        );
+        let mut cmd = agentctl_in(w.state_dir());
+        cmd.args(["--no-progress", "apply", "-f", f.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut running = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while hap.servers().iter().filter(|s| s.2 == 50).count() < 4 {
+            assert!(Instant::now() < deadline, "50 % never set: {:?}", hap.servers());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let new_version = if round % 2 == 1 { "3.0.0" } else { "1.0.0" };
+        let started = Instant::now();
+        let out = w.agentctl(&["rollout", "abort", &name]);
+        let took = started.elapsed();
+        assert_eq!(code(&out), 3, "{}", stderr(&out));
+        let _ = running.wait();
+        let last = load
+            .since(started)
+            .iter()
+            .filter(|a| a.body == new_version)
+            .map(|a| a.at - started)
+            .max();
+        let last = last.map_or("none after it began".to_owned(), |l| format!("{:.3} s", l.as_secs_f64()));
+        println!("| {round} | {last} | {:.2} s |", took.as_secs_f64());
+    }
     println!("\nrefused requests: {}", load.refused().len());
 }
 
