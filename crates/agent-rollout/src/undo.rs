@@ -1,18 +1,16 @@
 //! Going back: undo to any revision (from its retained container when it is the one recorded, else from its
 //! snapshot), and `status`, which repairs interrupted operations and reports drift.
 
-use agent_core::{
-    ContainerName, ContainerSpec, ImageDefaults, ImageInfo, Revision, RevisionHistory, RevisionNumber, RuntimeError,
-};
+use agent_core::{ContainerName, ImageInfo, Revision, RevisionHistory, RevisionNumber, RuntimeError};
 
 use crate::engine_state::engine_history;
 use crate::error::Error;
 use crate::events::Event;
-use crate::executor::{Check, Operation, RevisionMeta, Source};
+use crate::executor::{Check, RevisionMeta, Source};
 use crate::lease::LeaseGuard;
-use crate::plan::{Begin, OpKind};
+use crate::plan::OpKind;
 use crate::report::{Recovery, StatusReport, UpdateReport};
-use crate::request::{PullPolicy, UndoRequest, UpdateRequest};
+use crate::request::{PullPolicy, UndoRequest};
 use crate::updater::{short_id, Updater};
 
 impl Updater {
@@ -188,9 +186,19 @@ impl Updater {
                 )
                 .await?
             }
+            // Nothing holds the name (the agent was removed): the revision comes back under it.
             None => {
-                self.restore_removed(lease, name, current.number, source, spec, faithful_to, meta, &req)
-                    .await?
+                self.appear(
+                    lease,
+                    OpKind::Restore,
+                    current.number.get(),
+                    source,
+                    spec,
+                    faithful_to,
+                    meta,
+                    &req,
+                )
+                .await?
             }
         };
         report.recovered = recovered;
@@ -222,54 +230,6 @@ impl Updater {
             }
             _ => self.resolve_image(&revision.image, pull).await,
         }
-    }
-
-    /// Brings `source` back under `name`, which no container holds (the agent was removed), as a new revision
-    /// after `current` (the revision whose container is gone): the restore plan, executed and settled.
-    #[allow(clippy::too_many_arguments)]
-    async fn restore_removed(
-        &self,
-        lease: &LeaseGuard,
-        name: &str,
-        current: RevisionNumber,
-        source: Source,
-        spec: ContainerSpec,
-        faithful_to: Option<(ContainerSpec, ImageDefaults)>,
-        meta: RevisionMeta,
-        req: &UpdateRequest,
-    ) -> Result<UpdateReport, Error> {
-        let history = self.history(&spec.name, req.history_limit).await?;
-        let revision = meta.revision(history.next_number(), spec);
-        self.store.put_revision(&self.subject(name), &revision).await?;
-        let from_retained = match &source {
-            Source::Existing { name, .. } => Some(name.clone()),
-            Source::Create(_) => None,
-        };
-        let op = Operation {
-            begin: Begin {
-                kind: OpKind::Restore,
-                container: name.to_owned(),
-                old_id: String::new(),
-                old_running: false,
-                old_restart: agent_core::RestartPolicy::No,
-                old_revision: current.get(),
-                new_revision: revision.number.get(),
-                retained_name: String::new(),
-                from_retained,
-            },
-            source,
-            check: Check::Gate,
-            faithful_to,
-            meta,
-            stop_timeout: None,
-            notify_started: true,
-            old: None,
-        };
-        let ex = self.execute(&op, req, lease).await?;
-        let mut report = self.settle(&op, ex, req, revision, lease).await?;
-        // Nothing ran before under the name: nothing is retained.
-        report.previous = None;
-        Ok(report)
     }
 
     /// Repairs interrupted operations on `container` (if no live process holds it) and reports its state.

@@ -258,24 +258,52 @@ impl Updater {
                 .unwrap_or_else(|| format!("installed {}", spec.image.familiar())),
             new_defaults: image_info.defaults.clone(),
         };
+        let source = Source::Create(Box::new(spec.clone()));
+        let mut report = self
+            .appear(lease, OpKind::Install, 0, source, spec.clone(), None, meta, req)
+            .await?;
+        report.recovered = recovered;
+        Ok(report)
+    }
+
+    /// Puts `source` under its free name (`spec`'s) as a new revision, `kind` an install or a restore
+    /// after revision `old_revision` (0: none): the plan built, executed and settled. Nothing ran under the
+    /// name before, so nothing is retained (the report's `previous` is `None`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn appear(
+        &self,
+        lease: &LeaseGuard,
+        kind: OpKind,
+        old_revision: u64,
+        source: Source,
+        spec: ContainerSpec,
+        faithful_to: Option<(ContainerSpec, ImageDefaults)>,
+        meta: RevisionMeta,
+        req: &UpdateRequest,
+    ) -> Result<UpdateReport, Error> {
+        let name = spec.name.to_string();
         let history = self.history(&spec.name, req.history_limit).await?;
-        let revision = meta.revision(history.next_number(), spec.clone());
-        self.store.put_revision(&self.subject(name), &revision).await?;
+        let revision = meta.revision(history.next_number(), spec);
+        self.store.put_revision(&self.subject(&name), &revision).await?;
+        let from_retained = match &source {
+            Source::Existing { name, .. } => Some(name.clone()),
+            Source::Create(_) => None,
+        };
         let op = Operation {
             begin: Begin {
-                kind: OpKind::Install,
-                container: name.to_owned(),
+                kind,
+                container: name,
                 old_id: String::new(),
                 old_running: false,
                 old_restart: RestartPolicy::No,
-                old_revision: 0,
+                old_revision,
                 new_revision: revision.number.get(),
                 retained_name: String::new(),
-                from_retained: None,
+                from_retained,
             },
-            source: Source::Create(Box::new(spec.clone())),
+            source,
             check: Check::Gate,
-            faithful_to: None,
+            faithful_to,
             meta,
             stop_timeout: None,
             notify_started: true,
@@ -284,7 +312,6 @@ impl Updater {
         let ex = self.execute(&op, req, lease).await?;
         let mut report = self.settle(&op, ex, req, revision, lease).await?;
         report.previous = None;
-        report.recovered = recovered;
         Ok(report)
     }
 

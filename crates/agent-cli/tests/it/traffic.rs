@@ -621,10 +621,16 @@ fn measure_the_split_and_the_time_to_move_traffic_back() {
     }
     // An abort from another process while the rollout's `apply` waits in a 10-minute pause: handed to the
     // running process through the store, which reverts at once.
-    println!("\n| round | abort taken by the running apply, the last request to the new version after | abort command |");
+    println!(
+        "\n| round | abort taken by the running apply, the last request to the new version after | abort command |"
+    );
     for round in 1..=5 {
         let name = w.name(&format!("live{round}"));
-        let image = if round % 2 == 1 { &img.refs["v3"] } else { &img.refs["v1"] };
+        let image = if round % 2 == 1 {
+            &img.refs["v3"]
+        } else {
+            &img.refs["v1"]
+        };
         let f = traffic_spec(
             &w,
             &name,
@@ -657,7 +663,9 @@ fn measure_the_split_and_the_time_to_move_traffic_back() {
             .filter(|a| a.body == new_version)
             .map(|a| a.at - started)
             .max();
-        let last = last.map_or("none after it began".to_owned(), |l| format!("{:.3} s", l.as_secs_f64()));
+        let last = last.map_or("none after it began".to_owned(), |l| {
+            format!("{:.3} s", l.as_secs_f64())
+        });
         println!("| {round} | {last} | {:.2} s |", took.as_secs_f64());
     }
     println!("\nrefused requests: {}", load.refused().len());
