@@ -49,6 +49,13 @@ fn bearer() -> String {
     format!("Bearer {TOKEN}")
 }
 
+/// Posts one authorised protobuf message and decodes the control center's answer (asserting 200).
+async fn exchange(url: String, msg: AgentToServer) -> ServerToAgent {
+    let r = post(&url, &[("Authorization", &bearer()), PROTOBUF], &msg.encode_to_vec()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    ServerToAgent::decode(&r.bytes[..]).unwrap()
+}
+
 fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
@@ -190,15 +197,7 @@ async fn bad_requests_are_refused_with_the_reason_and_change_nothing() {
 async fn health_unknown_instances_and_the_interval_during_a_rollout() {
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
     let (cc, url) = center(Some(store.clone())).await;
-    let auth = bearer();
-    let send = |msg: AgentToServer| {
-        let (url, auth) = (url.clone(), auth.clone());
-        async move {
-            let r = post(&url, &[("Authorization", &auth), PROTOBUF], &msg.encode_to_vec()).await;
-            assert_eq!(r.status, 200, "{}", r.body);
-            ServerToAgent::decode(&r.bytes[..]).unwrap()
-        }
-    };
+    let send = |msg: AgentToServer| exchange(url.clone(), msg);
     // An instance the control center has not heard describe itself (its first message lost, or a restart):
     // not recorded, and asked for its full state.
     let unknown = AgentToServer {
@@ -269,15 +268,7 @@ async fn health_unknown_instances_and_the_interval_during_a_rollout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequence_gap_asks_for_the_full_state_and_forgets_health_that_may_be_stale() {
     let (cc, url) = center(None).await;
-    let auth = bearer();
-    let send = |msg: AgentToServer| {
-        let (url, auth) = (url.clone(), auth.clone());
-        async move {
-            let r = post(&url, &[("Authorization", &auth), PROTOBUF], &msg.encode_to_vec()).await;
-            assert_eq!(r.status, 200, "{}", r.body);
-            ServerToAgent::decode(&r.bytes[..]).unwrap()
-        }
-    };
+    let send = |msg: AgentToServer| exchange(url.clone(), msg);
     let health = |healthy: bool| ComponentHealth {
         healthy,
         last_error: if healthy {

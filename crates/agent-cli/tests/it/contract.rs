@@ -156,10 +156,9 @@ fn a_wrong_protocol_or_a_silent_agent_fails_and_names_why() {
     );
 }
 
-#[test]
-fn ctrl_c_removes_the_environment() {
-    let img = images();
-    let w = World::new("contract-int");
+/// Starts `agentctl test` on the slow image in the background and returns it with its run id once its
+/// agent and network exist (or after 30 s; callers assert what they need).
+fn start_slow_run(w: &World, img: &Images) -> (std::process::Child, String) {
     let mut child = agentctl_in(w.state.path())
         .args(["--no-progress", "test", &img.refs["slow"]])
         .args(QUICK)
@@ -180,6 +179,14 @@ fn ctrl_c_removes_the_environment() {
     while leftovers(&run).len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
+    (child, run)
+}
+
+#[test]
+fn ctrl_c_removes_the_environment() {
+    let img = images();
+    let w = World::new("contract-int");
+    let (mut child, run) = start_slow_run(&w, &img);
     assert_eq!(
         leftovers(&run).len(),
         2,
@@ -197,25 +204,7 @@ fn ctrl_c_removes_the_environment() {
 fn the_environment_of_a_killed_run_is_swept_by_the_next_one() {
     let img = images();
     let w = World::new("contract-kill");
-    let mut child = agentctl_in(w.state.path())
-        .args(["--no-progress", "test", &img.refs["slow"]])
-        .args(QUICK)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stderr.as_mut().unwrap()), &mut first).unwrap();
-    let run = first
-        .split("(run ")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .unwrap_or_else(|| panic!("no run id in {first:?}"))
-        .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while leftovers(&run).len() < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (mut child, run) = start_slow_run(&w, &img);
     let _ = Command::new("kill").args(["-9", &child.id().to_string()]).status();
     let _ = child.wait();
     assert_eq!(leftovers(&run).len(), 2, "a killed run leaves its agent and network");
