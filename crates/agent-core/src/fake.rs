@@ -63,6 +63,13 @@ pub enum Fault {
         /// The variable as the engine adds it, `NAME=value`.
         env: String,
     },
+    /// Right before the next create, the tag that create names moves to the image `to` names (another
+    /// reference on this engine): someone's `docker tag` or pull between agentctl's pull and its create,
+    /// so the container runs another image than the one pulled and verified.
+    MoveTag {
+        /// The reference whose image the tag moves to, as [`ImageRef::pull_ref`] spells it.
+        to: String,
+    },
     /// The next calls of this operation return `error`, `times` times (a registry hiccup, a conflict…).
     Return {
         /// The operation name.
@@ -478,14 +485,21 @@ impl ContainerRuntime for FakeRuntime {
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let mut s = self.enter("create", spec.name.as_str())?;
         let mut spec = spec.clone();
-        let mut altered = None;
+        let (mut altered, mut moved) = (None, None);
         s.faults.retain(|f| match f {
             Fault::AlterCreate { env } if altered.is_none() => {
                 altered = Some(env.clone());
                 false
             }
+            Fault::MoveTag { to } if moved.is_none() => {
+                moved = Some(to.clone());
+                false
+            }
             _ => true,
         });
+        if let Some(image) = moved.and_then(|to| s.images.get(&to).cloned()) {
+            s.images.insert(spec.image.pull_ref(), image);
+        }
         if let Some(env) = altered {
             let (name, value) = env.split_once('=').unwrap_or((&env, ""));
             spec.env.retain(|v| v.name != name);

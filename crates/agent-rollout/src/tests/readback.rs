@@ -16,6 +16,10 @@ enum Meddle {
     PruneRetainedAndImage,
     /// Passes, but crashes the new container at the verdict.
     CrashAtVerdict,
+    /// Passes, but stops the new container at the verdict (`docker stop`: no restart follows).
+    StopAtVerdict,
+    /// Passes, but replaces the new container at the verdict by another of the same name and spec.
+    ReplaceAtVerdict,
 }
 
 struct Meddler {
@@ -47,11 +51,21 @@ impl Probe for Meddler {
                 prune(true).await;
                 Observation::Fatal("fails late".into())
             }
-            Meddle::CrashAtVerdict => {
+            at_verdict => {
                 let first = *self.first.lock().unwrap().get_or_insert_with(tokio::time::Instant::now);
-                // The gate's last round is at minHealthyTime (300 ms here): the container dies right there.
+                // The gate's last round is at minHealthyTime (300 ms here): the meddling happens right there.
                 if first.elapsed() >= Duration::from_millis(300) {
-                    self.rt.crash(&ctx.container, 137);
+                    let name = ctx.container.as_str();
+                    match at_verdict {
+                        Meddle::StopAtVerdict => self.rt.stop_container(name, None).await.unwrap(),
+                        Meddle::ReplaceAtVerdict => {
+                            let spec = self.rt.inspect_container(name).await.unwrap().spec;
+                            self.rt.stop_container(name, None).await.unwrap();
+                            self.rt.remove_container(name).await.unwrap();
+                            self.rt.run(spec).unwrap();
+                        }
+                        _ => self.rt.crash(name, 137),
+                    }
                 }
                 Observation::Pass("fine".into())
             }
@@ -164,6 +178,46 @@ async fn a_new_container_that_dies_at_the_verdict_is_not_called_updated() {
     let reason = report.reason.unwrap_or_default();
     assert!(
         reason.contains("read back after the verdict") && reason.contains("restarted 1 time"),
+        "{reason}"
+    );
+    assert_eq!(rt.inspect_container("agent").await.unwrap().id, before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_container_stopped_or_replaced_at_the_verdict_is_not_called_updated() {
+    for (what, says) in [
+        (Meddle::StopAtVerdict, "agent is exited"),
+        (Meddle::ReplaceAtVerdict, "is another container"),
+    ] {
+        let (rt, _store, up) = setup();
+        let before = rt.inspect_container("agent").await.unwrap().id;
+        let report = up.update(&meddled(&rt, "acme/agent:2.0", what)).await.unwrap();
+        assert_eq!(report.status, UpdateStatus::RolledBack);
+        let reason = report.reason.unwrap_or_default();
+        assert!(
+            reason.contains("read back after the verdict") && reason.contains(says),
+            "{says}: {reason}"
+        );
+        let now = rt.inspect_container("agent").await.unwrap();
+        assert_eq!(now.id, before, "{says}");
+        assert!(now.state.is_running(), "{says}");
+    }
+}
+
+/// The tag moves between agentctl's pull and its create: the container runs an image nobody verified
+/// the digest of, and the read-back names both.
+#[tokio::test(start_paused = true)]
+async fn a_tag_moved_between_pull_and_create_is_caught_by_the_image_read_back() {
+    let (rt, _store, up) = setup();
+    let before = rt.inspect_container("agent").await.unwrap().id;
+    rt.inject(Fault::MoveTag {
+        to: img("acme/agent:1.0").pull_ref(),
+    });
+    let report = up.update(&req("acme/agent:2.0")).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::RolledBack);
+    let reason = report.reason.unwrap_or_default();
+    assert!(
+        reason.contains("read back after the verdict") && reason.contains("runs image"),
         "{reason}"
     );
     assert_eq!(rt.inspect_container("agent").await.unwrap().id, before);
