@@ -112,6 +112,84 @@ fn a_good_version_is_built_tested_rolled_out_watched_and_recorded() {
     ]);
 }
 
+/// Targets whose environment holds the planted secrets and a work tree whose remote URL holds a token:
+/// a delivery (build, test, rollout, watch) prints neither, records neither, and labels its image with the
+/// remote's URL without the token.
+#[test]
+fn a_delivery_prints_no_secret_of_its_targets_or_its_source() {
+    let img = images();
+    let w = World::new("deliver-secrets");
+    let env: Vec<String> = crate::security::PLANTED
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let args: Vec<&str> = env.iter().flat_map(|e| ["-e", e.as_str()]).collect();
+    let names = fleet(&w, &args);
+    let repo = format!("{}/agentctl-it/secret-{}", img.registry, w.run);
+    let (dir, commit) = delivery_dir(&w, &repo, &names, "", false);
+    let remote_token = "glpat-planted13remotetoken";
+    let added = Command::new("git")
+        .current_dir(dir.path())
+        .args(["remote", "add", "origin"])
+        .arg(format!("https://ci:{remote_token}@git.example.invalid/acme/agent.git"))
+        .status()
+        .unwrap();
+    assert!(added.success());
+    let file = dir.path().join("delivery.yaml");
+    let mut outputs = vec![w.agentctl_env(
+        &[
+            "-vv",
+            "-o",
+            "json",
+            "--secret-pattern",
+            "CUSTOM_*",
+            "deliver",
+            "-f",
+            file.to_str().unwrap(),
+            "--version",
+            "2.2.0",
+        ],
+        &[],
+    )];
+    assert_eq!(code(&outputs[0]), 0, "{}\n{}", stdout(&outputs[0]), stderr(&outputs[0]));
+    outputs.push(w.agentctl(&["deliveries", "-o", "json"]));
+    outputs.push(w.agentctl(&["state", "export"]));
+    let pinned = records(&w)[0]["image"].as_str().unwrap().to_owned();
+    let labels = w.docker(&["image", "inspect", "-f", "{{json .Config.Labels}}", &pinned]);
+    assert!(
+        stdout(&labels).contains("https://git.example.invalid/acme/agent.git"),
+        "the source label keeps the URL: {}",
+        stdout(&labels)
+    );
+    outputs.push(labels);
+    let mut needles = crate::security::needles();
+    needles.push(remote_token);
+    for needle in needles {
+        for o in &outputs {
+            assert!(
+                !stdout(o).contains(needle) && !stderr(o).contains(needle),
+                "{needle} printed: {}{}",
+                stdout(o),
+                stderr(o)
+            );
+        }
+    }
+    // Every secret still reached the new containers.
+    for n in &names {
+        let running = stdout(&w.docker(&["inspect", "-f", "{{json .Config.Env}}", n]));
+        assert_eq!(image_of(n), pinned, "{n}");
+        for (k, v) in crate::security::PLANTED {
+            assert!(running.contains(&format!("{k}={v}")), "{n}: {k} kept its value");
+        }
+    }
+    let _ = w.docker(&[
+        "rmi",
+        "-f",
+        &format!("{repo}:2.2.0"),
+        &format!("{repo}:2.2.0-{}", &commit[..7]),
+    ]);
+}
+
 #[test]
 fn a_version_that_fails_its_tests_never_reaches_a_host() {
     let img = images();

@@ -7,7 +7,7 @@ use std::process::Command;
 use crate::support::*;
 
 /// Secret values planted under the names an outside probe found stored in plain text, and one in a URL.
-const PLANTED: &[(&str, &str)] = &[
+pub(crate) const PLANTED: &[(&str, &str)] = &[
     ("PASSWORD", "planted-pw-1"),
     ("API_KEY", "planted-key-2"),
     ("SECRET_KEY", "planted-secret-3"),
@@ -29,7 +29,8 @@ const PLANTED: &[(&str, &str)] = &[
     ),
 ];
 
-fn needles() -> Vec<&'static str> {
+/// The part of each planted value that must appear nowhere (for a URL, its password).
+pub(crate) fn needles() -> Vec<&'static str> {
     PLANTED
         .iter()
         .map(|(_, v)| v.rsplit(':').next().unwrap().split('@').next().unwrap())
