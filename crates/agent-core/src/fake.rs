@@ -70,6 +70,12 @@ pub enum Fault {
         /// The reference whose image the tag moves to, as [`ImageRef::pull_ref`] spells it.
         to: String,
     },
+    /// Right after the next rename to `to`, the container is replaced by another of the same configuration
+    /// (a new id, running): another operator's `docker rm -f` and `docker run` racing agentctl's revert.
+    ReplaceAfterRename {
+        /// The name the rename gives.
+        to: String,
+    },
     /// The next calls of this operation return `error`, `times` times (a registry hiccup, a conflict…).
     Return {
         /// The operation name.
@@ -554,7 +560,16 @@ impl ContainerRuntime for FakeRuntime {
                 container: new_name.to_owned(),
                 message: e.to_string(),
             })?;
+        let spec = c.spec.clone();
         s.containers.insert(new_name.to_owned(), c);
+        let before = s.faults.len();
+        s.faults
+            .retain(|f| !matches!(f, Fault::ReplaceAfterRename { to } if to == new_name));
+        if s.faults.len() < before {
+            s.containers.remove(new_name);
+            create_locked(&mut s, &self.endpoint, &spec)?;
+            start_locked(&mut s, new_name);
+        }
         Ok(())
     }
 

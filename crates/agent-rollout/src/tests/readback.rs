@@ -51,6 +51,7 @@ impl Probe for Meddler {
                 prune(true).await;
                 Observation::Fatal("fails late".into())
             }
+
             at_verdict => {
                 let first = *self.first.lock().unwrap().get_or_insert_with(tokio::time::Instant::now);
                 // The gate's last round is at minHealthyTime (300 ms here): the meddling happens right there.
@@ -162,6 +163,22 @@ async fn an_old_image_that_was_only_local_is_named_never_claimed_back() {
     let text = err.to_string();
     assert!(
         text.contains("revision 1 runs again") && text.contains("only local") && text.contains("acme/agent:1.0"),
+        "{text}"
+    );
+}
+
+/// After a revert, the engine must show the old container itself under the name: another one put in its
+/// place right after the revert's rename is named, never taken for revision 1.
+#[tokio::test(start_paused = true)]
+async fn another_container_in_the_old_ones_place_is_never_called_the_old_revision() {
+    let (rt, _store, up) = setup();
+    rt.inject(Fault::ReplaceAfterRename { to: "agent".into() });
+    // 3.0 exits on start: the revert renames agent.rev1 back to agent, and someone is quicker.
+    let err = up.update(&req("acme/agent:3.0")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::NotAsExpected { .. }), "{text}");
+    assert!(
+        text.contains("revision 1 runs again") && text.contains("another container under the name"),
         "{text}"
     );
 }
