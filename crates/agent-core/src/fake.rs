@@ -250,6 +250,26 @@ impl FakeRuntime {
         self.lock().containers.keys().cloned().collect()
     }
 
+    /// Changes what containers of `image` (a reference as [`ImageRef::pull_ref`] spells it, or a digest
+    /// reference) do from their next start, on the engine and in the registry: a version that no longer
+    /// starts where it used to (a dependency gone, a changed host).
+    pub fn set_behaviour(&self, image: &str, behaviour: ImageBehaviour) {
+        let mut s = self.lock();
+        let FakeState { images, registry, .. } = &mut *s;
+        let Some(id) = images
+            .get(image)
+            .or_else(|| registry.get(image))
+            .map(|(i, _)| i.id.clone())
+        else {
+            return;
+        };
+        for (info, b) in images.values_mut().chain(registry.values_mut()) {
+            if info.id == id {
+                *b = behaviour.clone();
+            }
+        }
+    }
+
     /// Sets what `stats` reports for a container.
     pub fn set_usage(&self, container: &str, usage: ResourceUsage) {
         self.lock().usage.insert(container.to_owned(), usage);

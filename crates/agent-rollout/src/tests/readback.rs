@@ -14,6 +14,8 @@ enum Meddle {
     PruneRetained,
     /// Removes `agent.rev1` and the old image, then fails the new version.
     PruneRetainedAndImage,
+    /// Removes `agent.rev1`, makes its image exit on start, then fails the new version.
+    PruneRetainedAndBreakIt,
     /// Passes, but crashes the new container at the verdict.
     CrashAtVerdict,
     /// Passes, but stops the new container at the verdict (`docker stop`: no restart follows).
@@ -49,6 +51,15 @@ impl Probe for Meddler {
             }
             Meddle::PruneRetainedAndImage => {
                 prune(true).await;
+                Observation::Fatal("fails late".into())
+            }
+            Meddle::PruneRetainedAndBreakIt => {
+                prune(false).await;
+                let exits = ImageBehaviour {
+                    exit_on_start: Some(1),
+                    ..Default::default()
+                };
+                self.rt.set_behaviour(&img("acme/agent:1.0").pull_ref(), exits);
                 Observation::Fatal("fails late".into())
             }
 
@@ -179,6 +190,23 @@ async fn another_container_in_the_old_ones_place_is_never_called_the_old_revisio
     assert!(matches!(err, Error::NotAsExpected { .. }), "{text}");
     assert!(
         text.contains("revision 1 runs again") && text.contains("another container under the name"),
+        "{text}"
+    );
+}
+
+/// The old revision recreated from its configuration is read back too: one that exits at once is named
+/// (exit 5), never reported as running again.
+#[tokio::test(start_paused = true)]
+async fn an_old_revision_recreated_but_not_running_is_named_never_claimed_back() {
+    let (rt, _store, up) = setup();
+    let err = up
+        .update(&meddled(&rt, "acme/agent:2.0", Meddle::PruneRetainedAndBreakIt))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::NotAsExpected { .. }), "{text}");
+    assert!(
+        text.contains("revision 1 runs again") && text.contains("was recreated from its configuration and"),
         "{text}"
     );
 }
