@@ -156,6 +156,47 @@ async fn recovery_runs_the_inverses_of_the_reached_steps() {
     assert_eq!(rt.container_names(), ["agent"]);
 }
 
+/// A journal from an engine lock takes every act as reached; when the kill came right after the begin, the
+/// old container still runs under its name, and the inverses leave it alone: never stopped, not even for a
+/// moment.
+#[tokio::test(start_paused = true)]
+async fn recovery_from_the_begin_alone_never_stops_the_old_container() {
+    use crate::plan::{Begin, OpKind, Step};
+    let (rt, store, up) = setup();
+    let old = rt.inspect_container("agent").await.unwrap();
+    let subject = subject_key(rt.endpoint(), "agent");
+    let begin = Begin {
+        kind: OpKind::Update,
+        container: "agent".into(),
+        old_id: old.id.clone(),
+        old_running: true,
+        old_restart: RestartPolicy::UnlessStopped,
+        old_revision: 1,
+        new_revision: 2,
+        retained_name: "agent.rev1".into(),
+        from_retained: None,
+    };
+    let records = [Step::Begin(begin), Step::AfterBegin]
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect();
+    write_journal(&*store, &subject, records).await;
+    let before = rt.operations().len();
+    let recovered = up.recover(&"agent".parse().unwrap()).await.unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].action, RecoveryAction::Reverted);
+    let ops = rt.operations()[before..].to_vec();
+    assert!(
+        !ops.iter()
+            .any(|o| o.starts_with("stop ") || o.starts_with("rename ") || o.starts_with("remove ")),
+        "the running old container was touched: {ops:?}"
+    );
+    let now = rt.inspect_container("agent").await.unwrap();
+    assert_eq!(now.id, old.id);
+    assert!(now.state.is_running());
+    assert_eq!(now.state.restart_count, old.state.restart_count);
+}
+
 /// The README's headline safety claim, on every path that recreates: when what the engine made differs
 /// from what was asked (here an engine that adds an env variable), the update rolls back and names the
 /// field, even with every probe healthy.
