@@ -19,6 +19,20 @@ impl Probe for Unreachable {
     }
 }
 
+/// A signal that says the version is broken.
+struct Broken;
+
+#[async_trait::async_trait]
+impl Probe for Broken {
+    fn name(&self) -> &str {
+        "broken"
+    }
+
+    async fn check(&self, _: &ProbeContext) -> Observation {
+        Observation::Fatal("broken".into())
+    }
+}
+
 fn inconclusive(mut r: UpdateRequest) -> UpdateRequest {
     r.extra_probes = Some(Arc::new(|| vec![Box::new(Unreachable) as Box<dyn Probe>]));
     r
@@ -154,6 +168,27 @@ async fn recovery_runs_the_inverses_of_the_reached_steps() {
     assert_eq!(now.id, old.id);
     assert!(now.state.is_running());
     assert_eq!(rt.container_names(), ["agent"]);
+}
+
+/// An undo that fails its verification puts the revision it brought back where it was: retained, stopped,
+/// and with restart policy `no`, so that no daemon restart runs it beside the current one.
+#[tokio::test(start_paused = true)]
+async fn a_failed_undo_retains_its_revision_again_with_no_restart_policy() {
+    let (rt, _store, up) = setup();
+    let first = up.update(&req("acme/agent:2.0")).await.unwrap();
+    assert_eq!(first.status, UpdateStatus::Updated);
+    let current = rt.inspect_container("agent").await.unwrap().id;
+    let retained = rt.inspect_container("agent.rev1").await.unwrap();
+    assert_eq!(retained.spec.restart_policy, RestartPolicy::No);
+    let mut undo = UndoRequest::like("agent".parse().unwrap(), &req("acme/agent:1.0"));
+    undo.extra_probes = Some(Arc::new(|| vec![Box::new(Broken) as Box<dyn Probe>]));
+    let report = up.undo(&undo).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::RolledBack, "{:?}", report.reason);
+    assert_eq!(rt.inspect_container("agent").await.unwrap().id, current);
+    let back = rt.inspect_container("agent.rev1").await.unwrap();
+    assert_eq!(back.id, retained.id);
+    assert!(!back.state.is_running());
+    assert_eq!(back.spec.restart_policy, RestartPolicy::No);
 }
 
 /// A journal from an engine lock takes every act as reached; when the kill came right after the begin, the
