@@ -74,6 +74,81 @@ fn opamp_body(agent: usize, describe: bool, seq: u64) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Bytes of each string an agent supplies in the hostile phase (what an outside probe sent: 15 KB errors).
+const HOSTILE_BYTES: usize = 15_000;
+
+/// An OpAMP message from `agent` whose health carries a [`HOSTILE_BYTES`] error and status and 64
+/// components with 1 KB names: what the control center must bound.
+fn hostile_body(agent: usize, seq: u64) -> Vec<u8> {
+    use agent_health::opamp::*;
+    use prost::Message;
+    let component = |i: usize| {
+        (
+            format!("{i:04}{}", "c".repeat(1020)),
+            ComponentHealth {
+                healthy: false,
+                last_error: "e".repeat(1024),
+                ..Default::default()
+            },
+        )
+    };
+    AgentToServer {
+        instance_uid: uid(agent),
+        sequence_num: seq,
+        health: Some(ComponentHealth {
+            healthy: false,
+            last_error: "\u{1b}[8m".to_owned() + &"x".repeat(HOSTILE_BYTES),
+            status: "y".repeat(HOSTILE_BYTES),
+            component_health_map: (0..64).map(component).collect(),
+            ..Default::default()
+        }),
+        capabilities: 1 | 8192,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Every page of `GET /v1/agents` (following `x-agentctl-next-after`): the pages, the largest page's bytes,
+/// the total bytes and the time taken.
+fn read_agent_pages(addr: &str) -> (usize, usize, usize, Duration) {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let (mut pages, mut largest, mut total) = (0, 0, 0);
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/agents?after={a}"),
+            None => "/v1/agents".to_owned(),
+        };
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            break;
+        };
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            break;
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let head_end = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(answer.len(), |i| i + 4);
+        let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+        let body = answer.len() - head_end;
+        pages += 1;
+        largest = largest.max(body);
+        total += body;
+        after = head
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{}:", agent_health::NEXT_PAGE_HEADER)))
+            .map(|v| v.trim().to_owned());
+        if after.is_none() || pages > 10_000 {
+            break;
+        }
+    }
+    (pages, largest, total, start.elapsed())
+}
+
 fn opamp_request(addr: &str, body: &[u8]) -> Vec<u8> {
     let mut req = format!(
         "POST /v1/opamp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
@@ -326,6 +401,42 @@ async fn main() {
     let opamp_elapsed = start.elapsed().as_secs_f64();
     let opamp_sent = ok.load(Ordering::Relaxed);
     let bad_opamp = bad.load(Ordering::Relaxed);
+
+    // Hostile: every OpAMP agent reports unhealthy with 15 KB strings and 64 components of 1 KB names.
+    let hostile_refused = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for chunk in 0..agents.div_ceil(1000) {
+        let (addr, refused) = (addr.clone(), hostile_refused.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut s) = TcpStream::connect(&addr).await else {
+                return;
+            };
+            let mut buf = vec![0u8; 4096];
+            for a in chunk * 1000..((chunk + 1) * 1000).min(agents) {
+                // The next sequence number after the throughput phase's is unknown here: the server may
+                // ask for the full state, which is what this message is.
+                if s.write_all(&opamp_request(&addr, &hostile_body(a, u64::MAX / 2)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if read_answer(&mut s, &mut buf).await != Some(true) {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let rss_hostile = rss_kib(pid);
+    let list_addr = addr.clone();
+    let (pages, largest_page, all_pages, list_took) =
+        tokio::task::spawn_blocking(move || read_agent_pages(&list_addr))
+            .await
+            .unwrap_or_default();
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&state);
@@ -358,5 +469,16 @@ async fn main() {
     println!(
         "| control-center RSS after the load | {:.1} MiB |",
         rss_after as f64 / 1024.0
+    );
+    println!(
+        "| control-center RSS after every OpAMP agent sent {HOSTILE_BYTES}-byte error and status strings and 64 components of 1 KB names ({} refused) | {:.1} MiB |",
+        hostile_refused.load(Ordering::Relaxed),
+        rss_hostile as f64 / 1024.0
+    );
+    println!(
+        "| `GET /v1/agents`, every page ({agents} JSON and {agents} OpAMP agents) | {pages} pages, largest {:.0} KiB, {:.1} MiB in all, {:.2} s |",
+        largest_page as f64 / 1024.0,
+        all_pages as f64 / 1024.0 / 1024.0,
+        list_took.as_secs_f64()
     );
 }
