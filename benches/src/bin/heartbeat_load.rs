@@ -74,20 +74,20 @@ fn opamp_body(agent: usize, describe: bool, seq: u64) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// Bytes of each string an agent supplies in the hostile phase (what an outside probe sent: 15 KB errors).
+/// Bytes of the error an agent supplies in the hostile phase (what an outside probe sent: 15 KB errors,
+/// within the control center's 16 KiB body limit).
 const HOSTILE_BYTES: usize = 15_000;
 
-/// An OpAMP message from `agent` whose health carries a [`HOSTILE_BYTES`] error and status and 64
-/// components with 1 KB names: what the control center must bound.
+/// An OpAMP message from `agent` whose health carries a [`HOSTILE_BYTES`] error starting with an escape
+/// sequence, a 600-byte status and 24 components: what the control center must bound.
 fn hostile_body(agent: usize, seq: u64) -> Vec<u8> {
     use agent_health::opamp::*;
     use prost::Message;
     let component = |i: usize| {
         (
-            format!("{i:04}{}", "c".repeat(1020)),
+            format!("c{i:02}\n"),
             ComponentHealth {
                 healthy: false,
-                last_error: "e".repeat(1024),
                 ..Default::default()
             },
         )
@@ -98,8 +98,8 @@ fn hostile_body(agent: usize, seq: u64) -> Vec<u8> {
         health: Some(ComponentHealth {
             healthy: false,
             last_error: "\u{1b}[8m".to_owned() + &"x".repeat(HOSTILE_BYTES),
-            status: "y".repeat(HOSTILE_BYTES),
-            component_health_map: (0..64).map(component).collect(),
+            status: "y".repeat(600),
+            component_health_map: (0..24).map(component).collect(),
             ..Default::default()
         }),
         capabilities: 1 | 8192,
@@ -401,8 +401,9 @@ async fn main() {
     let opamp_elapsed = start.elapsed().as_secs_f64();
     let opamp_sent = ok.load(Ordering::Relaxed);
     let bad_opamp = bad.load(Ordering::Relaxed);
+    let rss_opamp = rss_kib(pid);
 
-    // Hostile: every OpAMP agent reports unhealthy with 15 KB strings and 64 components of 1 KB names.
+    // Hostile: every OpAMP agent reports unhealthy with a 15 KB error.
     let hostile_refused = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for chunk in 0..agents.div_ceil(1000) {
@@ -433,10 +434,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let rss_hostile = rss_kib(pid);
     let list_addr = addr.clone();
-    let (pages, largest_page, all_pages, list_took) =
-        tokio::task::spawn_blocking(move || read_agent_pages(&list_addr))
-            .await
-            .unwrap_or_default();
+    let (pages, largest_page, all_pages, list_took) = tokio::task::spawn_blocking(move || read_agent_pages(&list_addr))
+        .await
+        .unwrap_or_default();
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&state);
@@ -471,7 +471,12 @@ async fn main() {
         rss_after as f64 / 1024.0
     );
     println!(
-        "| control-center RSS after every OpAMP agent sent {HOSTILE_BYTES}-byte error and status strings and 64 components of 1 KB names ({} refused) | {:.1} MiB |",
+        "| control-center RSS after the OpAMP load ({agents} more agents) | {:.1} MiB |",
+        rss_opamp as f64 / 1024.0
+    );
+    println!(
+        "| control-center RSS after every OpAMP agent reported unhealthy with a {HOSTILE_BYTES}-byte error ({} bytes a message; {} refused) | {:.1} MiB |",
+        hostile_body(0, 1).len(),
         hostile_refused.load(Ordering::Relaxed),
         rss_hostile as f64 / 1024.0
     );

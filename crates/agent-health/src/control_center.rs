@@ -84,6 +84,11 @@ pub const MAX_AGENT_TEXT: usize = 256;
 /// The most components of an agent's own health report that are kept; more are summed up in one entry.
 pub const MAX_COMPONENTS: usize = 32;
 
+/// The most text (bytes of every status, error and component name, after [`inert`]) kept of one agent's own
+/// health report; components past it are summed up in one entry, as past [`MAX_COMPONENTS`]. With the
+/// entry's fixed costs, what one agent can make the control center keep is bounded by about 7 KiB.
+pub const MAX_HEALTH_TEXT: usize = 4096;
+
 /// `text` made inert for every place it is shown: control characters (escape sequences, line breaks) as
 /// their escaped form (`\u{1b}`, `\n`), at most [`MAX_AGENT_TEXT`] bytes.
 pub fn inert(text: &str) -> String {
@@ -104,9 +109,15 @@ pub fn inert(text: &str) -> String {
 }
 
 impl SelfHealth {
-    /// Bounds what the agent said: every text made [`inert`], at most [`MAX_COMPONENTS`] components (the
-    /// unhealthy ones kept first), the rest counted in one entry.
+    /// Bounds what the agent said: every text made [`inert`], at most [`MAX_COMPONENTS`] components and
+    /// [`MAX_HEALTH_TEXT`] bytes of text in all (the unhealthy components kept first), the rest counted in
+    /// one entry named `…`. Bounding twice changes nothing: that entry's count is carried over.
     pub fn bound(&mut self) {
+        let carried = self
+            .components
+            .remove("…")
+            .and_then(|c| c.status.split(' ').next()?.parse::<usize>().ok())
+            .unwrap_or(0);
         self.status = inert(&self.status);
         self.last_error = inert(&self.last_error);
         let mut all: Vec<(String, ComponentStatus)> = std::mem::take(&mut self.components)
@@ -121,9 +132,18 @@ impl SelfHealth {
             })
             .collect();
         all.sort_by_key(|(_, c)| c.healthy);
-        let dropped = all.len().saturating_sub(MAX_COMPONENTS);
-        all.truncate(MAX_COMPONENTS);
-        self.components = all.into_iter().collect();
+        let mut text = self.status.len() + self.last_error.len();
+        let total = all.len();
+        let kept: Vec<(String, ComponentStatus)> = all
+            .into_iter()
+            .take(MAX_COMPONENTS)
+            .take_while(|(name, c)| {
+                text += name.len() + c.status.len() + c.last_error.len();
+                text <= MAX_HEALTH_TEXT
+            })
+            .collect();
+        let dropped = total - kept.len() + carried;
+        self.components = kept.into_iter().collect();
         if dropped > 0 {
             self.components.insert(
                 "…".into(),
@@ -290,14 +310,16 @@ pub struct ControlCenter {
     pub(crate) actions: std::sync::OnceLock<Arc<dyn crate::web::RolloutActions>>,
 }
 
-/// What an OpAMP instance said about itself: who it is, its last health report, and the sequence number of
-/// its last message.
+/// What an OpAMP instance said about itself: who it is and the sequence number of its last message. Its
+/// health is kept once, in its agent record (a message without health carries the last one over).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OpampInstance {
     pub(crate) who: crate::opamp::Identity,
-    pub(crate) health: Option<crate::opamp::ComponentHealth>,
     pub(crate) sequence: u64,
 }
+
+/// Agents written to the store in one call by [`ControlCenter::flush`].
+const FLUSH_CHUNK: usize = 500;
 
 /// At most this many OpAMP instances are remembered; beyond, one is forgotten (it is asked for its full
 /// state again on its next message).
@@ -462,6 +484,15 @@ impl ControlCenter {
         self.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The health last recorded for `agent_id` while it ran in `container`, if any.
+    pub(crate) fn last_health(&self, agent_id: &str, container: &str) -> Option<SelfHealth> {
+        let agents = self.agents.read().unwrap_or_else(|p| p.into_inner());
+        agents
+            .get(agent_id)
+            .filter(|e| e.record.last.container == container)
+            .and_then(|e| e.record.last.health.clone())
+    }
+
     /// Every agent, with its state as of now, sorted by id.
     pub fn agents(&self) -> Vec<AgentRecord> {
         let now = OffsetDateTime::now_utc();
@@ -588,12 +619,16 @@ impl ControlCenter {
                 })
                 .collect()
         };
-        let docs: Vec<(String, serde_json::Value)> = dirty
-            .into_iter()
-            .map(|(id, record)| (id, serde_json::to_value(record).unwrap_or_default()))
-            .collect();
-        store.put_documents(DOC_KIND, &docs).await?;
-        Ok(docs.len())
+        // In chunks: the documents of 10,000 changed agents at once would be a peak the allocator keeps.
+        let written = dirty.len();
+        for chunk in dirty.chunks(FLUSH_CHUNK) {
+            let docs: Vec<(String, serde_json::Value)> = chunk
+                .iter()
+                .map(|(id, record)| (id.clone(), serde_json::to_value(record).unwrap_or_default()))
+                .collect();
+            store.put_documents(DOC_KIND, &docs).await?;
+        }
+        Ok(written)
     }
 
     /// Prometheus text exposition of the control center's view.

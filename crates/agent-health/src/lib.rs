@@ -41,7 +41,7 @@ pub mod web;
 
 pub use control_center::{
     inert, AgentRecord, AgentState, ComponentStatus, ControlCenter, ControlCenterConfig, ControlCenterError, Heartbeat,
-    SelfHealth, AGENTS_PAGE, MAX_AGENT_TEXT, MAX_COMPONENTS, NEXT_PAGE_HEADER,
+    SelfHealth, AGENTS_PAGE, MAX_AGENT_TEXT, MAX_COMPONENTS, MAX_HEALTH_TEXT, NEXT_PAGE_HEADER,
 };
 pub use gate::{
     GateProgress, HealthGate, Observation, Probe, ProbeContext, ProbeEvidence, Timing, Verdict, VerdictOutcome,

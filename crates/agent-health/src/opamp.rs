@@ -234,10 +234,10 @@ fn component(h: &ComponentHealth) -> ComponentStatus {
     }
 }
 
-/// The heartbeat an OpAMP message from `who` amounts to: its arrival is the heartbeat, its health (when
-/// reported) the agent's own view; without it, the status is `unknown`, never a failure.
-pub fn heartbeat(who: &Identity, health: Option<&ComponentHealth>) -> Heartbeat {
-    let health = health.map(|h| SelfHealth {
+/// What an agent's OpAMP health says, as the control center's record of it (bounded by
+/// [`SelfHealth::bound`] when it is recorded, as every agent string is).
+pub fn self_health(h: &ComponentHealth) -> SelfHealth {
+    SelfHealth {
         healthy: h.healthy,
         status: h.status.clone(),
         last_error: h.last_error.clone(),
@@ -246,7 +246,16 @@ pub fn heartbeat(who: &Identity, health: Option<&ComponentHealth>) -> Heartbeat 
             .iter()
             .map(|(k, v)| (k.clone(), component(v)))
             .collect(),
-    });
+    }
+}
+
+/// The heartbeat an OpAMP message from `who` amounts to: its arrival is the heartbeat, its health (when
+/// reported) the agent's own view ([`self_health`]); without it, the status is `unknown`, never a failure.
+pub fn heartbeat(who: &Identity, health: Option<&ComponentHealth>) -> Heartbeat {
+    heartbeat_with(who, health.map(self_health))
+}
+
+fn heartbeat_with(who: &Identity, health: Option<SelfHealth>) -> Heartbeat {
     Heartbeat {
         agent_id: who.agent_id.clone(),
         container: who.container.clone(),
@@ -274,7 +283,7 @@ impl ControlCenter {
             ));
         }
         let mut flags = 0;
-        let known = {
+        let (known, gap) = {
             let mut ids = self.opamp.write().unwrap_or_else(|p| p.into_inner());
             // OpAMP: a sequence number that is not the previous one plus one means a message was lost (an
             // agent restarted, a request failed): what was kept of that agent may be stale, so its health is
@@ -293,21 +302,22 @@ impl ControlCenter {
             }
             if let Some(entry) = ids.get_mut(&msg.instance_uid) {
                 entry.sequence = msg.sequence_num;
-                if gap {
-                    entry.health = None;
-                    if msg.agent_description.is_none() || msg.health.is_none() {
-                        flags |= REPORT_FULL_STATE;
-                    }
-                }
-                if let Some(h) = &msg.health {
-                    entry.health = Some(h.clone());
+                if gap && (msg.agent_description.is_none() || msg.health.is_none()) {
+                    flags |= REPORT_FULL_STATE;
                 }
             }
-            ids.get(&msg.instance_uid).cloned()
+            (ids.get(&msg.instance_uid).cloned(), gap)
         };
         match known {
             Some(i) if msg.agent_disconnect.is_none() => {
-                let hb = heartbeat(&i.who, i.health.as_ref());
+                // Its health as it says now; else, with no message lost, as it said last (kept once, in its
+                // record); after a gap, unknown until it says again.
+                let health = match &msg.health {
+                    Some(h) => Some(self_health(h)),
+                    None if gap => None,
+                    None => self.last_health(&i.who.agent_id, &i.who.container),
+                };
+                let hb = heartbeat_with(&i.who, health);
                 crate::control_center::validate(&hb).map_err(|e| format!("the agent's description: {e}"))?;
                 self.record(hb);
             }

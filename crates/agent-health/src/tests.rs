@@ -352,11 +352,22 @@ async fn what_an_agent_says_of_itself_is_bounded_and_inert() {
     });
     let h = cc.agent("a").unwrap().last.health.unwrap();
     assert!(h.status.len() <= MAX_AGENT_TEXT, "{}", h.status.len());
+    // At most MAX_COMPONENTS components and MAX_HEALTH_TEXT bytes of text, the rest summed up in one entry.
+    let kept = h.components.len() - 1;
+    assert!(kept <= MAX_COMPONENTS, "{kept}");
     assert_eq!(
-        h.components.len(),
-        MAX_COMPONENTS + 1,
+        h.components["…"].status,
+        format!("{} more components not kept", 100 - kept),
         "the rest summed up in one entry"
     );
+    let text: usize = h.status.len()
+        + h.last_error.len()
+        + h.components
+            .iter()
+            .filter(|(k, _)| *k != "…")
+            .map(|(k, c)| k.len() + c.status.len() + c.last_error.len())
+            .sum::<usize>();
+    assert!(text <= MAX_HEALTH_TEXT, "{text}");
     let texts: Vec<&str> = [h.status.as_str(), h.last_error.as_str()]
         .into_iter()
         .chain(
@@ -367,7 +378,55 @@ async fn what_an_agent_says_of_itself_is_bounded_and_inert() {
         .collect();
     assert!(texts.iter().all(|t| !t.chars().any(char::is_control)), "{texts:?}");
     assert!(h.last_error.contains("\\u{1b}[8mhidden\\n"), "{}", h.last_error);
-    assert!(h.components.values().filter(|c| !c.healthy).count() >= MAX_COMPONENTS.min(50));
+    let mut twice = h.clone();
+    twice.bound();
+    assert_eq!(twice, h, "bounding twice changes nothing");
+    // The unhealthy components are the ones kept.
+    assert_eq!(h.components.values().filter(|c| !c.healthy).count(), kept);
+    // What the control center keeps of an OpAMP agent between messages is bounded the same way, not the
+    // message as it came (an outside probe's 20,000 agents with 15 KB errors took 558 MB).
+    use crate::opamp::{AgentDescription, AgentToServer, AnyValue, ComponentHealth, KeyValue, Value};
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(Value::String(v.into())),
+        }),
+    };
+    cc.opamp(AgentToServer {
+        instance_uid: vec![7; 16],
+        sequence_num: 0,
+        agent_description: Some(AgentDescription {
+            identifying_attributes: vec![kv("service.name", "agent"), kv("service.version", "1.0.0")],
+            non_identifying_attributes: vec![kv("host.name", "c2")],
+        }),
+        health: Some(ComponentHealth {
+            healthy: false,
+            last_error: huge.clone(),
+            component_health_map: (0..100)
+                .map(|i| (format!("c{i}\n"), ComponentHealth::default()))
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    let kept = cc.agent("agent@c2").map(|r| r.last.health);
+    let kept = kept.flatten().unwrap_or_else(|| panic!("{:?}", cc.agents()));
+    assert!(kept.last_error.len() <= MAX_AGENT_TEXT, "{}", kept.last_error.len());
+    assert_eq!(
+        kept.components.len(),
+        MAX_COMPONENTS + 1,
+        "32 short names fit the text budget"
+    );
+    // And a compressed message (no health, no message lost) carries that health over, kept once.
+    cc.opamp(AgentToServer {
+        instance_uid: vec![7; 16],
+        sequence_num: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let again = cc.agent("agent@c2").and_then(|r| r.last.health);
+    assert_eq!(again.as_ref(), Some(&kept));
     // Evidence from any probe is inert too: a line break or an escape an agent sends is shown, not obeyed.
     let obs = Observation::Fail("agent says: \u{1b}[8mgone\nupdated (revision 9)".into()).inert();
     assert_eq!(obs.detail(), "agent says: \\u{1b}[8mgone\\nupdated (revision 9)");
