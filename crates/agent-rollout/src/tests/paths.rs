@@ -134,27 +134,32 @@ async fn an_inconclusive_verification_keeps_the_new_version_on_every_path() {
     assert_eq!(image_of(&rt, "agent.rev2").await, "acme/agent:2.0");
 }
 
-/// A killed start-first switch is repaired by the inverses of the steps it reached, as a live revert would.
-#[tokio::test(start_paused = true)]
-async fn recovery_runs_the_inverses_of_the_reached_steps() {
-    use crate::plan::{Begin, OpKind, Step};
-    let (rt, store, up) = setup();
-    let old = rt.inspect_container("agent").await.unwrap();
-    // What a process killed right after renaming the old container left behind.
-    rt.stop_container("agent", None).await.unwrap();
-    rt.rename_container("agent", "agent.rev1").await.unwrap();
-    let subject = subject_key(rt.endpoint(), "agent");
-    let begin = Begin {
-        kind: OpKind::Update,
+/// The begin facts of a stop-first update of the running `agent` (id `old_id`) from revision 1 to 2.
+fn update_begin(old_id: &str) -> crate::plan::Begin {
+    crate::plan::Begin {
+        kind: crate::plan::OpKind::Update,
         container: "agent".into(),
-        old_id: old.id.clone(),
+        old_id: old_id.to_owned(),
         old_running: true,
         old_restart: RestartPolicy::UnlessStopped,
         old_revision: 1,
         new_revision: 2,
         retained_name: "agent.rev1".into(),
         from_retained: None,
-    };
+    }
+}
+
+/// A killed start-first switch is repaired by the inverses of the steps it reached, as a live revert would.
+#[tokio::test(start_paused = true)]
+async fn recovery_runs_the_inverses_of_the_reached_steps() {
+    use crate::plan::Step;
+    let (rt, store, up) = setup();
+    let old = rt.inspect_container("agent").await.unwrap();
+    // What a process killed right after renaming the old container left behind.
+    rt.stop_container("agent", None).await.unwrap();
+    rt.rename_container("agent", "agent.rev1").await.unwrap();
+    let subject = subject_key(rt.endpoint(), "agent");
+    let begin = update_begin(&old.id);
     let records = [Step::Begin(begin), Step::StopOld, Step::RenameOld]
         .iter()
         .map(|s| serde_json::to_value(s).unwrap())
@@ -196,21 +201,11 @@ async fn a_failed_undo_retains_its_revision_again_with_no_restart_policy() {
 /// moment.
 #[tokio::test(start_paused = true)]
 async fn recovery_from_the_begin_alone_never_stops_the_old_container() {
-    use crate::plan::{Begin, OpKind, Step};
+    use crate::plan::Step;
     let (rt, store, up) = setup();
     let old = rt.inspect_container("agent").await.unwrap();
     let subject = subject_key(rt.endpoint(), "agent");
-    let begin = Begin {
-        kind: OpKind::Update,
-        container: "agent".into(),
-        old_id: old.id.clone(),
-        old_running: true,
-        old_restart: RestartPolicy::UnlessStopped,
-        old_revision: 1,
-        new_revision: 2,
-        retained_name: "agent.rev1".into(),
-        from_retained: None,
-    };
+    let begin = update_begin(&old.id);
     let records = [Step::Begin(begin), Step::AfterBegin]
         .iter()
         .map(|s| serde_json::to_value(s).unwrap())
