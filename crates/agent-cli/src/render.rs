@@ -433,6 +433,10 @@ pub(crate) fn update_text(r: &UpdateReport) -> String {
             }
         }
     }
+    for note in &r.notes {
+        out.push('\n');
+        out.push_str(&yellow(&format!("note: {note}")));
+    }
     if let Some(b) = &r.backup {
         out.push_str(&format!("\nbackup: {}", b.display()));
     }

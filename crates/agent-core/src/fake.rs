@@ -13,7 +13,10 @@
 //! - a HEALTHCHECK is `starting` until `ImageBehaviour::healthy_after` has passed since the start;
 //! - `logs` honours `since` and `tail`.
 //!
-//! What it does not model: networks and addresses, volumes and their data, ports, resource limits, the
+//! - a container created with a named volume creates it when missing, and `volume_exists` says whether a
+//!   volume is there (`drop_volume` is `docker volume prune`).
+//!
+//! What it does not model: networks and addresses, the data in volumes, ports, resource limits, the
 //! timing of real operations (every call returns at once), events, and an engine's restarts.
 
 use std::collections::BTreeMap;
@@ -122,6 +125,7 @@ struct FakeState {
     ops: Vec<String>,
     usage: BTreeMap<String, ResourceUsage>,
     records: BTreeMap<String, FakeRecord>,
+    volumes: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -270,6 +274,12 @@ impl FakeRuntime {
         }
     }
 
+    /// Removes a volume whatever uses it, as `docker volume prune` does to a volume no container uses any
+    /// more (test setup; bypasses faults).
+    pub fn drop_volume(&self, name: &str) {
+        self.lock().volumes.remove(name);
+    }
+
     /// Sets what `stats` reports for a container.
     pub fn set_usage(&self, container: &str, usage: ResourceUsage) {
         self.lock().usage.insert(container.to_owned(), usage);
@@ -365,6 +375,11 @@ fn create_locked(s: &mut FakeState, endpoint: &str, spec: &ContainerSpec) -> Res
             container: name,
             message: format!("env {} is a redacted secret with no value", var.name),
         });
+    }
+    for m in &spec.mounts {
+        if let crate::spec::MountKind::Volume { name, .. } = &m.kind {
+            s.volumes.insert(name.clone());
+        }
     }
     s.next_id += 1;
     let id = fake_id(s.next_id);
@@ -657,6 +672,11 @@ impl ContainerRuntime for FakeRuntime {
                 labels: c.spec.labels.clone(),
             })
             .collect())
+    }
+
+    async fn volume_exists(&self, name: &str) -> Result<Option<bool>, RuntimeError> {
+        let s = self.enter("volume-inspect", name)?;
+        Ok(Some(s.volumes.contains(name)))
     }
 
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {

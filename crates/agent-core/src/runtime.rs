@@ -365,6 +365,14 @@ pub trait ContainerRuntime: Send + Sync {
     /// Removes an image that no container uses.
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
 
+    /// Whether the volume `name` exists on the engine: `Some(false)` when it is gone (a `docker volume
+    /// prune`), so that a container created with it gets a new, empty one. `None` (the default) is a runtime
+    /// that cannot tell.
+    async fn volume_exists(&self, name: &str) -> Result<Option<bool>, RuntimeError> {
+        let _ = name;
+        Ok(None)
+    }
+
     /// Gives the local image `image` (an id or a reference) the reference `reference` (a tag; a reference
     /// with a digest is refused): how an image pulled back by its digest gets the tag a container was
     /// created with. A runtime that cannot tag says so with [`RuntimeError::Engine`] (the default).

@@ -848,6 +848,14 @@ impl ContainerRuntime for DockerRuntime {
         self.inspect_record(name).await
     }
 
+    async fn volume_exists(&self, name: &str) -> Result<Option<bool>, RuntimeError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(_) => Ok(Some(true)),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(Some(false)),
+            Err(e) => Err(self.err("volume-inspect", name, e)),
+        }
+    }
+
     async fn read_record(&self, record: &str, file: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
         self.read_record_file(record, file).await
     }

@@ -193,6 +193,7 @@ impl Executed {
             probation: None,
             restored_by: None,
             restored: self.restored,
+            notes: Vec::new(),
         })
     }
 }
@@ -465,11 +466,12 @@ impl Updater {
                         ),
                     ));
                 };
-                let id = self.recreate_old(b, old, reason).await?;
+                let (id, gone) = self.recreate_old(b, old, reason).await?;
                 match self.runtime.inspect_container(name).await {
                     Ok(info) if info.id == id && (!b.old_running || info.state.is_running()) => Ok(Some(format!(
-                        "recreated from its recorded configuration: its retained container {} was gone",
-                        b.retained_name
+                        "recreated from its recorded configuration: its retained container {} was gone{}",
+                        b.retained_name,
+                        gone.map(|g| format!("; {g}")).unwrap_or_default()
                     ))),
                     Ok(info) => Err(not_as_expected(
                         expected,
@@ -488,8 +490,14 @@ impl Updater {
 
     /// Creates the old container of the operation `b` began again from `old` (its retained container is
     /// gone), its image pulled back by the recorded digest when the engine no longer has it; starts it when
-    /// it ran. Returns its id. A step that fails is [`Error::RevertFailed`] (exit 5).
-    async fn recreate_old(&self, b: &Begin, old: &OldContainer, reason: &str) -> Result<String, Error> {
+    /// it ran. Returns its id, and what it says of the volumes it mounts that were gone and were created
+    /// empty ([`Updater::gone_volumes`]). A step that fails is [`Error::RevertFailed`] (exit 5).
+    async fn recreate_old(
+        &self,
+        b: &Begin,
+        old: &OldContainer,
+        reason: &str,
+    ) -> Result<(String, Option<String>), Error> {
         let name = b.container.as_str();
         let image = old.spec.image.clone();
         if self.runtime.inspect_image(&old.image_id).await.is_err() {
@@ -561,6 +569,13 @@ impl Updater {
                 b.retained_name, b.old_revision
             ),
         });
+        let gone = self.gone_volumes(&spec).await;
+        if let Some(g) = &gone {
+            self.reporter.report(&Event::Step {
+                step: "recreate-old",
+                detail: g.clone(),
+            });
+        }
         let id = self
             .runtime
             .create_container(&spec)
@@ -572,7 +587,37 @@ impl Updater {
                 .await
                 .map_err(|e| StepFailed::at("recreate-old", name)(e).reverting(name, reason))?;
         }
-        Ok(id)
+        Ok((id, gone))
+    }
+
+    /// What creating `spec` will do to the volumes it mounts that the engine no longer has (a `docker volume
+    /// prune` after its containers were removed): the engine creates them anew, empty, and the data they held
+    /// is not there. `None` when every volume is there (or the runtime cannot tell).
+    pub(crate) async fn gone_volumes(&self, spec: &ContainerSpec) -> Option<String> {
+        let mut gone = Vec::new();
+        for m in &spec.mounts {
+            if let agent_core::MountKind::Volume { name, anonymous } = &m.kind {
+                if let Ok(Some(false)) = self.runtime.volume_exists(name).await {
+                    let what = if *anonymous {
+                        format!("anonymous volume {}", short_id(name))
+                    } else {
+                        format!("volume {name}")
+                    };
+                    gone.push(format!("its {what} at {} was gone (pruned)", m.target));
+                }
+            }
+        }
+        (!gone.is_empty()).then(|| {
+            let (was, it) = if gone.len() == 1 {
+                ("was", "it")
+            } else {
+                ("were", "they")
+            };
+            format!(
+                "{} and {was} created empty: the data {it} held is not there",
+                gone.join(", ")
+            )
+        })
     }
 
     /// Carries out one step of `op`'s plan.

@@ -100,6 +100,10 @@ pub struct UpdateReport {
     /// configuration (its retained container was gone); `None` when its retained container took the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored: Option<String>,
+    /// What the engine showed beside the change that the operator must know, in words: a volume the
+    /// revision mounts was gone (pruned) and was created empty, so the data it held is not there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The current state of one container, for `agentctl status`.

@@ -159,6 +159,18 @@ impl Updater {
                 faithful_to,
             )
         };
+        // Recreated from its configuration, it gets new, empty volumes for those that were pruned: said before
+        // and in the report, never found out later.
+        let gone = match &source {
+            Source::Create(spec) => self.gone_volumes(spec).await,
+            Source::Existing { .. } => None,
+        };
+        if let Some(g) = &gone {
+            self.reporter.report(&Event::Step {
+                step: "volume-gone",
+                detail: format!("revision {}: {g}", target.number),
+            });
+        }
         let req = undo.to_update(target.image.clone());
         let meta = RevisionMeta {
             image: target.image.clone(),
@@ -202,6 +214,9 @@ impl Updater {
             }
         };
         report.recovered = recovered;
+        report
+            .notes
+            .extend(gone.map(|g| format!("revision {}: {g}", target.number)));
         Ok(report)
     }
 

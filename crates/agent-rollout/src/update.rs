@@ -211,6 +211,7 @@ impl Updater {
             probation: None,
             restored_by: None,
             restored: None,
+            notes: Vec::new(),
         })))
     }
 
@@ -378,6 +379,7 @@ impl Updater {
                     probation: None,
                     restored_by: None,
                     restored: None,
+                    notes: Vec::new(),
                 },
             };
             report.backup = ready.backup;

@@ -186,7 +186,7 @@ fn start_slow_run(w: &World, img: &Images) -> (std::process::Child, String) {
 fn ctrl_c_removes_the_environment() {
     let img = images();
     let w = World::new("contract-int");
-    let (mut child, run) = start_slow_run(&w, &img);
+    let (mut child, run) = start_slow_run(&w, img);
     assert_eq!(
         leftovers(&run).len(),
         2,
@@ -204,7 +204,7 @@ fn ctrl_c_removes_the_environment() {
 fn the_environment_of_a_killed_run_is_swept_by_the_next_one() {
     let img = images();
     let w = World::new("contract-kill");
-    let (mut child, run) = start_slow_run(&w, &img);
+    let (mut child, run) = start_slow_run(&w, img);
     let _ = Command::new("kill").args(["-9", &child.id().to_string()]).status();
     let _ = child.wait();
     assert_eq!(leftovers(&run).len(), 2, "a killed run leaves its agent and network");

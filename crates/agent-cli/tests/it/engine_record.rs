@@ -177,6 +177,31 @@ fn prunes_between_and_during_operations_lose_nothing_agentctl_could_keep_and_nam
     let up = agentctl(&[&["update", &name, "--image", &img.refs["v2"]], fast].concat());
     assert_eq!(code(&up), 0, "{}", stderr(&up));
     assert_eq!(cache_seed(&e, &name), cached);
+
+    // An agent (without secrets, which are never stored) removed, then every stopped container and every
+    // unused volume pruned: its data is gone from the engine. Undo brings it back from the store's history
+    // and says its volume came back empty instead of claiming it is back as it was.
+    let plain = w.name("plain");
+    w.docker_run_on(ep, &plain, &["-v", "/cache"], &img.refs["v1"]);
+    assert!(e
+        .docker(&["cp", seed.to_str().unwrap(), &format!("{plain}:/cache/seed.txt")])
+        .status
+        .success());
+    let up = agentctl(&[&["update", &plain, "--image", &img.refs["v2"]], fast].concat());
+    assert_eq!(code(&up), 0, "{}", stderr(&up));
+    assert!(e.docker(&["rm", "-f", &plain]).status.success());
+    e.prune(&["container", "prune", "-f"]);
+    e.prune(&["volume", "prune", "-f"]);
+    let undo = agentctl(&[&["undo", &plain], fast].concat());
+    assert_eq!(code(&undo), 0, "{}", stderr(&undo));
+    assert!(
+        stdout(&undo).contains("at /cache was gone (pruned) and was created empty: the data it held is not there"),
+        "{}",
+        stdout(&undo)
+    );
+    assert!(e.state(&plain).is_some_and(|(_, running, _)| running));
+    assert!(cache_seed(&e, &plain).is_empty(), "the volume is a new, empty one");
+    let _ = e.docker(&["rm", "-f", "-v", &plain]);
     let _ = e.docker(&["rm", "-f", "-v", &name]);
     let _ = e.docker(&["container", "prune", "-f"]);
 }

@@ -295,6 +295,50 @@ async fn undo_brings_back_an_agent_removed_by_mistake() {
     assert_eq!(rt.container_names(), ["agent"]);
 }
 
+/// An agent removed with its data volume pruned after it: undo recreates it with a new, empty volume (the
+/// engine's doing) and says so, naming the volume, instead of claiming the agent is back as it was.
+#[tokio::test(start_paused = true)]
+async fn undo_says_which_volume_came_back_empty() {
+    let (rt, _store, up) = setup();
+    let mut spec = rt.inspect_container("agent").await.unwrap().spec;
+    rt.stop_container("agent", None).await.unwrap();
+    rt.remove_container("agent").await.unwrap();
+    let volume = format!("{:064x}", 0xda7a);
+    spec.mounts.push(agent_core::Mount {
+        target: "/data".into(),
+        kind: agent_core::MountKind::Volume {
+            name: volume.clone(),
+            anonymous: true,
+        },
+        read_only: false,
+    });
+    rt.run(spec).unwrap();
+    up.update(&req("acme/agent:2.0")).await.unwrap();
+    for pruned in [false, true] {
+        rt.stop_container("agent", None).await.unwrap();
+        rt.remove_container("agent").await.unwrap();
+        if pruned {
+            rt.drop_volume(&volume);
+        }
+        let report = up
+            .undo(&undo_req(Some(agent_core::RevisionNumber::new(2).unwrap())))
+            .await
+            .unwrap();
+        assert_eq!(report.status, UpdateStatus::Updated, "{:?}", report.reason);
+        if pruned {
+            assert_eq!(
+                report.notes,
+                [format!(
+                    "revision 2: its anonymous volume {} at /data was gone (pruned) and was created empty: the data it held is not there",
+                    &volume[..12]
+                )]
+            );
+        } else {
+            assert_eq!(report.notes, Vec::<String>::new(), "the volume was there");
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn undo_of_an_agent_nobody_knows_says_where_it_looked() {
     let (rt, _store, up) = setup();
