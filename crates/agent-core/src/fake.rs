@@ -13,8 +13,9 @@
 //! - a HEALTHCHECK is `starting` until `ImageBehaviour::healthy_after` has passed since the start;
 //! - `logs` honours `since` and `tail`.
 //!
-//! - a container created with a named volume creates it when missing, and `volume_exists` says whether a
-//!   volume is there (`drop_volume` is `docker volume prune`).
+//! - a container created with a named volume creates it when missing, a `VOLUME` its image declares where
+//!   it mounts nothing gets a new anonymous volume, and `volume_exists` says whether a volume is there
+//!   (`drop_volume` is `docker volume prune`).
 //!
 //! What it does not model: networks and addresses, the data in volumes, ports, resource limits, the
 //! timing of real operations (every call returns at once), events, and an engine's restarts.
@@ -376,6 +377,21 @@ fn create_locked(s: &mut FakeState, endpoint: &str, spec: &ContainerSpec) -> Res
             message: format!("env {} is a redacted secret with no value", var.name),
         });
     }
+    // A VOLUME the image declares where the spec mounts nothing gets a new anonymous volume, as on an engine.
+    let mut spec = spec.clone();
+    for path in &info.defaults.volumes {
+        if !spec.mounts.iter().any(|m| &m.target == path) {
+            s.next_id += 1;
+            spec.mounts.push(crate::spec::Mount {
+                target: path.clone(),
+                kind: crate::spec::MountKind::Volume {
+                    name: fake_id(s.next_id),
+                    anonymous: true,
+                },
+                read_only: false,
+            });
+        }
+    }
     for m in &spec.mounts {
         if let crate::spec::MountKind::Volume { name, .. } = &m.kind {
             s.volumes.insert(name.clone());
@@ -387,7 +403,7 @@ fn create_locked(s: &mut FakeState, endpoint: &str, spec: &ContainerSpec) -> Res
         name,
         FakeContainer {
             id: id.clone(),
-            spec: spec.clone(),
+            spec,
             image_id: info.id,
             state: ContainerState {
                 status: ContainerStatus::Created,

@@ -258,4 +258,29 @@ mod tests {
         let g = LeaseGuard::acquire(store2, "k", &me).await.unwrap();
         assert_eq!(g.taken_over().unwrap().holder.id, ghost.id);
     }
+
+    /// Dead only when known dead: a pid that no longer runs here, or one that runs a process started at
+    /// another time; alive when the start time is unknown (0) or the holder is on another host.
+    #[test]
+    fn a_holder_is_dead_only_when_its_process_is_known_gone() {
+        let me = holder_for_this_process("me");
+        assert!(!holder_is_dead(&me), "this process runs");
+        let mut unknown_start = me.clone();
+        unknown_start.id = format!("{}:{}:0:n", me.hostname, me.pid);
+        assert!(!holder_is_dead(&unknown_start), "no start time: not known dead");
+        let mut elsewhere = me.clone();
+        elsewhere.hostname = "another-host".into();
+        elsewhere.id = format!("another-host:{}:1:n", me.pid);
+        assert!(
+            !holder_is_dead(&elsewhere),
+            "another host's process cannot be seen from here"
+        );
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = child.id();
+        child.wait().unwrap();
+        let mut gone = me.clone();
+        gone.pid = gone_pid;
+        gone.id = format!("{}:{gone_pid}:0:n", me.hostname);
+        assert!(holder_is_dead(&gone), "pid {gone_pid} no longer runs");
+    }
 }

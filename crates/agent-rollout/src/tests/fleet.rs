@@ -93,6 +93,37 @@ async fn a_canary_pauses_until_promoted_then_completes() {
     );
 }
 
+/// `maxFailureRatio: 0.5` over four targets allows two failures: both of host b's fail, the rollout goes on
+/// to its end without reverting the two that work, and says which failed (never stops at the first).
+#[tokio::test(start_paused = true)]
+async fn failures_within_the_ratio_let_the_rollout_finish() {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hs = hosts(true);
+    let (f, _store) = fleet(hs.clone(), events.clone());
+    let s = spec(&format!("name: fleet\nimage: acme/agent:2.0\n{TARGETS}strategy:\n  rolling: {{maxUnavailable: 1}}\nrollback: {{maxFailureRatio: 0.5}}\n{HEALTH}"));
+    let st = f.apply(s).await.unwrap();
+    let by: Vec<(&str, TargetStatus)> = st.targets.iter().map(|t| (t.container.as_str(), t.status)).collect();
+    assert_eq!(
+        by,
+        [
+            ("a1", TargetStatus::Updated),
+            ("a2", TargetStatus::Updated),
+            ("b1", TargetStatus::Failed),
+            ("b2", TargetStatus::Failed)
+        ],
+        "{:?}",
+        st.reason
+    );
+    assert_ne!(st.phase(), agent_core::Phase::RolledBack, "{:?}", st.reason);
+    for c in ["a1", "a2"] {
+        let info = hs[0].inspect_container(c).await.unwrap();
+        assert!(
+            info.spec.image.familiar().starts_with("acme/agent:2.0@sha256:"),
+            "{c} kept 2.0, pinned"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failure_past_the_ratio_reverts_every_touched_target() {
     let events = Arc::new(std::sync::Mutex::new(Vec::new()));

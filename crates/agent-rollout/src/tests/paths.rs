@@ -227,6 +227,76 @@ async fn recovery_from_the_begin_alone_never_stops_the_old_container() {
     assert_eq!(now.state.restart_count, old.state.restart_count);
 }
 
+/// A `VOLUME` the new image declares where the old container mounted nothing gets a new anonymous volume
+/// from the engine: the new image's default, no difference; the old container's own bind and anonymous
+/// volume are still compared, and kept.
+#[tokio::test(start_paused = true)]
+async fn a_volume_the_new_image_declares_is_no_difference_and_the_old_mounts_still_count() {
+    use agent_core::{Mount, MountKind};
+    let rt = Arc::new(FakeRuntime::default());
+    rt.add_local_image(
+        &img("acme/agent:1.0"),
+        ImageDefaults::default(),
+        ImageBehaviour::default(),
+    );
+    let declares = ImageDefaults {
+        volumes: vec!["/data".into()],
+        ..Default::default()
+    };
+    rt.publish_image(&img("acme/agent:2.0"), declares, ImageBehaviour::default());
+    let mut spec = ContainerSpec::new("agent".parse().unwrap(), img("acme/agent:1.0"));
+    let cache = format!("{:064x}", 0xcac4e);
+    spec.mounts = vec![
+        Mount {
+            target: "/etc/agent".into(),
+            kind: MountKind::Bind {
+                source: "/srv/agent".into(),
+            },
+            read_only: true,
+        },
+        Mount {
+            target: "/cache".into(),
+            kind: MountKind::Volume {
+                name: cache.clone(),
+                anonymous: true,
+            },
+            read_only: false,
+        },
+    ];
+    rt.run(spec).unwrap();
+    let up = Updater::new(rt.clone(), Arc::new(MemoryStore::default()), Arc::new(Silent));
+    let report = up.update(&req("acme/agent:2.0")).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::Updated, "{:?}", report.reason);
+    assert!(report.unexpected_changes.is_empty(), "{:?}", report.unexpected_changes);
+    let mounts = rt.inspect_container("agent").await.unwrap().spec.mounts;
+    let at = |path: &str| mounts.iter().find(|m| m.target == path).map(|m| m.kind.clone());
+    assert!(
+        matches!(at("/data"), Some(MountKind::Volume { anonymous: true, .. })),
+        "{mounts:?}"
+    );
+    assert_eq!(
+        at("/cache"),
+        Some(MountKind::Volume {
+            name: cache,
+            anonymous: true
+        })
+    );
+    assert!(matches!(at("/etc/agent"), Some(MountKind::Bind { .. })));
+}
+
+/// A stopped agent whose update fails is put back stopped, as it was: a revert starts only what ran.
+#[tokio::test(start_paused = true)]
+async fn a_failed_update_of_a_stopped_agent_leaves_it_stopped() {
+    let (rt, _store, up) = setup();
+    rt.stop_container("agent", None).await.unwrap();
+    let old = rt.inspect_container("agent").await.unwrap();
+    let report = up.update(&req("acme/agent:3.0")).await.unwrap();
+    assert_eq!(report.status, UpdateStatus::RolledBack, "{:?}", report.reason);
+    let now = rt.inspect_container("agent").await.unwrap();
+    assert_eq!(now.id, old.id);
+    assert!(!now.state.is_running(), "the revert started a stopped agent");
+}
+
 /// The README's headline safety claim, on every path that recreates: when what the engine made differs
 /// from what was asked (here an engine that adds an env variable), the update rolls back and names the
 /// field, even with every probe healthy.
