@@ -89,8 +89,8 @@ const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 pub const MAX_SESSIONS: usize = 256;
 /// Failed sign-ins a client address may make in [`SIGN_IN_WINDOW`] before it must wait for the window's end.
 pub const MAX_FAILED_SIGN_INS: u32 = 5;
-/// The window failed sign-ins are counted in.
-const SIGN_IN_WINDOW: Duration = Duration::from_secs(300);
+/// The window failed sign-ins are counted in, from the first failure: five minutes.
+pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(300);
 
 /// Failed sign-ins by client address: how many, since when.
 pub(crate) type SignInFailures = std::sync::Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>;
