@@ -734,7 +734,13 @@ fn a_running_apply_takes_an_abort_during_a_timed_pause_keeps_its_weights_and_nam
         .count()
         < 2
     {
-        assert!(Instant::now() < deadline, "3.0.0 never got 20 %: {:?}", hap.servers());
+        if Instant::now() >= deadline {
+            let servers = hap.servers();
+            let mut running = running;
+            let _ = running.kill();
+            let out = running.wait_with_output().unwrap();
+            panic!("3.0.0 never got 20 %: {servers:?}\n{}\n{}", stdout(&out), stderr(&out));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let servers = hap.servers();
@@ -743,6 +749,16 @@ fn a_running_apply_takes_an_abort_during_a_timed_pause_keeps_its_weights_and_nam
         previews.iter().all(|s| s.0.ends_with("-3.0.0")) && !servers.iter().any(|s| s.0.ends_with("-2.0.0")),
         "a server name says what runs there: {servers:?}"
     );
+    // And which agent: the killed rollout's previews may have had their addresses the other way round.
+    for n in &agents {
+        let at = format!("{}:8080", ip(&w, &format!("{n}.preview"), &net));
+        let named: Vec<_> = previews.iter().filter(|s| s.1 == at).map(|s| s.0.as_str()).collect();
+        assert_eq!(
+            named,
+            [format!("{n}-3.0.0")],
+            "the server at {at}, {n}'s preview: {servers:?}"
+        );
+    }
 
     // A weight changed behind the rollout's back (a second client of the admin socket) is put back.
     let victim = previews[0].0.clone();

@@ -49,8 +49,6 @@ struct Wanted {
     addr: String,
     /// `CONTAINER-VERSION`: what runs there, as a judge selecting by server name reads it.
     name: String,
-    /// `CONTAINER-`: the start of every name the rollout gives a server of this target.
-    prefix: String,
     weight: u16,
 }
 
@@ -98,15 +96,22 @@ impl Fleet {
         let servers = haproxy.servers().await.map_err(&err)?;
         let mut names: BTreeSet<String> = servers.iter().map(|s| s.name.clone()).collect();
         let mut renamed = Vec::new();
+        // `CONTAINER-`: the start of every name the rollout gives a server of one of its targets.
+        let prefixes: Vec<String> = state.targets.iter().map(|t| server_name(&t.container, "")).collect();
         for w in &wanted {
             let at: Vec<_> = servers.iter().filter(|s| s.endpoint() == w.endpoint).collect();
-            // A server this rollout's scheme named for another version than runs there now (the previews
-            // of a killed rollout whose addresses new previews got) must not stay: a judge selecting the
-            // canary by server name would count the new version's requests as the old one's. It is replaced
-            // by a server named for what runs; a server the configuration named is kept as it is.
+            // A server this rollout's scheme named for another version or another target than runs there
+            // now (the previews of a killed rollout whose addresses new previews got, in any order) must not
+            // stay: a judge selecting the canary by server name would count the new version's requests as
+            // the old one's. It is replaced by a server named for what runs; a server the configuration
+            // named is kept as it is.
             let stale: Vec<_> = at
                 .iter()
-                .filter(|s| s.name != w.name && s.name.starts_with(&w.prefix) && !named_for(&s.name, &w.name))
+                .filter(|s| {
+                    s.name != w.name
+                        && !named_for(&s.name, &w.name)
+                        && prefixes.iter().any(|p| s.name.starts_with(p.as_str()))
+                })
                 .collect();
             let right = at.iter().any(|s| !stale.iter().any(|x| x.name == s.name));
             if !right {
@@ -226,7 +231,6 @@ impl Fleet {
                     endpoint: format!("{addr}:{}", spec.port),
                     addr,
                     name: server_name(container, &version),
-                    prefix: server_name(container, ""),
                     weight,
                 });
                 Ok::<(), Error>(())
@@ -234,7 +238,7 @@ impl Fleet {
             if let Some(weight) = live {
                 match rt.inspect_container(name.as_str()).await {
                     Ok(info) => {
-                        let v = info.spec.image.tag().map_or("old", |t| t.as_str()).to_owned();
+                        let v = running_version(&info, &state.pinned, &version);
                         add(name.as_str(), info, weight, v)?
                     }
                     Err(agent_core::RuntimeError::ContainerNotFound { .. }) => {}
@@ -251,6 +255,21 @@ impl Fleet {
         }
         Ok((wanted, complete))
     }
+}
+
+/// The version a live container runs, for its server's name: the rollout's `version` when it runs the
+/// pinned digest (a promoted preview is created from the digest alone, so its reference has no tag), else
+/// its image's tag, else its `org.opencontainers.image.version` label, else `old`.
+fn running_version(info: &agent_core::ContainerInfo, pinned: &agent_core::ImageRef, version: &str) -> String {
+    if pinned.digest().is_some() && info.spec.image.digest() == pinned.digest() {
+        return version.to_owned();
+    }
+    info.spec
+        .image
+        .tag()
+        .map(|t| t.as_str().to_owned())
+        .or_else(|| info.all_labels.get("org.opencontainers.image.version").cloned())
+        .unwrap_or_else(|| "old".into())
 }
 
 /// Whether the server `name` is `wanted` made unique with a `-N` suffix (two servers of one name at once).
