@@ -451,3 +451,47 @@ pub trait StateStore: Send + Sync {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn holder(id: &str) -> LeaseHolder {
+        LeaseHolder {
+            id: id.into(),
+            hostname: "ci-7".into(),
+            pid: 4242,
+            purpose: "update agent".into(),
+        }
+    }
+
+    /// The refusal names the holder and the lease's times as RFC 3339, which the operator compares with the
+    /// clock to decide whether to wait.
+    #[test]
+    fn a_held_lease_is_refused_naming_its_holder_and_its_times() {
+        let now = datetime!(2026-12-08 03:00:00 UTC);
+        let lease = lease_rules::acquire(None, "agent", &holder("a"), now, Duration::from_secs(30)).unwrap();
+        let err =
+            lease_rules::acquire(Some(lease.clone()), "agent", &holder("b"), now, Duration::from_secs(30)).unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::LeaseHeld {
+                key: "agent".into(),
+                holder: holder("a"),
+                since: "2026-12-08T03:00:00Z".into(),
+                until: "2026-12-08T03:00:30Z".into(),
+            }
+        );
+        // Its own holder takes it again with the new ttl.
+        let again = lease_rules::acquire(Some(lease.clone()), "agent", &holder("a"), now, Duration::from_secs(60));
+        assert_eq!(again.unwrap().expires_at, now + Duration::from_secs(60));
+        // At its expiry it is free: held means it expires after now.
+        let expiry = now + Duration::from_secs(30);
+        let taken = lease_rules::acquire(Some(lease), "agent", &holder("b"), expiry, Duration::from_secs(30));
+        assert_eq!(taken.unwrap().holder.id, "b");
+    }
+}

@@ -432,7 +432,9 @@ impl HealthGate {
                 match &obs {
                     Observation::Pass(_) => {
                         ev.passes += 1;
-                        if track.consecutive_fail > 0 || track.consecutive_pass == 0 {
+                        // The first pass after anything else (a failure, a pending or inconclusive
+                        // result; a failure always leaves `consecutive_pass` at 0) counts at once.
+                        if track.consecutive_pass == 0 {
                             track.last_counted = None;
                         }
                         if track.counts(round_start, t.period) {

@@ -482,3 +482,174 @@ async fn a_container_its_policy_restarted_fails_the_container_probe_though_it_ru
     assert!(matches!(obs, Observation::Fatal(_)), "{obs:?}");
     assert!(obs.detail().contains("restarted 1 time"), "{}", obs.detail());
 }
+
+fn scripted(script: Vec<Observation>) -> Scripted {
+    Scripted {
+        calls: AtomicU32::new(0),
+        script,
+    }
+}
+
+/// The evidence a verdict carries counts each kind of result, under the probe's own name.
+#[tokio::test(start_paused = true)]
+async fn the_evidence_counts_every_kind_of_result_under_the_probes_name() {
+    use Observation::*;
+    let probe = scripted(vec![
+        Pass("".into()),
+        Fail("x".into()),
+        Inconclusive("y".into()),
+        Pending("z".into()),
+        Pass("".into()),
+    ]);
+    let rt = running(ImageBehaviour::default());
+    let v = HealthGate::new(timing())
+        .with_probe(probe)
+        .with_probe(ContainerStateProbe)
+        .run(&ctx(rt, "a"), &|_| {})
+        .await;
+    assert_eq!(v.outcome, VerdictOutcome::Healthy, "{v}");
+    let e = &v.evidence[0];
+    assert_eq!(e.probe, "scripted");
+    assert_eq!((e.failures, e.inconclusive, e.passes + 3), (1, 1, e.checks), "{e:?}");
+    assert!(e.passes >= 4, "{e:?}");
+    assert_eq!(v.evidence[1].probe, "container");
+    assert_eq!(v.evidence[1].passes, v.evidence[1].checks);
+
+    let fatal = scripted(vec![Pass("".into()), Fatal("exited".into())]);
+    let v = HealthGate::new(timing())
+        .with_probe(fatal)
+        .run(&ctx(running(ImageBehaviour::default()), "a"), &|_| {})
+        .await;
+    assert_eq!(v.outcome, VerdictOutcome::Unhealthy, "{v}");
+    let e = &v.evidence[0];
+    assert_eq!((e.checks, e.passes, e.failures, e.inconclusive), (2, 1, 1, 0), "{e:?}");
+}
+
+/// Results count toward a threshold a period apart, except the first of a kind after another kind, which
+/// counts at once. Until every probe passes, rounds come at 0, 50, 150, 350, 750 and 1550 ms, then a period
+/// (1 s) apart; with two passes needed, one pass does not end the fast rounds.
+#[tokio::test(start_paused = true)]
+async fn the_first_result_of_a_kind_counts_at_once_and_the_rest_a_period_apart() {
+    use Observation::*;
+    let run = |script: Vec<Observation>, timing: Timing| async move {
+        HealthGate::new(timing)
+            .with_probe(scripted(script))
+            .run(&ctx(running(ImageBehaviour::default()), "a"), &|_| {})
+            .await
+    };
+    let two = Timing {
+        success_threshold: 2,
+        ..timing()
+    };
+    // A pass after a pending result counts at once (at 150 ms), though a pass counted at 0 ms; the second
+    // counts at 1.55 s, the first round a period after it: healthy from 1.55 s, the verdict 3 s later.
+    let v = run(vec![Pass("".into()), Pending("".into()), Pass("".into())], two.clone()).await;
+    assert_eq!(v.outcome, VerdictOutcome::Healthy, "{v}");
+    assert_eq!(v.elapsed, Duration::from_millis(4550), "{v}");
+    // A failure after a pass counts at once (at 50 ms); the second counts at 1.55 s.
+    let v = run(vec![Pass("".into()), Fail("x".into())], two).await;
+    assert_eq!(v.outcome, VerdictOutcome::Unhealthy, "{v}");
+    assert_eq!(v.elapsed, Duration::from_millis(1550), "{v}");
+    // Three passes in a row need two periods, however fast the first rounds come: counted at 0 ms, 1.55 s
+    // and 2.55 s; held 1 s, the verdict at 3.55 s.
+    let three = Timing {
+        success_threshold: 3,
+        min_healthy_time: Duration::from_secs(1),
+        ..timing()
+    };
+    let v = run(vec![Pass("".into())], three).await;
+    assert_eq!(v.outcome, VerdictOutcome::Healthy, "{v}");
+    assert_eq!(v.elapsed, Duration::from_millis(3550), "{v}");
+}
+
+/// The deadline ends the gate at the last round that fits before it, and the reason names only the probes
+/// that were not passing.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_ends_at_the_last_round_before_it_naming_what_did_not_pass() {
+    let run = |deadline: Duration| async move {
+        HealthGate::new(Timing {
+            deadline,
+            success_threshold: 3,
+            ..timing()
+        })
+        .with_probe(ContainerStateProbe)
+        .with_probe(scripted(vec![Observation::Pending("starting".into())]))
+        .run(&ctx(running(ImageBehaviour::default()), "a"), &|_| {})
+        .await
+    };
+    // Three passes needed: the container probe has exactly three (at 0, 1.55 and 2.55 s) when a 3 s
+    // deadline ends the gate at 2.55 s, and is not named.
+    let v = run(Duration::from_secs(3)).await;
+    assert_eq!(v.elapsed, Duration::from_millis(2550), "{v}");
+    assert!(v.reason.contains("waiting on scripted (starting)"), "{}", v.reason);
+    assert!(
+        !v.reason.contains("container"),
+        "the container probe passed: {}",
+        v.reason
+    );
+    let v = run(Duration::from_secs(20)).await;
+    assert_eq!(v.outcome, VerdictOutcome::Unhealthy, "{v}");
+    assert_eq!(v.elapsed, Duration::from_millis(19_550), "{v}");
+    assert!(v.reason.contains("waiting on scripted (starting)"), "{}", v.reason);
+    assert!(
+        !v.reason.contains("container"),
+        "the container probe passed: {}",
+        v.reason
+    );
+    // A round that ends exactly a period before the deadline is not the last: one more fits.
+    let v = run(Duration::from_millis(20_550)).await;
+    assert_eq!(v.elapsed, Duration::from_millis(20_550), "{v}");
+}
+
+/// One agent's failure says nothing of other agents, and an agent unhealthy by its own report is named
+/// with its unhealthy components only.
+#[tokio::test]
+async fn a_heartbeat_failure_names_its_agent_and_only_its_broken_components() {
+    let obs = heard(&[("a", "1.0.0", None)]).await;
+    assert!(matches!(obs, Observation::Fail(_)), "{obs:?}");
+    assert!(
+        obs.detail().contains("reports version 1.0.0, expected 2.0.0") && !obs.detail().contains("one of"),
+        "{}",
+        obs.detail()
+    );
+
+    let cc = ControlCenter::new("0123456789abcdef".into(), ControlCenterConfig::default(), None)
+        .await
+        .unwrap();
+    let container = "d2f4f6e1c37a".to_owned() + &"0".repeat(52);
+    let component = |healthy: bool, last_error: &str| ComponentStatus {
+        healthy,
+        status: "running".into(),
+        last_error: last_error.into(),
+    };
+    cc.record(Heartbeat {
+        agent_id: "a".into(),
+        container: container[..12].into(),
+        host: "h".into(),
+        version: "2.0.0".into(),
+        revision: String::new(),
+        status: "ok".into(),
+        protocol: String::new(),
+        health: Some(SelfHealth {
+            healthy: false,
+            status: "degraded".into(),
+            last_error: String::new(),
+            components: [
+                ("exporter".to_owned(), component(false, "connection refused")),
+                ("receiver".to_owned(), component(true, "")),
+            ]
+            .into(),
+        }),
+    });
+    let probe = HeartbeatProbe::new(cc, Duration::from_secs(10));
+    assert!(format!("{probe:?}").contains("max_age: 10s"), "{probe:?}");
+    assert_eq!(probe.name(), "heartbeat");
+    let mut c = ctx(running(ImageBehaviour::default()), "a");
+    c.container_id = Some(container);
+    let obs = probe.check(&c).await;
+    assert_eq!(
+        obs.detail(),
+        "agent a in container d2f4f6e1c37a reports itself unhealthy: degraded (exporter: connection refused)",
+        "{obs:?}"
+    );
+}
