@@ -258,7 +258,8 @@ impl Fleet {
 }
 
 /// The version a live container runs, for its server's name: the rollout's `version` when it runs the
-/// pinned digest (a promoted preview is created from the digest alone, so its reference has no tag), else
+/// pinned digest (the engine records a `repo:tag@digest` reference by its digest alone, so a promoted
+/// preview's reference reads back without a tag), else
 /// its image's tag, else its `org.opencontainers.image.version` label, else `old`.
 fn running_version(info: &agent_core::ContainerInfo, pinned: &agent_core::ImageRef, version: &str) -> String {
     if pinned.digest().is_some() && info.spec.image.digest() == pinned.digest() {
